@@ -1,0 +1,162 @@
+"""Child processes for the demo, the tests and the benchmarks.
+
+Blocking code on purpose: it runs in the demo's main thread, in pytest
+fixtures and in bench scripts, never inside the edge's event loop.
+
+Every child gets PR_SET_PDEATHSIG, so a parent killed with SIGKILL (a test
+runner timing out, a demo killed hard) takes its children with it: no
+process may outlive the session that started it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel says is free now (for programs that need a fixed one)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class StartupError(RuntimeError):
+    """A child process did not become ready; the message quotes its log."""
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; always reaps."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+
+
+def spawn(
+    name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_die_with_parent,
+        )
+    return ManagedProcess(name, popen, log_path)
+
+
+def wait_until(
+    proc: ManagedProcess, ready: Callable[[], bool], timeout: float, what: str
+) -> None:
+    """Poll `ready` until true; fail early, with the log, if the process dies."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if not proc.alive():
+            raise StartupError(
+                f"{proc.name} exited with {proc.popen.returncode} before {what}:\n"
+                + proc.log_tail()
+            )
+        if ready():
+            return
+        if time.monotonic() > deadline:
+            raise StartupError(f"{proc.name}: no {what} after {timeout}s:\n" + proc.log_tail())
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+def http_ok(url: str, verify: str | bool = True) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0, verify=verify).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+@dataclass
+class EtcdServer:
+    process: ManagedProcess
+    url: str
+    data_dir: Path
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_etcd(work_dir: Path, name: str = "etcd", timeout: float = 30.0) -> EtcdServer:
+    """A single-member etcd on free loopback ports with its data in `work_dir`."""
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        raise StartupError("etcd not found on PATH (Debian: apt-get install etcd-server)")
+    client_port, peer_port = free_port(), free_port()
+    url = f"http://127.0.0.1:{client_port}"
+    peer = f"http://127.0.0.1:{peer_port}"
+    data_dir = work_dir / f"{name}-data"
+    proc = spawn(
+        name,
+        [
+            etcd,
+            "--name", name,
+            "--data-dir", str(data_dir),
+            "--listen-client-urls", url,
+            "--advertise-client-urls", url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{name}={peer}",
+            "--initial-cluster-state", "new",
+            "--log-level", "warn",
+        ],
+        work_dir,
+    )
+    wait_until(proc, http_ok(url + "/health"), timeout, "etcd health")
+    return EtcdServer(proc, url, data_dir)

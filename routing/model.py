@@ -1,0 +1,135 @@
+"""The routing model: repositories, volumes, nodes and regions.
+
+Pure data and validation; no I/O. Every repo path a client sends goes through
+`RepoName.parse` before it is used for anything (etcd keys, file paths, logs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import NewType
+
+VolumeId = NewType("VolumeId", str)
+NodeId = NewType("NodeId", str)
+Region = NewType("Region", str)
+
+# One path component: ASCII letters, digits and `._-`, not starting with `.`
+# or `-` (a leading `-` is argument injection into git; a leading `.` hides
+# files and allows `..`).
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+MAX_COMPONENT_LEN = 100
+
+
+class InvalidRepoName(ValueError):
+    """The client sent a repository path that is not `owner/name`."""
+
+
+class InvalidRegion(ValueError):
+    """A region name that is not a short lowercase token."""
+
+
+@dataclass(frozen=True, order=True)
+class RepoName:
+    """A validated `owner/name` (without `.git`)."""
+
+    owner: str
+    name: str
+
+    @classmethod
+    def parse(cls, raw: str) -> RepoName:
+        """Validate `owner/name` or `owner/name.git`; raise InvalidRepoName."""
+        if not raw.isascii():
+            raise InvalidRepoName("repository names are ASCII only")
+        path = raw.removesuffix(".git")
+        parts = path.split("/")
+        if len(parts) != 2:
+            raise InvalidRepoName("repository must be owner/name")
+        for part in parts:
+            if not part:
+                raise InvalidRepoName("empty path component")
+            if len(part) > MAX_COMPONENT_LEN:
+                raise InvalidRepoName(f"path component longer than {MAX_COMPONENT_LEN}")
+            if ".." in part or not _COMPONENT.fullmatch(part):
+                raise InvalidRepoName(
+                    "use ASCII letters, digits and ._- (not leading . or -, no ..)"
+                )
+        if parts[1].endswith(".git"):
+            raise InvalidRepoName("name may not end in .git twice")
+        return cls(parts[0], parts[1])
+
+    @property
+    def path(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def bare_dir(self) -> str:
+        """The bare repository's directory relative to the volume root."""
+        return f"{self.owner}/{self.name}.git"
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def parse_region(raw: str) -> Region:
+    if not _REGION.fullmatch(raw):
+        raise InvalidRegion(f"bad region name {raw!r}: lowercase letters, digits, '-'")
+    return Region(raw)
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A volume as its node advertises it (live data, under the node's lease)."""
+
+    volume_id: VolumeId
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A live node. Stored under a lease: the key vanishes when the node dies."""
+
+    node_id: NodeId
+    region: Region
+    http_url: str
+    volumes: tuple[VolumeInfo, ...]
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """A volume's durable home: it outlives node restarts."""
+
+    volume_id: VolumeId
+    region: Region
+    node_id: NodeId
+
+
+@dataclass(frozen=True)
+class RepoRecord:
+    """Where a repository lives. Written once, on create."""
+
+    name: RepoName
+    volume_id: VolumeId
+    region: Region
+    created_at: float
+
+
+@dataclass(frozen=True)
+class RepoLocation:
+    """A repository resolved to the node that serves it right now."""
+
+    repo: RepoName
+    region: Region
+    volume_id: VolumeId
+    node_id: NodeId
+    node_url: str
+    """None of the fields is optional: a repo whose node is down is not a location."""
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "repo": self.repo.path,
+            "region": self.region,
+            "volume": self.volume_id,
+            "node": self.node_id,
+        }
