@@ -1,0 +1,141 @@
+"""Smart-HTTP and API routes: a request line's method and target, classified.
+
+Sans-IO: a pure function from (method, target) to a route or a `RouteError`
+that knows its HTTP status. Shared by the edge and the reference node, so the
+two agree on what a git URL is (gitprotocol-http: `$GIT_URL/info/refs?service=`
+and `$GIT_URL/git-upload-pack`, `$GIT_URL/git-receive-pack`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import parse_qs
+
+from routing.model import InvalidRepoName, RepoName
+
+
+class Service(StrEnum):
+    UPLOAD_PACK = "git-upload-pack"
+    RECEIVE_PACK = "git-receive-pack"
+
+    @property
+    def writes(self) -> bool:
+        return self is Service.RECEIVE_PACK
+
+
+@dataclass(frozen=True)
+class InfoRefs:
+    """`GET $GIT_URL/info/refs?service=...`: the ref advertisement."""
+
+    repo: RepoName
+    service: Service
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """`POST $GIT_URL/git-upload-pack` or `.../git-receive-pack`."""
+
+    repo: RepoName
+    service: Service
+
+
+@dataclass(frozen=True)
+class CreateRepo:
+    """`POST /api/repos` with JSON `{"name": "owner/name"}`."""
+
+
+@dataclass(frozen=True)
+class GetRepo:
+    """`GET /api/repos/owner/name`: where the repository lives."""
+
+    repo: RepoName
+
+
+@dataclass(frozen=True)
+class Health:
+    """`/healthz` (process up) or `/readyz` (routing cache in sync)."""
+
+    ready: bool
+
+
+@dataclass(frozen=True)
+class NotFound:
+    """Not a route of ours (later: the web frontend's)."""
+
+
+Route = InfoRefs | Rpc | CreateRepo | GetRepo | Health | NotFound
+
+
+class RouteError(Exception):
+    """A request we can classify as wrong; carries the answer."""
+
+    def __init__(self, http_status: int, message: str, allow: str = "") -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.message = message
+        self.allow = allow
+
+
+MAX_TARGET = 4096
+_GIT_SUFFIXES = ("/info/refs", "/git-upload-pack", "/git-receive-pack")
+# Dumb-HTTP paths under a repo: answered 404 so git does not fall back to them.
+_DUMB_MARKERS = ("/HEAD", "/objects/", "/info/packs", "/info/alternates", "/info/http-alternates")
+
+
+def parse_route(method: bytes, target: bytes) -> Route:
+    """Classify a request. Raises RouteError for a bad path or method."""
+    if len(target) > MAX_TARGET:
+        raise RouteError(414, "request target too long")
+    try:
+        text = target.decode("ascii")
+    except UnicodeDecodeError:
+        raise RouteError(400, "request target is not ASCII") from None
+    path, _, query = text.partition("?")
+    if not path.startswith("/"):
+        raise RouteError(400, "request target must be an absolute path")
+
+    if path in ("/healthz", "/readyz"):
+        _require(method, b"GET", b"HEAD")
+        return Health(ready=path == "/readyz")
+    if path == "/api/repos":
+        _require(method, b"POST")
+        return CreateRepo()
+    if path.startswith("/api/repos/"):
+        _require(method, b"GET", b"HEAD")
+        return GetRepo(_repo(path.removeprefix("/api/repos/")))
+
+    for suffix in _GIT_SUFFIXES:
+        if path.endswith(suffix):
+            repo = _repo(path[1 : -len(suffix)])
+            if suffix == "/info/refs":
+                _require(method, b"GET", b"HEAD")
+                return InfoRefs(repo, _service_param(query))
+            _require(method, b"POST")
+            return Rpc(repo, Service(suffix[1:]))
+    if any(marker in path for marker in _DUMB_MARKERS):
+        raise RouteError(404, "dumb HTTP is not supported; use a git client with smart HTTP")
+    return NotFound()
+
+
+def _repo(raw: str) -> RepoName:
+    try:
+        return RepoName.parse(raw)
+    except InvalidRepoName as exc:
+        raise RouteError(400, f"bad repository path: {exc}") from None
+
+
+def _require(method: bytes, *allowed: bytes) -> None:
+    if method not in allowed:
+        raise RouteError(405, "method not allowed", allow=", ".join(m.decode() for m in allowed))
+
+
+def _service_param(query: str) -> Service:
+    values = parse_qs(query, keep_blank_values=True).get("service", [])
+    if not values:
+        # A request without ?service= is a dumb-HTTP client.
+        raise RouteError(404, "dumb HTTP is not supported; use a git client with smart HTTP")
+    try:
+        return Service(values[0])
+    except ValueError:
+        raise RouteError(403, f"unsupported service {values[0]!r}") from None

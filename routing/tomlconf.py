@@ -1,0 +1,140 @@
+"""Typed access to TOML config tables, with errors that name the key.
+
+Shared by the edge's and the node's config loaders: `ConfigError` reads like
+`edge.toml: [https] port: must be an integer from 0 to 65535, got 'x'`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, key and problem."""
+
+
+class Table:
+    """One TOML table; every getter checks the type and names the key on error."""
+
+    def __init__(self, data: dict[str, Any], where: str) -> None:
+        self._data = data
+        self._where = where
+        self._seen: set[str] = set()
+
+    @classmethod
+    def load(cls, path: Path) -> Table:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return cls(data, path.name)
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self._where}: {key}: {problem}")
+
+    def _get(self, key: str) -> Any:
+        self._seen.add(key)
+        return self._data.get(key)
+
+    def table(self, key: str) -> Table:
+        value = self._get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(key, "must be a table")
+        return Table(value, f"{self._where}: [{key}]")
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def str(self, key: str, default: str | None = None) -> str:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                raise self.error(key, "is required")
+            return default
+        if not isinstance(value, str) or not value:
+            raise self.error(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def optional_str(self, key: str) -> str | None:
+        return None if self._get(key) is None else self.str(key)
+
+    def int(self, key: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise self.error(key, f"must be an integer from {lo} to {hi}, got {value!r}")
+        return value
+
+    def float(self, key: str, default: float, lo: float = 0.0, hi: float = 1e9) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+            raise self.error(key, f"must be a number from {lo} to {hi}, got {value!r}")
+        return float(value)
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+        value = self._get(key)
+        if value is None:
+            if default is None:
+                raise self.error(key, "is required")
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, f"must be a list of strings, got {value!r}")
+        return list(value)
+
+    def networks(
+        self, key: str, default: list[str]
+    ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        raw = self.str_list(key, default)
+        try:
+            return tuple(ipaddress.ip_network(v, strict=False) for v in raw)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def host_port(self, key: str, default: str | None = None) -> tuple[str, int]:
+        """`"host:port"` or `"[v6]:port"`; port 0 means any free port."""
+        raw = self.str(key, default)
+        host, sep, port = raw.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise self.error(key, f"must be 'host:port', got {raw!r}")
+        return host, int(port)
+
+    def secret(self, key: str) -> str:
+        """`key` inline or `key_file` naming a file that holds it (preferred)."""
+        file_key = f"{key}_file"
+        if self.has(file_key):
+            path = Path(self.str(file_key))
+            try:
+                value = path.read_text().strip()
+            except OSError as exc:
+                raise self.error(file_key, f"cannot read {path}: {exc.strerror}") from None
+            if not value:
+                raise self.error(file_key, f"{path} is empty")
+            return value
+        if not self.has(key):
+            raise self.error(key, f"is required (or {file_key})")
+        return self.str(key)
+
+    def check_unknown(self) -> None:
+        """Refuse keys nobody read: a typo must not silently fall back to a default."""
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
