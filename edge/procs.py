@@ -92,9 +92,7 @@ def spawn(
     return ManagedProcess(name, popen, log_path)
 
 
-def wait_until(
-    proc: ManagedProcess, ready: Callable[[], bool], timeout: float, what: str
-) -> None:
+def wait_until(proc: ManagedProcess, ready: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll `ready` until true; fail early, with the log, if the process dies."""
     deadline = time.monotonic() + timeout
     delay = 0.02
@@ -146,15 +144,24 @@ def start_etcd(work_dir: Path, name: str = "etcd", timeout: float = 30.0) -> Etc
         name,
         [
             etcd,
-            "--name", name,
-            "--data-dir", str(data_dir),
-            "--listen-client-urls", url,
-            "--advertise-client-urls", url,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{name}={peer}",
-            "--initial-cluster-state", "new",
-            "--log-level", "warn",
+            "--name",
+            name,
+            "--data-dir",
+            str(data_dir),
+            "--listen-client-urls",
+            url,
+            "--advertise-client-urls",
+            url,
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+            "--initial-cluster",
+            f"{name}={peer}",
+            "--initial-cluster-state",
+            "new",
+            "--log-level",
+            "warn",
         ],
         work_dir,
     )

@@ -9,7 +9,14 @@ from __future__ import annotations
 import ipaddress
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
+
+
+# Table has methods named str, int, float and bool; annotations inside it use these.
+_Str: TypeAlias = str
+_Int: TypeAlias = int
+_Float: TypeAlias = float
+_Bool: TypeAlias = bool
 
 
 class ConfigError(ValueError):
@@ -19,7 +26,7 @@ class ConfigError(ValueError):
 class Table:
     """One TOML table; every getter checks the type and names the key on error."""
 
-    def __init__(self, data: dict[str, Any], where: str) -> None:
+    def __init__(self, data: dict[_Str, Any], where: _Str) -> None:
         self._data = data
         self._where = where
         self._seen: set[str] = set()
@@ -34,14 +41,14 @@ class Table:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         return cls(data, path.name)
 
-    def error(self, key: str, problem: str) -> ConfigError:
+    def error(self, key: _Str, problem: _Str) -> ConfigError:
         return ConfigError(f"{self._where}: {key}: {problem}")
 
-    def _get(self, key: str) -> Any:
+    def _get(self, key: _Str) -> Any:
         self._seen.add(key)
         return self._data.get(key)
 
-    def table(self, key: str) -> Table:
+    def table(self, key: _Str) -> Table:
         value = self._get(key)
         if value is None:
             value = {}
@@ -49,58 +56,62 @@ class Table:
             raise self.error(key, "must be a table")
         return Table(value, f"{self._where}: [{key}]")
 
-    def has(self, key: str) -> bool:
+    def has(self, key: _Str) -> _Bool:
         return key in self._data
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: _Str, default: _Str | None = None) -> _Str:
         value = self._get(key)
         if value is None:
             if default is None:
                 raise self.error(key, "is required")
             return default
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, _Str) or not value:
             raise self.error(key, f"must be a non-empty string, got {value!r}")
         return value
 
-    def optional_str(self, key: str) -> str | None:
+    def optional_str(self, key: _Str) -> _Str | None:
         return None if self._get(key) is None else self.str(key)
 
-    def int(self, key: str, default: int, lo: int = 0, hi: int = 2**31) -> int:
+    def int(self, key: _Str, default: _Int, lo: _Int = 0, hi: _Int = 2**31) -> _Int:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        if isinstance(value, _Bool) or not isinstance(value, _Int) or not lo <= value <= hi:
             raise self.error(key, f"must be an integer from {lo} to {hi}, got {value!r}")
         return value
 
-    def float(self, key: str, default: float, lo: float = 0.0, hi: float = 1e9) -> float:
+    def float(self, key: _Str, default: _Float, lo: _Float = 0.0, hi: _Float = 1e9) -> _Float:
         value = self._get(key)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
+        if (
+            isinstance(value, _Bool)
+            or not isinstance(value, _Int | _Float)
+            or not lo <= value <= hi
+        ):
             raise self.error(key, f"must be a number from {lo} to {hi}, got {value!r}")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: _Str, default: _Bool) -> _Bool:
         value = self._get(key)
         if value is None:
             return default
-        if not isinstance(value, bool):
+        if not isinstance(value, _Bool):
             raise self.error(key, f"must be true or false, got {value!r}")
         return value
 
-    def str_list(self, key: str, default: list[str] | None = None) -> list[str]:
+    def str_list(self, key: _Str, default: list[_Str] | None = None) -> list[_Str]:
         value = self._get(key)
         if value is None:
             if default is None:
                 raise self.error(key, "is required")
             return default
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        if not isinstance(value, list) or not all(isinstance(v, _Str) and v for v in value):
             raise self.error(key, f"must be a list of strings, got {value!r}")
         return list(value)
 
     def networks(
-        self, key: str, default: list[str]
+        self, key: _Str, default: list[_Str]
     ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         raw = self.str_list(key, default)
         try:
@@ -108,7 +119,7 @@ class Table:
         except ValueError as exc:
             raise self.error(key, str(exc)) from None
 
-    def host_port(self, key: str, default: str | None = None) -> tuple[str, int]:
+    def host_port(self, key: _Str, default: _Str | None = None) -> tuple[_Str, _Int]:
         """`"host:port"` or `"[v6]:port"`; port 0 means any free port."""
         raw = self.str(key, default)
         host, sep, port = raw.rpartition(":")
@@ -117,7 +128,7 @@ class Table:
             raise self.error(key, f"must be 'host:port', got {raw!r}")
         return host, int(port)
 
-    def secret(self, key: str) -> str:
+    def secret(self, key: _Str) -> _Str:
         """`key` inline or `key_file` naming a file that holds it (preferred)."""
         file_key = f"{key}_file"
         if self.has(file_key):

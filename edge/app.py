@@ -1,0 +1,160 @@
+"""The edge process: root nursery, listeners, shutdown.
+
+The routing mirror runs beside the listeners and never blocks them: an edge
+that starts while etcd is down serves health checks at once and says not
+ready on /readyz until its cache has synced.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import trio
+
+from edge.api import NodeAdmin
+from edge.config import EdgeConfig, Listener
+from edge.http_front import serve_connection
+from edge.pool import NodePool
+from edge.state import EdgeState
+from routing.cache import RoutingCache
+from routing.etcd import EtcdClient, mirror_prefix
+from routing.runtime import write_ready_file
+from routing.schema import Keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EdgeRuntime:
+    https_url: str | None
+    http_url: str | None
+    state: EdgeState
+    accepting: trio.CancelScope
+
+
+def tls_context(config: EdgeConfig) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    assert config.cert_file is not None and config.key_file is not None
+    ctx.load_cert_chain(config.cert_file, config.key_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # HTTP/2 would break git's chunked pushes through a 1.1-only relay.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _url(scheme: str, listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+async def _open(listener: Listener) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(listener.port, host=listener.host)
+
+
+async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
+    peer = stream.socket.getpeername()[0]
+    # https_compatible: git clients often close without TLS close_notify.
+    tls = trio.SSLStream(stream, ctx, server_side=True, https_compatible=True)
+    try:
+        with trio.fail_after(state.config.tls_handshake_timeout):
+            await tls.do_handshake()
+    except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.debug("TLS handshake with %s failed: %r", peer, exc)
+        await trio.aclose_forcefully(tls)
+        return
+    await serve_connection(state, tls, peer, "https")
+
+
+async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
+    await serve_connection(state, stream, stream.socket.getpeername()[0], "http")
+
+
+async def run_edge(
+    config: EdgeConfig, *, task_status: trio.TaskStatus[EdgeRuntime] = trio.TASK_STATUS_IGNORED
+) -> None:
+    keys = Keys(config.etcd_prefix)
+    async with (
+        EtcdClient(config.etcd_endpoints) as etcd,
+        httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=config.node_connect_timeout)
+        ) as admin_http,
+    ):
+        cache = RoutingCache(keys, etcd)
+        pool = NodePool(
+            config.node_connect_timeout, config.node_idle_timeout, config.max_idle_per_node
+        )
+        state = EdgeState(
+            config, etcd, cache, pool, NodeAdmin(admin_http, config.node_admin_secret)
+        )
+        try:
+            async with trio.open_nursery() as root:
+                root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
+                async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
+                    https_url = http_url = None
+                    if config.https:
+                        ctx = tls_context(config)
+                        https = await _open(config.https)
+                        https_url = _url("https", https[0])
+                        accepting.start_soon(
+                            partial(
+                                trio.serve_listeners,
+                                partial(_serve_tls, state, ctx),
+                                https,
+                                handler_nursery=handlers,
+                            )
+                        )
+                    if config.http:
+                        plain = await _open(config.http)
+                        http_url = _url("http", plain[0])
+                        accepting.start_soon(
+                            partial(
+                                trio.serve_listeners,
+                                partial(_serve_plain, state),
+                                plain,
+                                handler_nursery=handlers,
+                            )
+                        )
+                    log.info(
+                        "edge %s listening: %s",
+                        config.region,
+                        " ".join(u for u in (https_url, http_url) if u),
+                    )
+                    task_status.started(
+                        EdgeRuntime(https_url, http_url, state, accepting.cancel_scope)
+                    )
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await pool.aclose()
+
+
+async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            runtime: EdgeRuntime = await nursery.start(run_edge, config)
+            if ready_file:
+                write_ready_file(
+                    ready_file,
+                    {
+                        "https_url": runtime.https_url,
+                        "http_url": runtime.http_url,
+                        "region": config.region,
+                    },
+                )
+            async for signum in signals:
+                log.info("signal %d: draining for up to %.0fs", signum, config.drain_timeout)
+                runtime.accepting.cancel()
+                with trio.move_on_after(config.drain_timeout):
+                    await runtime.state.requests.wait_idle()
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run(config: EdgeConfig, ready_file: Path | None) -> None:
+    trio.run(_main, config, ready_file)

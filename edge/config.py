@@ -1,0 +1,118 @@
+"""The edge's configuration: TOML in, a frozen EdgeConfig out.
+
+See configs/edge.dev.toml for every key with its default and meaning.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from routing.model import InvalidRegion, Region, parse_region
+from routing.schema import DEFAULT_PREFIX
+from routing.tomlconf import ConfigError, Table
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Listener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    region: Region
+    etcd_endpoints: tuple[str, ...]
+    etcd_prefix: str = DEFAULT_PREFIX
+    https: Listener | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    http: Listener | None = None
+    region_header: str = "Fly-Region"
+    trusted_proxies: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    fallback_region: Region | None = None
+    node_admin_secret: str = ""
+    node_connect_timeout: float = 3.0
+    node_idle_timeout: float = 30.0
+    node_response_timeout: float = 300.0
+    max_idle_per_node: int = 32
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    body_idle_timeout: float = 300.0
+    tls_handshake_timeout: float = 10.0
+    drain_timeout: float = 10.0
+
+    def is_trusted_proxy(self, peer_ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_proxies)
+
+
+def load_edge_config(path: Path) -> EdgeConfig:
+    root = Table.load(path)
+    edge, etcd, nodes = root.table("edge"), root.table("etcd"), root.table("nodes")
+    limits, https, http = root.table("limits"), root.table("https"), root.table("http")
+
+    def region(table: Table, key: str, default: str | None = None) -> Region:
+        try:
+            return parse_region(table.str(key, default))
+        except InvalidRegion as exc:
+            raise table.error(key, str(exc)) from None
+
+    https_listener = cert = key = None
+    if root.has("https"):
+        host, port = https.host_port("listen")
+        https_listener = Listener(host, port)
+        cert, key = Path(https.str("cert_file")), Path(https.str("key_file"))
+        for name, file in (("cert_file", cert), ("key_file", key)):
+            if not file.is_file():
+                raise https.error(name, f"no such file {file}")
+    http_listener = None
+    if root.has("http"):
+        host, port = http.host_port("listen")
+        http_listener = Listener(host, port)
+    if https_listener is None and http_listener is None:
+        raise root.error("https", "configure [https] or [http] (or both)")
+
+    fallback = region(edge, "fallback_region") if edge.has("fallback_region") else None
+    header = edge.str("region_header", "Fly-Region")
+    if not header.replace("-", "").isalnum():
+        raise edge.error("region_header", f"not a header name: {header!r}")
+    config = EdgeConfig(
+        region=region(edge, "region"),
+        etcd_endpoints=tuple(etcd.str_list("endpoints")),
+        etcd_prefix=etcd.str("prefix", DEFAULT_PREFIX),
+        https=https_listener,
+        cert_file=cert,
+        key_file=key,
+        http=http_listener,
+        region_header=header,
+        trusted_proxies=edge.networks("trusted_proxies", ["127.0.0.0/8", "::1/128"]),
+        fallback_region=fallback,
+        node_admin_secret=nodes.secret("admin_secret"),
+        node_connect_timeout=nodes.float("connect_timeout", 3.0, 0.1, 60),
+        node_idle_timeout=nodes.float("idle_timeout", 30.0, 1, 3600),
+        node_response_timeout=nodes.float("response_timeout", 300.0, 1, 86400),
+        max_idle_per_node=nodes.int("max_idle_per_node", 32, 0, 10000),
+        header_timeout=limits.float("header_timeout", 10.0, 0.1, 600),
+        keepalive_timeout=limits.float("keepalive_timeout", 60.0, 0.1, 3600),
+        body_idle_timeout=limits.float("body_idle_timeout", 300.0, 1, 86400),
+        tls_handshake_timeout=limits.float("tls_handshake_timeout", 10.0, 0.1, 600),
+        drain_timeout=limits.float("drain_timeout", 10.0, 0, 3600),
+    )
+    if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
+        raise etcd.error("prefix", "must start and end with '/'")
+    for table in (root, edge, etcd, nodes, limits, https, http):
+        table.check_unknown()
+    return config
+
+
+__all__ = ["ConfigError", "EdgeConfig", "Listener", "load_edge_config"]

@@ -1,0 +1,201 @@
+"""A whole gitedge network on one machine: etcd, regional nodes, edges.
+
+Used by `gitedge demo`, the end-to-end tests and the benchmarks, so all three
+run the same processes the same way. Every server is a real child process
+started with its own TOML config in the work dir, on free loopback ports, and
+is waited for through the ready file it writes once it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import trustme
+
+from edge.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
+
+
+@dataclass
+class NodeHandle:
+    node_id: str
+    region: str
+    volume_dir: Path
+    config_path: Path
+    process: ManagedProcess
+    ready: dict[str, Any]
+
+    @property
+    def http_url(self) -> str:
+        return str(self.ready["http_url"])
+
+    @property
+    def volume_id(self) -> str:
+        return str(self.ready["volume_id"])
+
+
+@dataclass
+class EdgeHandle:
+    name: str
+    region: str
+    config_path: Path
+    process: ManagedProcess
+    ready: dict[str, Any]
+
+    @property
+    def https_url(self) -> str:
+        return str(self.ready["https_url"])
+
+    @property
+    def http_url(self) -> str | None:
+        value = self.ready.get("http_url")
+        return str(value) if value else None
+
+
+def _toml(value: object) -> str:
+    return json.dumps(value)  # JSON strings, numbers and lists are valid TOML values
+
+
+def _start_and_wait(
+    name: str, args: list[str], work_dir: Path, timeout: float
+) -> tuple[ManagedProcess, dict[str, Any]]:
+    ready_file = work_dir / f"{name}.ready.json"
+    ready_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "edge.cli", *args, "--ready-file", str(ready_file)]
+    proc = spawn(name, argv, work_dir / "logs")
+    wait_until(proc, ready_file.exists, timeout, "ready file")
+    info: dict[str, Any] = json.loads(ready_file.read_text())
+    return proc, info
+
+
+@dataclass
+class Devnet:
+    work_dir: Path
+    etcd: EtcdServer
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    admin_secret_file: Path
+    nodes: dict[str, NodeHandle] = field(default_factory=dict)
+    edges: list[EdgeHandle] = field(default_factory=list)
+
+    @property
+    def edge(self) -> EdgeHandle:
+        return self.edges[0]
+
+    def start_node(
+        self, node_id: str, region: str, *, lease_ttl: int = 10, timeout: float = 30.0
+    ) -> NodeHandle:
+        volume_dir = self.work_dir / "volumes" / node_id
+        config_path = self.work_dir / f"node-{node_id}.toml"
+        config_path.write_text(
+            "\n".join(
+                [
+                    "[node]",
+                    f"id = {_toml(node_id)}",
+                    f"region = {_toml(region)}",
+                    f"volume_dir = {_toml(str(volume_dir))}",
+                    'listen = "127.0.0.1:0"',
+                    f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
+                    f"lease_ttl = {lease_ttl}",
+                    "[etcd]",
+                    f"endpoints = {_toml([self.etcd.url])}",
+                    "",
+                ]
+            )
+        )
+        proc, info = _start_and_wait(
+            f"node-{node_id}", ["node", "--config", str(config_path)], self.work_dir, timeout
+        )
+        handle = NodeHandle(node_id, region, volume_dir, config_path, proc, info)
+        self.nodes[node_id] = handle
+        return handle
+
+    def start_edge(
+        self, region: str, *, http: bool = False, extra: str = "", timeout: float = 30.0
+    ) -> EdgeHandle:
+        name = f"edge-{region}-{len(self.edges) + 1}"
+        config_path = self.work_dir / f"{name}.toml"
+        lines = [
+            "[edge]",
+            f"region = {_toml(region)}",
+            "[https]",
+            'listen = "127.0.0.1:0"',
+            f"cert_file = {_toml(str(self.cert_file))}",
+            f"key_file = {_toml(str(self.key_file))}",
+        ]
+        if http:
+            lines += ["[http]", 'listen = "127.0.0.1:0"']
+        lines += [
+            "[nodes]",
+            f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
+            "[etcd]",
+            f"endpoints = {_toml([self.etcd.url])}",
+            extra,
+            "",
+        ]
+        config_path.write_text("\n".join(lines))
+        proc, info = _start_and_wait(
+            name, ["edge", "--config", str(config_path)], self.work_dir, timeout
+        )
+        handle = EdgeHandle(name, region, config_path, proc, info)
+        self.edges.append(handle)
+        return handle
+
+    def stop(self) -> None:
+        """Stop edges, then nodes (which revoke their leases), then etcd."""
+        for edge in self.edges:
+            edge.process.stop()
+        for node in self.nodes.values():
+            node.process.stop()
+        self.etcd.stop()
+
+    def __enter__(self) -> Devnet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_devnet(
+    work_dir: Path,
+    regions: tuple[str, ...] = ("fra", "lax"),
+    edge_region: str | None = None,
+    lease_ttl: int = 10,
+) -> Devnet:
+    """etcd, one node per region (`<region>-1`) and one edge, all ready."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
+    ca_file, cert_file, key_file = (
+        work_dir / "ca.pem",
+        work_dir / "edge-cert.pem",
+        work_dir / "edge-key.pem",
+    )
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    key_file.chmod(0o600)
+    secret_file = work_dir / "node-admin-secret"
+    secret_file.write_text(secrets.token_urlsafe(32))
+    secret_file.chmod(0o600)
+    etcd = start_etcd(work_dir)
+    net = Devnet(work_dir, etcd, ca_file, cert_file, key_file, secret_file)
+    try:
+        for region in regions:
+            net.start_node(f"{region}-1", region, lease_ttl=lease_ttl)
+        net.start_edge(edge_region or regions[0])
+    except BaseException:
+        net.stop()
+        raise
+    return net

@@ -1,0 +1,62 @@
+"""Errors the edge answers with, each knowing its wire form.
+
+What the client sees is one of these fixed sentences; the detail (node
+address, etcd error, internal paths) goes to the log only.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    http_status = 500
+    public_message = "internal error"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail or self.public_message)
+        self.detail = detail or self.public_message
+
+
+class BadRequest(EdgeError):
+    http_status = 400
+    public_message = "bad request"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        # A bad request's reason is the client's own input: safe to show.
+        self.public_message = message
+
+
+class RepoNotFound(EdgeError):
+    http_status = 404
+    public_message = "repository not found"
+
+
+class RepoExists(EdgeError):
+    http_status = 409
+    public_message = "repository already exists"
+
+
+class NoCapacity(EdgeError):
+    """No live volume to place a new repository on."""
+
+    http_status = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        # Names only a region, which the client chose or was told.
+        self.public_message = reason
+
+
+class NodeUnavailable(EdgeError):
+    http_status = 503
+    public_message = "repository temporarily unavailable, try again later"
+
+
+class RoutingUnavailable(EdgeError):
+    http_status = 503
+    public_message = "routing store unavailable, try again later"
+
+
+class BadGateway(EdgeError):
+    http_status = 502
+    public_message = "bad response from the repository's node"

@@ -1,0 +1,49 @@
+"""What one running edge holds: config, etcd client, routing cache, node pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+
+from edge.api import NodeAdmin
+from edge.config import EdgeConfig
+from edge.pool import NodePool
+from routing.cache import RoutingCache
+from routing.etcd import EtcdClient
+
+
+class RequestTracker:
+    """Counts requests in flight so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        if self.active == 0:
+            self._idle = trio.Event()
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+
+@dataclass
+class EdgeState:
+    config: EdgeConfig
+    etcd: EtcdClient
+    cache: RoutingCache
+    pool: NodePool
+    node_admin: NodeAdmin
+    requests: RequestTracker = field(default_factory=RequestTracker)

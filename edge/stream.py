@@ -1,0 +1,113 @@
+"""A byte stream with read-ahead, and the verbatim body relay built on it."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from edge.proto.body import BodyFramer
+from edge.proto.http_head import HeadReader
+
+# Large reads keep per-chunk Python work off the hot path (see proto/body.py);
+# at most one such chunk is in flight per direction, so memory stays bounded.
+CHUNK = 256 * 1024
+
+
+class HeadTimeout(Exception):
+    """A head started arriving but did not complete in time (answer 408)."""
+
+
+class BufferedStream:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self._pending = b""
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    async def receive(self) -> bytes:
+        """Read-ahead bytes first, else up to CHUNK bytes; b"" at EOF."""
+        if self._pending:
+            pending, self._pending = self._pending, b""
+            return pending
+        data = await self.stream.receive_some(CHUNK)
+        self.bytes_in += len(data)
+        # Both trio's sockets and SSLStream return bytes; the ABC also allows bytearray.
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    @property
+    def pending(self) -> bytes:
+        return self._pending
+
+    def take(self, n: int) -> bytes:
+        """Remove and return the first n read-ahead bytes."""
+        data, self._pending = self._pending[:n], self._pending[n:]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+        self.bytes_out += len(data)
+
+    async def read_head(self, timeout: float, idle_timeout: float | None = None) -> bytes | None:
+        """The next message head, or None on EOF or idle timeout before a whole head.
+
+        `idle_timeout` bounds the wait for the first byte (keep-alive idle);
+        `timeout` bounds the whole head once it has started (slowloris): then
+        HeadTimeout, so the caller can answer 408.
+        """
+        reader = HeadReader()
+        started = bool(self._pending)
+        deadline = trio.current_time() + (
+            timeout if started or idle_timeout is None else idle_timeout
+        )
+        while True:
+            with trio.move_on_at(deadline) as scope:
+                data = await self.receive()
+            if scope.cancelled_caught:
+                if started:
+                    raise HeadTimeout()
+                return None
+            if not data:
+                return None
+            if not started:
+                started = True
+                deadline = trio.current_time() + timeout
+            done = reader.feed(data)
+            if done is not None:
+                head, rest = done
+                if rest:
+                    self.unread(rest)
+                return head
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+class ByteSink(Protocol):
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+
+async def relay_body(
+    src: BufferedStream, dst: ByteSink, framer: BodyFramer, idle_timeout: float
+) -> None:
+    """Copy one body from src to dst, framing bytes included, until it ends.
+
+    Back-pressure is the loop itself: nothing is read from src until dst has
+    taken the previous chunk. Raises trio.TooSlowError when src stalls and
+    BodyError when it ends early.
+    """
+    while not framer.done:
+        with trio.fail_after(idle_timeout):
+            data = await src.receive()
+        if not data:
+            framer.eof()
+            return
+        used = framer.feed(data)
+        if used < len(data):
+            src.unread(data[used:])
+            data = data[:used]
+        if data:
+            await dst.send_all(data)

@@ -1,0 +1,171 @@
+"""The routing cache: a watch-fed mirror of repos, volumes and nodes.
+
+The hot path (`resolve`) is dict lookups. etcd is read only on a miss (a
+repository created through another edge a moment ago, before its watch event
+arrived), once per miss. `mirror_prefix` (routing/etcd.py) feeds `reset` and
+`apply`; while its watch is down `synced` is False and `/readyz` says so, but
+known repositories keep routing from what is here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
+from routing.model import (
+    NodeId,
+    NodeRecord,
+    Region,
+    RepoLocation,
+    RepoName,
+    RepoRecord,
+    VolumeId,
+    VolumeRecord,
+)
+from routing.placement import choose_volume
+from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_volume
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    """No such repository in etcd."""
+
+
+class Unroutable(Exception):
+    """The repository exists but its volume's node is not live."""
+
+
+class StoreUnavailable(Exception):
+    """A miss could not be checked against etcd."""
+
+
+@dataclass
+class CacheStats:
+    etcd_reads: int = 0  # reads made on behalf of lookups (misses)
+    resets: int = 0
+    events: int = 0
+
+
+class RoutingCache:
+    def __init__(self, keys: Keys, etcd: EtcdClient) -> None:
+        self.keys = keys
+        self._etcd = etcd
+        self.repos: dict[RepoName, RepoRecord] = {}
+        self.volumes: dict[VolumeId, VolumeRecord] = {}
+        self.nodes: dict[NodeId, NodeRecord] = {}
+        self.repo_counts: Counter[VolumeId] = Counter()
+        self.synced = False
+        self.revision = 0
+        self.stats = CacheStats()
+
+    # -- fed by mirror_prefix -------------------------------------------------
+
+    def reset(self, kvs: list[KeyValue], revision: int) -> None:
+        self.repos.clear()
+        self.volumes.clear()
+        self.nodes.clear()
+        self.repo_counts.clear()
+        for kv in kvs:
+            self._put(kv.key, kv.value)
+        self.revision = revision
+        self.stats.resets += 1
+
+    def apply(self, events: list[WatchEvent], revision: int) -> None:
+        for event in events:
+            if event.kind == "PUT":
+                self._put(event.kv.key, event.kv.value)
+            else:
+                self._delete(event.kv.key)
+        self.revision = max(self.revision, revision)
+        self.stats.events += len(events)
+
+    def set_synced(self, synced: bool) -> None:
+        if synced != self.synced:
+            log.info("routing cache %s", "in sync" if synced else "OUT OF SYNC (watch down)")
+        self.synced = synced
+
+    def _put(self, key: str, value: bytes) -> None:
+        keys = self.keys
+        try:
+            if key.startswith(keys.repos):
+                self._add_repo(decode_repo(value))
+            elif key.startswith(keys.volumes):
+                volume = decode_volume(value)
+                self.volumes[volume.volume_id] = volume
+            elif key.startswith(keys.nodes):
+                node = decode_node(value)
+                self.nodes[node.node_id] = node
+        except SchemaError as exc:
+            # One bad record must not stop routing for everything else.
+            log.warning("ignoring malformed etcd record %s: %s", key, exc)
+
+    def _delete(self, key: str) -> None:
+        keys = self.keys
+        rest = key
+        if key.startswith(keys.repos):
+            rest = key.removeprefix(keys.repos)
+            try:
+                name = RepoName.parse(rest)
+            except ValueError:
+                return
+            record = self.repos.pop(name, None)
+            if record is not None:
+                self.repo_counts[record.volume_id] -= 1
+        elif key.startswith(keys.volumes):
+            self.volumes.pop(VolumeId(key.removeprefix(keys.volumes)), None)
+        elif key.startswith(keys.nodes):
+            self.nodes.pop(NodeId(key.removeprefix(keys.nodes)), None)
+
+    def _add_repo(self, record: RepoRecord) -> None:
+        old = self.repos.get(record.name)
+        if old is not None:
+            self.repo_counts[old.volume_id] -= 1
+        self.repos[record.name] = record
+        self.repo_counts[record.volume_id] += 1
+
+    def add_created(self, record: RepoRecord) -> None:
+        """Record a repository this edge just created, before its watch event."""
+        self._add_repo(record)
+
+    # -- lookups ---------------------------------------------------------------
+
+    async def record(self, name: RepoName) -> RepoRecord:
+        """The repository's record: from memory, or one etcd read on a miss."""
+        found = self.repos.get(name)
+        if found is not None:
+            return found
+        self.stats.etcd_reads += 1
+        try:
+            kv = await self._etcd.get(self.keys.repo(name))
+        except EtcdError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        if kv is None:
+            raise NotFound(name.path)
+        try:
+            record = decode_repo(kv.value)
+        except SchemaError as exc:
+            log.warning("malformed repo record %s: %s", name, exc)
+            raise NotFound(name.path) from exc
+        self._add_repo(record)
+        return record
+
+    async def resolve(self, name: RepoName) -> RepoLocation:
+        """Where to send git traffic for `name` right now."""
+        record = await self.record(name)
+        volume = self.volumes.get(record.volume_id)
+        node = self.nodes.get(volume.node_id) if volume else None
+        if volume is None or node is None:
+            raise Unroutable(f"{name}: volume {record.volume_id} has no live node")
+        if not any(v.volume_id == volume.volume_id for v in node.volumes):
+            raise Unroutable(f"{name}: node {node.node_id} no longer serves {volume.volume_id}")
+        return RepoLocation(name, volume.region, volume.volume_id, node.node_id, node.http_url)
+
+    def place(self, region: Region, fallback: Region | None) -> tuple[VolumeRecord, NodeRecord]:
+        """A live volume for a new repository (raises PlacementError)."""
+        volume = choose_volume(
+            region, self.volumes.values(), self.nodes, self.repo_counts, fallback
+        )
+        return volume, self.nodes[volume.node_id]

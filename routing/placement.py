@@ -1,0 +1,58 @@
+"""Placement: which live volume a new repository goes on. Pure.
+
+A volume is live when its node's leased record exists and still lists it.
+Among the live volumes of the region: fewest repositories first, then most
+free space, then the volume id (so equal inputs give equal answers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from routing.model import NodeId, NodeRecord, Region, VolumeId, VolumeRecord
+
+
+class PlacementError(Exception):
+    """No volume for the request; the message is safe to show the client."""
+
+
+def live_volumes(
+    volumes: Iterable[VolumeRecord], nodes: Mapping[NodeId, NodeRecord]
+) -> dict[VolumeId, int]:
+    """Live volume ids and their free bytes, as their nodes advertise them."""
+    live: dict[VolumeId, int] = {}
+    for volume in volumes:
+        node = nodes.get(volume.node_id)
+        if node is None or node.region != volume.region:
+            continue
+        for info in node.volumes:
+            if info.volume_id == volume.volume_id:
+                live[volume.volume_id] = info.free_bytes
+    return live
+
+
+def choose_volume(
+    region: Region,
+    volumes: Iterable[VolumeRecord],
+    nodes: Mapping[NodeId, NodeRecord],
+    repo_counts: Mapping[VolumeId, int],
+    fallback: Region | None = None,
+) -> VolumeRecord:
+    """The volume to place a new repository on, in `region` or else `fallback`."""
+    volumes = list(volumes)
+    live = live_volumes(volumes, nodes)
+    tried: list[str] = []
+    for want in (region, fallback):
+        if want is None or want in tried:
+            continue
+        in_region = [v for v in volumes if v.region == want]
+        candidates = [v for v in in_region if v.volume_id in live]
+        if candidates:
+            return min(
+                candidates,
+                key=lambda v: (repo_counts.get(v.volume_id, 0), -live[v.volume_id], v.volume_id),
+            )
+        tried.append(
+            f"no live volume in region {want!r}" if in_region else f"unknown region {want!r}"
+        )
+    raise PlacementError("; ".join(tried))

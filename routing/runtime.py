@@ -1,0 +1,23 @@
+"""Process plumbing shared by `gitedge edge` and `gitedge node`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_ready_file(path: Path, info: dict[str, Any]) -> None:
+    """Atomically write the JSON a supervisor waits for once we serve."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**info, "pid": os.getpid()}, sort_keys=True))
+    tmp.replace(path)
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
