@@ -6,6 +6,7 @@ See configs/edge.dev.toml for every key with its default and meaning.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
 
     fallback = region(edge, "fallback_region") if edge.has("fallback_region") else None
     header = edge.str("region_header", "Fly-Region")
-    if not header.replace("-", "").isalnum():
+    if not re.fullmatch(r"[A-Za-z0-9-]+", header):
         raise edge.error("region_header", f"not a header name: {header!r}")
     config = EdgeConfig(
         region=region(edge, "region"),

@@ -165,6 +165,7 @@ async def _exchange(
     result = ProxyResult()
     upload_error: list[BaseException] = []
     request = build_node_request(head, route, conn, info)
+    received_before = node.bytes_in
     if body is not None:
         request += body
         request_framer.feed(body)
@@ -194,7 +195,7 @@ async def _exchange(
         try:
             raw = await node.read_head(timeout=timeouts.response, idle_timeout=timeouts.response)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if conn.reused and node.bytes_in == 0:
+            if conn.reused and node.bytes_in == received_before:
                 raise _NodeClosedEarly() from exc
             raise BadGateway(f"node {conn.address}: {exc!r}") from None
         except HeadTimeout:
@@ -204,7 +205,7 @@ async def _exchange(
         if raw is None:
             if upload_error:
                 raise _client_gone(upload_error[0])
-            if conn.reused and node.bytes_in == 0:
+            if conn.reused and node.bytes_in == received_before:
                 raise _NodeClosedEarly()
             raise BadGateway(f"node {conn.address} closed without a response")
         try:

@@ -41,10 +41,12 @@ def choose_volume(
     """The volume to place a new repository on, in `region` or else `fallback`."""
     volumes = list(volumes)
     live = live_volumes(volumes, nodes)
-    tried: list[str] = []
+    tried: list[Region] = []
+    reasons: list[str] = []
     for want in (region, fallback):
         if want is None or want in tried:
             continue
+        tried.append(want)
         in_region = [v for v in volumes if v.region == want]
         candidates = [v for v in in_region if v.volume_id in live]
         if candidates:
@@ -52,7 +54,7 @@ def choose_volume(
                 candidates,
                 key=lambda v: (repo_counts.get(v.volume_id, 0), -live[v.volume_id], v.volume_id),
             )
-        tried.append(
+        reasons.append(
             f"no live volume in region {want!r}" if in_region else f"unknown region {want!r}"
         )
-    raise PlacementError("; ".join(tried))
+    raise PlacementError("; ".join(reasons))

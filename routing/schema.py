@@ -13,6 +13,7 @@ malformed so one bad key cannot take the routing cache down.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ def _dump(obj: dict[str, Any]) -> bytes:
 def _load(raw: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise SchemaError(f"not JSON: {exc}") from exc
     if not isinstance(obj, dict):
         raise SchemaError("not a JSON object")
@@ -89,8 +90,9 @@ def _str(obj: dict[str, Any], key: str) -> str:
 
 def _num(obj: dict[str, Any], key: str) -> float:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SchemaError(f"field {key!r} must be a number")
+    # json accepts NaN and Infinity (and 1e400 overflows to it): not numbers here.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"field {key!r} must be a finite number")
     return value
 
 

@@ -131,6 +131,8 @@ class Table:
     def secret(self, key: _Str) -> _Str:
         """`key` inline or `key_file` naming a file that holds it (preferred)."""
         file_key = f"{key}_file"
+        if self.has(file_key) and self.has(key):
+            raise self.error(key, f"set either {key} or {file_key}, not both")
         if self.has(file_key):
             path = Path(self.str(file_key))
             try:

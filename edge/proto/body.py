@@ -93,18 +93,18 @@ class BodyFramer:
 
     def _feed_line(self, data: bytes | bytearray | memoryview, pos: int, size: int) -> int:
         """Consume up to one CRLF-terminated line (chunk size, CRLF after data, trailer)."""
-        end = bytes(data[pos : pos + MAX_CHUNK_LINE + 2]).find(b"\n")
-        if end < 0:
-            self._line += data[pos:size]
-            pos = size
-        else:
-            self._line += data[pos : pos + end + 1]
-            pos += end + 1
         limit = MAX_TRAILERS if self._state is _State.TRAILER else MAX_CHUNK_LINE
-        if len(self._line) > limit:
-            raise BodyError("chunk line too long")
-        if not self._line.endswith(b"\n"):
-            return pos
+        # Look no further than the line may be long: past that it is an error,
+        # and bytes after the newline belong to the body or the next message.
+        window = bytes(data[pos : min(size, pos + limit + 2 - len(self._line))])
+        end = window.find(b"\n")
+        if end < 0:
+            self._line += window
+            if len(self._line) > limit:
+                raise BodyError("chunk line too long")
+            return pos + len(window)
+        self._line += window[: end + 1]
+        pos += end + 1
         line = bytes(self._line).rstrip(b"\r\n")
         self._line.clear()
         if self._state is _State.DATA_CRLF:

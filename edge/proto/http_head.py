@@ -92,10 +92,14 @@ class ResponseHead:
 
 
 def _framing(headers: Headers) -> tuple[str, int]:
-    for name, value in headers:
-        if name == b"transfer-encoding":
-            # h11 has already refused any coding but a lone "chunked".
-            return "chunked", 0
+    names = {name for name, _ in headers}
+    if b"transfer-encoding" in names:
+        if b"content-length" in names:
+            # Both framings at once is how requests are smuggled (RFC 9112 6.1):
+            # refuse rather than pick one.
+            raise HeadError(400, "both Transfer-Encoding and Content-Length")
+        # h11 has already refused any coding but a lone "chunked".
+        return "chunked", 0
     for name, value in headers:
         if name == b"content-length":
             return "length", int(value)

@@ -1,0 +1,121 @@
+"""A real network for end-to-end tests: etcd, nodes fra-1 and lax-1, an edge.
+
+Module-scoped: started once per test module, stopped (every process reaped)
+when the module ends.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.devnet import Devnet, start_devnet
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    with start_devnet(tmp_path_factory.mktemp("net"), lease_ttl=3) as network:
+        yield network
+
+
+@dataclass
+class Git:
+    """Runs the stock git CLI against the demo's CA, with no user config."""
+
+    home: Path
+    ca_file: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "PATH": os.environ["PATH"],
+            "HOME": str(self.home),
+            "GIT_CONFIG_NOSYSTEM": "1",
+            "GIT_SSL_CAINFO": str(self.ca_file),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "Alice",
+            "GIT_AUTHOR_EMAIL": "alice@example.com",
+            "GIT_COMMITTER_NAME": "Alice",
+            "GIT_COMMITTER_EMAIL": "alice@example.com",
+            **extra,
+        }
+
+    def run(
+        self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 120,
+        **env: str,
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+            )
+        return proc
+
+    def new_worktree(self, path: Path) -> Path:
+        self.run("init", "-q", "-b", "main", str(path))
+        return path
+
+    def commit(self, work: Path, name: str, data: bytes) -> str:
+        (work / name).write_bytes(data)
+        self.run("add", name, cwd=work)
+        self.run("commit", "-q", "-m", f"add {name}", cwd=work)
+        return self.run("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+@pytest.fixture
+def git(tmp_path: Path, net: Devnet) -> Git:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Git(home, net.ca_file)
+
+
+def create_repo(
+    net: Devnet, name: str, region: str | None = None, edge_url: str | None = None
+) -> httpx.Response:
+    headers = {"Fly-Region": region} if region else {}
+    return httpx.post(
+        f"{edge_url or net.edge.https_url}/api/repos",
+        json={"name": name},
+        headers=headers,
+        verify=str(net.ca_file),
+        timeout=30,
+    )
+
+
+def git_children(pid: int) -> list[int]:
+    """Live `git` processes descended from `pid` (via /proc)."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        names[int(entry.name)] = name
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if names[child].startswith("git"):
+                found.append(child)
+    return found

@@ -1,0 +1,197 @@
+"""Stock git through a real edge to real nodes, with placement by region header."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edge.devnet import Devnet
+from tests.e2e.conftest import Git, create_repo, git_children
+
+
+def _url(net: Devnet, name: str) -> str:
+    return f"{net.edge.https_url}/{name}.git"
+
+
+def test_user_story_lax_placement_push_clone_v0_v2_fetch(
+    net: Devnet, git: Git, tmp_path: Path
+) -> None:
+    created = create_repo(net, "alice/hello", region="lax")
+    assert created.status_code == 201, created.text
+    location = created.json()
+    assert location["region"] == "lax"
+    assert location["node"] == "lax-1"
+    assert location["volume"] == net.nodes["lax-1"].volume_id
+    # The bare repo exists on the lax node's volume and nowhere else.
+    assert (net.nodes["lax-1"].volume_dir / "alice" / "hello.git" / "HEAD").is_file()
+    assert not (net.nodes["fra-1"].volume_dir / "alice" / "hello.git").exists()
+
+    work = git.new_worktree(tmp_path / "work")
+    first = git.commit(work, "README", b"hello from alice\n")
+    git.run("push", "-q", _url(net, "alice/hello"), "main", cwd=work)
+
+    for version in ("0", "2"):
+        dest = tmp_path / f"clone-v{version}"
+        trace = tmp_path / f"trace-v{version}"
+        git.run("-c", f"protocol.version={version}", "clone", "-q", _url(net, "alice/hello"),
+                str(dest), GIT_TRACE_PACKET=str(trace))
+        assert git.run("rev-parse", "HEAD", cwd=dest).stdout.strip() == first
+        assert (dest / "README").read_bytes() == b"hello from alice\n"
+        # The protocol really negotiated end to end (Git-Protocol forwarded).
+        assert ("version 2" in trace.read_text()) == (version == "2")
+
+    # Incremental fetch: a second commit pushed from one clone reaches another.
+    second = git.commit(tmp_path / "clone-v0", "NEWS", b"second\n")
+    git.run("push", "-q", "origin", "main", cwd=tmp_path / "clone-v0")
+    git.run("fetch", "-q", "origin", cwd=tmp_path / "clone-v2")
+    assert git.run("rev-parse", "origin/main", cwd=tmp_path / "clone-v2").stdout.strip() == second
+
+    where = httpx.get(f"{net.edge.https_url}/api/repos/alice/hello", verify=str(net.ca_file))
+    assert where.status_code == 200
+    assert where.json()["node"] == "lax-1"
+    assert where.json()["region"] == "lax"
+
+
+def test_create_without_region_header_uses_edge_region(net: Devnet) -> None:
+    created = create_repo(net, "alice/home-region")
+    assert created.status_code == 201, created.text
+    assert created.json()["region"] == net.edge.region
+
+
+def test_empty_repo_clone(net: Devnet, git: Git, tmp_path: Path) -> None:
+    assert create_repo(net, "alice/empty", region="fra").status_code == 201
+    proc = git.run("clone", _url(net, "alice/empty"), str(tmp_path / "empty"))
+    assert "empty repository" in proc.stderr
+    assert (tmp_path / "empty" / ".git").is_dir()
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def test_30mb_push_and_clone_contents_equal(net: Devnet, git: Git, tmp_path: Path) -> None:
+    assert create_repo(net, "alice/big", region="fra").status_code == 201
+    work = git.new_worktree(tmp_path / "big")
+    for i in range(6):
+        (work / f"blob{i}.bin").write_bytes(os.urandom(5 * 1024 * 1024))
+    git.run("add", ".", cwd=work)
+    git.run("commit", "-q", "-m", "30 MB of noise", cwd=work)
+    git.run("push", "-q", _url(net, "alice/big"), "main", cwd=work)
+    clone = tmp_path / "big-clone"
+    git.run("clone", "-q", _url(net, "alice/big"), str(clone))
+    assert _tree_digest(clone) == _tree_digest(work)
+    assert git.run("fsck", "--strict", cwd=clone).returncode == 0
+
+
+def test_unknown_repo_is_not_found(net: Devnet, git: Git, tmp_path: Path) -> None:
+    proc = git.run("clone", _url(net, "alice/nope"), str(tmp_path / "nope"), check=False)
+    assert proc.returncode != 0
+    assert "not found" in proc.stderr
+    response = httpx.get(f"{_url(net, 'alice/nope')}/info/refs?service=git-upload-pack",
+                         verify=str(net.ca_file))
+    assert response.status_code == 404
+
+
+def test_bad_names_change_nothing(net: Devnet) -> None:
+    before = _volume_listing(net)
+    for bad in ("../evil", "-x/y", "alice/.hidden", "a/b/c", "ålice/x", "alice/" + "x" * 101, ""):
+        response = create_repo(net, bad, region="fra")
+        assert response.status_code == 400, (bad, response.text)
+    assert _volume_listing(net) == before
+    keys = httpx.post(f"{net.etcd.url}/v3/kv/range",
+                      json={"key": "L2dpdGVkZ2UvcmVwb3Mv", "range_end": "L2dpdGVkZ2UvcmVwb3Mw",
+                            "keys_only": True}).json()
+    import base64
+
+    names = [base64.b64decode(kv["key"]).decode() for kv in keys.get("kvs", [])]
+    assert not any("evil" in n or "-x" in n or ".hidden" in n for n in names), names
+
+
+def _volume_listing(net: Devnet) -> set[str]:
+    return {
+        str(p.relative_to(node.volume_dir))
+        for node in net.nodes.values()
+        for p in node.volume_dir.rglob("*")
+        if p.is_dir() and p.name.endswith(".git")
+    }
+
+
+def test_create_twice_conflicts(net: Devnet) -> None:
+    assert create_repo(net, "alice/twice", region="fra").status_code == 201
+    again = create_repo(net, "alice/twice", region="lax")
+    assert again.status_code == 409
+    assert httpx.get(f"{net.edge.https_url}/api/repos/alice/twice",
+                     verify=str(net.ca_file)).json()["region"] == "fra"
+
+
+def test_unknown_region_is_503_with_reason(net: Devnet) -> None:
+    response = create_repo(net, "alice/mars", region="mars")
+    assert response.status_code == 503
+    assert "unknown region 'mars'" in response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/alice/hello.git/HEAD", 404),
+        ("GET", "/alice/hello.git/info/refs", 404),
+        ("GET", "/alice/hello.git/objects/info/packs", 404),
+        ("GET", "/alice/hello.git/git-upload-pack", 405),
+        ("DELETE", "/api/repos", 405),
+        ("GET", "/../../etc/passwd/info/refs?service=git-upload-pack", 400),
+        ("GET", "/-x/y.git/info/refs?service=git-upload-pack", 400),
+        ("GET", "/some/web/page", 404),
+        ("GET", "/healthz", 200),
+        ("GET", "/readyz", 200),
+    ],
+)
+def test_http_errors(net: Devnet, method: str, path: str, status: int) -> None:
+    # httpx would normalise "..": send the raw path.
+    with httpx.Client(verify=str(net.ca_file)) as client:
+        request = client.build_request(method, net.edge.https_url)
+        request.url = request.url.copy_with(raw_path=path.encode())
+        assert client.send(request).status_code == status
+
+
+def test_oversized_head_is_431(net: Devnet) -> None:
+    response = httpx.get(f"{net.edge.https_url}/healthz", headers={"x-big": "a" * 20000},
+                         verify=str(net.ca_file))
+    assert response.status_code == 431
+
+
+def test_cli_repo_create_and_where(net: Devnet) -> None:
+    env = {**os.environ, "GITEDGE_URL": net.edge.https_url, "GITEDGE_CA_FILE": str(net.ca_file)}
+    cli = [sys.executable, "-m", "edge.cli"]
+    created = subprocess.run([*cli, "repo", "create", "bob/tool", "--region", "lax"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["region"] == "lax"
+    where = subprocess.run([*cli, "repo", "where", "bob/tool"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert json.loads(where.stdout)["node"] == "lax-1"
+    missing = subprocess.run([*cli, "repo", "where", "bob/none"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "404" in missing.stderr
+
+
+def test_no_git_process_left_on_nodes(net: Devnet) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        left = [pid for n in net.nodes.values() for pid in git_children(n.process.popen.pid)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == []
