@@ -67,9 +67,12 @@ def main(argv: list[str] | None = None) -> int:
                 run(load_edge_config(args.config), args.ready_file)
                 return 0
             case "node":
-                from node.app import run_from_config_file
+                from node.app import main as node_main
 
-                return run_from_config_file(args.config, args.ready_file)
+                ready = ["--ready-file", str(args.ready_file)] if args.ready_file else []
+                return node_main(
+                    ["--config", str(args.config), "--log-level", args.log_level, *ready]
+                )
             case "demo":
                 return demo(args.workdir)
             case "repo":

@@ -21,3 +21,5 @@ def setup_logging(level: str = "INFO") -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: one line per etcd keepalive is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -7,6 +7,8 @@ when the module ends.
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +48,11 @@ class Git:
         }
 
     def run(
-        self, *args: str, cwd: Path | None = None, check: bool = True, timeout: float = 120,
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        check: bool = True,
+        timeout: float = 120,
         **env: str,
     ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -58,9 +64,7 @@ class Git:
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(
-                f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
-            )
+            raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
     def new_worktree(self, path: Path) -> Path:
@@ -81,6 +85,11 @@ def git(tmp_path: Path, net: Devnet) -> Git:
     return Git(home, net.ca_file)
 
 
+def tls(net: Devnet) -> ssl.SSLContext:
+    """Trust the network's own CA (what GIT_SSL_CAINFO does for git)."""
+    return ssl.create_default_context(cafile=str(net.ca_file))
+
+
 def create_repo(
     net: Devnet, name: str, region: str | None = None, edge_url: str | None = None
 ) -> httpx.Response:
@@ -89,9 +98,30 @@ def create_repo(
         f"{edge_url or net.edge.https_url}/api/repos",
         json={"name": name},
         headers=headers,
-        verify=str(net.ca_file),
+        verify=tls(net),
         timeout=30,
     )
+
+
+def raw_exchange(edge_url: str, ca_file: Path, request: bytes, timeout: float = 10) -> bytes:
+    """Send bytes as they are (no client-side path normalisation); return the first read."""
+    host, port = edge_url.removeprefix("https://").rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((host, int(port)), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        tls.sendall(request)
+        return tls.recv(65536)
+
+
+def raw_status(edge_url: str, ca_file: Path, method: str, path: str) -> int:
+    answer = raw_exchange(
+        edge_url,
+        ca_file,
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
+    )
+    return int(answer.split(b" ", 2)[1])
 
 
 def git_children(pid: int) -> list[int]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from edge.devnet import Devnet, start_devnet
-from tests.e2e.conftest import Git, create_repo
+from tests.e2e.conftest import Git, create_repo, raw_exchange, tls
 
 
 def _poll(deadline_s: float, check: object) -> None:
@@ -28,8 +26,9 @@ def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_p
     node.process.kill()  # SIGKILL: no clean lease revoke
 
     started = time.monotonic()
-    proc = git.run("clone", f"{net.edge.https_url}/carol/doomed.git", str(tmp_path / "d"),
-                   check=False)
+    proc = git.run(
+        "clone", f"{net.edge.https_url}/carol/doomed.git", str(tmp_path / "d"), check=False
+    )
     assert proc.returncode != 0
     assert "503" in proc.stderr
     assert time.monotonic() - started < 5
@@ -42,7 +41,7 @@ def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_p
         return "no live volume in region 'ber'" in response.text
 
     _poll(15, no_live_volume)
-    where = httpx.get(f"{net.edge.https_url}/api/repos/carol/next", verify=str(net.ca_file))
+    where = httpx.get(f"{net.edge.https_url}/api/repos/carol/next", verify=tls(net))
     assert where.status_code == 404
     assert not (node.volume_dir / "carol" / "next.git").exists()
 
@@ -57,13 +56,8 @@ def test_concurrent_creates_through_two_edges(net: Devnet) -> None:
 
 def test_slow_headers_get_408(net: Devnet) -> None:
     edge = net.start_edge("fra", extra="[limits]\nheader_timeout = 0.5")
-    host, port = edge.https_url.removeprefix("https://").rsplit(":", 1)
-    ctx = ssl.create_default_context(cafile=str(net.ca_file))
-    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(
-        raw, server_hostname=host
-    ) as tls:
-        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
-        answer = tls.recv(4096)
+    # No blank line: the head never ends.
+    answer = raw_exchange(edge.https_url, net.ca_file, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     assert answer.startswith(b"HTTP/1.1 408")
 
 
@@ -80,5 +74,7 @@ def test_etcd_down_known_repos_route_creates_fail(tmp_path: Path) -> None:
         assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
         response = create_repo(net, "erin/new", region="lax")
         assert response.status_code == 503
-        _poll(20, lambda: httpx.get(f"{net.edge.https_url}/readyz",
-                                    verify=str(net.ca_file)).status_code == 503)
+        _poll(
+            20,
+            lambda: httpx.get(f"{net.edge.https_url}/readyz", verify=tls(net)).status_code == 503,
+        )

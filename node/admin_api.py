@@ -1,0 +1,122 @@
+"""The node's internal API, called by the edge with the shared admin secret.
+
+    POST   /_gitedge/repos                {"name": "owner/name"}  -> 201 / 200 {"created": bool}
+    DELETE /_gitedge/repos/<owner>/<name>                         -> 204 / 404
+
+The edge creates a repository by first writing its record to etcd, then asking
+the owning node to init it; DELETE rolls that back.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+import h11
+
+from node.http_conn import BodyTooLarge, HttpConn, header
+from node.repos import RepoStore, RepoStoreError
+from routing.model import InvalidRepoName, RepoName
+
+log = logging.getLogger(__name__)
+
+ADMIN_PATH = b"/_gitedge/repos"
+MAX_BODY = 64 * 1024
+
+
+def is_admin_target(target: bytes) -> bool:
+    path = target.partition(b"?")[0]
+    return path == ADMIN_PATH or path.startswith(ADMIN_PATH + b"/")
+
+
+class AdminApi:
+    def __init__(self, store: RepoStore, secret: str) -> None:
+        self._store = store
+        self._secret = secret.encode()
+
+    async def handle(self, conn: HttpConn, request: h11.Request) -> None:
+        if not await self._authorized(conn, request):
+            return
+        path = request.target.partition(b"?")[0]
+        if path == ADMIN_PATH:
+            if request.method != b"POST":
+                await conn.respond_text(405, "method not allowed", [("allow", "POST")])
+                return
+            await self._create(conn)
+            return
+        if request.method != b"DELETE":
+            await conn.respond_text(405, "method not allowed", [("allow", "DELETE")])
+            return
+        try:
+            repo = RepoName.parse(path.removeprefix(ADMIN_PATH + b"/").decode("ascii"))
+        except (UnicodeDecodeError, InvalidRepoName) as exc:
+            await conn.respond_text(400, f"bad repository name: {exc}")
+            return
+        await self._delete(conn, repo)
+
+    async def _authorized(self, conn: HttpConn, request: h11.Request) -> bool:
+        supplied = header(request, b"authorization")
+        scheme, _, token = (supplied or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not token:
+            await conn.respond_text(
+                401, "admin secret required", [("www-authenticate", 'Bearer realm="gitedge"')]
+            )
+            return False
+        # Constant time: the secret must not leak through response timing.
+        if not hmac.compare_digest(token.strip(), self._secret):
+            await conn.respond_text(403, "wrong admin secret")
+            return False
+        return True
+
+    async def _create(self, conn: HttpConn) -> None:
+        try:
+            body = await conn.read_body(MAX_BODY)
+        except BodyTooLarge as exc:
+            await conn.respond_text(413, str(exc))
+            return
+        try:
+            repo = parse_create_body(body)
+        except ValueError as exc:
+            await conn.respond_text(400, f"bad request: {exc}")
+            return
+        try:
+            created = await self._store.create(repo)
+        except (RepoStoreError, OSError) as exc:
+            log.error("creating %s failed: %s", repo, exc)
+            await conn.respond_text(500, "could not create the repository")
+            return
+        if created:
+            log.info("created repository %s", repo)
+        await conn.respond(
+            201 if created else 200,
+            json.dumps({"created": created}).encode(),
+            content_type="application/json",
+        )
+
+    async def _delete(self, conn: HttpConn, repo: RepoName) -> None:
+        try:
+            deleted = await self._store.delete(repo)
+        except OSError as exc:
+            log.error("deleting %s failed: %s", repo, exc)
+            await conn.respond_text(500, "could not delete the repository")
+            return
+        if not deleted:
+            await conn.respond_text(404, "repository not found")
+            return
+        log.info("deleted repository %s", repo)
+        await conn.respond(204)
+
+
+def parse_create_body(body: bytes) -> RepoName:
+    """`{"name": "owner/name"}` -> RepoName; ValueError says what is wrong."""
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("body is not JSON") from None
+    if not isinstance(request, dict) or not isinstance(request.get("name"), str):
+        raise ValueError('body must be {"name": "owner/name"}')
+    try:
+        return RepoName.parse(request["name"])
+    except InvalidRepoName as exc:
+        raise ValueError(f"bad repository name: {exc}") from None

@@ -1,0 +1,137 @@
+"""`gitedge node`: the root nursery of a regional git node.
+
+    gitedge node --config node.toml [--ready-file PATH]
+
+Startup: volume identity -> listen -> register in etcd (waiting while etcd is
+down) -> ready. SIGTERM/SIGINT: stop accepting, kill running git children
+(every request's `finally`), revoke the lease, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from node.config import ConfigError, NodeConfig, load_node_config
+from node.git_http import GitHttpServer
+from node.registry import Registration, VolumeError, load_or_create_volume
+from node.repos import RepoStore
+from routing.etcd import EtcdClient
+from routing.model import NodeId, Region, VolumeId
+from routing.runtime import setup_logging, write_ready_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeRuntime:
+    """What a started node tells its caller (and writes to the ready file)."""
+
+    node_id: NodeId
+    region: Region
+    volume_id: VolumeId
+    http_url: str
+
+    def ready_info(self) -> dict[str, str]:
+        return asdict(self)
+
+
+async def run_node(
+    config: NodeConfig, *, task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled; `started(NodeRuntime)` once listening and registered."""
+    volume = await trio.to_thread.run_sync(
+        load_or_create_volume, config.volume_dir, config.region
+    )
+    store = RepoStore(config.volume_dir)
+    await trio.to_thread.run_sync(store.prepare)
+    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    http_url = config.advertise_url or _bound_url(listeners[0])
+    server = GitHttpServer(
+        store, config.admin_secret, keepalive_timeout=config.keepalive_timeout
+    )
+    async with EtcdClient(list(config.etcd_endpoints)) as etcd:
+        registration = Registration(
+            etcd,
+            config.keys,
+            node_id=config.node_id,
+            volume=volume,
+            volume_dir=config.volume_dir,
+            http_url=http_url,
+            lease_ttl=config.lease_ttl,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    partial(trio.serve_listeners, server.handle_connection, listeners)
+                )
+                log.info("node %s listening on %s", config.node_id, http_url)
+                await nursery.start(registration.run)
+                task_status.started(
+                    NodeRuntime(config.node_id, config.region, volume.volume_id, http_url)
+                )
+        finally:
+            # Cancelled (shutdown) or failed: leave routing now, not after the TTL.
+            await registration.revoke()
+
+
+def _bound_url(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+async def _serve_until_signalled(config: NodeConfig, ready_file: Path | None) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+            runtime: NodeRuntime = await nursery.start(run_node, config)
+            if ready_file is not None:
+                write_ready_file(ready_file, runtime.ready_info())
+            log.info("node %s ready", runtime.node_id)
+
+
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        scope.cancel()
+        return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gitedge node", description="a regional git node")
+    parser.add_argument("--config", required=True, type=Path, help="node TOML config")
+    parser.add_argument("--ready-file", type=Path, help="JSON written once ready")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_node_config(args.config)
+    except ConfigError as exc:
+        print(f"gitedge node: {exc}", file=sys.stderr)
+        return 2
+    status = 0
+    try:
+        trio.run(_serve_until_signalled, config, args.ready_file)
+    except* (VolumeError, OSError) as group:
+        # A volume of another region, a port in use: say so in one line, no traceback.
+        for error in _leaves(group):
+            print(f"gitedge node: {error}", file=sys.stderr)
+        status = 1
+    return status
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves

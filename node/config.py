@@ -1,0 +1,119 @@
+"""The node's TOML config: `[node]` and `[etcd]`, every key checked and named on error.
+
+```toml
+[node]
+id = "fra-1"                  # required, [a-z0-9-]
+region = "fra"                # required
+volume_dir = "/var/lib/gitedge/vol"   # required; created if missing
+listen = "127.0.0.1:0"        # host:port, 0 = any free port
+advertise_url = "http://10.0.0.5:8080"   # optional; default http://<bound host>:<bound port>
+admin_secret_file = "/etc/gitedge/node-secret"   # or admin_secret = "..."
+lease_ttl = 10                # seconds, at least 2
+keepalive_timeout = 75        # idle seconds on a client connection
+[etcd]
+endpoints = ["http://127.0.0.1:2379"]
+prefix = "/gitedge/"
+```
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from routing.model import InvalidRegion, NodeId, Region, parse_region
+from routing.schema import DEFAULT_PREFIX, Keys
+from routing.tomlconf import ConfigError, Table
+
+__all__ = ["ConfigError", "NodeConfig", "load_node_config"]
+
+_NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DEFAULT_ETCD = "http://127.0.0.1:2379"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: NodeId
+    region: Region
+    volume_dir: Path
+    listen_host: str
+    listen_port: int
+    advertise_url: str | None
+    admin_secret: str
+    lease_ttl: int = 10
+    # The edge pools node connections with a 30 s idle timeout; ours must be
+    # longer, or the node closes a connection just as the edge reuses it.
+    keepalive_timeout: float = 75.0
+    etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
+    etcd_prefix: str = DEFAULT_PREFIX
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.etcd_prefix)
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read and check a node config; raises ConfigError naming the file and key."""
+    root = Table.load(Path(path))
+    node = root.table("node")
+    etcd = root.table("etcd")
+
+    node_id = node.str("id")
+    if not _NODE_ID.fullmatch(node_id):
+        raise node.error("id", f"use lowercase letters, digits and '-', got {node_id!r}")
+    try:
+        region = parse_region(node.str("region"))
+    except InvalidRegion as exc:
+        raise node.error("region", str(exc)) from None
+    host, port = node.host_port("listen", "127.0.0.1:0")
+    advertise_url = node.optional_str("advertise_url")
+    if advertise_url is not None and not advertise_url.startswith(("http://", "https://")):
+        raise node.error("advertise_url", f"must be an http:// URL, got {advertise_url!r}")
+    if advertise_url is None and _is_wildcard(host):
+        # Nobody can connect to 0.0.0.0: the edge needs a routable address.
+        raise node.error("advertise_url", f"is required when listening on {host!r}")
+
+    config = NodeConfig(
+        node_id=NodeId(node_id),
+        region=region,
+        volume_dir=Path(node.str("volume_dir")),
+        listen_host=host,
+        listen_port=port,
+        advertise_url=advertise_url.rstrip("/") if advertise_url else None,
+        admin_secret=node.secret("admin_secret"),
+        lease_ttl=node.int("lease_ttl", 10, lo=2, hi=3600),
+        keepalive_timeout=node.float("keepalive_timeout", 75.0, lo=1.0, hi=3600.0),
+        etcd_endpoints=tuple(_endpoints(etcd)),
+        etcd_prefix=_prefix(etcd),
+    )
+    for table in (root, node, etcd):
+        table.check_unknown()
+    return config
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name
+
+
+def _endpoints(etcd: Table) -> list[str]:
+    endpoints = etcd.str_list("endpoints", [DEFAULT_ETCD])
+    if not endpoints:
+        raise etcd.error("endpoints", "must name at least one etcd endpoint")
+    for endpoint in endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            raise etcd.error("endpoints", f"must be http:// URLs, got {endpoint!r}")
+    return endpoints
+
+
+def _prefix(etcd: Table) -> str:
+    prefix = etcd.str("prefix", DEFAULT_PREFIX)
+    try:
+        Keys(prefix)
+    except ValueError as exc:
+        raise etcd.error("prefix", str(exc)) from None
+    return prefix

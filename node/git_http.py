@@ -1,0 +1,140 @@
+"""The node's HTTP server: git smart HTTP, `/healthz`, and the internal API.
+
+Plain HTTP/1.1 for a private network (the edge terminates TLS). Git URLs are
+classified by `edge.proto.http_route.parse_route`, the same parser the edge
+uses, so both agree on what a git URL is; each request then runs the git
+service the way git's own `http-backend` would (see `node.git_proto`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import h11
+import trio
+
+from edge.proto.http_route import (
+    Health,
+    InfoRefs,
+    RouteError,
+    Rpc,
+    parse_route,
+)
+from node import git_proto
+from node.admin_api import AdminApi, is_admin_target
+from node.git_pump import NO_CACHE, RequestAborted, serve_git
+from node.http_conn import HttpConn, header
+from node.repos import RepoStore
+
+log = logging.getLogger(__name__)
+
+# Errors that mean the client went away or stalled: routine, logged quietly.
+_CLIENT_GONE = (
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    h11.RemoteProtocolError,
+    RequestAborted,
+)
+
+
+class GitHttpServer:
+    def __init__(self, store: RepoStore, admin_secret: str, *, keepalive_timeout: float) -> None:
+        self._store = store
+        self._admin = AdminApi(store, admin_secret)
+        self._keepalive_timeout = keepalive_timeout
+
+    async def handle_connection(self, stream: trio.abc.Stream) -> None:
+        """Serve requests on one connection until it closes; never raises but Cancelled."""
+        conn = HttpConn(stream, keepalive_timeout=self._keepalive_timeout)
+        try:
+            await self._serve(conn)
+        except* _CLIENT_GONE as group:
+            log.debug("connection ended: %r", group.exceptions[0])
+        except* Exception:
+            log.exception("connection handler failed")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _serve(self, conn: HttpConn) -> None:
+        while True:
+            try:
+                request = await conn.next_request()
+            except h11.RemoteProtocolError as exc:
+                if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await conn.respond_text(exc.error_status_hint, f"bad request: {exc}")
+                return
+            if request is None:
+                return
+            try:
+                await self._dispatch(conn, request)
+            except OSError as exc:
+                # git could not start: the client learns only that we failed.
+                log.error("%s %r failed: %r", request.method.decode(), request.target, exc)
+                if not conn.response_started:
+                    await conn.respond_text(500, "internal error")
+                return
+            conn.skip_buffered_body()
+            if not conn.reusable:
+                return
+
+    async def _dispatch(self, conn: HttpConn, request: h11.Request) -> None:
+        if is_admin_target(request.target):
+            await self._admin.handle(conn, request)
+            return
+        try:
+            route = parse_route(request.method, request.target)
+        except RouteError as exc:
+            allow = [("allow", exc.allow)] if exc.allow else []
+            await conn.respond_text(exc.http_status, exc.message, allow)
+            return
+        if isinstance(route, Health):
+            await conn.respond_text(200, "ok")
+        elif isinstance(route, InfoRefs):
+            await self._info_refs(conn, request, route)
+        elif isinstance(route, Rpc):
+            await self._rpc(conn, request, route)
+        else:  # NotFound, and the edge's own /api/ routes
+            await conn.respond_text(404, "not found")
+
+    async def _info_refs(self, conn: HttpConn, request: h11.Request, route: InfoRefs) -> None:
+        repo_dir = self._store.existing(route.repo)
+        if repo_dir is None:
+            await conn.respond_text(404, "repository not found")
+            return
+        content_type = git_proto.advertisement_type(route.service)
+        if request.method == b"HEAD":
+            await conn.respond(200, content_type=content_type, headers=NO_CACHE)
+            return
+        git_protocol = git_proto.accept_git_protocol(header(request, b"git-protocol"))
+        await serve_git(
+            conn,
+            git_proto.info_refs_argv(route.service, repo_dir),
+            env=self._store.env(git_protocol),
+            content_type=content_type,
+            prefix=git_proto.advertisement_prefix(route.service, git_protocol),
+        )
+
+    async def _rpc(self, conn: HttpConn, request: h11.Request, route: Rpc) -> None:
+        repo_dir = self._store.existing(route.repo)
+        if repo_dir is None:
+            await conn.respond_text(404, "repository not found")
+            return
+        expected = git_proto.request_type(route.service)
+        if header(request, b"content-type") != expected.encode():
+            # As http-backend's check_content_type().
+            await conn.respond_text(415, f"expected Content-Type {expected}")
+            return
+        try:
+            decoder = git_proto.body_decoder(header(request, b"content-encoding"))
+        except git_proto.UnsupportedEncoding as exc:
+            await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
+            return
+        git_protocol = git_proto.accept_git_protocol(header(request, b"git-protocol"))
+        await serve_git(
+            conn,
+            git_proto.rpc_argv(route.service, repo_dir),
+            env=self._store.env(git_protocol),
+            content_type=git_proto.result_type(route.service),
+            decoder=decoder,
+        )

@@ -1,0 +1,187 @@
+"""Sans-IO pieces of serving smart HTTP with the git binary.
+
+What git's own `http-backend.c` (git 2.39) decides, as pure functions: the argv
+of each service, the `# service=` line before a v0/v1 advertisement, the child's
+environment, and request bodies decoded from gzip in bounded pieces. No trio here.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from edge.proto.http_route import Service
+
+# Requests and responses are pumped in pieces of this size; one request holds
+# about two of them (a read and a decoded piece), well under the 1 MiB budget.
+CHUNK = 256 * 1024
+MAX_STDERR = 64 * 1024
+
+# gitprotocol-v2: a colon-separated list of key[=value]. Anything else is dropped
+# rather than passed to git, because the header is client-controlled.
+_GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,256}")
+
+
+class BodyDecodeError(Exception):
+    """A request body we cannot decode; answered with 400 if nothing was sent yet."""
+
+
+class UnsupportedEncoding(Exception):
+    """A Content-Encoding other than gzip; answered with 415."""
+
+
+def accept_git_protocol(raw: bytes | None) -> str | None:
+    """The `Git-Protocol` header if it is safe to hand to git as GIT_PROTOCOL."""
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if _GIT_PROTOCOL.fullmatch(text) else None
+
+
+def wants_v2(git_protocol: str | None) -> bool:
+    """git's `determine_protocol_version_server()`: the highest `version=N` wins."""
+    if not git_protocol:
+        return False
+    return any(item == "version=2" for item in git_protocol.split(":"))
+
+
+def pkt_line(payload: bytes) -> bytes:
+    return b"%04x" % (len(payload) + 4) + payload
+
+
+FLUSH = b"0000"
+
+
+def advertisement_prefix(service: Service, git_protocol: str | None) -> bytes:
+    """What http-backend writes before the advertisement (gitprotocol-http "Smart
+    Server Response"): `# service=...` and a flush, but not for protocol v2, whose
+    capability advertisement stands alone. Decided on GIT_PROTOCOL alone, as git
+    does, so receive-pack (v0 only) with `version=2` gets no prefix either."""
+    if wants_v2(git_protocol):
+        return b""
+    return pkt_line(f"# service={service.value}\n".encode()) + FLUSH
+
+
+def info_refs_argv(service: Service, repo_dir: Path) -> list[str]:
+    # Exactly http-backend.c's get_info_refs() in git 2.39: no --stateless-rpc;
+    # --http-backend-info-refs (formerly --advertise-refs) implies it.
+    return ["git", _verb(service), "--http-backend-info-refs", str(repo_dir)]
+
+
+def rpc_argv(service: Service, repo_dir: Path) -> list[str]:
+    # http-backend.c's service_rpc().
+    return ["git", _verb(service), "--stateless-rpc", str(repo_dir)]
+
+
+def _verb(service: Service) -> str:
+    return service.value.removeprefix("git-")
+
+
+def advertisement_type(service: Service) -> str:
+    return f"application/x-{service.value}-advertisement"
+
+
+def request_type(service: Service) -> str:
+    return f"application/x-{service.value}-request"
+
+
+def result_type(service: Service) -> str:
+    return f"application/x-{service.value}-result"
+
+
+def child_env(base: Mapping[str, str], home: Path, git_protocol: str | None) -> dict[str, str]:
+    """A clean environment: nothing of the client's but a checked GIT_PROTOCOL.
+
+    Passing client-controlled env to git has been an RCE (LD_PRELOAD, GIT_*);
+    the node's own environment is not passed either, beyond PATH.
+    """
+    env = {
+        "PATH": base.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": str(home),
+        "LC_ALL": "C",  # git's messages in the log are English whatever the host says
+        "GIT_CONFIG_NOSYSTEM": "1",
+        # receive-pack may write reflogs; without an identity in a bare env git
+        # can refuse. http-backend sets the same two variables.
+        "GIT_COMMITTER_NAME": "gitedge",
+        "GIT_COMMITTER_EMAIL": "gitedge@localhost",
+    }
+    if git_protocol:
+        env["GIT_PROTOCOL"] = git_protocol
+    return env
+
+
+class BodyDecoder:
+    """An identity request body: passes pieces through."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if data:
+            yield data
+
+    def finish(self) -> None:
+        """The body ended; raise BodyDecodeError if that is too early."""
+
+
+class GzipBodyDecoder(BodyDecoder):
+    """Inflates a gzip body in pieces of at most `max_piece` bytes.
+
+    `max_length` bounds each output, so a gzip bomb costs one piece of memory at
+    a time; the caller writes each piece to git (back-pressure) before asking for
+    the next. Like http-backend, data after the end of the gzip stream is ignored.
+    """
+
+    def __init__(self, max_piece: int = CHUNK) -> None:
+        self._inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        self._max = max_piece
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        pending = data
+        while not self._inflate.eof:
+            try:
+                piece = self._inflate.decompress(pending, self._max)
+            except zlib.error as exc:
+                raise BodyDecodeError(f"bad gzip request body: {exc}") from None
+            if piece:
+                yield piece
+            pending = self._inflate.unconsumed_tail
+            # A full piece may leave output inside zlib even with no input left.
+            if not pending and len(piece) < self._max:
+                return
+
+    def finish(self) -> None:
+        if not self._inflate.eof:
+            raise BodyDecodeError("request ended in the middle of the gzip stream")
+
+
+def body_decoder(content_encoding: bytes | None) -> BodyDecoder:
+    """The decoder for a request's Content-Encoding; raises UnsupportedEncoding."""
+    coding = (content_encoding or b"").strip().lower()
+    if coding in (b"", b"identity"):
+        return BodyDecoder()
+    if coding in (b"gzip", b"x-gzip"):
+        return GzipBodyDecoder()
+    raise UnsupportedEncoding(coding.decode("ascii", "replace"))
+
+
+class StderrTail:
+    """Keeps the first `limit` bytes of a child's stderr and counts the rest."""
+
+    def __init__(self, limit: int = MAX_STDERR) -> None:
+        self._limit = limit
+        self._kept = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        room = self._limit - len(self._kept)
+        self._kept += data[:room]
+        self.dropped += max(0, len(data) - room)
+
+    def text(self) -> str:
+        text = self._kept.decode("utf-8", "replace").strip()
+        if self.dropped:
+            text += f"\n[{self.dropped} more bytes of stderr dropped]"
+        return text

@@ -1,0 +1,122 @@
+"""The bare repositories on this node's volume: where they live, create, delete.
+
+Layout: `<volume>/<owner>/<name>.git`. Names come validated from
+`RepoName.parse`, whose components never start with `.`, so the node's own
+`.gitedge-*` entries in the volume root can never collide with an owner.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import trio
+
+from node.git_proto import child_env
+from routing.model import RepoName
+
+log = logging.getLogger(__name__)
+
+# New repositories point HEAD at `main`, so a clone after the first push of
+# `main` checks it out (git's built-in default is still `master`).
+DEFAULT_BRANCH = "main"
+INIT_TIMEOUT = 30.0
+
+
+class RepoStoreError(Exception):
+    """Creating or deleting a repository failed on this node (an operator problem)."""
+
+
+class RepoStore:
+    def __init__(self, volume_dir: Path) -> None:
+        self.root = Path(volume_dir).absolute()
+        # Temp dirs live inside the volume so a rename into place is atomic.
+        self.tmp_dir = self.root / ".gitedge-tmp"
+        # git's HOME: an empty dir, so no user's ~/.gitconfig applies to served repos.
+        self.home_dir = self.root / ".gitedge-home"
+
+    def prepare(self) -> None:
+        """Create the volume's own dirs and drop temp dirs left by a crash (blocking)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.home_dir.mkdir(exist_ok=True)
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir()
+
+    def path(self, repo: RepoName) -> Path:
+        return self.root / repo.bare_dir
+
+    def existing(self, repo: RepoName) -> Path | None:
+        path = self.path(repo)
+        return path if path.is_dir() else None
+
+    def env(self, git_protocol: str | None = None) -> dict[str, str]:
+        return child_env(os.environ, self.home_dir, git_protocol)
+
+    async def create(self, repo: RepoName) -> bool:
+        """`git init --bare` the repo unless it exists; True if this call created it.
+
+        Initialised in a temp dir and renamed into place, so a reader never sees
+        a half-made repository and two concurrent creates cannot both win.
+        """
+        final = self.path(repo)
+        if final.is_dir():
+            return False
+        tmp = Path(tempfile.mkdtemp(prefix="init-", dir=self.tmp_dir))
+        try:
+            with trio.fail_after(INIT_TIMEOUT):
+                result = await trio.run_process(
+                    ["git", "init", "--bare", "--quiet", f"--initial-branch={DEFAULT_BRANCH}",
+                     str(tmp)],
+                    env=self.env(),
+                    capture_stdout=True,
+                    capture_stderr=True,
+                    check=False,
+                )
+            if result.returncode != 0:
+                raise RepoStoreError(
+                    f"git init for {repo} failed ({result.returncode}): "
+                    + result.stderr.decode("utf-8", "replace").strip()
+                )
+            return await trio.to_thread.run_sync(_move_into_place, tmp, final)
+        finally:
+            with trio.move_on_after(10, shield=True):
+                await trio.to_thread.run_sync(_remove, tmp)
+
+    async def delete(self, repo: RepoName) -> bool:
+        """Remove the repo; False if it did not exist. Gone at once (rename), then erased."""
+        final = self.path(repo)
+        trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self.tmp_dir)) / "repo"
+        try:
+            try:
+                os.rename(final, trash)
+            except FileNotFoundError:
+                return False
+            return True
+        finally:
+            with trio.move_on_after(30, shield=True):
+                await trio.to_thread.run_sync(_remove, trash.parent)
+
+
+def _move_into_place(tmp: Path, final: Path) -> bool:
+    final.parent.mkdir(exist_ok=True)
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            return False  # a concurrent create won
+        raise
+    # The caller answers "created": make the new directory entry durable first.
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,128 @@
+"""The sans-IO half of the node's smart HTTP: argv, prefixes, env, gzip bodies."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import pytest
+
+from edge.proto.http_route import Service
+from node import git_proto
+from node.git_proto import CHUNK, BodyDecodeError, GzipBodyDecoder, StderrTail
+
+
+def test_info_refs_argv_is_http_backends() -> None:
+    # git 2.39 http-backend.c get_info_refs(): {svc, "--http-backend-info-refs", dir}
+    assert git_proto.info_refs_argv(Service.UPLOAD_PACK, Path("/v/o/r.git")) == [
+        "git", "upload-pack", "--http-backend-info-refs", "/v/o/r.git"
+    ]
+    assert git_proto.rpc_argv(Service.RECEIVE_PACK, Path("/v/o/r.git")) == [
+        "git", "receive-pack", "--stateless-rpc", "/v/o/r.git"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("git_protocol", "prefixed"),
+    [
+        (None, True),
+        ("version=1", True),
+        ("version=2", False),
+        ("object-format=sha1:version=2", False),
+        ("version=20", True),  # not version 2: git ignores unknown versions
+    ],
+)
+def test_service_line_only_before_v0_v1_advertisements(
+    git_protocol: str | None, prefixed: bool
+) -> None:
+    prefix = git_proto.advertisement_prefix(Service.UPLOAD_PACK, git_protocol)
+    assert prefix == (b"001e# service=git-upload-pack\n0000" if prefixed else b"")
+
+
+@pytest.mark.parametrize(
+    ("header", "accepted"),
+    [
+        (None, None),
+        (b"version=2", "version=2"),
+        (b"version=2:object-format=sha256", "version=2:object-format=sha256"),
+        (b"version=2 ; rm -rf /", None),
+        (b"version=2\x00", None),
+        (b"\xffversion=2", None),
+        (b"v" * 257, None),
+        (b"", None),
+    ],
+)
+def test_git_protocol_header_is_checked(header: bytes | None, accepted: str | None) -> None:
+    assert git_proto.accept_git_protocol(header) == accepted
+
+
+def test_child_env_is_clean(tmp_path: Path) -> None:
+    base = {"PATH": "/bin", "LD_PRELOAD": "/evil.so", "GIT_DIR": "/elsewhere"}
+    env = git_proto.child_env(base, tmp_path, "version=2")
+    assert env["PATH"] == "/bin" and env["HOME"] == str(tmp_path)
+    assert env["GIT_PROTOCOL"] == "version=2"
+    assert "LD_PRELOAD" not in env and "GIT_DIR" not in env
+    assert "GIT_PROTOCOL" not in git_proto.child_env(base, tmp_path, None)
+
+
+def decode_all(decoder: GzipBodyDecoder, body: bytes, step: int) -> list[bytes]:
+    pieces: list[bytes] = []
+    for i in range(0, len(body), step):
+        pieces.extend(decoder.feed(body[i : i + step]))
+    decoder.finish()
+    return pieces
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096, 10**9])
+def test_gzip_body_decodes_whole_or_in_any_pieces(step: int) -> None:
+    plain = b"".join(b"%04x have %040x\n" % (50, i) for i in range(2000))
+    pieces = decode_all(GzipBodyDecoder(), gzip.compress(plain), step)
+    assert b"".join(pieces) == plain
+
+
+def test_gzip_bomb_comes_out_in_bounded_pieces() -> None:
+    size = 64 * 1024 * 1024
+    bomb = gzip.compress(bytes(size), compresslevel=9)
+    assert len(bomb) < size // 500
+    total = 0
+    for piece in GzipBodyDecoder().feed(bomb):
+        assert len(piece) <= CHUNK
+        total += len(piece)
+    assert total == size
+
+
+def test_truncated_gzip_body_is_an_error() -> None:
+    body = gzip.compress(b"0009done\n" * 1000)
+    decoder = GzipBodyDecoder()
+    list(decoder.feed(body[: len(body) // 2]))
+    with pytest.raises(BodyDecodeError, match="middle of the gzip stream"):
+        decoder.finish()
+
+
+def test_corrupt_gzip_body_is_an_error() -> None:
+    with pytest.raises(BodyDecodeError, match="bad gzip"):
+        list(GzipBodyDecoder().feed(b"\x1f\x8b\x08\x00garbage-garbage-garbage"))
+
+
+def test_bytes_after_the_gzip_stream_are_ignored_like_http_backend() -> None:
+    pieces = decode_all(GzipBodyDecoder(), gzip.compress(b"0000") + b"trailing", 3)
+    assert b"".join(pieces) == b"0000"
+
+
+def test_raw_deflate_is_not_gzip() -> None:
+    with pytest.raises(BodyDecodeError):
+        list(GzipBodyDecoder().feed(zlib.compress(b"0000")))
+
+
+@pytest.mark.parametrize("coding", [b"deflate", b"br", b"gzip, gzip"])
+def test_other_content_encodings_are_refused(coding: bytes) -> None:
+    with pytest.raises(git_proto.UnsupportedEncoding):
+        git_proto.body_decoder(coding)
+
+
+def test_stderr_tail_keeps_a_bounded_head() -> None:
+    tail = StderrTail(limit=10)
+    tail.feed(b"fatal: ")
+    tail.feed(b"bad object deadbeef")
+    assert tail.text() == "fatal: bad\n[16 more bytes of stderr dropped]"
