@@ -120,6 +120,8 @@ def demo(workdir: Path | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # A handler (not SIG_DFL) for SIGCHLD so pause() wakes when a child dies.
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    script = Path(sys.executable).with_name("gitedge")
+    gitedge = str(script) if script.exists() else "gitedge"
     with start_devnet(work) as net:
         edge = net.edge
         url = edge.https_url
@@ -141,10 +143,10 @@ gitedge demo is up.
 
 Try, in another shell:
   export GIT_SSL_CAINFO={net.ca_file} GITEDGE_URL={url} GITEDGE_CA_FILE={net.ca_file}
-  gitedge repo create alice/hello --region lax
+  {gitedge} repo create alice/hello --region lax
   git clone {url}/alice/hello.git && cd hello
   git commit --allow-empty -m hello && git push origin HEAD
-  gitedge repo where alice/hello
+  {gitedge} repo where alice/hello
 
 Ctrl-C stops everything.
 READY {json.dumps(ready, sort_keys=True)}""",
