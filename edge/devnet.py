@@ -117,13 +117,21 @@ class Devnet:
         return handle
 
     def start_edge(
-        self, region: str, *, http: bool = False, extra: str = "", timeout: float = 30.0
+        self,
+        region: str,
+        *,
+        http: bool = False,
+        edge_options: str = "",
+        extra: str = "",
+        timeout: float = 30.0,
     ) -> EdgeHandle:
+        """An edge; `edge_options` are lines for its [edge] table, `extra` more tables."""
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
         lines = [
             "[edge]",
             f"region = {_toml(region)}",
+            edge_options,
             "[https]",
             'listen = "127.0.0.1:0"',
             f"cert_file = {_toml(str(self.cert_file))}",

@@ -25,6 +25,7 @@ from edge.proto.http_route import (
     NotFound,
     RouteError,
     Rpc,
+    Stats,
     parse_route,
 )
 from edge.proxy import ClientInfo, Timeouts, proxy_git
@@ -143,7 +144,10 @@ async def handle_request(
                     close=not keep,
                 )
                 return Outcome(200, keep)
-            case NotFound():
+            case Stats() if info.trusted_proxy:
+                await send_json(client, 200, state.stats(), close=not keep)
+                return Outcome(200, keep)
+            case NotFound() | Stats():
                 await send_text(client, 404, "not found", close=not keep)
                 return Outcome(404, keep)
     except EdgeError as exc:

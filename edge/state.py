@@ -47,3 +47,19 @@ class EdgeState:
     pool: NodePool
     node_admin: NodeAdmin
     requests: RequestTracker = field(default_factory=RequestTracker)
+
+    def stats(self) -> dict[str, object]:
+        """Counters for operators and benchmarks: warm requests should move none
+        of `node_connects` or `lookup_etcd_reads`."""
+        return {
+            "requests_active": self.requests.active,
+            "node_connects": self.pool.stats.connects,
+            "node_reuses": self.pool.stats.reuses,
+            "node_stale_dropped": self.pool.stats.stale_dropped,
+            "etcd_requests": self.etcd.requests_made,
+            "lookup_etcd_reads": self.cache.stats.etcd_reads,
+            "cache_synced": self.cache.synced,
+            "cache_revision": self.cache.revision,
+            "cache_resets": self.cache.stats.resets,
+            "repos_cached": len(self.cache.repos),
+        }

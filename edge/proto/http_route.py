@@ -60,11 +60,16 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Stats:
+    """`GET /_gitedge/stats`: the edge's counters (trusted peers only)."""
+
+
+@dataclass(frozen=True)
 class NotFound:
     """Not a route of ours (later: the web frontend's)."""
 
 
-Route = InfoRefs | Rpc | CreateRepo | GetRepo | Health | NotFound
+Route = InfoRefs | Rpc | CreateRepo | GetRepo | Health | Stats | NotFound
 
 
 class RouteError(Exception):
@@ -98,6 +103,9 @@ def parse_route(method: bytes, target: bytes) -> Route:
     if path in ("/healthz", "/readyz"):
         _require(method, b"GET", b"HEAD")
         return Health(ready=path == "/readyz")
+    if path == "/_gitedge/stats":
+        _require(method, b"GET")
+        return Stats()
     if path == "/api/repos":
         _require(method, b"POST")
         return CreateRepo()

@@ -78,3 +78,14 @@ def test_etcd_down_known_repos_route_creates_fail(tmp_path: Path) -> None:
             20,
             lambda: httpx.get(f"{net.edge.https_url}/readyz", verify=tls(net)).status_code == 503,
         )
+
+
+def test_region_header_ignored_from_untrusted_peer(net: Devnet) -> None:
+    # Loopback is not a trusted proxy for this edge: Fly-Region must not count,
+    # and the internal counters are not shown.
+    edge = net.start_edge("fra", edge_options='trusted_proxies = ["192.0.2.0/24"]')
+    created = create_repo(net, "frank/placed", region="lax", edge_url=edge.https_url)
+    assert created.status_code == 201, created.text
+    assert created.json()["region"] == "fra"
+    stats = httpx.get(f"{edge.https_url}/_gitedge/stats", verify=tls(net))
+    assert stats.status_code == 404

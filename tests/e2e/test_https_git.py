@@ -215,3 +215,24 @@ def test_no_git_process_left_on_nodes(net: Devnet) -> None:
             break
         time.sleep(0.1)
     assert left == []
+
+
+def test_warm_requests_make_no_etcd_reads_and_no_node_handshakes(
+    net: Devnet, git: Git, tmp_path: Path
+) -> None:
+    assert create_repo(net, "alice/warm", region="fra").status_code == 201
+    url = _url(net, "alice/warm")
+    git.run("ls-remote", url)  # warms the pooled connection to fra-1
+
+    def stats() -> dict[str, int]:
+        response = httpx.get(f"{net.edge.https_url}/_gitedge/stats", verify=tls(net))
+        assert response.status_code == 200
+        return dict(response.json())
+
+    before = stats()
+    for _ in range(3):
+        git.run("ls-remote", url)
+    after = stats()
+    assert after["node_connects"] == before["node_connects"]
+    assert after["lookup_etcd_reads"] == before["lookup_etcd_reads"]
+    assert after["node_reuses"] >= before["node_reuses"] + 3
