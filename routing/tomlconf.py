@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 from typing import Any, TypeAlias
 
-
 # Table has methods named str, int, float and bool; annotations inside it use these.
 _Str: TypeAlias = str
 _Int: TypeAlias = int

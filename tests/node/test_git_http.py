@@ -99,12 +99,29 @@ async def test_push_then_clone_round_trips(node: RunningNode, tmp_path: Path, ve
         await git("commit", "-q", "-m", "first", cwd=work, home=home)
         await git("tag", "-a", "-m", "v1", "v1", cwd=work, home=home)
         url = node.repo_url("alice/proj")
-        await git("-c", f"protocol.version={version}", "push", "-q", url, "main", "v1",
-                  cwd=work, home=home)
+        await git(
+            "-c",
+            f"protocol.version={version}",
+            "push",
+            "-q",
+            url,
+            "main",
+            "v1",
+            cwd=work,
+            home=home,
+        )
 
         clone = tmp_path / "clone"
-        await git("-c", f"protocol.version={version}", "clone", "-q", url, str(clone),
-                  cwd=tmp_path, home=home)
+        await git(
+            "-c",
+            f"protocol.version={version}",
+            "clone",
+            "-q",
+            url,
+            str(clone),
+            cwd=tmp_path,
+            home=home,
+        )
         pushed = await git("rev-parse", "main", "v1", cwd=work, home=home)
         cloned = await git("rev-parse", "HEAD", "v1", cwd=clone, home=home)
         await git("fsck", "--strict", cwd=clone, home=home)
@@ -246,8 +263,9 @@ async def test_gzip_bomb_does_not_take_the_node_down(node: RunningNode) -> None:
     headers = {**UPLOAD_REQUEST, "content-encoding": "gzip"}
     async with httpx.AsyncClient(base_url=node.url) as client:
         with trio.fail_after(20):
-            response = await client.post("/alice/bomb.git/git-upload-pack", content=bomb,
-                                         headers=headers)
+            response = await client.post(
+                "/alice/bomb.git/git-upload-pack", content=bomb, headers=headers
+            )
             health = await client.get("/healthz")
     peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak_before
     # git refuses the nonsense input; the node answers, stays up, and never
@@ -307,8 +325,16 @@ async def start_stalled_clone(url: str, tmp_path: Path) -> trio.SocketStream:
     (work / "blob").write_bytes(os.urandom(16 * 1024 * 1024))
     await git("add", "blob", cwd=work, home=home)
     await git("commit", "-q", "-m", "big", cwd=work, home=home)
-    await git("-c", "pack.compression=0", "push", "-q", f"{url}/alice/big.git", "main",
-              cwd=work, home=home)
+    await git(
+        "-c",
+        "pack.compression=0",
+        "push",
+        "-q",
+        f"{url}/alice/big.git",
+        "main",
+        cwd=work,
+        home=home,
+    )
     oid = await git("rev-parse", "main", cwd=work, home=home)
     assert git_descendants() == []
 

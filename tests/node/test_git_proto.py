@@ -16,10 +16,16 @@ from node.git_proto import CHUNK, BodyDecodeError, GzipBodyDecoder, StderrTail
 def test_info_refs_argv_is_http_backends() -> None:
     # git 2.39 http-backend.c get_info_refs(): {svc, "--http-backend-info-refs", dir}
     assert git_proto.info_refs_argv(Service.UPLOAD_PACK, Path("/v/o/r.git")) == [
-        "git", "upload-pack", "--http-backend-info-refs", "/v/o/r.git"
+        "git",
+        "upload-pack",
+        "--http-backend-info-refs",
+        "/v/o/r.git",
     ]
     assert git_proto.rpc_argv(Service.RECEIVE_PACK, Path("/v/o/r.git")) == [
-        "git", "receive-pack", "--stateless-rpc", "/v/o/r.git"
+        "git",
+        "receive-pack",
+        "--stateless-rpc",
+        "/v/o/r.git",
     ]
 
 
