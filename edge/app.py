@@ -23,7 +23,8 @@ from edge.http_front import serve_connection
 from edge.pool import NodePool
 from edge.state import EdgeState
 from routing.cache import RoutingCache
-from routing.etcd import EtcdClient, mirror_prefix
+from routing.etcd import EtcdClient
+from routing.mirror import mirror_prefix
 from routing.runtime import write_ready_file
 from routing.schema import Keys
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import trio
@@ -35,12 +34,10 @@ __all__ = [
     "EtcdError",
     "EtcdUnavailable",
     "KeyValue",
-    "PrefixMirror",
     "RangeResult",
     "TxnResult",
     "WatchCompacted",
     "WatchEvent",
-    "mirror_prefix",
 ]
 
 log = logging.getLogger(__name__)
@@ -383,152 +380,3 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-# --- mirror_prefix ---------------------------------------------------------------
-
-
-class PrefixMirror(Protocol):
-    """What a cache implements to be fed by `mirror_prefix`."""
-
-    def reset(self, kvs: list[KeyValue], revision: int) -> None:
-        """Replace everything with this snapshot (the first list, or a relist)."""
-
-    def apply(self, events: list[WatchEvent], revision: int) -> None:
-        """Apply events in order; `revision` is the last event's mod revision."""
-
-    def set_synced(self, synced: bool) -> None:
-        """Called on changes only: False while the watch is down, True once it is up."""
-
-
-class _Backoff:
-    """Exponential, capped, jittered (so edges do not reconnect in lockstep)."""
-
-    def __init__(self, minimum: float, maximum: float) -> None:
-        self._minimum = minimum
-        self._maximum = maximum
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay: float = min(self._maximum, self._minimum * 2.0**self.failures)
-        self.failures += 1
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class _Mirroring:
-    def __init__(
-        self, client: EtcdClient, prefix: str, mirror: PrefixMirror, backoff: _Backoff
-    ) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.mirror = mirror
-        self.backoff = backoff
-        self.next_revision: int | None = None  # None: the mirror needs a full list
-        self.synced: bool | None = None
-        self.health_failure: EtcdError | None = None
-
-    def set_synced(self, synced: bool) -> None:
-        """Tell the mirror about changes only, so it can log transitions."""
-        if synced != self.synced:
-            self.synced = synced
-            self.mirror.set_synced(synced)
-
-    async def relist(self) -> None:
-        snapshot = await self.client.range(self.prefix, prefix=True)
-        self.mirror.reset(snapshot.kvs, snapshot.revision)
-        self.next_revision = snapshot.revision + 1
-        self.set_synced(True)
-
-    async def follow(self, health_interval: float) -> None:
-        """Watch from `next_revision` until the stream fails; always raises."""
-        assert self.next_revision is not None
-        self.health_failure = None
-        failure: EtcdError | None = None
-        async with trio.open_nursery() as nursery:
-            messages = self.client._watch_messages(self.prefix, self.next_revision)
-            try:
-                async with aclosing(messages):
-                    async for endpoint, message in messages:
-                        if isinstance(message, WatchCreated):
-                            self.backoff.reset()
-                            self.set_synced(True)
-                            nursery.start_soon(
-                                self.check_health, endpoint, health_interval, nursery.cancel_scope
-                            )
-                        elif message.events:
-                            # The last event's revision, not the header's: a catch-up batch
-                            # is capped at 1000 revisions but carries the store's current
-                            # revision, so resuming from the header could skip events.
-                            revision = message.events[-1].kv.mod_revision
-                            self.mirror.apply(message.events, revision)
-                            self.next_revision = revision + 1
-            except EtcdError as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
-        raise failure or self.health_failure or EtcdUnavailable("etcd watch stopped")
-
-    async def check_health(
-        self, endpoint: str, interval: float, watch_scope: trio.CancelScope
-    ) -> None:
-        """A TCP connection to a hung etcd may never close: probe it, and drop the watch."""
-        while True:
-            await trio.sleep(interval)
-            try:
-                await self.client._probe(endpoint, self.prefix)
-            except EtcdError as exc:
-                self.health_failure = EtcdUnavailable(f"etcd health check failed: {exc}")
-                self.client._demote(endpoint)
-                watch_scope.cancel()
-                return
-
-
-async def mirror_prefix(
-    client: EtcdClient,
-    prefix: str,
-    mirror: PrefixMirror,
-    *,
-    retry_min: float = 0.1,
-    retry_max: float = 5.0,
-    health_interval: float = 5.0,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Keep `mirror` equal to the keys under `prefix`; runs until cancelled.
-
-    List -> reset -> synced -> started, then watch. A broken stream resumes the
-    watch after the last applied event (no relist); a compacted one relists.
-    `apply` gets the revision of the batch's last event.
-    """
-    state = _Mirroring(client, prefix, mirror, _Backoff(retry_min, retry_max))
-    started = False
-    while True:
-        try:
-            if state.next_revision is None:
-                await state.relist()
-                if not started:
-                    task_status.started()
-                    started = True
-            await state.follow(health_interval)
-        except WatchCompacted as exc:
-            log.info("mirror of %s: %s; relisting", prefix, exc)
-            state.set_synced(False)
-            state.next_revision = None
-            # Relist at once; only a repeat (no watch opened since) backs off.
-            delay = state.backoff.next_delay()
-            if state.backoff.failures > 1:
-                await trio.sleep(delay)
-        except EtcdUnavailable as exc:
-            state.set_synced(False)
-            delay = state.backoff.next_delay()
-            log.warning("mirror of %s: etcd unavailable (%s); retry in %.2fs", prefix, exc, delay)
-            await trio.sleep(delay)
-        except EtcdError as exc:
-            # Something this client cannot follow (e.g. an oversized message): start
-            # over from a fresh list rather than replaying the same message forever.
-            state.set_synced(False)
-            state.next_revision = None
-            delay = state.backoff.next_delay()
-            log.warning("mirror of %s: %s; relisting in %.2fs", prefix, exc, delay)
-            await trio.sleep(delay)

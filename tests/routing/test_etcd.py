@@ -26,9 +26,9 @@ from routing.etcd import (
     KeyValue,
     WatchCompacted,
     WatchEvent,
-    mirror_prefix,
 )
 from routing.etcd_codec import WatchCreated
+from routing.mirror import mirror_prefix
 
 # --- helpers ------------------------------------------------------------------------
 
