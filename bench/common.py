@@ -1,0 +1,288 @@
+"""Helpers shared by the benchmarks: a clean git, random repos, process meters.
+
+Blocking code on purpose (like edge/procs.py): benchmarks drive real `git`
+and real child processes from a plain Python main thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psutil
+
+MiB = 1024 * 1024
+
+# git keeps a fetched or pushed pack of fewer than `transfer.unpackLimit`
+# (default 100) objects only after exploding it into loose objects, which is
+# about 4x slower and would measure zlib, not the network path. Every
+# generated repo therefore has at least this many blobs (plus a tree and a
+# commit); the limit itself is left at git's default.
+MIN_FILES = 128
+MAX_FILE_BYTES = 8 * MiB
+
+
+def sigterm_as_interrupt() -> None:
+    """Let SIGTERM unwind like Ctrl-C, so context managers stop every child."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def clean_git_env(home: Path, **extra: str) -> dict[str, str]:
+    """os.environ without GIT_*/XDG config, a throwaway HOME, no system config."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("GIT_") and k not in ("XDG_CONFIG_HOME", "EMAIL")
+    }
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        HOME=str(home),
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_TERMINAL_PROMPT="0",
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="bench@example.invalid",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="bench@example.invalid",
+        LC_ALL="C",
+    )
+    env.update(extra)
+    return env
+
+
+class GitError(RuntimeError):
+    pass
+
+
+def run_git(
+    args: Sequence[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 1800.0
+) -> str:
+    """Run git; return stdout; raise GitError with stderr on failure."""
+    proc = subprocess.run(
+        ["git", *args],
+        env=env,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise GitError(
+            f"git {' '.join(args)} exited {proc.returncode}: "
+            + proc.stderr.decode(errors="replace")[-2000:]
+        )
+    return proc.stdout.decode(errors="replace")
+
+
+@dataclass
+class Timed:
+    wall_s: float
+    client_cpu_s: float
+
+
+def timed_git(
+    args: Sequence[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 1800.0
+) -> Timed:
+    """Wall time of one git command, and the CPU of its whole process tree."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    run_git(args, env, cwd, timeout)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(wall, cpu)
+
+
+@dataclass
+class RandomRepo:
+    path: Path
+    commit: str
+    files: int
+    file_bytes: int
+    total_bytes: int
+
+    @property
+    def objects(self) -> int:
+        return self.files + 3  # blobs, the root and data/ trees, one commit
+
+
+def files_for(total_bytes: int) -> int:
+    return max(MIN_FILES, math.ceil(total_bytes / MAX_FILE_BYTES))
+
+
+def make_random_repo(path: Path, total_bytes: int, env: dict[str, str]) -> RandomRepo:
+    """A one-commit repo of incompressible blobs, written straight into a pack.
+
+    `git fast-import` streams the blobs from os.urandom into a pack: no working
+    tree, no loose objects, so a 1 GiB repo costs 1 GiB of disk once. The pack
+    is written with compression level 0: zlib stores random data verbatim at
+    any level, so only the time spent trying to compress it is saved.
+    """
+    files = files_for(total_bytes)
+    file_bytes = max(1, total_bytes // files)
+    run_git(["init", "--quiet", "--initial-branch=main", str(path)], env)
+    for key, value in (("core.compression", "0"), ("pack.compression", "0")):
+        run_git(["config", key, value], env, cwd=path)
+    proc = subprocess.Popen(
+        ["git", "fast-import", "--quiet", "--done"],
+        cwd=path,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    try:
+        out = proc.stdin
+        for i in range(files):
+            out.write(b"blob\nmark :%d\ndata %d\n" % (i + 1, file_bytes))
+            left = file_bytes
+            while left:
+                n = min(left, MiB)
+                out.write(os.urandom(n))
+                left -= n
+            out.write(b"\n")
+        message = b"random blobs for benchmarks\n"
+        out.write(
+            b"commit refs/heads/main\n"
+            b"committer bench <bench@example.invalid> 1700000000 +0000\n"
+            b"data %d\n%s" % (len(message), message)
+        )
+        for i in range(files):
+            out.write(b"M 100644 :%d data/blob-%04d.bin\n" % (i + 1, i))
+        out.write(b"\ndone\n")
+        _, stderr = proc.communicate(timeout=1800)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise GitError(f"git fast-import exited {proc.returncode}: {stderr.decode()[-2000:]}")
+    commit = run_git(["rev-parse", "refs/heads/main"], env, cwd=path).strip()
+    return RandomRepo(path, commit, files, file_bytes, files * file_bytes)
+
+
+def pack_stats(git_dir: Path) -> dict[str, int]:
+    """Bytes in packs, number of packs, and loose objects of a repository."""
+    pack_dir = git_dir / "objects" / "pack"
+    packs = list(pack_dir.glob("*.pack")) if pack_dir.is_dir() else []
+    loose = sum(
+        1
+        for d in (git_dir / "objects").iterdir()
+        if len(d.name) == 2 and d.is_dir()
+        for _ in d.iterdir()
+    )
+    return {
+        "pack_bytes": sum(p.stat().st_size for p in packs),
+        "packs": len(packs),
+        "loose_objects": loose,
+    }
+
+
+def rmtree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class ProcMeter:
+    """CPU seconds of one process (own, and of its reaped children)."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+
+    def cpu(self) -> tuple[float, float]:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system), float(t.children_user + t.children_system)
+
+    def rss(self) -> int:
+        return int(self.proc.memory_info().rss)
+
+
+@dataclass
+class RssSampler:
+    """Samples a process's RSS every `interval` seconds in a thread."""
+
+    meter: ProcMeter
+    interval: float = 0.05
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        start = time.perf_counter()
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.perf_counter() - start, self.meter.rss()))
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
+
+
+def machine_info() -> dict[str, Any]:
+    git = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False)
+    cpu_model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "mem_total_mb": round(psutil.virtual_memory().total / MiB),
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "git": git.stdout.strip(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "executable": sys.executable,
+    }
+
+
+@contextmanager
+def elapsed() -> Iterator[list[float]]:
+    """`with elapsed() as t: ...` then t[0] is the wall time in seconds."""
+    box = [0.0]
+    start = time.perf_counter()
+    try:
+        yield box
+    finally:
+        box[0] = time.perf_counter() - start
