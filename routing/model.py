@@ -94,6 +94,10 @@ class NodeRecord:
     region: Region
     http_url: str
     volumes: tuple[VolumeInfo, ...]
+    ssh_address: str | None = None
+    """`host:port` of the node's edge-only SSH listener, if it has one."""
+    ssh_host_key: str | None = None
+    """Its host public key (OpenSSH line): edges verify nodes against etcd."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,57 @@ class VolumeRecord:
 
 @dataclass(frozen=True)
 class RepoRecord:
-    """Where a repository lives. Written once, on create."""
+    """Where a repository lives and who may use it. Written on create."""
 
     name: RepoName
     volume_id: VolumeId
     region: Region
+    created_at: float
+    owner: str = ""
+    """The user who created it ("" for records from before access control: the
+    name's owner part stands in)."""
+    public: bool = False
+    readers: tuple[str, ...] = ()
+    writers: tuple[str, ...] = ()
+
+    @property
+    def owner_user(self) -> str:
+        return self.owner or self.name.owner
+
+
+def parse_user_name(raw: str) -> str:
+    """A user name follows the rules of one repo path component."""
+    if not isinstance(raw, str) or len(raw) > MAX_COMPONENT_LEN or not raw.isascii():
+        raise InvalidRepoName("user names are ASCII, at most 100 characters")
+    if ".." in raw or not _COMPONENT.fullmatch(raw):
+        raise InvalidRepoName("use ASCII letters, digits and ._- (not leading . or -, no ..)")
+    return raw
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """An SSH public key, stored under its SHA256 fingerprint (unique network-wide)."""
+
+    fingerprint: str
+    user: str
+    title: str
+    public_key: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A personal HTTPS token, stored as a SHA-256 of its secret part only."""
+
+    token_id: str
+    user: str
+    secret_sha256: str
     created_at: float
 
 

@@ -5,6 +5,9 @@ Layout under the configurable prefix (default `/gitedge/`):
     nodes/<node-id>         NodeRecord, under the node's lease (gone when it dies)
     volumes/<volume-id>     VolumeRecord, durable
     repos/<owner>/<name>    RepoRecord, created in a create-if-absent txn
+    users/<name>            UserRecord, created in a create-if-absent txn
+    keys/<fingerprint>      KeyRecord: SSH key -> user (SHA256:... fingerprint, unique)
+    tokens/<token-id>       TokenRecord: a personal HTTPS token's hash and owner
 
 Values are compact JSON objects. Decoders raise `SchemaError` on anything
 malformed so one bad key cannot take the routing cache down.
@@ -20,10 +23,13 @@ from typing import Any
 from routing.model import (
     InvalidRegion,
     InvalidRepoName,
+    KeyRecord,
     NodeId,
     NodeRecord,
     RepoName,
     RepoRecord,
+    TokenRecord,
+    UserRecord,
     VolumeId,
     VolumeInfo,
     VolumeRecord,
@@ -66,6 +72,27 @@ class Keys:
     def repo(self, name: RepoName) -> str:
         return self.repos + name.path
 
+    @property
+    def users(self) -> str:
+        return self.prefix + "users/"
+
+    @property
+    def keys(self) -> str:
+        return self.prefix + "keys/"
+
+    @property
+    def tokens(self) -> str:
+        return self.prefix + "tokens/"
+
+    def user(self, name: str) -> str:
+        return self.users + name
+
+    def key(self, fingerprint: str) -> str:
+        return self.keys + fingerprint
+
+    def token(self, token_id: str) -> str:
+        return self.tokens + token_id
+
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
@@ -88,6 +115,22 @@ def _str(obj: dict[str, Any], key: str) -> str:
     return value
 
 
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SchemaError(f"field {key!r} must be a string")
+    return value
+
+
+def _str_tuple(obj: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SchemaError(f"field {key!r} must be a list of strings")
+    return tuple(value)
+
+
 def _num(obj: dict[str, Any], key: str) -> float:
     value = obj.get(key)
     # json accepts NaN and Infinity (and 1e400 overflows to it): not numbers here.
@@ -97,16 +140,16 @@ def _num(obj: dict[str, Any], key: str) -> float:
 
 
 def encode_node(node: NodeRecord) -> bytes:
-    return _dump(
-        {
-            "node_id": node.node_id,
-            "region": node.region,
-            "http_url": node.http_url,
-            "volumes": [
-                {"volume_id": v.volume_id, "free_bytes": v.free_bytes} for v in node.volumes
-            ],
-        }
-    )
+    obj: dict[str, Any] = {
+        "node_id": node.node_id,
+        "region": node.region,
+        "http_url": node.http_url,
+        "volumes": [{"volume_id": v.volume_id, "free_bytes": v.free_bytes} for v in node.volumes],
+    }
+    if node.ssh_address:
+        obj["ssh_address"] = node.ssh_address
+        obj["ssh_host_key"] = node.ssh_host_key
+    return _dump(obj)
 
 
 def decode_node(raw: bytes) -> NodeRecord:
@@ -124,6 +167,8 @@ def decode_node(raw: bytes) -> NodeRecord:
                 for v in volumes
                 if isinstance(v, dict)
             ),
+            ssh_address=_opt_str(obj, "ssh_address"),
+            ssh_host_key=_opt_str(obj, "ssh_host_key"),
         )
     except InvalidRegion as exc:
         raise SchemaError(str(exc)) from exc
@@ -154,6 +199,10 @@ def encode_repo(repo: RepoRecord) -> bytes:
             "volume_id": repo.volume_id,
             "region": repo.region,
             "created_at": repo.created_at,
+            "owner": repo.owner,
+            "public": repo.public,
+            "readers": list(repo.readers),
+            "writers": list(repo.writers),
         }
     )
 
@@ -166,6 +215,64 @@ def decode_repo(raw: bytes) -> RepoRecord:
             volume_id=VolumeId(_str(obj, "volume_id")),
             region=parse_region(_str(obj, "region")),
             created_at=_num(obj, "created_at"),
+            # Access fields came later: records without them are private to the name's owner.
+            owner=_opt_str(obj, "owner") or "",
+            public=obj.get("public") is True,
+            readers=_str_tuple(obj, "readers"),
+            writers=_str_tuple(obj, "writers"),
         )
     except (InvalidRegion, InvalidRepoName) as exc:
         raise SchemaError(str(exc)) from exc
+
+
+def encode_user(user: UserRecord) -> bytes:
+    return _dump({"name": user.name, "created_at": user.created_at})
+
+
+def decode_user(raw: bytes) -> UserRecord:
+    obj = _load(raw)
+    return UserRecord(name=_str(obj, "name"), created_at=_num(obj, "created_at"))
+
+
+def encode_key(key: KeyRecord) -> bytes:
+    return _dump(
+        {
+            "fingerprint": key.fingerprint,
+            "user": key.user,
+            "title": key.title,
+            "public_key": key.public_key,
+            "created_at": key.created_at,
+        }
+    )
+
+
+def decode_key(raw: bytes) -> KeyRecord:
+    obj = _load(raw)
+    return KeyRecord(
+        fingerprint=_str(obj, "fingerprint"),
+        user=_str(obj, "user"),
+        title=str(obj.get("title") or ""),
+        public_key=_str(obj, "public_key"),
+        created_at=_num(obj, "created_at"),
+    )
+
+
+def encode_token(token: TokenRecord) -> bytes:
+    return _dump(
+        {
+            "token_id": token.token_id,
+            "user": token.user,
+            "secret_sha256": token.secret_sha256,
+            "created_at": token.created_at,
+        }
+    )
+
+
+def decode_token(raw: bytes) -> TokenRecord:
+    obj = _load(raw)
+    return TokenRecord(
+        token_id=_str(obj, "token_id"),
+        user=_str(obj, "user"),
+        secret_sha256=_str(obj, "secret_sha256"),
+        created_at=_num(obj, "created_at"),
+    )
