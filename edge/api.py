@@ -1,20 +1,34 @@
-"""The edge's JSON API: create a repository, say where one lives."""
+"""The edge's JSON API: repositories (create, locate), users, tokens and SSH keys."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import h11
 import httpx
 import trio
 
-from edge.errors import BadRequest, NoCapacity, NodeUnavailable, RepoExists, RoutingUnavailable
+from edge.accounts import add_key, create_token, create_user
+from edge.auth import authorize, check_namespace, http_user, is_admin
+from edge.errors import (
+    AuthRequired,
+    BadRequest,
+    Forbidden,
+    NoCapacity,
+    NodeUnavailable,
+    RepoExists,
+    RepoNotFound,
+    RoutingUnavailable,
+)
 from edge.proto.http_head import RequestHead
+from edge.proto.http_route import AddKey, CreateRepo, CreateToken, CreateUser, GetRepo
+from edge.respond import Outcome, send_json
 from edge.stream import BufferedStream, relay_body
-from routing.cache import RoutingCache
+from routing.cache import NotFound, RoutingCache, StoreUnavailable
 from routing.etcd import EtcdClient, EtcdError
 from routing.model import (
     InvalidRegion,
@@ -25,9 +39,14 @@ from routing.model import (
     RepoName,
     RepoRecord,
     parse_region,
+    parse_user_name,
 )
 from routing.placement import PlacementError
 from routing.schema import encode_repo
+
+if TYPE_CHECKING:
+    from edge.proxy import ClientInfo
+    from edge.state import EdgeState
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +88,35 @@ async def read_json_body(
         raise BadRequest("request body must be JSON") from None
 
 
-def parse_create_request(payload: Any) -> RepoName:
+@dataclass(frozen=True)
+class CreateRequest:
+    name: RepoName
+    public: bool
+    readers: tuple[str, ...]
+    writers: tuple[str, ...]
+
+
+def parse_create_request(payload: Any) -> CreateRequest:
+    """`{"name": "owner/name", "public": false, "readers": [...], "writers": [...]}`."""
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
         raise BadRequest('expected JSON {"name": "owner/name"}')
     try:
-        return RepoName.parse(payload["name"])
+        name = RepoName.parse(payload["name"])
     except InvalidRepoName as exc:
         raise BadRequest(f"bad repository name: {exc}") from None
+    public = payload.get("public", False)
+    if not isinstance(public, bool):
+        raise BadRequest("public must be true or false")
+    lists: list[tuple[str, ...]] = []
+    for field in ("readers", "writers"):
+        users = payload.get(field, [])
+        if not isinstance(users, list) or len(users) > 1000:
+            raise BadRequest(f"{field} must be a list of user names")
+        try:
+            lists.append(tuple(parse_user_name(u) for u in users))
+        except InvalidRepoName as exc:
+            raise BadRequest(f"{field}: {exc}") from None
+    return CreateRequest(name, public, lists[0], lists[1])
 
 
 def client_region(header_value: bytes | None, trusted: bool, own_region: Region) -> Region:
@@ -89,7 +130,8 @@ def client_region(header_value: bytes | None, trusted: bool, own_region: Region)
 
 
 async def create_repo(
-    name: RepoName,
+    request: CreateRequest,
+    owner: str,
     region: Region,
     fallback: Region | None,
     cache: RoutingCache,
@@ -97,11 +139,21 @@ async def create_repo(
     node_admin: NodeAdmin,
 ) -> RepoLocation:
     """Place, record (create-if-absent), then init on the node; roll back on failure."""
+    name = request.name
     try:
         volume, node = cache.place(region, fallback)
     except PlacementError as exc:
         raise NoCapacity(str(exc)) from None
-    record = RepoRecord(name, volume.volume_id, volume.region, round(time.time(), 3))
+    record = RepoRecord(
+        name,
+        volume.volume_id,
+        volume.region,
+        round(time.time(), 3),
+        owner=owner,
+        public=request.public,
+        readers=request.readers,
+        writers=request.writers,
+    )
     key = cache.keys.repo(name)
     try:
         txn = await etcd.create(key, encode_repo(record))
@@ -143,3 +195,95 @@ class NodeAdmin:
             raise NodeUnavailable(
                 f"init {name} on {node.node_id}: HTTP {response.status_code} {response.text[:200]}"
             )
+
+
+async def handle_api(
+    state: EdgeState,
+    client: BufferedStream,
+    raw: bytes,
+    head: RequestHead,
+    route: CreateRepo | GetRepo | CreateUser | CreateToken | AddKey,
+    info: ClientInfo,
+) -> Outcome:
+    """The JSON API. Every answer is JSON; errors propagate as EdgeError."""
+    cfg = state.config
+    authorization = head.header(b"authorization")
+    admin = is_admin(authorization, cfg.admin_token)
+    keep = head.keep_alive
+    match route:
+        case GetRepo(repo=name):
+            user = None if admin else await http_user(state.cache, authorization)
+            record = await _readable(state, name, user, admin)
+            volume = state.cache.volumes.get(record.volume_id)
+            body: dict[str, Any] = {
+                "repo": name.path,
+                "region": record.region,
+                "volume": record.volume_id,
+                "node": volume.node_id if volume else None,
+                "node_live": bool(volume and volume.node_id in state.cache.nodes),
+                "owner": record.owner_user,
+                "public": record.public,
+            }
+            await send_json(client, 200, body, close=not keep)
+            return Outcome(200, keep)
+        case CreateRepo():
+            user = None if admin else await http_user(state.cache, authorization)
+            request = parse_create_request(
+                await read_json_body(client, raw, head, cfg.header_timeout)
+            )
+            owner = check_namespace(request.name, user, admin)
+            region = client_region(
+                head.header(cfg.region_header.lower().encode()), info.trusted_proxy, cfg.region
+            )
+            location = await create_repo(
+                request,
+                owner,
+                region,
+                cfg.fallback_region,
+                state.cache,
+                state.etcd,
+                state.node_admin,
+            )
+            await send_json(client, 201, location.to_json(), close=not keep)
+            return Outcome(201, keep, f"node={location.node_id}")
+        case CreateUser():
+            _require_admin(admin)
+            payload = await read_json_body(client, raw, head, cfg.header_timeout)
+            created = await create_user(state.etcd, state.cache, payload)
+            await send_json(client, 201, {"name": created.name}, close=not keep)
+            return Outcome(201, keep)
+        case CreateToken(user=name):
+            _require_admin(admin)
+            token = await create_token(state.etcd, state.cache, name)
+            await send_json(client, 201, {"user": name, "token": token}, close=not keep)
+            return Outcome(201, keep)
+        case AddKey():
+            user = await http_user(state.cache, authorization)
+            if user is None:
+                raise AuthRequired("adding a key needs the user's token")
+            payload = await read_json_body(client, raw, head, cfg.header_timeout)
+            key = await add_key(state.etcd, state.cache, user, payload)
+            await send_json(
+                client,
+                201,
+                {"fingerprint": key.fingerprint, "user": user, "title": key.title},
+                close=not keep,
+            )
+            return Outcome(201, keep)
+
+
+async def _readable(state: EdgeState, name: RepoName, user: str | None, admin: bool) -> RepoRecord:
+    if admin:
+        try:
+            return await state.cache.record(name)
+        except NotFound:
+            raise RepoNotFound(name.path) from None
+        except StoreUnavailable as exc:
+            raise RoutingUnavailable(str(exc)) from None
+    # The API answers 404 (not 401) for what an anonymous caller may not see.
+    return await authorize(state.cache, name, user, write=False, anonymous_401=False)
+
+
+def _require_admin(admin: bool) -> None:
+    if not admin:
+        raise Forbidden("admin token required")

@@ -35,6 +35,19 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("GITEDGE_REGION_HEADER", "Fly-Region"),
         help="header carrying --region (must match the edge's region_header)",
     )
+    parser.add_argument(
+        "--user", default=os.environ.get("GITEDGE_USER"), help="your user name (env GITEDGE_USER)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("GITEDGE_TOKEN"),
+        help="your personal token (env GITEDGE_TOKEN)",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("GITEDGE_ADMIN_TOKEN"),
+        help="the edge's admin token, for user and token commands (env GITEDGE_ADMIN_TOKEN)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     for name, text in (("edge", "run an edge"), ("node", "run a regional git node")):
@@ -50,8 +63,23 @@ def _parser() -> argparse.ArgumentParser:
     create = repo_sub.add_parser("create", help="create OWNER/NAME")
     create.add_argument("name")
     create.add_argument("--region", help="place it in this region (sent as the region header)")
+    create.add_argument("--public", action="store_true", help="anyone may clone it")
     where = repo_sub.add_parser("where", help="print where OWNER/NAME lives (JSON)")
     where.add_argument("name")
+
+    user = sub.add_parser("user", help="manage users (admin token)")
+    user_sub = user.add_subparsers(dest="user_command", required=True)
+    user_sub.add_parser("add", help="create user NAME").add_argument("name")
+    token = sub.add_parser("token", help="personal HTTPS tokens (admin token)")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_sub.add_parser("create", help="print a new token for NAME (shown once)").add_argument(
+        "name"
+    )
+    key = sub.add_parser("key", help="your SSH keys (--user/--token)")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    key_add = key_sub.add_parser("add", help="register a public key for SSH access")
+    key_add.add_argument("--key", required=True, type=Path, help="the .pub file")
+    key_add.add_argument("--title", default="", help="a label for the key")
     return parser
 
 
@@ -75,26 +103,48 @@ def main(argv: list[str] | None = None) -> int:
                 )
             case "demo":
                 return demo(args.workdir)
-            case "repo":
-                return repo_command(args)
+            case "repo" | "user" | "token" | "key":
+                return api_command(args)
     except ConfigError as exc:
         print(f"gitedge: config error: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(args.command)
 
 
-def repo_command(args: argparse.Namespace) -> int:
+def api_command(args: argparse.Namespace) -> int:
+    """The commands that talk to an edge's API; prints the JSON answer."""
     verify: str | bool = args.ca_file or True
     base = args.edge.rstrip("/")
+    user_auth = (args.user, args.token) if args.user and args.token else None
+    admin = {"authorization": f"Bearer {args.admin_token}"} if args.admin_token else {}
     try:
-        with httpx.Client(verify=verify, timeout=30.0) as client:
-            if args.repo_command == "create":
-                headers = {args.region_header: args.region} if args.region else {}
-                response = client.post(
-                    f"{base}/api/repos", json={"name": args.name}, headers=headers
-                )
-            else:
-                response = client.get(f"{base}/api/repos/{args.name}")
+        with httpx.Client(base_url=base, verify=verify, timeout=30.0, auth=user_auth) as client:
+            match args.command, getattr(args, f"{args.command}_command"):
+                case "repo", "create":
+                    headers = {args.region_header: args.region} if args.region else {}
+                    response = client.post(
+                        "/api/repos",
+                        json={"name": args.name, "public": args.public},
+                        headers={**headers, **admin},
+                    )
+                case "repo", _:
+                    response = client.get(f"/api/repos/{args.name}", headers=admin)
+                case "user", _:
+                    response = client.post(
+                        "/api/admin/users", json={"name": args.name}, headers=admin
+                    )
+                case "token", _:
+                    response = client.post(f"/api/admin/users/{args.name}/tokens", headers=admin)
+                case _:
+                    try:
+                        public_key = args.key.read_text().strip()
+                    except OSError as exc:
+                        print(f"gitedge: cannot read {args.key}: {exc.strerror}", file=sys.stderr)
+                        return 1
+                    response = client.post(
+                        "/api/user/keys",
+                        json={"title": args.title or args.key.name, "key": public_key},
+                    )
     except httpx.HTTPError as exc:
         print(f"gitedge: cannot reach the edge at {base}: {exc}", file=sys.stderr)
         return 1

@@ -48,6 +48,8 @@ class EdgeConfig:
     body_idle_timeout: float = 300.0
     tls_handshake_timeout: float = 10.0
     drain_timeout: float = 10.0
+    admin_token: str = ""
+    """Bearer token for the admin API (users, tokens); empty: admin API off."""
 
     def is_trusted_proxy(self, peer_ip: str) -> bool:
         try:
@@ -108,6 +110,11 @@ def load_edge_config(path: Path) -> EdgeConfig:
         body_idle_timeout=limits.float("body_idle_timeout", 300.0, 1, 86400),
         tls_handshake_timeout=limits.float("tls_handshake_timeout", 10.0, 0.1, 600),
         drain_timeout=limits.float("drain_timeout", 10.0, 0, 3600),
+        admin_token=(
+            edge.secret("admin_token")
+            if edge.has("admin_token") or edge.has("admin_token_file")
+            else ""
+        ),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import trustme
 
 from edge.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
@@ -81,8 +83,28 @@ class Devnet:
     cert_file: Path
     key_file: Path
     admin_secret_file: Path
+    admin_token_file: Path
     nodes: dict[str, NodeHandle] = field(default_factory=dict)
     edges: list[EdgeHandle] = field(default_factory=list)
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def user_token(self, user: str) -> str:
+        """A personal token for `user`, creating the user first if needed (admin API)."""
+        if user not in self._tokens:
+            headers = {"authorization": f"Bearer {self.admin_token}"}
+            verify = ssl.create_default_context(cafile=str(self.ca_file))
+            with httpx.Client(base_url=self.edge.https_url, verify=verify, timeout=30) as api:
+                created = api.post("/api/admin/users", json={"name": user}, headers=headers)
+                if created.status_code not in (201, 409):
+                    raise RuntimeError(f"create user {user}: {created.status_code} {created.text}")
+                token = api.post(f"/api/admin/users/{user}/tokens", headers=headers)
+                token.raise_for_status()
+                self._tokens[user] = str(token.json()["token"])
+        return self._tokens[user]
 
     @property
     def edge(self) -> EdgeHandle:
@@ -131,6 +153,7 @@ class Devnet:
         lines = [
             "[edge]",
             f"region = {_toml(region)}",
+            f"admin_token_file = {_toml(str(self.admin_token_file))}",
             edge_options,
             "[https]",
             'listen = "127.0.0.1:0"',
@@ -194,11 +217,12 @@ def start_devnet(
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     key_file.chmod(0o600)
-    secret_file = work_dir / "node-admin-secret"
-    secret_file.write_text(secrets.token_urlsafe(32))
-    secret_file.chmod(0o600)
+    secret_file, admin_token_file = work_dir / "node-admin-secret", work_dir / "admin-token"
+    for path in (secret_file, admin_token_file):
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
     etcd = start_etcd(work_dir)
-    net = Devnet(work_dir, etcd, ca_file, cert_file, key_file, secret_file)
+    net = Devnet(work_dir, etcd, ca_file, cert_file, key_file, secret_file, admin_token_file)
     try:
         for region in regions:
             net.start_node(f"{region}-1", region, lease_ttl=lease_ttl)

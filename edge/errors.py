@@ -10,10 +10,17 @@ from __future__ import annotations
 class EdgeError(Exception):
     http_status = 500
     public_message = "internal error"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.public_message)
         self.detail = detail or self.public_message
+
+    @property
+    def ssh_message(self) -> str:
+        """The one line an SSH client sees on stderr."""
+        text = self.public_message
+        return f"ERROR: {text[:1].upper()}{text[1:]}."
 
 
 class BadRequest(EdgeError):
@@ -29,6 +36,22 @@ class BadRequest(EdgeError):
 class RepoNotFound(EdgeError):
     http_status = 404
     public_message = "repository not found"
+
+
+class AuthRequired(EdgeError):
+    """No or wrong credentials: 401 makes git ask for a user name and token."""
+
+    http_status = 401
+    public_message = "authentication required"
+    headers = ((b"www-authenticate", b'Basic realm="gitedge"'),)
+
+
+class Forbidden(EdgeError):
+    http_status = 403
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.public_message = reason
 
 
 class RepoExists(EdgeError):

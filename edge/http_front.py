@@ -9,16 +9,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import trio
 
-from edge.api import client_region, create_repo, parse_create_request, read_json_body
+from edge.api import handle_api
+from edge.auth import authorize, http_user
 from edge.errors import EdgeError, NodeUnavailable, RepoNotFound, RoutingUnavailable
 from edge.proto.body import BodyError
 from edge.proto.http_head import HeadError, RequestHead, parse_request_head
 from edge.proto.http_route import (
+    AddKey,
     CreateRepo,
+    CreateToken,
+    CreateUser,
     GetRepo,
     Health,
     InfoRefs,
@@ -29,7 +32,7 @@ from edge.proto.http_route import (
     parse_route,
 )
 from edge.proxy import ClientInfo, Timeouts, proxy_git
-from edge.respond import send_json, send_text
+from edge.respond import Outcome, send_json, send_text
 from edge.state import EdgeState
 from edge.stream import BufferedStream, HeadTimeout
 from routing.cache import NotFound as RepoMissing
@@ -44,13 +47,6 @@ _STREAM_ERRORS = (
     BodyError,
     OSError,
 )
-
-
-@dataclass
-class Outcome:
-    status: int
-    keep_alive: bool
-    note: str = ""
 
 
 async def serve_connection(
@@ -125,25 +121,8 @@ async def handle_request(
                     close=not keep,
                 )
                 return Outcome(200 if ready else 503, keep)
-            case CreateRepo():
-                return await _create(state, client, raw, head, info)
-            case GetRepo(repo=name):
-                with _routing_errors():
-                    record = await state.cache.record(name)
-                volume = state.cache.volumes.get(record.volume_id)
-                await send_json(
-                    client,
-                    200,
-                    {
-                        "repo": name.path,
-                        "region": record.region,
-                        "volume": record.volume_id,
-                        "node": volume.node_id if volume else None,
-                        "node_live": bool(volume and volume.node_id in state.cache.nodes),
-                    },
-                    close=not keep,
-                )
-                return Outcome(200, keep)
+            case CreateRepo() | GetRepo() | CreateUser() | CreateToken() | AddKey():
+                return await handle_api(state, client, raw, head, route, info)
             case Stats() if info.trusted_proxy:
                 await send_json(client, 200, state.stats(), close=not keep)
                 return Outcome(200, keep)
@@ -151,7 +130,9 @@ async def handle_request(
                 await send_text(client, 404, "not found", close=not keep)
                 return Outcome(404, keep)
     except EdgeError as exc:
-        await send_text(client, exc.http_status, exc.public_message, close=not keep)
+        await send_text(
+            client, exc.http_status, exc.public_message, close=not keep, extra=list(exc.headers)
+        )
         return Outcome(exc.http_status, keep, exc.detail)
     raise AssertionError(f"unhandled route {route!r}")
 
@@ -180,6 +161,8 @@ async def _git(
         # Bodies are relayed with their HTTP/1.1 framing (chunked) as they are.
         await send_text(client, 505, "HTTP/1.1 required", close=True)
         return Outcome(505, False)
+    user = await http_user(state.cache, head.header(b"authorization"))
+    await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
     with _routing_errors():
         location = await state.cache.resolve(route.repo)
     cfg = state.config
@@ -195,19 +178,3 @@ async def _git(
     return Outcome(
         result.status, result.keep_alive, f"node={location.node_id} bytes={result.response_bytes}"
     )
-
-
-async def _create(
-    state: EdgeState, client: BufferedStream, raw: bytes, head: RequestHead, info: ClientInfo
-) -> Outcome:
-    cfg = state.config
-    payload = await read_json_body(client, raw, head, cfg.header_timeout)
-    name = parse_create_request(payload)
-    region = client_region(
-        head.header(cfg.region_header.lower().encode()), info.trusted_proxy, cfg.region
-    )
-    location = await create_repo(
-        name, region, cfg.fallback_region, state.cache, state.etcd, state.node_admin
-    )
-    await send_json(client, 201, location.to_json(), close=not head.keep_alive)
-    return Outcome(201, head.keep_alive, f"node={location.node_id}")

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import h11
 
 from edge.stream import BufferedStream
+
+
+@dataclass
+class Outcome:
+    """How a request ended: for the access log, and whether the connection lives on."""
+
+    status: int
+    keep_alive: bool
+    note: str = ""
 
 
 def simple_response(

@@ -12,20 +12,33 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
+    KeyRecord,
     NodeId,
     NodeRecord,
     Region,
     RepoLocation,
     RepoName,
     RepoRecord,
+    TokenRecord,
+    UserRecord,
     VolumeId,
     VolumeRecord,
 )
 from routing.placement import choose_volume
-from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_volume
+from routing.schema import (
+    Keys,
+    SchemaError,
+    decode_key,
+    decode_node,
+    decode_repo,
+    decode_token,
+    decode_user,
+    decode_volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +70,9 @@ class RoutingCache:
         self.volumes: dict[VolumeId, VolumeRecord] = {}
         self.nodes: dict[NodeId, NodeRecord] = {}
         self.repo_counts: Counter[VolumeId] = Counter()
+        self.users: dict[str, UserRecord] = {}
+        self.keys_by_fingerprint: dict[str, KeyRecord] = {}
+        self.tokens: dict[str, TokenRecord] = {}
         self.synced = False
         self.revision = 0
         self.stats = CacheStats()
@@ -64,9 +80,8 @@ class RoutingCache:
     # -- fed by mirror_prefix -------------------------------------------------
 
     def reset(self, kvs: list[KeyValue], revision: int) -> None:
-        self.repos.clear()
-        self.volumes.clear()
-        self.nodes.clear()
+        for table in self._tables():
+            table.clear()
         self.repo_counts.clear()
         for kv in kvs:
             self._put(kv.key, kv.value)
@@ -98,6 +113,15 @@ class RoutingCache:
             elif key.startswith(keys.nodes):
                 node = decode_node(value)
                 self.nodes[node.node_id] = node
+            elif key.startswith(keys.users):
+                user = decode_user(value)
+                self.users[user.name] = user
+            elif key.startswith(keys.keys):
+                ssh_key = decode_key(value)
+                self.keys_by_fingerprint[ssh_key.fingerprint] = ssh_key
+            elif key.startswith(keys.tokens):
+                token = decode_token(value)
+                self.tokens[token.token_id] = token
         except SchemaError as exc:
             # One bad record must not stop routing for everything else.
             log.warning("ignoring malformed etcd record %s: %s", key, exc)
@@ -118,6 +142,22 @@ class RoutingCache:
             self.volumes.pop(VolumeId(key.removeprefix(keys.volumes)), None)
         elif key.startswith(keys.nodes):
             self.nodes.pop(NodeId(key.removeprefix(keys.nodes)), None)
+        elif key.startswith(keys.users):
+            self.users.pop(key.removeprefix(keys.users), None)
+        elif key.startswith(keys.keys):
+            self.keys_by_fingerprint.pop(key.removeprefix(keys.keys), None)
+        elif key.startswith(keys.tokens):
+            self.tokens.pop(key.removeprefix(keys.tokens), None)
+
+    def _tables(self) -> tuple[dict[Any, Any], ...]:
+        return (
+            self.repos,
+            self.volumes,
+            self.nodes,
+            self.users,
+            self.keys_by_fingerprint,
+            self.tokens,
+        )
 
     def _add_repo(self, record: RepoRecord) -> None:
         old = self.repos.get(record.name)
@@ -132,25 +172,58 @@ class RoutingCache:
 
     # -- lookups ---------------------------------------------------------------
 
+    async def _read_miss(self, key: str) -> bytes | None:
+        """One etcd read for something not (yet) mirrored: created a moment ago
+        through another edge, before its watch event arrived here."""
+        self.stats.etcd_reads += 1
+        try:
+            kv = await self._etcd.get(key)
+        except EtcdError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return None if kv is None else kv.value
+
     async def record(self, name: RepoName) -> RepoRecord:
         """The repository's record: from memory, or one etcd read on a miss."""
         found = self.repos.get(name)
         if found is not None:
             return found
-        self.stats.etcd_reads += 1
-        try:
-            kv = await self._etcd.get(self.keys.repo(name))
-        except EtcdError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        if kv is None:
+        raw = await self._read_miss(self.keys.repo(name))
+        if raw is None:
             raise NotFound(name.path)
         try:
-            record = decode_repo(kv.value)
+            record = decode_repo(raw)
         except SchemaError as exc:
             log.warning("malformed repo record %s: %s", name, exc)
             raise NotFound(name.path) from exc
         self._add_repo(record)
         return record
+
+    async def key_owner(self, fingerprint: str) -> str | None:
+        """The user an SSH key (by SHA256 fingerprint) belongs to, if any."""
+        found = self.keys_by_fingerprint.get(fingerprint)
+        if found is None:
+            raw = await self._read_miss(self.keys.key(fingerprint))
+            if raw is None:
+                return None
+            try:
+                found = decode_key(raw)
+            except SchemaError:
+                return None
+            self.keys_by_fingerprint[fingerprint] = found
+        return found.user
+
+    async def token(self, token_id: str) -> TokenRecord | None:
+        found = self.tokens.get(token_id)
+        if found is None:
+            raw = await self._read_miss(self.keys.token(token_id))
+            if raw is None:
+                return None
+            try:
+                found = decode_token(raw)
+            except SchemaError:
+                return None
+            self.tokens[token_id] = found
+        return found
 
     async def resolve(self, name: RepoName) -> RepoLocation:
         """Where to send git traffic for `name` right now."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import parse_qs
 
-from routing.model import InvalidRepoName, RepoName
+from routing.model import InvalidRepoName, RepoName, parse_user_name
 
 
 class Service(StrEnum):
@@ -60,6 +60,23 @@ class Health:
 
 
 @dataclass(frozen=True)
+class CreateUser:
+    """`POST /api/admin/users` with `{"name": ...}` (admin token)."""
+
+
+@dataclass(frozen=True)
+class CreateToken:
+    """`POST /api/admin/users/<user>/tokens` (admin token): a new personal token."""
+
+    user: str
+
+
+@dataclass(frozen=True)
+class AddKey:
+    """`POST /api/user/keys` with `{"title", "key"}`, as the user (Basic user:token)."""
+
+
+@dataclass(frozen=True)
 class Stats:
     """`GET /_gitedge/stats`: the edge's counters (trusted peers only)."""
 
@@ -69,7 +86,18 @@ class NotFound:
     """Not a route of ours (later: the web frontend's)."""
 
 
-Route = InfoRefs | Rpc | CreateRepo | GetRepo | Health | Stats | NotFound
+Route = (
+    InfoRefs
+    | Rpc
+    | CreateRepo
+    | GetRepo
+    | CreateUser
+    | CreateToken
+    | AddKey
+    | Health
+    | Stats
+    | NotFound
+)
 
 
 class RouteError(Exception):
@@ -106,6 +134,19 @@ def parse_route(method: bytes, target: bytes) -> Route:
     if path == "/_gitedge/stats":
         _require(method, b"GET")
         return Stats()
+    if path == "/api/admin/users":
+        _require(method, b"POST")
+        return CreateUser()
+    if path.startswith("/api/admin/users/") and path.endswith("/tokens"):
+        _require(method, b"POST")
+        user = path.removeprefix("/api/admin/users/").removesuffix("/tokens")
+        try:
+            return CreateToken(parse_user_name(user))
+        except InvalidRepoName as exc:
+            raise RouteError(400, f"bad user name: {exc}") from None
+    if path == "/api/user/keys":
+        _require(method, b"POST")
+        return AddKey()
     if path == "/api/repos":
         _require(method, b"POST")
         return CreateRepo()

@@ -91,16 +91,46 @@ def tls(net: Devnet) -> ssl.SSLContext:
 
 
 def create_repo(
-    net: Devnet, name: str, region: str | None = None, edge_url: str | None = None
+    net: Devnet,
+    name: str,
+    region: str | None = None,
+    edge_url: str | None = None,
+    *,
+    public: bool = False,
+    as_user: str | None = None,
 ) -> httpx.Response:
+    """Create through the API as the name's owner (or `as_user`), with their token."""
+    user = as_user or _owner_or_default(name)
     headers = {"Fly-Region": region} if region else {}
     return httpx.post(
         f"{edge_url or net.edge.https_url}/api/repos",
-        json={"name": name},
+        json={"name": name, "public": public},
         headers=headers,
+        auth=(user, net.user_token(user)),
         verify=tls(net),
         timeout=30,
     )
+
+
+def _owner_or_default(name: str) -> str:
+    owner = name.split("/", 1)[0]
+    return owner if owner.isascii() and owner.isalnum() else "alice"
+
+
+def repo_url(net: Devnet, name: str, user: str | None = None, edge_url: str | None = None) -> str:
+    """The clone URL with `user`'s (default: the owner's) token in it."""
+    user = user or _owner_or_default(name)
+    base = edge_url or net.edge.https_url
+    return base.replace("https://", f"https://{user}:{net.user_token(user)}@") + f"/{name}.git"
+
+
+def api_get(net: Devnet, path: str, user: str | None = "alice") -> httpx.Response:
+    auth = (user, net.user_token(user)) if user else None
+    return httpx.get(f"{net.edge.https_url}{path}", auth=auth, verify=tls(net), timeout=30)
+
+
+def anonymous_url(net: Devnet, name: str) -> str:
+    return f"{net.edge.https_url}/{name}.git"
 
 
 def raw_exchange(edge_url: str, ca_file: Path, request: bytes, timeout: float = 10) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from edge.devnet import Devnet, start_devnet
-from tests.e2e.conftest import Git, create_repo, raw_exchange, tls
+from tests.e2e.conftest import Git, api_get, create_repo, raw_exchange, repo_url, tls
 
 
 def _poll(deadline_s: float, check: object) -> None:
@@ -26,9 +26,7 @@ def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_p
     node.process.kill()  # SIGKILL: no clean lease revoke
 
     started = time.monotonic()
-    proc = git.run(
-        "clone", f"{net.edge.https_url}/carol/doomed.git", str(tmp_path / "d"), check=False
-    )
+    proc = git.run("clone", repo_url(net, "carol/doomed"), str(tmp_path / "d"), check=False)
     assert proc.returncode != 0
     assert "503" in proc.stderr
     assert time.monotonic() - started < 5
@@ -41,7 +39,7 @@ def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_p
         return "no live volume in region 'ber'" in response.text
 
     _poll(15, no_live_volume)
-    where = httpx.get(f"{net.edge.https_url}/api/repos/carol/next", verify=tls(net))
+    where = api_get(net, "/api/repos/carol/next", user="carol")
     assert where.status_code == 404
     assert not (node.volume_dir / "carol" / "next.git").exists()
 
@@ -67,10 +65,10 @@ def test_etcd_down_known_repos_route_creates_fail(tmp_path: Path) -> None:
         assert create_repo(net, "erin/kept", region="lax").status_code == 201
         work = git.new_worktree(tmp_path / "w")
         head = git.commit(work, "a", b"a\n")
-        git.run("push", "-q", f"{net.edge.https_url}/erin/kept.git", "main", cwd=work)
+        git.run("push", "-q", repo_url(net, "erin/kept"), "main", cwd=work)
 
         net.etcd.stop()
-        git.run("clone", "-q", f"{net.edge.https_url}/erin/kept.git", str(tmp_path / "c"))
+        git.run("clone", "-q", repo_url(net, "erin/kept"), str(tmp_path / "c"))
         assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
         response = create_repo(net, "erin/new", region="lax")
         assert response.status_code == 503

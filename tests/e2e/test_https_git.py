@@ -14,11 +14,20 @@ import httpx
 import pytest
 
 from edge.devnet import Devnet
-from tests.e2e.conftest import Git, create_repo, git_children, raw_status, tls
+from tests.e2e.conftest import (
+    Git,
+    anonymous_url,
+    api_get,
+    create_repo,
+    git_children,
+    raw_status,
+    repo_url,
+    tls,
+)
 
 
 def _url(net: Devnet, name: str) -> str:
-    return f"{net.edge.https_url}/{name}.git"
+    return repo_url(net, name)
 
 
 def test_user_story_lax_placement_push_clone_v0_v2_fetch(
@@ -61,7 +70,7 @@ def test_user_story_lax_placement_push_clone_v0_v2_fetch(
     git.run("fetch", "-q", "origin", cwd=tmp_path / "clone-v2")
     assert git.run("rev-parse", "origin/main", cwd=tmp_path / "clone-v2").stdout.strip() == second
 
-    where = httpx.get(f"{net.edge.https_url}/api/repos/alice/hello", verify=tls(net))
+    where = api_get(net, "/api/repos/alice/hello")
     assert where.status_code == 200
     assert where.json()["node"] == "lax-1"
     assert where.json()["region"] == "lax"
@@ -107,9 +116,17 @@ def test_unknown_repo_is_not_found(net: Devnet, git: Git, tmp_path: Path) -> Non
     assert proc.returncode != 0
     assert "not found" in proc.stderr
     response = httpx.get(
-        f"{_url(net, 'alice/nope')}/info/refs?service=git-upload-pack", verify=tls(net)
+        f"{anonymous_url(net, 'alice/nope')}/info/refs?service=git-upload-pack",
+        auth=("alice", net.user_token("alice")),
+        verify=tls(net),
     )
     assert response.status_code == 404
+    # Anonymous: 401, so git asks for credentials; whether the repo exists does not leak.
+    anonymous = httpx.get(
+        f"{anonymous_url(net, 'alice/nope')}/info/refs?service=git-upload-pack", verify=tls(net)
+    )
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == 'Basic realm="gitedge"'
 
 
 def test_bad_names_change_nothing(net: Devnet) -> None:
@@ -145,10 +162,7 @@ def test_create_twice_conflicts(net: Devnet) -> None:
     assert create_repo(net, "alice/twice", region="fra").status_code == 201
     again = create_repo(net, "alice/twice", region="lax")
     assert again.status_code == 409
-    assert (
-        httpx.get(f"{net.edge.https_url}/api/repos/alice/twice", verify=tls(net)).json()["region"]
-        == "fra"
-    )
+    assert api_get(net, "/api/repos/alice/twice").json()["region"] == "fra"
 
 
 def test_unknown_region_is_503_with_reason(net: Devnet) -> None:
@@ -185,7 +199,13 @@ def test_oversized_head_is_431(net: Devnet) -> None:
 
 
 def test_cli_repo_create_and_where(net: Devnet) -> None:
-    env = {**os.environ, "GITEDGE_URL": net.edge.https_url, "GITEDGE_CA_FILE": str(net.ca_file)}
+    env = {
+        **os.environ,
+        "GITEDGE_URL": net.edge.https_url,
+        "GITEDGE_CA_FILE": str(net.ca_file),
+        "GITEDGE_USER": "bob",
+        "GITEDGE_TOKEN": net.user_token("bob"),
+    }
     cli = [sys.executable, "-m", "edge.cli"]
     created = subprocess.run(
         [*cli, "repo", "create", "bob/tool", "--region", "lax"],

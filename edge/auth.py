@@ -1,0 +1,85 @@
+"""Who is asking, and may they: shared by the HTTPS and SSH fronts.
+
+Names do not leak: a private repository is indistinguishable from a missing
+one to a user who may not read it (404, or 401 to an anonymous HTTPS client
+so that git asks for credentials, as GitHub does).
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from edge.errors import AuthRequired, Forbidden, RepoNotFound, RoutingUnavailable
+from edge.proto.basic_auth import hash_secret, parse_basic, parse_bearer, split_token
+from routing.access import can_read, can_write
+from routing.cache import NotFound, RoutingCache, StoreUnavailable
+from routing.model import RepoName, RepoRecord
+
+
+async def http_user(cache: RoutingCache, authorization: bytes | None) -> str | None:
+    """The user named by Basic user:token credentials; None when there are none.
+
+    Wrong credentials are an error (401), never silently anonymous.
+    """
+    try:
+        creds = parse_basic(authorization)
+    except ValueError as exc:
+        raise AuthRequired(str(exc)) from None
+    if creds is None:
+        return None
+    if not await token_valid(cache, creds.user, creds.password):
+        raise AuthRequired(f"bad token for {creds.user!r}")
+    return creds.user
+
+
+async def token_valid(cache: RoutingCache, user: str, token: str) -> bool:
+    parts = split_token(token)
+    if parts is None:
+        return False
+    token_id, secret = parts
+    try:
+        record = await cache.token(token_id)
+    except StoreUnavailable as exc:
+        raise RoutingUnavailable(str(exc)) from None
+    return (
+        record is not None
+        and hmac.compare_digest(record.user, user)
+        and hmac.compare_digest(record.secret_sha256, hash_secret(secret))
+    )
+
+
+def is_admin(authorization: bytes | None, admin_token: str) -> bool:
+    offered = parse_bearer(authorization)
+    return bool(admin_token) and offered is not None and hmac.compare_digest(offered, admin_token)
+
+
+async def authorize(
+    cache: RoutingCache, name: RepoName, user: str | None, *, write: bool, anonymous_401: bool
+) -> RepoRecord:
+    """The repository's record if `user` may read it (and write, if asked)."""
+    try:
+        record: RepoRecord | None = await cache.record(name)
+    except NotFound:
+        record = None
+    except StoreUnavailable as exc:
+        raise RoutingUnavailable(str(exc)) from None
+    if record is None or not can_read(record, user):
+        if user is None and anonymous_401:
+            raise AuthRequired(f"{name}: anonymous, not public")
+        raise RepoNotFound(f"{name}: missing or not readable by {user}")
+    if write and not can_write(record, user):
+        if user is None and anonymous_401:
+            raise AuthRequired(f"{name}: anonymous push")
+        raise Forbidden("you are not allowed to push to this repository")
+    return record
+
+
+def check_namespace(name: RepoName, user: str | None, admin: bool) -> str:
+    """The owner of a repository about to be created by `user` (or an admin)."""
+    if admin:
+        return name.owner
+    if user is None:
+        raise AuthRequired("create needs a user")
+    if name.owner != user:
+        raise Forbidden(f"you may only create repositories under {user}/")
+    return user
