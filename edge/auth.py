@@ -26,6 +26,8 @@ async def http_user(cache: RoutingCache, authorization: bytes | None) -> str | N
     except ValueError as exc:
         raise AuthRequired(str(exc)) from None
     if creds is None:
+        if authorization is not None:
+            raise AuthRequired("only Basic user:token credentials are accepted")
         return None
     if not await token_valid(cache, creds.user, creds.password):
         raise AuthRequired(f"bad token for {creds.user!r}")
@@ -41,16 +43,21 @@ async def token_valid(cache: RoutingCache, user: str, token: str) -> bool:
         record = await cache.token(token_id)
     except StoreUnavailable as exc:
         raise RoutingUnavailable(str(exc)) from None
+    # Bytes, not str: compare_digest refuses non-ASCII str, and user input is anything.
     return (
         record is not None
-        and hmac.compare_digest(record.user, user)
-        and hmac.compare_digest(record.secret_sha256, hash_secret(secret))
+        and hmac.compare_digest(record.user.encode(), user.encode())
+        and hmac.compare_digest(record.secret_sha256.encode(), hash_secret(secret).encode())
     )
 
 
 def is_admin(authorization: bytes | None, admin_token: str) -> bool:
     offered = parse_bearer(authorization)
-    return bool(admin_token) and offered is not None and hmac.compare_digest(offered, admin_token)
+    return (
+        bool(admin_token)
+        and offered is not None
+        and hmac.compare_digest(offered.encode(), admin_token.encode())
+    )
 
 
 async def authorize(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import trio
 
@@ -84,6 +84,11 @@ async def serve_connection(
                 return
     except _STREAM_ERRORS as exc:
         log.debug("connection from %s ended: %r", peer_ip, exc)
+    except Exception:
+        # A bug must cost one connection, never the edge: log it, answer if we can.
+        log.exception("internal error serving %s", peer_ip)
+        with trio.move_on_after(1), suppress(*_STREAM_ERRORS):
+            await send_text(client, 500, "internal error", close=True)
     finally:
         await client.aclose()
 

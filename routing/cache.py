@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
     KeyRecord,
@@ -58,8 +60,29 @@ class StoreUnavailable(Exception):
 @dataclass
 class CacheStats:
     etcd_reads: int = 0  # reads made on behalf of lookups (misses)
+    miss_reads_refused: int = 0
     resets: int = 0
     events: int = 0
+
+
+MISS_READS_PER_S = 50.0
+MISS_READ_BURST = 100.0
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last = 0.0
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
 
 
 class RoutingCache:
@@ -76,6 +99,7 @@ class RoutingCache:
         self.synced = False
         self.revision = 0
         self.stats = CacheStats()
+        self._miss_budget = TokenBucket(MISS_READS_PER_S, MISS_READ_BURST)
 
     # -- fed by mirror_prefix -------------------------------------------------
 
@@ -123,8 +147,10 @@ class RoutingCache:
                 token = decode_token(value)
                 self.tokens[token.token_id] = token
         except SchemaError as exc:
-            # One bad record must not stop routing for everything else.
+            # One bad record must not stop routing for everything else. What it
+            # replaced is gone too: a key overwritten with garbage is no key.
             log.warning("ignoring malformed etcd record %s: %s", key, exc)
+            self._delete(key)
 
     def _delete(self, key: str) -> None:
         keys = self.keys
@@ -174,7 +200,15 @@ class RoutingCache:
 
     async def _read_miss(self, key: str) -> bytes | None:
         """One etcd read for something not (yet) mirrored: created a moment ago
-        through another edge, before its watch event arrived here."""
+        through another edge, before its watch event arrived here.
+
+        Misses are client-driven (any made-up repo name or token id is one), so
+        they are rate limited: past the budget a miss is simply not found, and
+        etcd never sees more than MISS_READS_PER_S from this edge.
+        """
+        if not self._miss_budget.take(trio.current_time()):
+            self.stats.miss_reads_refused += 1
+            return None
         self.stats.etcd_reads += 1
         try:
             kv = await self._etcd.get(key)

@@ -69,7 +69,7 @@ def split_token(token: str) -> tuple[str, str] | None:
     if not token.startswith(TOKEN_PREFIX):
         return None
     token_id, sep, secret = token[len(TOKEN_PREFIX) :].partition("_")
-    if not sep or len(token_id) != 12 or not secret:
+    if not sep or len(token_id) != 12 or token_id.strip("0123456789abcdef") or not secret:
         return None
     return token_id, secret
 
