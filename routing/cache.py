@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -43,6 +44,7 @@ from routing.schema import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NotFound(LookupError):
@@ -232,32 +234,31 @@ class RoutingCache:
         self._add_repo(record)
         return record
 
+    async def _mirrored(
+        self, table: dict[str, T], key: str, etcd_key: str, decode: Callable[[bytes], T]
+    ) -> T | None:
+        """`table[key]`, or one (rate-limited) etcd read on a miss."""
+        found = table.get(key)
+        if found is None:
+            raw = await self._read_miss(etcd_key)
+            if raw is None:
+                return None
+            try:
+                found = decode(raw)
+            except SchemaError:
+                return None
+            table[key] = found
+        return found
+
     async def key_owner(self, fingerprint: str) -> str | None:
         """The user an SSH key (by SHA256 fingerprint) belongs to, if any."""
-        found = self.keys_by_fingerprint.get(fingerprint)
-        if found is None:
-            raw = await self._read_miss(self.keys.key(fingerprint))
-            if raw is None:
-                return None
-            try:
-                found = decode_key(raw)
-            except SchemaError:
-                return None
-            self.keys_by_fingerprint[fingerprint] = found
-        return found.user
+        found = await self._mirrored(
+            self.keys_by_fingerprint, fingerprint, self.keys.key(fingerprint), decode_key
+        )
+        return found.user if found else None
 
     async def token(self, token_id: str) -> TokenRecord | None:
-        found = self.tokens.get(token_id)
-        if found is None:
-            raw = await self._read_miss(self.keys.token(token_id))
-            if raw is None:
-                return None
-            try:
-                found = decode_token(raw)
-            except SchemaError:
-                return None
-            self.tokens[token_id] = found
-        return found
+        return await self._mirrored(self.tokens, token_id, self.keys.token(token_id), decode_token)
 
     async def resolve(self, name: RepoName) -> RepoLocation:
         """Where to send git traffic for `name` right now."""
