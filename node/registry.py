@@ -5,7 +5,8 @@
   places on this volume find it again after a restart.
 - `nodes/<id>`: under a lease kept alive every ttl/3, so a dead node vanishes
   from routing within `lease_ttl`; revoked on a clean shutdown so it vanishes
-  at once. Re-put every ~30 s with fresh free space.
+  at once. Re-put every ~30 s with fresh free space. With SSH on, it carries
+  the SSH address and host public key: edges pin the host key from here.
 
 etcd being down never stops git serving: the node logs and keeps trying, and
 re-registers with a new lease once etcd is back (the old one has expired).
@@ -114,13 +115,19 @@ class Registration:
         http_url: str,
         lease_ttl: int,
         refresh_interval: float = REFRESH_INTERVAL,
+        ssh_address: str | None = None,
+        ssh_host_key: str | None = None,
     ) -> None:
+        if (ssh_address is None) != (ssh_host_key is None):
+            raise ValueError("ssh_address and ssh_host_key go together")
         self._etcd = etcd
         self._keys = keys
         self._node_id = node_id
         self._volume = volume
         self._volume_dir = volume_dir
         self._http_url = http_url
+        self._ssh_address = ssh_address
+        self._ssh_host_key = ssh_host_key
         self._ttl = lease_ttl
         self._refresh_interval = refresh_interval
         # A hung etcd must not stall the loop for a whole TTL: by then the lease
@@ -209,6 +216,8 @@ class Registration:
             self._volume.region,
             self._http_url,
             (VolumeInfo(self._volume.volume_id, free),),
+            ssh_address=self._ssh_address,
+            ssh_host_key=self._ssh_host_key,
         )
         await self._etcd.put(self._keys.node(self._node_id), encode_node(record), lease=lease)
 
