@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,11 +19,15 @@ from pathlib import Path
 import httpx
 import trio
 
+from edge.aio import open_aio_loop
 from edge.api import NodeAdmin
 from edge.config import EdgeConfig, Listener
 from edge.http_front import serve_connection
 from edge.pool import NodePool
+from edge.ssh_front import SshFront
+from edge.ssh_nodes import NodeSSHPool
 from edge.state import EdgeState
+from edge.tls import SocketTLSStream
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 from routing.mirror import mirror_prefix
@@ -37,6 +43,8 @@ class EdgeRuntime:
     http_url: str | None
     state: EdgeState
     accepting: trio.CancelScope
+    ssh_address: str | None = None
+    """`host:port` of the SSH front, when `[ssh]` is configured."""
 
 
 def tls_context(config: EdgeConfig) -> ssl.SSLContext:
@@ -61,8 +69,14 @@ async def _open(listener: Listener) -> list[trio.SocketListener]:
 
 async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
     peer = stream.socket.getpeername()[0]
-    # https_compatible: git clients often close without TLS close_notify.
-    tls = trio.SSLStream(stream, ctx, server_side=True, https_compatible=True)
+    try:
+        # Takes the socket over; like SSLStream(https_compatible=True) it treats
+        # a missing close_notify as EOF, which git clients often do.
+        tls = SocketTLSStream(stream, ctx)
+    except OSError as exc:  # the peer reset before we got to it
+        log.debug("TLS setup for %s failed: %r", peer, exc)
+        await trio.aclose_forcefully(stream)
+        return
     try:
         with trio.fail_after(state.config.tls_handshake_timeout):
             await tls.do_handshake()
@@ -95,10 +109,10 @@ async def run_edge(
             config, etcd, cache, pool, NodeAdmin(admin_http, config.node_admin_secret)
         )
         try:
-            async with trio.open_nursery() as root:
+            async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
                 async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
-                    https_url = http_url = None
+                    https_url = http_url = ssh_address = None
                     if config.https:
                         ctx = tls_context(config)
                         https = await _open(config.https)
@@ -122,17 +136,50 @@ async def run_edge(
                                 handler_nursery=handlers,
                             )
                         )
+                    if ssh_front is not None:
+                        # In `accepting`: a drain stops the SSH listener with the others.
+                        ssh_address = await accepting.start(ssh_front.serve)
                     log.info(
                         "edge %s listening: %s",
                         config.region,
-                        " ".join(u for u in (https_url, http_url) if u),
+                        " ".join(u for u in (https_url, http_url, ssh_address) if u),
                     )
                     task_status.started(
-                        EdgeRuntime(https_url, http_url, state, accepting.cancel_scope)
+                        EdgeRuntime(https_url, http_url, state, accepting.cancel_scope, ssh_address)
                     )
         finally:
             with trio.move_on_after(5, shield=True):
                 await pool.aclose()
+
+
+@asynccontextmanager
+async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshFront | None]:
+    """The SSH front on its trio-asyncio loop, when `[ssh]` is configured.
+
+    On the way out it closes its client connections and node pool while the
+    loop still runs.
+    """
+    if config.ssh is None:
+        yield None
+        return
+    async with open_aio_loop():
+        node_pool = NodeSSHPool(
+            config.ssh.node_client_key_file,
+            window=config.ssh.window,
+            connect_timeout=config.node_connect_timeout,
+        )
+        front = SshFront(
+            config.ssh,
+            state.cache,
+            node_pool,
+            state.requests,
+            node_open_timeout=2 * config.node_connect_timeout,
+        )
+        state.ssh_front = front
+        try:
+            yield front
+        finally:
+            await front.aclose()
 
 
 async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
@@ -145,6 +192,7 @@ async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
                     {
                         "https_url": runtime.https_url,
                         "http_url": runtime.http_url,
+                        "ssh_address": runtime.ssh_address,
                         "region": config.region,
                     },
                 )

@@ -175,28 +175,50 @@ def demo(workdir: Path | None) -> int:
     with start_devnet(work) as net:
         edge = net.edge
         url = edge.https_url
+        token = net.user_token("alice")  # a ready user, made through the admin API
+        ssh_port, known_hosts = edge.ssh_port, net.known_hosts
         ready = {
             "https_url": url,
             "ca_file": str(net.ca_file),
             "regions": {n.region: n.http_url for n in net.nodes.values()},
             "etcd": net.etcd.url,
             "workdir": str(work),
+            "ssh_url": edge.ssh_url,
+            "ssh_known_hosts": str(known_hosts),
+            "user": "alice",
+            "token": token,
         }
         print(
             f"""
 gitedge demo is up.
   edge (HTTPS)  {url}
+  edge (SSH)    {edge.ssh_url}   host key in {known_hosts}
   CA bundle     {net.ca_file}
   etcd          {net.etcd.url}
   nodes         {", ".join(f"{n.node_id} ({n.region}) {n.http_url}" for n in net.nodes.values())}
+  user          alice, token {token}
   logs          {work / "logs"}
 
 Try, in another shell:
   export GIT_SSL_CAINFO={net.ca_file} GITEDGE_URL={url} GITEDGE_CA_FILE={net.ca_file}
+  export GITEDGE_USER=alice GITEDGE_TOKEN={token}
   {gitedge} repo create alice/hello --region lax
-  git clone {url}/alice/hello.git && cd hello
+  git clone https://alice:$GITEDGE_TOKEN@{url.removeprefix("https://")}/alice/hello.git && cd hello
   git commit --allow-empty -m hello && git push origin HEAD
   {gitedge} repo where alice/hello
+
+Over SSH, with your own key registered for alice:
+  {gitedge} key add --key ~/.ssh/id_ed25519.pub
+  ssh -T -p {ssh_port} -o UserKnownHostsFile={known_hosts} git@127.0.0.1   # Hi alice! ...
+  GIT_SSH_COMMAND="ssh -o UserKnownHostsFile={known_hosts}" \\
+    git clone {edge.ssh_url}/alice/hello.git hello-ssh
+or the scp form, through a host alias in ~/.ssh/config:
+  Host gitedge-demo
+    HostName 127.0.0.1
+    Port {ssh_port}
+    User git
+    UserKnownHostsFile {known_hosts}
+  git clone gitedge-demo:alice/hello.git hello-scp
 
 Ctrl-C stops everything.
 READY {json.dumps(ready, sort_keys=True)}""",

@@ -4,6 +4,9 @@ Used by `gitedge demo`, the end-to-end tests and the benchmarks, so all three
 run the same processes the same way. Every server is a real child process
 started with its own TOML config in the work dir, on free loopback ports, and
 is waited for through the ready file it writes once it serves.
+
+Nodes and edges speak SSH too: the edges share one host key (pinned by clients
+through `Devnet.known_hosts`) and one node client key, which every node trusts.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import httpx
 import trustme
 
 from edge.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
+from edge.ssh_front import load_or_create_key, public_key_line
 
 
 @dataclass
@@ -40,6 +44,12 @@ class NodeHandle:
     def volume_id(self) -> str:
         return str(self.ready["volume_id"])
 
+    @property
+    def ssh_address(self) -> str | None:
+        """`host:port` of the node's edge-only SSH listener."""
+        value = self.ready.get("ssh_address")
+        return str(value) if value else None
+
 
 @dataclass
 class EdgeHandle:
@@ -57,6 +67,18 @@ class EdgeHandle:
     def http_url(self) -> str | None:
         value = self.ready.get("http_url")
         return str(value) if value else None
+
+    @property
+    def ssh_port(self) -> int:
+        address = self.ready.get("ssh_address")
+        if not address:
+            raise LookupError(f"{self.name} has no SSH front")
+        return int(str(address).rpartition(":")[2])
+
+    @property
+    def ssh_url(self) -> str:
+        """`ssh://git@127.0.0.1:PORT`: append `/owner/name.git` to clone."""
+        return f"ssh://git@127.0.0.1:{self.ssh_port}"
 
 
 def _toml(value: object) -> str:
@@ -110,11 +132,35 @@ class Devnet:
     def edge(self) -> EdgeHandle:
         return self.edges[0]
 
+    # Every edge of the network shares one host key (clients pin it, whichever
+    # edge they reach) and one node client key (nodes trust it).
+    @property
+    def edge_host_key_file(self) -> Path:
+        return self.work_dir / "ssh" / "edge_host_ed25519_key"
+
+    @property
+    def edge_node_client_key_file(self) -> Path:
+        return self.work_dir / "ssh" / "edge_node_client_ed25519_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        """An OpenSSH known_hosts file with every edge's host key line."""
+        return self.work_dir / "ssh" / "known_hosts"
+
+    def _edge_keys(self) -> tuple[str, str]:
+        """The edges' host and node-client public key lines, made on first use."""
+        host = load_or_create_key(self.edge_host_key_file)
+        client = load_or_create_key(self.edge_node_client_key_file)
+        return public_key_line(host), public_key_line(client)
+
     def start_node(
         self, node_id: str, region: str, *, lease_ttl: int = 10, timeout: float = 30.0
     ) -> NodeHandle:
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
+        trusted_edges = self.work_dir / "ssh" / "trusted_edge_keys"
+        trusted_edges.parent.mkdir(parents=True, exist_ok=True)
+        trusted_edges.write_text(self._edge_keys()[1] + " gitedge-edges\n")
         config_path.write_text(
             "\n".join(
                 [
@@ -127,6 +173,10 @@ class Devnet:
                     f"lease_ttl = {lease_ttl}",
                     "[etcd]",
                     f"endpoints = {_toml([self.etcd.url])}",
+                    "[ssh]",
+                    'listen = "127.0.0.1:0"',
+                    f"host_key_file = {_toml(str(self.work_dir / 'ssh' / f'node-{node_id}_key'))}",
+                    f"trusted_edge_keys_file = {_toml(str(trusted_edges))}",
                     "",
                 ]
             )
@@ -143,11 +193,16 @@ class Devnet:
         region: str,
         *,
         http: bool = False,
+        ssh: bool = True,
         edge_options: str = "",
         extra: str = "",
         timeout: float = 30.0,
     ) -> EdgeHandle:
-        """An edge; `edge_options` are lines for its [edge] table, `extra` more tables."""
+        """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
+
+        With `ssh`, its SSH front listens on a free port and its host key line is
+        added to `known_hosts`.
+        """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
         lines = [
@@ -162,6 +217,14 @@ class Devnet:
         ]
         if http:
             lines += ["[http]", 'listen = "127.0.0.1:0"']
+        host_key = self._edge_keys()[0] if ssh else ""
+        if ssh:
+            lines += [
+                "[ssh]",
+                'listen = "127.0.0.1:0"',
+                f"host_key_files = {_toml([str(self.edge_host_key_file)])}",
+                f"node_client_key_file = {_toml(str(self.edge_node_client_key_file))}",
+            ]
         lines += [
             "[nodes]",
             f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
@@ -176,6 +239,9 @@ class Devnet:
         )
         handle = EdgeHandle(name, region, config_path, proc, info)
         self.edges.append(handle)
+        if ssh:
+            with self.known_hosts.open("a") as known_hosts:
+                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {host_key}\n")
         return handle
 
     def stop(self) -> None:

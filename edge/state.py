@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -13,6 +14,9 @@ from edge.config import EdgeConfig
 from edge.pool import NodePool
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
+
+if TYPE_CHECKING:
+    from edge.ssh_front import SshFront
 
 
 class RequestTracker:
@@ -47,6 +51,8 @@ class EdgeState:
     pool: NodePool
     node_admin: NodeAdmin
     requests: RequestTracker = field(default_factory=RequestTracker)
+    """HTTP requests and SSH sessions in flight (shutdown drains both)."""
+    ssh_front: SshFront | None = None
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests should move none
@@ -62,4 +68,7 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
+            # SSH front (when configured): connections, sessions, and the pooled
+            # edge-to-node SSH connections (warm sessions move only ssh_node_reuses).
+            **(self.ssh_front.stats_dict() if self.ssh_front else {}),
         }

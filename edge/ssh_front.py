@@ -1,0 +1,406 @@
+"""The client-facing SSH front: git over SSH on port 22, and nothing else.
+
+asyncssh runs on the trio-asyncio loop of `run_edge`. Authentication is by
+public key only: the key's SHA256 fingerprint names its user in the routing
+cache (etcd on a miss), and any SSH user name is accepted (git uses `git`).
+A session may exec one git service (`ssh_session.vet_session` decides); pty,
+subsystems, port, agent and X11 forwarding are refused.
+
+The routing and access checks are trio code (the routing cache) called from
+asyncssh's callbacks through `trio_as_aio`; the byte relay stays on asyncio
+(see ssh_session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import asyncssh
+import trio
+
+from edge.aio import aio_as_trio, trio_as_aio
+from edge.auth import authorize
+from edge.config import SshFrontConfig
+from edge.errors import NodeUnavailable, RoutingUnavailable
+from edge.http_front import _routing_errors as routing_errors
+from edge.proto.ssh_command import GitCommand
+from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
+from edge.ssh_session import Activity, GitRequest, GitSession, NodeChannel, subsystem_refusal
+from edge.state import RequestTracker
+from routing.cache import RoutingCache, StoreUnavailable
+from routing.model import NodeRecord
+
+log = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT = 10.0
+"""Access check and routing: a dict lookup, or one etcd read on a miss."""
+SHUTDOWN_GRACE = 5.0
+CLOSE_GRACE = 5.0
+"""How long a finished session waits for the client to close its channel."""
+
+
+class KeyFileError(Exception):
+    """A key file that cannot be read or made; the message names the file."""
+
+
+def load_or_create_key(path: Path) -> asyncssh.SSHKey:
+    """The private key at `path`; a new ed25519 key (0600, and `.pub`) if missing.
+
+    Made once and kept: clients pin the edge's host key, nodes trust its client key.
+    """
+    try:
+        return asyncssh.read_private_key(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
+        raise KeyFileError(f"cannot use {path}: {exc}") from None
+    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"gitedge {path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.export_private_key())
+        path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+    except FileExistsError:
+        return load_or_create_key(path)  # another process made it first
+    except OSError as exc:
+        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
+    log.info("new SSH key %s (%s)", path, key.get_fingerprint("sha256"))
+    return key
+
+
+def public_key_line(key: asyncssh.SSHKey) -> str:
+    """`ssh-ed25519 AAAA...` without a comment (known_hosts, authorized_keys)."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+class NodeGitPool(Protocol):
+    """`edge.ssh_nodes.NodeSSHPool`, as the front uses it (asyncio coroutines)."""
+
+    stats: PoolStats
+
+    async def open_git(
+        self, node: NodeRecord, command: GitCommand, *, user: str, git_protocol: str | None
+    ) -> NodeChannel: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class SshStats:
+    connections: int = 0
+    connections_active: int = 0
+    auth_rejected: int = 0
+    sessions: int = 0
+    sessions_active: int = 0
+    sessions_refused: int = 0
+
+
+class SshFront:
+    """Listens for SSH clients and serves their git sessions."""
+
+    def __init__(
+        self,
+        config: SshFrontConfig,
+        cache: RoutingCache,
+        pool: NodeGitPool,
+        requests: RequestTracker,
+        *,
+        node_open_timeout: float = 6.0,
+    ) -> None:
+        self._config = config
+        self._cache = cache
+        self._pool = pool
+        self._requests = requests
+        self._node_open_timeout = node_open_timeout
+        self._connections: set[asyncssh.SSHServerConnection] = set()
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.stats = SshStats()
+
+    def stats_dict(self) -> dict[str, int]:
+        counters = {f"ssh_{key}": value for key, value in asdict(self.stats).items()}
+        counters["ssh_node_connects"] = self._pool.stats.connects
+        counters["ssh_node_reuses"] = self._pool.stats.reuses
+        return counters
+
+    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept clients until cancelled; `started(host:port)` once listening.
+
+        Cancelling stops only the listener: sessions run on until `aclose()`,
+        so that a draining edge lets them finish.
+        """
+        cfg = self._config
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            # asyncssh logs ~15 INFO lines per session; the access log has one.
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
+        host_keys = await trio.to_thread.run_sync(
+            lambda: [load_or_create_key(path) for path in cfg.host_key_files]
+        )
+        acceptor = await aio_as_trio(asyncssh.listen)(
+            cfg.listen.host,
+            cfg.listen.port,
+            server_factory=lambda: _ClientConnection(self),
+            server_host_keys=host_keys,
+            public_key_auth=True,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            # Refused at the SSH level: `ssh -t` then fails with OpenSSH's "PTY
+            # allocation request failed", while a plain `ssh git@edge` typed in
+            # a terminal (pty requested, not required) still gets the greeting.
+            allow_pty=False,
+            line_editor=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            encoding=None,  # pack data is bytes
+            window=cfg.window,
+            login_timeout=cfg.login_grace_time,
+            config=None,
+        )
+        try:
+            host, port = acceptor.get_addresses()[0][:2]
+            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("SSH listening on %s", address)
+            task_status.started(address)
+            await trio.sleep_forever()
+        finally:
+            acceptor.close()  # new connections only: open ones are closed by aclose()
+
+    async def aclose(self) -> None:
+        """Disconnect every client (their sessions close their node channels), then the pool."""
+        with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
+            for conn in list(self._connections):
+                conn.close()
+            await aio_as_trio(self._wait_sessions)()
+            await aio_as_trio(self._pool.close)()
+
+    async def _wait_sessions(self) -> None:
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=SHUTDOWN_GRACE - 1)
+
+    # -- called from asyncssh (asyncio) ------------------------------------------
+
+    async def key_owner(self, key: asyncssh.SSHKey) -> str | None:
+        fingerprint = key.get_fingerprint("sha256")
+        try:
+            return await trio_as_aio(self._key_owner)(fingerprint)
+        except (StoreUnavailable, trio.TooSlowError) as exc:
+            log.warning("SSH key %s not checked, etcd unavailable: %r", fingerprint, exc)
+            return None
+
+    async def _key_owner(self, fingerprint: str) -> str | None:
+        with trio.fail_after(LOOKUP_TIMEOUT):
+            return await self._cache.key_owner(fingerprint)
+
+    def start_session(
+        self, process: asyncssh.SSHServerProcess[bytes], user: str, activity: Activity
+    ) -> None:
+        assert isinstance(process, _GitSessionProcess)
+        task = asyncio.ensure_future(self._serve_session(process, user, activity))
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _serve_session(
+        self, process: _GitSessionProcess, user: str, activity: Activity
+    ) -> None:
+        self.stats.sessions += 1
+        self.stats.sessions_active += 1
+        session = GitSession(process, user, self, activity)
+        try:
+            with self._requests.track():  # a draining edge waits for SSH sessions too
+                await session.run()
+                # Until the client has closed its end too: a drain that disconnects
+                # right after the exit status makes OpenSSH exit 255 instead of 0.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        await process.channel.wait_closed()
+        except Exception:
+            # One broken session must not take the front down; its client sees EOF.
+            log.exception("SSH session for %s failed", user)
+            process.channel.abort()
+        finally:
+            self.stats.sessions_active -= 1
+            self.stats.sessions_refused += session.outcome.refused
+
+    async def route(self, command: GitCommand, user: str) -> NodeRecord:
+        return await trio_as_aio(self._route)(command, user)
+
+    async def _route(self, command: GitCommand, user: str) -> NodeRecord:
+        with _lookup_deadline():
+            await authorize(
+                self._cache, command.repo, user, write=command.service.writes, anonymous_401=False
+            )
+            with routing_errors():
+                location = await self._cache.resolve(command.repo)
+        node = self._cache.nodes.get(location.node_id)
+        if node is None or not node.ssh_address or not node.ssh_host_key:
+            raise NodeUnavailable(f"{location.node_id}: no SSH listener registered")
+        return node
+
+    async def open_git(self, node: NodeRecord, request: GitRequest, user: str) -> NodeChannel:
+        try:
+            async with asyncio.timeout(self._node_open_timeout):
+                return await self._pool.open_git(
+                    node, request.command, user=user, git_protocol=request.git_protocol
+                )
+        except (NodeSSHUnavailable, TimeoutError, asyncssh.Error, OSError) as exc:
+            raise NodeUnavailable(f"{node.node_id} {node.ssh_address}: {exc!r}") from None
+
+
+@contextlib.contextmanager
+def _lookup_deadline() -> Iterator[None]:
+    try:
+        with trio.fail_after(LOOKUP_TIMEOUT):
+            yield
+    except trio.TooSlowError:
+        raise RoutingUnavailable(f"lookup took over {LOOKUP_TIMEOUT}s") from None
+
+
+class _ClientConnection(asyncssh.SSHServer):
+    """One client connection: its key's user, its sessions, its idle timer."""
+
+    def __init__(self, front: SshFront) -> None:
+        self._front = front
+        self._config = front._config
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._user: str | None = None
+        self._open_sessions = 0
+        self._activity = Activity()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._front._connections.add(conn)
+        self._front.stats.connections += 1
+        self._front.stats.connections_active += 1
+        self._arm_idle_timer(self._config.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._front._connections.discard(self._conn)
+        self._front.stats.connections_active -= 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle_for = time.monotonic() - self._activity.last
+        timeout = self._config.idle_timeout
+        if idle_for < timeout:
+            self._arm_idle_timer(timeout - idle_for)
+        elif self._conn is not None:
+            log.info("SSH connection of %s idle for %.0fs: closing", self._user or "-", idle_for)
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, "idle timeout")
+
+    # -- authentication: public key only ---------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # the user name is not the identity: the key is
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        owner = await self._front.key_owner(key)
+        if owner is None:
+            self._front.stats.auth_rejected += 1
+            log.info("SSH key %s: unknown, rejected", key.get_fingerprint("sha256"))
+            return False
+        # asyncssh calls this for a key query and again, right before checking the
+        # signature, for the key that then succeeds (a new request cancels a pending
+        # one), so the last owner set is the authenticated key's.
+        self._user = owner
+        return True
+
+    def auth_completed(self) -> None:
+        self._activity.touch()
+        peer = self._conn.get_extra_info("peername") if self._conn else None
+        log.info("SSH %s authenticated from %s", self._user, peer)
+
+    # -- what an authenticated client may open --------------------------------
+
+    def session_requested(
+        self,
+    ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
+        assert self._conn is not None and self._user is not None
+        if self._open_sessions >= self._config.max_sessions:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_RESOURCE_SHORTAGE,
+                f"gitedge: at most {self._config.max_sessions} sessions per connection",
+            )
+        self._open_sessions += 1
+        channel = self._conn.create_server_channel(encoding=None, window=self._config.window)
+        user, activity, front = self._user, self._activity, self._front
+        return channel, _GitSessionProcess(
+            lambda process: front.start_session(process, user, activity),
+            self._session_closed,
+        )
+
+    def _session_closed(self) -> None:
+        self._open_sessions -= 1
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "gitedge: port forwarding is not supported"
+        )
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        log.info("SSH %s: remote forwarding of port %d refused", self._user, listen_port)
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        raise asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "gitedge: socket forwarding is not supported"
+        )
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        return False
+
+
+class _GitSessionProcess(asyncssh.SSHServerProcess[bytes]):
+    """A session channel: exec and shell go to `GitSession`, subsystems get one line.
+
+    A subsystem is accepted only to be answered with a sentence and exit status
+    1 (a bare channel failure reads as "subsystem request failed" and 255).
+    """
+
+    def __init__(
+        self,
+        start: asyncssh.SSHServerProcessFactory[bytes],
+        on_close: Callable[[], None],
+    ) -> None:
+        super().__init__(start, None, 0, False)
+        self._on_close = on_close
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        subsystem = self._chan.get_subsystem()
+        if subsystem is None:
+            super().session_started()
+            return
+        # Not through super(): asyncssh would start its own SFTP server for "sftp".
+        refusal = subsystem_refusal(subsystem)
+        log.info("SSH subsystem %r refused", subsystem)
+        with contextlib.suppress(asyncssh.Error, OSError):
+            self._chan.write_stderr(f"{refusal.line}\n".encode())
+            self._chan.exit(refusal.status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_close()

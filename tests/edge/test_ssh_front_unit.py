@@ -1,0 +1,474 @@
+"""The SSH front without a network: its session rules, its config, and the front
+itself in-process with asyncssh clients and a scripted node pool.
+
+Routing comes from an in-memory routing cache (no etcd); the node pool is a
+fake whose git processes the test drives. The end-to-end behaviour with
+OpenSSH, git and real nodes is in tests/e2e/test_ssh.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import asyncssh
+import pytest
+import trio
+
+from edge.aio import aio_as_trio, open_aio_loop
+from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
+from edge.proto.ssh_command import GitCommand, SshService
+from edge.ssh_front import KeyFileError, SshFront, load_or_create_key, public_key_line
+from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
+from edge.ssh_session import NodeChannel, SessionRefused, shell_greeting, vet_session
+from edge.state import RequestTracker
+from routing.cache import RoutingCache
+from routing.etcd import EtcdClient
+from routing.model import (
+    KeyRecord,
+    NodeId,
+    NodeRecord,
+    Region,
+    RepoName,
+    RepoRecord,
+    VolumeId,
+    VolumeInfo,
+    VolumeRecord,
+)
+from routing.schema import Keys
+
+T = TypeVar("T")
+
+# -- vet_session: what a session may ask for ----------------------------------------------
+
+
+def _vet(command: str | None, env: dict[bytes, bytes] | None = None) -> str:
+    """The refusal line, or "ok <service> <repo> <git_protocol>"."""
+    try:
+        request = vet_session(user="alice", command=command, env=env or {})
+    except SessionRefused as exc:
+        assert exc.status == 1
+        assert "\n" not in exc.line
+        return exc.line
+    return f"ok {request.command.service} {request.command.repo} {request.git_protocol}"
+
+
+def test_git_commands_pass_with_their_protocol() -> None:
+    assert _vet("git-upload-pack '/alice/x.git'") == "ok git-upload-pack alice/x None"
+    assert (
+        _vet("git-receive-pack 'alice/x.git'", {b"GIT_PROTOCOL": b"version=2"})
+        == "ok git-receive-pack alice/x version=2"
+    )
+
+
+def test_shell_gets_the_greeting() -> None:
+    assert _vet(None) == shell_greeting("alice")
+    assert shell_greeting("alice") == (
+        "Hi alice! You've successfully authenticated, but gitedge does not provide shell access."
+    )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {b"LANG": b"C.UTF-8"},
+        {b"LC_ALL": b"C.UTF-8", b"LC_CTYPE": b"en_US.UTF-8", b"LC_": b"x"},
+        {},
+    ],
+)
+def test_locale_env_is_ignored(env: dict[bytes, bytes]) -> None:
+    assert _vet("git-upload-pack 'a/b.git'", env) == "ok git-upload-pack a/b None"
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({b"LD_PRELOAD": b"/tmp/x.so"}, "environment variable LD_PRELOAD is not accepted"),
+        ({b"GIT_CONFIG_PARAMETERS": b"x"}, "environment variable GIT_CONFIG_PARAMETERS"),
+        ({b"LANGUAGE": b"de"}, "environment variable LANGUAGE is not accepted"),
+        ({b"git_protocol": b"version=2"}, "environment variable git_protocol"),
+        ({b"A\nB": b"x"}, "environment variable A?B is not accepted"),
+        ({b"\xff" * 100: b"x"}, "environment variable " + "?" * 64 + " is not accepted"),
+        ({b"GIT_PROTOCOL": b"version=2;id"}, "GIT_PROTOCOL has a value that is not accepted"),
+        ({b"GIT_PROTOCOL": b""}, "GIT_PROTOCOL has a value that is not accepted"),
+        ({b"GIT_PROTOCOL": b"v" * 257}, "GIT_PROTOCOL has a value that is not accepted"),
+    ],
+)
+def test_other_env_refuses_the_session_even_for_a_shell(env: dict[bytes, bytes], line: str) -> None:
+    for command in ("git-upload-pack 'a/b.git'", None):
+        refusal = _vet(command, {b"LANG": b"C", **env})
+        assert refusal.startswith("gitedge: ") and line in refusal
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        ("id", "gitedge: command not allowed: 'id'"),
+        ("git-upload-pack 'a/b.git' ; id", "gitedge: exactly one repository path is allowed"),
+        ("git-upload-pack '../etc/x.git'", "gitedge: bad repository path:"),
+        ("git-upload-pack '-a/b.git'", "gitedge: bad repository path:"),
+        ("git-upload-pack", "gitedge: git-upload-pack needs a repository path"),
+        ("", "gitedge: interactive shells are not supported"),
+    ],
+)
+def test_commands_outside_the_list_are_refused(command: str, line: str) -> None:
+    assert _vet(command).startswith(line)
+
+
+# -- [ssh] in the edge config ---------------------------------------------------------------
+
+BASE = (
+    '[edge]\nregion = "fra"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n'
+    '[nodes]\nadmin_secret = "s"\n[http]\nlisten = "127.0.0.1:0"\n'
+)
+
+
+def _config(tmp_path: Path, ssh: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(BASE + ssh)
+    return path
+
+
+def _ssh_table(tmp_path: Path, extra: str = "") -> str:
+    return (
+        f'[ssh]\nlisten = "127.0.0.1:0"\nhost_key_files = ["{tmp_path}/keys/host"]\n'
+        f'node_client_key_file = "{tmp_path}/keys/client"\n{extra}'
+    )
+
+
+def test_no_ssh_table_no_ssh_front(tmp_path: Path) -> None:
+    assert load_edge_config(_config(tmp_path, "")).ssh is None
+
+
+def test_ssh_defaults_and_keys_made_once(tmp_path: Path) -> None:
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))
+    assert config.ssh == SshFrontConfig(
+        listen=Listener("127.0.0.1", 0),
+        host_key_files=(tmp_path / "keys" / "host",),
+        node_client_key_file=tmp_path / "keys" / "client",
+        login_grace_time=60.0,
+        idle_timeout=600.0,
+        max_sessions=10,
+        window=16 * 2**20,
+    )
+    host = tmp_path / "keys" / "host"
+    assert stat.S_IMODE(host.stat().st_mode) == 0o600
+    assert host.with_name("host.pub").read_text().startswith("ssh-ed25519 ")
+    first = load_or_create_key(host).get_fingerprint("sha256")
+    load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))  # a restart keeps the keys
+    assert load_or_create_key(host).get_fingerprint("sha256") == first
+
+
+def test_ssh_settings(tmp_path: Path) -> None:
+    extra = "login_grace_time = 5\nidle_timeout = 30\nmax_sessions = 2\nwindow = 1048576\n"
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+    assert config.ssh is not None
+    assert (config.ssh.login_grace_time, config.ssh.idle_timeout) == (5.0, 30.0)
+    assert (config.ssh.max_sessions, config.ssh.window) == (2, 2**20)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("max_sessions = 0\n", "max_sessions"),
+        ("window = 1024\n", "window"),
+        ("idle_timeout = 'long'\n", "idle_timeout"),
+        ("login_grace_time = -1\n", "login_grace_time"),
+        ("max_session = 3\n", "max_session: unknown key"),
+    ],
+)
+def test_bad_ssh_settings_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"\[ssh\]: {key}"):
+        load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+
+
+def test_unusable_key_files_name_the_key(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "host").write_text("not a key")
+    with pytest.raises(ConfigError, match=r"\[ssh\]: host_key_files: cannot use .*host"):
+        load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))
+    missing_listen = _ssh_table(tmp_path).replace('listen = "127.0.0.1:0"\n', "")
+    with pytest.raises(ConfigError, match=r"\[ssh\]: listen: is required"):
+        load_edge_config(_config(tmp_path, missing_listen))
+    with pytest.raises(KeyFileError, match=r"cannot use .*below-a-file"):
+        load_or_create_key(tmp_path / "keys" / "host" / "below-a-file")
+
+
+# -- the front in-process ---------------------------------------------------------------------
+
+ALICE_REPO = RepoName("alice", "x")
+NODE = NodeRecord(
+    NodeId("n1"),
+    Region("fra"),
+    "http://127.0.0.1:1",
+    (VolumeInfo(VolumeId("v1"), 0),),
+    ssh_address="127.0.0.1:1",
+    ssh_host_key="ssh-ed25519 AAAA-unused-by-the-fake-pool",
+)
+
+
+@dataclass
+class FakeGit:
+    """A git process on a fake node: echoes stdin once it ends, then exits."""
+
+    status: int = 0
+    hang: bool = False
+    stdin: bytearray = field(default_factory=bytearray)
+    eof: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _stderr_sent: bool = False
+
+    async def read_stdout(self, n: int) -> bytes:
+        if self.hang:
+            await self.closed.wait()
+            raise NodeSSHUnavailable("closed")
+        await self.eof.wait()
+        data, self.stdin = bytes(self.stdin[:n]), self.stdin[n:]
+        return data
+
+    async def read_stderr(self, n: int) -> bytes:
+        if self._stderr_sent:
+            return b""
+        self._stderr_sent = True
+        return b"remote: hello from the node\n"
+
+    async def write_stdin(self, data: bytes) -> None:
+        self.stdin += data
+
+    def write_eof(self) -> None:
+        self.eof.set()
+
+    async def wait(self) -> int:
+        return self.status
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+@dataclass
+class FakePool:
+    gits: list[FakeGit] = field(default_factory=list)
+    opened: list[tuple[GitCommand, str, str | None]] = field(default_factory=list)
+    unavailable: bool = False
+    hang: bool = False
+    stats: PoolStats = field(default_factory=PoolStats)
+
+    async def open_git(
+        self, node: NodeRecord, command: GitCommand, *, user: str, git_protocol: str | None
+    ) -> NodeChannel:
+        if self.unavailable:
+            raise NodeSSHUnavailable("node down")
+        self.opened.append((command, user, git_protocol))
+        git = FakeGit(status=7, hang=self.hang)
+        self.gits.append(git)
+        return git
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Front:
+    address: tuple[str, int]
+    pool: FakePool
+    front: SshFront
+    client_key: asyncssh.SSHKey
+    host_key_line: str
+
+    async def call(self, fn: Callable[[asyncssh.SSHClientConnection], Awaitable[T]]) -> T:
+        """Run `fn` (asyncio) on a fresh connection as alice."""
+
+        async def session() -> T:
+            conn = await self.connect(self.client_key)
+            try:
+                return await fn(conn)
+            finally:
+                conn.close()
+
+        return await aio_as_trio(session)()
+
+    async def connect(self, key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
+        host, port = self.address
+        return await asyncssh.connect(
+            host,
+            port,
+            username="git",
+            client_keys=[key],
+            known_hosts=([asyncssh.import_public_key(self.host_key_line)], [], []),
+            config=None,
+            agent_path=None,
+            preferred_auth="publickey",
+        )
+
+
+@pytest.fixture
+async def front(tmp_path: Path) -> AsyncIterator[Front]:
+    client_key = asyncssh.generate_private_key("ssh-ed25519")
+    fingerprint = client_key.get_fingerprint("sha256")
+    config = SshFrontConfig(
+        listen=Listener("127.0.0.1", 0),
+        host_key_files=(tmp_path / "host",),
+        node_client_key_file=tmp_path / "client",
+        login_grace_time=1.0,
+        idle_timeout=1.0,
+        max_sessions=2,
+    )
+    etcd = EtcdClient("http://127.0.0.1:9")  # never reached: everything is cached
+    cache = RoutingCache(Keys("/t/"), etcd)
+    cache.keys_by_fingerprint[fingerprint] = KeyRecord(fingerprint, "alice", "t", "", 0.0)
+    cache.repos[ALICE_REPO] = RepoRecord(ALICE_REPO, VolumeId("v1"), Region("fra"), 0.0, "alice")
+    cache.volumes[VolumeId("v1")] = VolumeRecord(VolumeId("v1"), Region("fra"), NodeId("n1"))
+    cache.nodes[NodeId("n1")] = NODE
+    pool = FakePool()
+    async with open_aio_loop(), trio.open_nursery() as nursery:
+        ssh_front = SshFront(config, cache, pool, RequestTracker())
+        address = await nursery.start(ssh_front.serve)
+        host, _, port = address.rpartition(":")
+        host_key = public_key_line(load_or_create_key(tmp_path / "host"))
+        yield Front((host, int(port)), pool, ssh_front, client_key, host_key)
+        await ssh_front.aclose()
+        nursery.cancel_scope.cancel()
+    await etcd.aclose()
+
+
+@dataclass
+class Ran:
+    status: int | None
+    stdout: bytes
+    stderr: bytes
+
+
+async def _run(
+    conn: asyncssh.SSHClientConnection, command: str | None, stdin: bytes = b"", **kw: object
+) -> Ran:
+    result = await conn.run(command, input=stdin, encoding=None, **kw)  # type: ignore[arg-type]
+    assert isinstance(result.stdout, bytes) and isinstance(result.stderr, bytes)
+    return Ran(result.exit_status, result.stdout, result.stderr)
+
+
+async def test_exec_relays_bytes_eof_stderr_and_exit_status(front: Front) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB, every byte value: binary-clean both ways
+
+    async def clone(conn: asyncssh.SSHClientConnection) -> Ran:
+        return await _run(
+            conn, "git-upload-pack '/alice/x.git'", payload, env={"GIT_PROTOCOL": "version=2"}
+        )
+
+    ran = await front.call(clone)
+    # The fake echoes stdin only after the client's EOF reached it as write_eof().
+    assert (ran.status, ran.stdout, ran.stderr) == (7, payload, b"remote: hello from the node\n")
+    assert front.pool.opened == [
+        (GitCommand(SshService.UPLOAD_PACK, ALICE_REPO), "alice", "version=2")
+    ]
+    assert front.pool.gits[0].closed.is_set()
+    stats = front.front.stats
+    assert (stats.sessions, stats.sessions_active, stats.sessions_refused) == (1, 0, 0)
+
+
+async def test_shell_greets_and_forwarding_and_pty_are_refused(front: Front) -> None:
+    async def probe(conn: asyncssh.SSHClientConnection) -> tuple[Ran, list[int]]:
+        greeting = await _run(conn, None)
+        codes = []
+        for attempt in (
+            conn.run("git-upload-pack 'alice/x.git'", term_type="xterm", request_pty="force"),
+            conn.open_connection("127.0.0.1", 22),
+            conn.start_server(lambda: asyncssh.SSHTCPSession(), "", 0),
+        ):
+            try:
+                await attempt
+            except asyncssh.ChannelOpenError as exc:
+                codes.append(exc.code)
+            except asyncssh.ChannelListenError:
+                codes.append(-1)
+        return greeting, codes
+
+    greeting, codes = await front.call(probe)
+    assert (greeting.status, greeting.stderr) == (1, shell_greeting("alice").encode() + b"\n")
+    assert codes == [
+        asyncssh.OPEN_REQUEST_PTY_FAILED,
+        asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+        -1,  # remote forwarding: the tcpip-forward request refused
+    ]
+    assert front.pool.opened == []
+
+
+async def test_unknown_key_is_rejected_at_auth(front: Front) -> None:
+    async def attempt() -> None:
+        await front.connect(asyncssh.generate_private_key("ssh-ed25519"))
+
+    with pytest.raises(asyncssh.PermissionDenied):
+        await aio_as_trio(attempt)()
+    assert front.front.stats.auth_rejected == 1
+
+
+async def test_node_down_is_one_line_and_exit_1(front: Front) -> None:
+    front.pool.unavailable = True
+
+    async def clone(conn: asyncssh.SSHClientConnection) -> Ran:
+        return await _run(conn, "git-upload-pack 'alice/x.git'")
+
+    ran = await front.call(clone)
+    assert (ran.status, ran.stdout) == (1, b"")
+    assert ran.stderr == b"ERROR: Repository temporarily unavailable, try again later.\n"
+    assert front.front.stats.sessions_refused == 1
+
+
+async def test_client_gone_closes_the_node_channel(front: Front) -> None:
+    front.pool.hang = True
+
+    async def vanish() -> None:
+        conn = await front.connect(front.client_key)
+        process = await conn.create_process("git-upload-pack 'alice/x.git'", encoding=None)
+        process.stdin.write(b"0000")
+        await process.stdin.drain()
+        while not front.pool.gits:
+            await asyncio.sleep(0.01)
+        conn.abort()  # no EOF, no close: the client just goes away
+
+    await aio_as_trio(vanish)()
+    with trio.fail_after(5):
+        await aio_as_trio(front.pool.gits[0].closed.wait)()
+
+
+async def test_sessions_per_connection_are_limited(front: Front) -> None:
+    front.pool.hang = True
+
+    async def three(conn: asyncssh.SSHClientConnection) -> list[str]:
+        outcomes = []
+        for _ in range(3):
+            try:
+                await conn.create_process("git-upload-pack 'alice/x.git'")
+                outcomes.append("open")
+            except asyncssh.ChannelOpenError as exc:
+                outcomes.append(exc.reason)
+        return outcomes
+
+    assert await front.call(three) == ["open", "open", "gitedge: at most 2 sessions per connection"]
+
+
+async def test_idle_connection_is_closed(front: Front) -> None:
+    async def idle(conn: asyncssh.SSHClientConnection) -> float:
+        started = asyncio.get_running_loop().time()
+        await conn.wait_closed()
+        return asyncio.get_running_loop().time() - started
+
+    with trio.fail_after(5):
+        waited = await front.call(idle)
+    assert 0.8 < waited < 3  # idle_timeout = 1 s
+
+
+async def test_login_grace_time_drops_a_client_that_never_authenticates(front: Front) -> None:
+    host, port = front.address
+    stream = await trio.open_tcp_stream(host, port)
+    banner = await stream.receive_some(256)
+    assert banner.startswith(b"SSH-2.0-")
+    started = trio.current_time()
+    with trio.fail_after(5):
+        while await stream.receive_some(4096):
+            pass  # the server's kex init; we never answer it
+    assert trio.current_time() - started > 0.8  # login_grace_time = 1 s
+    await stream.aclose()
