@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -125,12 +126,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+USER = "bench"
+
+
 def create_repo(net: Devnet, name: str) -> dict[str, Any]:
     response = httpx.post(
         f"{net.edge.https_url}/api/repos",
         json={"name": name},
         headers={"Fly-Region": "fra"},
-        verify=str(net.ca_file),
+        auth=(USER, net.user_token(USER)),
+        verify=ssl.create_default_context(cafile=str(net.ca_file)),
         timeout=30.0,
     )
     if response.status_code != 201:
@@ -501,11 +506,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 edge=ProcMeter(net.edge.process.popen.pid),
                 node=ProcMeter(node.process.popen.pid),
                 node_id=node_id,
-                edge_base=net.edge.https_url.rstrip("/"),
+                # The bench user's token in the URL: git needs no prompt or helper.
+                edge_base=net.edge.https_url.rstrip("/").replace(
+                    "://", f"://{USER}:{net.user_token(USER)}@", 1
+                ),
                 node_base=node.http_url.rstrip("/"),
             )
             log(
-                f"edge {srv.edge_base} (pid {srv.edge.proc.pid}), node {node_id} "
+                f"edge {net.edge.https_url} (pid {srv.edge.proc.pid}), node {node_id} "
                 f"{srv.node_base} (pid {srv.node.proc.pid})"
             )
             log(f"generating {args.size_mb} MiB repo ...")

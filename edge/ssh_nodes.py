@@ -35,6 +35,9 @@ CLOSE_TIMEOUT = 5.0
 NO_EXIT_STATUS = 255  # what OpenSSH's client reports when a channel closes without one
 
 
+INTERNAL_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
 class NodeSSHUnavailable(Exception):
     """No git on the node over SSH: no SSH address, unreachable, wrong host key,
     session refused, or the connection broke mid-transfer. The message is for the log."""
@@ -225,6 +228,10 @@ class NodeSSHPool:
                 encoding=None,
                 window=self._window,
                 max_pktsize=MAX_PKTSIZE,
+                # Both ends are ours: AES-GCM runs in OpenSSL with AES-NI, while
+                # asyncssh's chacha20-poly1305 builds cipher objects per packet
+                # (measured: ~29 us vs ~7 us per 32 KiB packet; bench/ssh_clone).
+                encryption_algs=INTERNAL_CIPHERS,
             ),
             # asyncssh's connect_timeout covers TCP, kex and auth; this is the backstop.
             self._connect_timeout,
