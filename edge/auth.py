@@ -8,11 +8,19 @@ so that git asks for credentials, as GitHub does).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from edge.errors import AuthRequired, Forbidden, RepoNotFound, RoutingUnavailable
+from edge.errors import (
+    AuthRequired,
+    Forbidden,
+    NodeUnavailable,
+    RepoNotFound,
+    RoutingUnavailable,
+)
 from edge.proto.basic_auth import hash_secret, parse_basic, parse_bearer, split_token
 from routing.access import can_read, can_write
-from routing.cache import NotFound, RoutingCache, StoreUnavailable
+from routing.cache import NotFound, RoutingCache, StoreUnavailable, Unroutable
 from routing.model import RepoName, RepoRecord
 
 
@@ -90,3 +98,16 @@ def check_namespace(name: RepoName, user: str | None, admin: bool) -> str:
     if name.owner != user:
         raise Forbidden(f"you may only create repositories under {user}/")
     return user
+
+
+@contextmanager
+def routing_errors() -> Iterator[None]:
+    """Cache outcomes in their wire form."""
+    try:
+        yield
+    except NotFound as exc:
+        raise RepoNotFound(str(exc)) from None
+    except StoreUnavailable as exc:
+        raise RoutingUnavailable(str(exc)) from None
+    except Unroutable as exc:
+        raise NodeUnavailable(str(exc)) from None

@@ -7,14 +7,13 @@ and git requests handed to proxy.py; everything else is answered here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 
 import trio
 
 from edge.api import handle_api
-from edge.auth import authorize, http_user
-from edge.errors import EdgeError, NodeUnavailable, RepoNotFound, RoutingUnavailable
+from edge.auth import authorize, http_user, routing_errors
+from edge.errors import EdgeError
 from edge.proto.body import BodyError
 from edge.proto.http_head import HeadError, RequestHead, parse_request_head
 from edge.proto.http_route import (
@@ -35,8 +34,6 @@ from edge.proxy import ClientInfo, Timeouts, proxy_git
 from edge.respond import Outcome, send_json, send_text
 from edge.state import EdgeState
 from edge.stream import BufferedStream, HeadTimeout
-from routing.cache import NotFound as RepoMissing
-from routing.cache import StoreUnavailable, Unroutable
 
 log = logging.getLogger("edge.access")
 
@@ -142,19 +139,6 @@ async def handle_request(
     raise AssertionError(f"unhandled route {route!r}")
 
 
-@contextmanager
-def _routing_errors() -> Iterator[None]:
-    """Cache outcomes in their wire form."""
-    try:
-        yield
-    except RepoMissing as exc:
-        raise RepoNotFound(str(exc)) from None
-    except StoreUnavailable as exc:
-        raise RoutingUnavailable(str(exc)) from None
-    except Unroutable as exc:
-        raise NodeUnavailable(str(exc)) from None
-
-
 async def _git(
     state: EdgeState,
     client: BufferedStream,
@@ -168,7 +152,7 @@ async def _git(
         return Outcome(505, False)
     user = await http_user(state.cache, head.header(b"authorization"))
     await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
-    with _routing_errors():
+    with routing_errors():
         location = await state.cache.resolve(route.repo)
     cfg = state.config
     result = await proxy_git(

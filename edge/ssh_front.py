@@ -27,10 +27,9 @@ import asyncssh
 import trio
 
 from edge.aio import aio_as_trio, trio_as_aio
-from edge.auth import authorize
+from edge.auth import authorize, routing_errors
 from edge.config import SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
-from edge.http_front import _routing_errors as routing_errors
 from edge.proto.ssh_command import GitCommand
 from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
 from edge.ssh_session import Activity, GitRequest, GitSession, NodeChannel, subsystem_refusal
