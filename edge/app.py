@@ -102,8 +102,12 @@ async def run_edge(
         ) as admin_http,
     ):
         cache = RoutingCache(keys, etcd)
+        dial = config.dial_overrides()
         pool = NodePool(
-            config.node_connect_timeout, config.node_idle_timeout, config.max_idle_per_node
+            config.node_connect_timeout,
+            config.node_idle_timeout,
+            config.max_idle_per_node,
+            dial={node: d.http for node, d in dial.items() if d.http},
         )
         state = EdgeState(
             config, etcd, cache, pool, NodeAdmin(admin_http, config.node_admin_secret)
@@ -167,6 +171,7 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             config.ssh.node_client_key_file,
             window=config.ssh.window,
             connect_timeout=config.node_connect_timeout,
+            dial={node: d.ssh for node, d in config.dial_overrides().items() if d.ssh},
         )
         front = SshFront(
             config.ssh,

@@ -46,6 +46,20 @@ class SshFrontConfig:
 
 
 @dataclass(frozen=True)
+class NodeDial:
+    """Where the edge dials one node instead of the addresses it advertises in etcd.
+
+    `[nodes.dial]` in the config. For networks where the advertised address is
+    not the route from this edge (the cross-region benchmark puts a latency
+    relay per region pair in front of each node). Host keys are still checked
+    against the node's record in etcd.
+    """
+
+    http: tuple[str, int] | None = None
+    ssh: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     region: Region
     etcd_endpoints: tuple[str, ...]
@@ -73,6 +87,11 @@ class EdgeConfig:
     admin_token: str = ""
     """Bearer token for the admin API (users, tokens); empty: admin API off."""
     ssh: SshFrontConfig | None = None
+    node_dial: tuple[tuple[str, NodeDial], ...] = ()
+    """`[nodes.dial]`: (node id, override) pairs; see NodeDial."""
+
+    def dial_overrides(self) -> dict[str, NodeDial]:
+        return dict(self.node_dial)
 
     def is_trusted_proxy(self, peer_ip: str) -> bool:
         try:
@@ -140,12 +159,36 @@ def load_edge_config(path: Path) -> EdgeConfig:
             else ""
         ),
         ssh=_ssh(ssh) if root.has("ssh") else None,
+        node_dial=_node_dial(nodes.table("dial")) if nodes.has("dial") else (),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
     for table in (root, edge, etcd, nodes, limits, https, http, ssh):
         table.check_unknown()
     return config
+
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _node_dial(dial: Table) -> tuple[tuple[str, NodeDial], ...]:
+    """`[nodes.dial]`: `<node-id> = { http = "host:port", ssh = "host:port" }`."""
+    overrides = []
+    # Table has no public key listing (routing/tomlconf.py); the keys are the data here.
+    for node_id in list(dial._data):
+        if not _NODE_ID.fullmatch(node_id):
+            raise dial.error(node_id, "not a node id")
+        entry = dial.table(node_id)
+        http = entry.host_port("http") if entry.has("http") else None
+        ssh = entry.host_port("ssh") if entry.has("ssh") else None
+        entry.check_unknown()
+        if http is None and ssh is None:
+            raise dial.error(node_id, "give http = 'host:port', ssh = 'host:port' or both")
+        for name, address in (("http", http), ("ssh", ssh)):
+            if address is not None and address[1] == 0:
+                raise entry.error(name, "port 0 cannot be dialled")
+        overrides.append((node_id, NodeDial(http, ssh)))
+    return tuple(overrides)
 
 
 def _ssh(ssh: Table) -> SshFrontConfig:
@@ -176,4 +219,11 @@ def _ssh(ssh: Table) -> SshFrontConfig:
     )
 
 
-__all__ = ["ConfigError", "EdgeConfig", "Listener", "SshFrontConfig", "load_edge_config"]
+__all__ = [
+    "ConfigError",
+    "EdgeConfig",
+    "Listener",
+    "NodeDial",
+    "SshFrontConfig",
+    "load_edge_config",
+]

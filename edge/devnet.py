@@ -197,11 +197,13 @@ class Devnet:
         edge_options: str = "",
         extra: str = "",
         timeout: float = 30.0,
+        etcd_endpoints: list[str] | None = None,
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
 
         With `ssh`, its SSH front listens on a free port and its host key line is
-        added to `known_hosts`.
+        added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
+        (the regions benchmark reaches etcd through a latency relay).
         """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
@@ -229,7 +231,7 @@ class Devnet:
             "[nodes]",
             f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
             "[etcd]",
-            f"endpoints = {_toml([self.etcd.url])}",
+            f"endpoints = {_toml(etcd_endpoints or [self.etcd.url])}",
             extra,
             "",
         ]
@@ -242,6 +244,20 @@ class Devnet:
         if ssh:
             with self.known_hosts.open("a") as known_hosts:
                 known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {host_key}\n")
+        return handle
+
+    def restart_edge(self, edge: EdgeHandle, *, timeout: float = 30.0) -> EdgeHandle:
+        """Stop `edge` and start it again from its config: a cold edge (empty pools,
+        cache rebuilt from etcd) on new free ports. Replaces it in `edges`."""
+        edge.process.stop()
+        proc, info = _start_and_wait(
+            edge.name, ["edge", "--config", str(edge.config_path)], self.work_dir, timeout
+        )
+        handle = EdgeHandle(edge.name, edge.region, edge.config_path, proc, info)
+        self.edges[self.edges.index(edge)] = handle
+        if handle.ready.get("ssh_address"):
+            with self.known_hosts.open("a") as known_hosts:
+                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_keys()[0]}\n")
         return handle
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import socket
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -48,23 +49,39 @@ def parse_node_url(url: str) -> tuple[str, int]:
 
 
 class NodePool:
-    def __init__(self, connect_timeout: float, idle_timeout: float, max_idle: int) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_idle: int,
+        *,
+        dial: Mapping[str, tuple[str, int]] | None = None,
+    ) -> None:
+        """`dial`: node id -> the address to connect to instead of its URL's (`[nodes.dial]`)."""
         self._connect_timeout = connect_timeout
+        self._dial = dict(dial or {})
         self._idle_timeout = idle_timeout
         self._max_idle = max_idle
         self._idle: dict[tuple[str, int], list[NodeConn]] = defaultdict(list)
         self._addresses: dict[str, tuple[str, int]] = {}
         self.stats = PoolStats()
 
-    def address(self, node_url: str) -> tuple[str, int]:
+    def address(self, node_url: str, node_id: str | None = None) -> tuple[str, int]:
+        if node_id is not None and (override := self._dial.get(node_id)) is not None:
+            return override
         found = self._addresses.get(node_url)
         if found is None:
             found = self._addresses[node_url] = parse_node_url(node_url)
         return found
 
-    async def acquire(self, node_url: str, fresh: bool = False) -> NodeConn:
-        """A connection to the node: a live idle one, else a new one (NodeUnavailable)."""
-        address = self.address(node_url)
+    async def acquire(
+        self, node_url: str, fresh: bool = False, *, node_id: str | None = None
+    ) -> NodeConn:
+        """A connection to the node: a live idle one, else a new one (NodeUnavailable).
+
+        With `node_id` given and a dial override for it, that address is dialled.
+        """
+        address = self.address(node_url, node_id)
         idle = self._idle[address]
         now = trio.current_time()
         while idle and not fresh:
@@ -79,7 +96,10 @@ class NodePool:
             with trio.fail_after(self._connect_timeout):
                 stream = await trio.open_tcp_stream(*address)
         except (OSError, trio.TooSlowError) as exc:
-            raise NodeUnavailable(f"connect to node {address[0]}:{address[1]}: {exc!r}") from None
+            via = f" (nodes.dial.{node_id}.http)" if node_id in self._dial else ""
+            raise NodeUnavailable(
+                f"connect to node {address[0]}:{address[1]}{via}: {exc!r}"
+            ) from None
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.stats.connects += 1
         return NodeConn(address, BufferedStream(stream))

@@ -131,7 +131,7 @@ async def proxy_git(
     body_len = _body_in_hand(head, client.pending)
     body = client.take(body_len) if body_len is not None else None
     for attempt in range(2):
-        conn = await pool.acquire(location.node_url, fresh=attempt > 0)
+        conn = await pool.acquire(location.node_url, fresh=attempt > 0, node_id=location.node_id)
         try:
             result = await _exchange(client, head, route, conn, info, timeouts, body)
         except _NodeClosedEarly:
