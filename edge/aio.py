@@ -62,3 +62,22 @@ def aio_as_trio(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 def trio_as_aio(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Call a trio async function from asyncio code (typed `trio_asyncio.trio_as_aio`)."""
     return cast(Callable[P, Awaitable[T]], trio_asyncio.trio_as_aio(fn))
+
+
+# What both SSH servers (the edge's front and the node's edge-only listener)
+# refuse at the SSH layer: anything but public-key auth, ptys, forwarding, scp.
+# Data is bytes (pack data breaks asyncssh's default text mode).
+GIT_ONLY_SSH_SERVER: dict[str, Any] = {
+    "public_key_auth": True,
+    "password_auth": False,
+    "kbdint_auth": False,
+    "host_based_auth": False,
+    "gss_host": None,
+    "allow_pty": False,
+    "line_editor": False,
+    "agent_forwarding": False,
+    "x11_forwarding": False,
+    "allow_scp": False,
+    "encoding": None,
+    "config": None,
+}

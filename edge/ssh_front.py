@@ -26,7 +26,7 @@ from typing import Protocol
 import asyncssh
 import trio
 
-from edge.aio import aio_as_trio, trio_as_aio
+from edge.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
 from edge.auth import authorize, routing_errors
 from edge.config import SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
@@ -148,23 +148,12 @@ class SshFront:
             cfg.listen.port,
             server_factory=lambda: _ClientConnection(self),
             server_host_keys=host_keys,
-            public_key_auth=True,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            gss_host=None,
-            # Refused at the SSH level: `ssh -t` then fails with OpenSSH's "PTY
-            # allocation request failed", while a plain `ssh git@edge` typed in
-            # a terminal (pty requested, not required) still gets the greeting.
-            allow_pty=False,
-            line_editor=False,
-            agent_forwarding=False,
-            x11_forwarding=False,
-            allow_scp=False,
-            encoding=None,  # pack data is bytes
+            # Ptys are refused at the SSH level: `ssh -t` then fails with OpenSSH's
+            # "PTY allocation request failed", while a plain `ssh git@edge` typed
+            # in a terminal (pty requested, not required) still gets the greeting.
+            **GIT_ONLY_SSH_SERVER,
             window=cfg.window,
             login_timeout=cfg.login_grace_time,
-            config=None,
         )
         try:
             host, port = acceptor.get_addresses()[0][:2]

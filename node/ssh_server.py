@@ -28,7 +28,7 @@ from pathlib import Path
 import asyncssh
 import trio
 
-from edge.aio import aio_as_trio, open_aio_loop
+from edge.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, open_aio_loop
 from edge.proto.ssh_command import CommandRefused, GitCommand, parse_command
 from node.config import SshConfig
 from node.git_proto import CHUNK, StderrTail, accept_git_protocol
@@ -132,22 +132,11 @@ class NodeSshServer:
                 server_factory=lambda: _EdgeConnection(self),
                 server_host_keys=[self._keys.host_key],
                 authorized_client_keys=self._keys.trusted_edges,
-                public_key_auth=True,
-                password_auth=False,
-                kbdint_auth=False,
-                host_based_auth=False,
-                gss_host=None,
-                allow_pty=False,
-                line_editor=False,
-                agent_forwarding=False,
-                x11_forwarding=False,
-                allow_scp=False,
-                encoding=None,
+                **GIT_ONLY_SSH_SERVER,
                 window=self._config.window,
                 max_pktsize=MAX_PKTSIZE,
                 login_timeout=LOGIN_TIMEOUT,
                 keepalive_interval=KEEPALIVE_INTERVAL,
-                config=None,
             )
             try:
                 address = self._config.advertise or _bound_address(acceptor)
