@@ -63,7 +63,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 DEFAULT_CONFIG = ROOT / "configs" / "regions.toml"
 SCENARIOS = ("ls-remote", "clone-small", "clone-big", "fetch-noop", "push")
-COLD_SCENARIOS = ("ls-remote", "clone-small")
+# Every scenario cold too: the first operation after an edge restart pays the
+# edge's own connection setup to the home node across the wide-area link.
+COLD_SCENARIOS = SCENARIOS
 PROTOCOLS = ("https", "ssh")
 PATHS = ("direct", "edge")
 USER = "bench"
