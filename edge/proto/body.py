@@ -96,15 +96,21 @@ class BodyFramer:
         limit = MAX_TRAILERS if self._state is _State.TRAILER else MAX_CHUNK_LINE
         # Look no further than the line may be long: past that it is an error,
         # and bytes after the newline belong to the body or the next message.
-        window = bytes(data[pos : min(size, pos + limit + 2 - len(self._line))])
-        end = window.find(b"\n")
+        # Searched in place: copying a window per chunk boundary cost more than
+        # the scan (this runs twice per chunk on the clone path).
+        stop = min(size, pos + limit + 2 - len(self._line))
+        if isinstance(data, memoryview):
+            found = bytes(data[pos:stop]).find(b"\n")
+            end = pos + found if found >= 0 else -1
+        else:
+            end = data.find(b"\n", pos, stop)
         if end < 0:
-            self._line += window
+            self._line += data[pos:stop]
             if len(self._line) > limit:
                 raise BodyError("chunk line too long")
-            return pos + len(window)
-        self._line += window[: end + 1]
-        pos += end + 1
+            return stop
+        self._line += data[pos : end + 1]
+        pos = end + 1
         line = bytes(self._line).rstrip(b"\r\n")
         self._line.clear()
         if self._state is _State.DATA_CRLF:
