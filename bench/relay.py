@@ -216,8 +216,15 @@ async def relay_connection(
 
     The two directions end independently, so a client that half-closes
     after its request still gets the whole response.
+
+    The kernel completed the client's TCP handshake on loopback at once; a
+    real one across the link takes a round trip (SYN, SYN-ACK) before the first
+    byte can leave. Nothing is read from the client for that long, so its first
+    bytes arrive `up.delay + down.delay` later than on an open connection, and
+    a fresh connection costs what it costs across an ocean.
     """
     try:
+        await trio.sleep(up.delay + down.delay)
         try:
             with trio.fail_after(connect_timeout):
                 server = await trio.open_tcp_stream(*target)

@@ -314,7 +314,30 @@ async def test_client_half_close_still_gets_the_whole_answer_through_the_relay()
             nursery.cancel_scope.cancel()
 
     assert reply == b"got 300000 bytes"
-    assert 0.04 <= elapsed < 2.0  # one delay each way, at least
+    # A fresh connection: the TCP handshake's round trip, then one delay each way.
+    assert 0.08 <= elapsed < 2.0
+
+
+async def test_a_new_connection_pays_a_round_trip_before_its_first_byte() -> None:
+    async def echo_once(stream: trio.SocketStream) -> None:
+        await stream.send_all(await stream.receive_some(100))
+        await stream.aclose()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            target = await start_server(nursery, echo_once)
+            wan = Link(delay=0.05)
+            relay = await nursery.start(serve_relay, ("127.0.0.1", 0), target, wan, wan)
+            client = await trio.open_tcp_stream(*relay)
+            t0 = trio.current_time()
+            await client.send_all(b"ping")
+            assert await client.receive_some(100) == b"ping"
+            elapsed = trio.current_time() - t0
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+    # Handshake RTT (0.1) + request (0.05) + answer (0.05); far less than 2 RTTs more.
+    assert 0.2 <= elapsed < 0.35
 
 
 async def test_server_half_close_still_lets_the_client_send() -> None:
