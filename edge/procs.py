@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -125,7 +125,6 @@ class EtcdServer:
     process: ManagedProcess
     url: str
     data_dir: Path
-    extra: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         self.process.stop()
