@@ -29,13 +29,10 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +51,13 @@ from bench.common import (
     make_random_repo,
     median,
     pack_stats,
+    profile_process,
+    render_profile,
     rmtree,
     run_git,
     sigterm_as_interrupt,
     timed_git,
+    verdict,
 )
 from edge.devnet import Devnet, start_devnet
 
@@ -248,75 +248,23 @@ def profile_edge(
     log: Any,
 ) -> dict[str, Any]:
     """py-spy the edge during `clones` extra edge clones; top frames by own time."""
-    py_spy = Path(sys.executable).parent / "py-spy"
-    if not py_spy.exists():
-        return {"error": f"{py_spy} not found (pip install py-spy)"}
-    raw = work / "edge-profile.txt"
-    cmd = [str(py_spy), "record", "-p", str(srv.edge.proc.pid), "--format", "raw"]
-    # --gil: only samples holding the GIL, i.e. Python CPU. Without it py-spy
-    # counts much of trio's epoll_wait as active and inflates get_events.
-    cmd += ["-o", str(raw), "--rate", "250", "--nolineno", "--gil"]
-    if native:
-        cmd.append("--native")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        time.sleep(1.0)  # py-spy attaches
-        url = f"{srv.edge_base}/bench/big.git"
-        walls = []
-        for i in range(clones):
-            s = clone_once(srv, "edge", url, i + 1, False, work, env, commit, no_checkout)
-            walls.append(s.wall_s)
-            log(f"  profiled edge clone {i + 1}: {s.wall_s:.2f}s, edge CPU {s.edge_cpu_s:.2f}s")
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    if not raw.exists():
-        return {"error": "py-spy wrote no profile", "output": out.decode(errors="replace")[-2000:]}
-    text = raw.read_text()
-    results_dir.mkdir(parents=True, exist_ok=True)
-    keep = results_dir / f"http_clone_profile{'_native' if native else ''}.txt"
-    keep.write_text(text)
-    return {
-        "clones": clones,
-        "wall_s": walls,
-        "native": native,
-        "raw_file": str(keep),
-        **summarise_collapsed(text),
-    }
+    url = f"{srv.edge_base}/bench/big.git"
 
+    def one_clone(i: int) -> float:
+        s = clone_once(srv, "edge", url, i, False, work, env, commit, no_checkout)
+        log(f"  profiled edge clone {i}: {s.wall_s:.2f}s, edge CPU {s.edge_cpu_s:.2f}s")
+        return s.wall_s
 
-def summarise_collapsed(text: str, top: int = 25) -> dict[str, Any]:
-    """Own and inclusive sample counts per frame from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in text.splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = [f for f in stack.split(";") if f]
-        # The first frame is the thread ("process 123:\"...\""), not a function.
-        if frames and frames[0].startswith(("process ", "thread ")):
-            frames = frames[1:]
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            incl[frame] += count
-
-    def rows(c: Counter[str]) -> list[dict[str, Any]]:
-        return [
-            {"frame": f, "samples": n, "pct": round(100.0 * n / total, 1) if total else 0.0}
-            for f, n in c.most_common(top)
-        ]
-
-    return {"total_samples": total, "top_own": rows(own), "top_inclusive": rows(incl)}
+    return profile_process(
+        srv.edge,
+        work / "edge-profile.txt",
+        results_dir / f"http_clone_profile{'_native' if native else ''}.txt",
+        "clone",
+        clones,
+        one_clone,
+        native=native,
+        log=log,
+    )
 
 
 def summarise(samples: list[CloneSample], push: dict[str, Any] | None) -> dict[str, Any]:
@@ -379,10 +327,6 @@ def summarise(samples: list[CloneSample], push: dict[str, Any] | None) -> dict[s
     return out
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("pass" if ok else "MISS")
-
-
 def render_table(result: dict[str, Any]) -> str:
     s = result["summary"]
     t = s["targets"]
@@ -407,16 +351,16 @@ def render_table(result: dict[str, Any]) -> str:
         f"| median clone, direct (plain HTTP to node) | {s['median_direct_s']:.3f} s | | |",
         f"| median clone, edge (HTTPS) | {s['median_edge_s']:.3f} s | | |",
         f"| ratio edge/direct (of medians) | {s['ratio_edge_direct']:.3f} | "
-        f"<= {TARGET_RATIO} | {_verdict(t['ratio_edge_direct']['pass'])} |",
+        f"<= {TARGET_RATIO} | {verdict(t['ratio_edge_direct']['pass'])} |",
         f"| median of per-round ratios | {s['median_pair_ratio']:.3f} | | |",
         f"| edge CPU per clone (median) | {s['edge_cpu_s_per_clone']:.3f} s | | |",
         f"| edge CPU per 100 MiB cloned | {s['edge_cpu_s_per_100mb']:.3f} s | "
-        f"<= {TARGET_EDGE_CPU_PER_100MB} s | {_verdict(t['edge_cpu_s_per_100mb']['pass'])} |",
+        f"<= {TARGET_EDGE_CPU_PER_100MB} s | {verdict(t['edge_cpu_s_per_100mb']['pass'])} |",
     ]
     if push:
         lines += [
             f"| edge peak RSS during {push_mb} push | {s['edge_peak_rss_push_mb']:.1f} MiB | "
-            f"<= {TARGET_PEAK_RSS_MB:.0f} MiB | {_verdict(t['edge_peak_rss_push_mb']['pass'])} |",
+            f"<= {TARGET_PEAK_RSS_MB:.0f} MiB | {verdict(t['edge_peak_rss_push_mb']['pass'])} |",
             f"| edge RSS before that push | {s['edge_rss_before_push_mb']:.1f} MiB | | |",
             f"| edge CPU per 100 MiB pushed (during that push) | "
             f"{s['edge_cpu_s_per_100mb_pushed']:.3f} s | | |",
@@ -450,23 +394,6 @@ def render_table(result: dict[str, Any]) -> str:
                 f"{x.wall_s:.3f} / {x.edge_cpu_s:.3f} / {x.node_cpu_s + x.node_children_cpu_s:.2f}"
             )
         lines.append(f"| {r} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines)
-
-
-def render_profile(profile: dict[str, Any]) -> str:
-    if "error" in profile:
-        return f"profile: {profile['error']}"
-    lines = [
-        f"py-spy on the edge during {profile['clones']} edge clones "
-        f"({profile['total_samples']} GIL-holding samples at 250 Hz, native={profile['native']}):"
-        " top by own time",
-        "",
-        "| own % | samples | frame |",
-        "| ---: | ---: | --- |",
-    ]
-    lines += [f"| {r['pct']} | {r['samples']} | `{r['frame']}` |" for r in profile["top_own"]]
-    lines += ["", "top inclusive:", "", "| incl % | frame |", "| ---: | --- |"]
-    lines += [f"| {r['pct']} | `{r['frame']}` |" for r in profile["top_inclusive"][:15]]
     return "\n".join(lines)
 
 

@@ -48,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -69,10 +68,13 @@ from bench.common import (
     make_random_repo,
     median,
     pack_stats,
+    profile_process,
+    render_profile,
     rmtree,
     run_git,
     sigterm_as_interrupt,
     timed_git,
+    verdict,
 )
 from edge.devnet import Devnet, start_devnet
 from edge.procs import free_port
@@ -574,81 +576,18 @@ def profile_edge(
     args: argparse.Namespace,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """py-spy the edge during `runs` calls of `run_one`; top frames by own time."""
-    py_spy = Path(sys.executable).parent / "py-spy"
-    if not py_spy.exists():
-        return {"error": f"{py_spy} not found (pip install py-spy)"}
-    raw = work / f"edge-profile-{what}.txt"
-    cmd = [str(py_spy), "record", "-p", str(srv.edge.proc.pid), "--format", "raw"]
-    cmd += ["-o", str(raw), "--rate", "250", "--nolineno"]
-    # --gil: only samples holding the GIL, i.e. Python CPU; without it trio's and
-    # asyncio's idle epoll_wait counts as active.
-    if not args.profile_idle:
-        cmd.append("--gil")
-    if args.profile_native:
-        cmd.append("--native")
-    cpu_before, _ = srv.edge.cpu()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    walls = []
-    try:
-        time.sleep(1.0)  # py-spy attaches
-        for i in range(runs):
-            walls.append(run_one(i + 1))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    cpu_s = srv.edge.cpu()[0] - cpu_before
-    log(f"  profiled {runs} edge {what}s: median {median(walls):.3f}s, edge CPU {cpu_s:.2f}s")
-    if not raw.exists():
-        return {"error": "py-spy wrote no profile", "output": out.decode(errors="replace")[-2000:]}
-    text = raw.read_text()
-    args.results_dir.mkdir(parents=True, exist_ok=True)
     suffix = ("_native" if args.profile_native else "") + ("_idle" if args.profile_idle else "")
-    keep = args.results_dir / f"{_stem(args)}_profile_{what}{suffix}.txt"
-    keep.write_text(text)
-    return {
-        "what": what,
-        "runs": runs,
-        "wall_s": walls,
-        "edge_cpu_s_total_incl_py_spy_overhead": cpu_s,
-        "gil_only": not args.profile_idle,
-        "native": args.profile_native,
-        "raw_file": str(keep),
-        **summarise_collapsed(text),
-    }
-
-
-def summarise_collapsed(text: str, top: int = 25) -> dict[str, Any]:
-    """Own and inclusive sample counts per frame from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in text.splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = [f for f in stack.split(";") if f]
-        if frames and frames[0].startswith(("process ", "thread ")):
-            frames = frames[1:]  # the thread, not a function
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            incl[frame] += count
-
-    def rows(c: Counter[str]) -> list[dict[str, Any]]:
-        return [
-            {"frame": f, "samples": n, "pct": round(100.0 * n / total, 1) if total else 0.0}
-            for f, n in c.most_common(top)
-        ]
-
-    return {"total_samples": total, "top_own": rows(own), "top_inclusive": rows(incl)}
+    return profile_process(
+        srv.edge,
+        work / f"edge-profile-{what}.txt",
+        args.results_dir / f"{_stem(args)}_profile_{what}{suffix}.txt",
+        what,
+        runs,
+        run_one,
+        gil_only=not args.profile_idle,
+        native=args.profile_native,
+        log=log,
+    )
 
 
 # -- summary and output --------------------------------------------------------------
@@ -748,10 +687,6 @@ def summarise(
     return out
 
 
-def _verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("pass" if ok else "MISS")
-
-
 def render_table(result: dict[str, Any]) -> str:
     s = result["summary"]
     t = s["targets"]
@@ -791,7 +726,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"| median clone, direct (OpenSSH sshd) | {s['median_direct_s']:.3f} s | | |",
         f"| median clone, edge (SSH -> edge -> SSH -> node) | {s['median_edge_s']:.3f} s | | |",
         f"| ratio edge/direct (of medians) | {s['ratio_edge_direct']:.3f} | "
-        f"<= {TARGET_RATIO} | {_verdict(t['ratio_edge_direct']['pass'])} |",
+        f"<= {TARGET_RATIO} | {verdict(t['ratio_edge_direct']['pass'])} |",
         f"| median of per-round ratios | {s['median_pair_ratio']:.3f} | | |",
         f"| for scale: `ssh -J` via an OpenSSH jump host (issue 3, not this run) | "
         f"{JUMP_HOST_CLONE_RATIO:.2f} | | |",
@@ -799,7 +734,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"| median ls-remote, edge | {s['ls_remote_median_edge_ms']:.1f} ms | | |",
         f"| ls-remote added latency (edge - direct medians) | "
         f"{s['ls_remote_added_ms']:+.1f} ms | <= {TARGET_ADDED_LS_REMOTE_MS:.0f} ms | "
-        f"{_verdict(t['ls_remote_added_ms']['pass'])} |",
+        f"{verdict(t['ls_remote_added_ms']['pass'])} |",
         f"| median of per-pair ls-remote differences | "
         f"{s['ls_remote_median_pair_added_ms']:+.1f} ms | | |",
         f"| ls-remote ratio edge/direct | {s['ls_remote_ratio_edge_direct']:.3f} | | |",
@@ -814,14 +749,14 @@ def render_table(result: dict[str, Any]) -> str:
             f"{same['median_direct_ms']:.1f} / {same['median_edge_ms']:.1f} ms | | |",
             f"| ls-remote added latency, same kex | {same['added_ms']:+.1f} ms | "
             f"(<= {TARGET_ADDED_LS_REMOTE_MS:.0f} ms) | "
-            f"{_verdict(same['added_ms'] <= TARGET_ADDED_LS_REMOTE_MS)} |",
+            f"{verdict(same['added_ms'] <= TARGET_ADDED_LS_REMOTE_MS)} |",
         ]
     lines += [
         f"| for scale: `ssh -J` ls-remote ratio; direct OpenSSH ls-remote (issue 3) | "
         f"{JUMP_HOST_LS_REMOTE_RATIO}; ~{DIRECT_LS_REMOTE_MS_ANCHOR:.0f} ms | | |",
         f"| new edge->node SSH connections during timed runs | "
         f"{s['ssh_node_connects_during_timed']} (reuses +{s['ssh_node_reuses_during_timed']}) "
-        f"| 0 | {_verdict(t['no_new_node_connection_when_warm']['pass'])} |",
+        f"| 0 | {verdict(t['no_new_node_connection_when_warm']['pass'])} |",
         f"| edge CPU per clone (median) | {s['edge_cpu_s_per_clone']:.3f} s | | |",
         f"| edge CPU per ls-remote (median, no settle) | {s['ls_remote_edge_cpu_ms']:.1f} ms | | |",
         f"| server CPU per clone: direct sshd+git / edge+node(+git) | "
@@ -870,24 +805,6 @@ def render_table(result: dict[str, Any]) -> str:
                 + "; edge "
                 + " ".join(f"{1000 * x.wall_s:.0f}" for x in picked if x.path == "edge")
             )
-    return "\n".join(lines)
-
-
-def render_profile(profile: dict[str, Any]) -> str:
-    if "error" in profile:
-        return f"profile: {profile['error']}"
-    kind = "GIL-holding" if profile["gil_only"] else "all (incl. idle)"
-    lines = [
-        f"py-spy on the edge during {profile['runs']} edge {profile['what']}s "
-        f"({profile['total_samples']} {kind} samples at 250 Hz, native={profile['native']}):"
-        " top by own time",
-        "",
-        "| own % | samples | frame |",
-        "| ---: | ---: | --- |",
-    ]
-    lines += [f"| {r['pct']} | {r['samples']} | `{r['frame']}` |" for r in profile["top_own"]]
-    lines += ["", "top inclusive:", "", "| incl % | frame |", "| ---: | --- |"]
-    lines += [f"| {r['pct']} | `{r['frame']}` |" for r in profile["top_inclusive"][:20]]
     return "\n".join(lines)
 
 
