@@ -22,7 +22,7 @@ import trio
 from edge.aio import aio_as_trio, open_aio_loop
 from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
 from edge.proto.ssh_command import GitCommand, SshService
-from edge.ssh_front import KeyFileError, SshFront, load_or_create_key, public_key_line
+from edge.ssh_front import KeyFileError, SshFront, SshStats, load_or_create_key, public_key_line
 from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
 from edge.ssh_session import NodeChannel, SessionRefused, shell_greeting, vet_session
 from edge.state import RequestTracker
@@ -291,6 +291,17 @@ class Front:
 
         return await aio_as_trio(session)()
 
+    async def settled(self) -> SshStats:
+        """The front's counters once every session has finished on the server side.
+
+        The client sees the exit status before the server's session task ends
+        (it still waits for the channel to close), so counters lag by a moment.
+        """
+        with trio.fail_after(5):
+            while self.front.stats.sessions_active:
+                await trio.sleep(0.01)
+        return self.front.stats
+
     async def connect(self, key: asyncssh.SSHKey) -> asyncssh.SSHClientConnection:
         host, port = self.address
         return await asyncssh.connect(
@@ -365,7 +376,7 @@ async def test_exec_relays_bytes_eof_stderr_and_exit_status(front: Front) -> Non
         (GitCommand(SshService.UPLOAD_PACK, ALICE_REPO), "alice", "version=2")
     ]
     assert front.pool.gits[0].closed.is_set()
-    stats = front.front.stats
+    stats = await front.settled()
     assert (stats.sessions, stats.sessions_active, stats.sessions_refused) == (1, 0, 0)
 
 
@@ -414,7 +425,7 @@ async def test_node_down_is_one_line_and_exit_1(front: Front) -> None:
     ran = await front.call(clone)
     assert (ran.status, ran.stdout) == (1, b"")
     assert ran.stderr == b"ERROR: Repository temporarily unavailable, try again later.\n"
-    assert front.front.stats.sessions_refused == 1
+    assert (await front.settled()).sessions_refused == 1
 
 
 async def test_client_gone_closes_the_node_channel(front: Front) -> None:
