@@ -40,6 +40,9 @@ class RegionsConfig:
     big_mb: float
     cold: bool
     delay_scale: float = 1.0
+    token_upfront: bool = True
+    """HTTPS through the edge: send the token with the first request (git's
+    http.extraHeader, as CI checkouts do) instead of waiting for a 401 challenge."""
 
     def wan_ms(self, a: str, b: str) -> float:
         """One-way delay between the servers of regions a and b."""
@@ -69,6 +72,7 @@ class RegionsConfig:
             "small_mb": self.small_mb,
             "big_mb": self.big_mb,
             "cold": self.cold,
+            "token_upfront": self.token_upfront,
         }
 
 
@@ -113,6 +117,7 @@ def load_regions_config(path: Path, quick: bool) -> RegionsConfig:
         big_mb=float(run.get("big_mb", 100.0)),
         cold=bool(run.get("cold", True)),
         delay_scale=float(run.get("delay_scale", 1.0)),
+        token_upfront=bool(run.get("token_upfront", True)),
     )
 
 

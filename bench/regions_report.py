@@ -22,9 +22,7 @@ ROUND_TRIP_REASONS = {
     "push": "receive-pack (v0): ref advertisement, then commands + pack -> report-status: 2",
 }
 HANDSHAKE_REASONS = {
-    "https": "TCP 1 + TLS 1.3 1 round trip per connection (git keeps one connection "
-    "per operation); the edge adds one 401 challenge per operation (git sends the "
-    "token only after Basic is asked for)",
+    "https": "TCP 1 + TLS 1.3 1 round trip per connection (git keeps one connection per operation)",
     "ssh": "TCP 1, version + KEXINIT 1, ECDH 1, NEWKEYS/service request 1, publickey "
     "query + signed auth 2, channel open + exec 1-2: about 7-8 round trips",
 }
@@ -252,6 +250,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         "read after a write). Transport setup, not in the floor: "
         + "; ".join(f"{p}: {r}" for p, r in HANDSHAKE_REASONS.items())
         + ".",
+        "",
+        "Through the HTTPS edge the token goes "
+        + (
+            "with every request (`http.extraHeader: Authorization: Basic ...`, as CI "
+            "checkouts send it), so no 401 challenge; with git's default (credentials "
+            "only after a 401) each operation pays one more client<->edge round trip."
+            if cfg.get("token_upfront", False)
+            else "in the URL: git sends it only after a 401 challenge, one more "
+            "client<->edge round trip per operation (nginx asks for no credentials)."
+        ),
     ]
     modes = ["warm"] + (["cold"] if any(s["mode"] == "cold" for s in result["samples"]) else [])
     for mode in modes:
