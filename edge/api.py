@@ -12,7 +12,14 @@ import h11
 import httpx
 import trio
 
-from edge.accounts import add_key, create_token, create_user
+from edge.accounts import (
+    add_key,
+    create_token,
+    create_user,
+    list_credentials,
+    require_user,
+    revoke_credential,
+)
 from edge.auth import authorize, check_namespace, http_user, is_admin
 from edge.errors import (
     AuthRequired,
@@ -25,7 +32,15 @@ from edge.errors import (
     RoutingUnavailable,
 )
 from edge.proto.http_head import RequestHead
-from edge.proto.http_route import AddKey, CreateRepo, CreateToken, CreateUser, GetRepo
+from edge.proto.http_route import (
+    AddKey,
+    CreateRepo,
+    CreateToken,
+    CreateUser,
+    GetRepo,
+    ListCredentials,
+    RevokeCredential,
+)
 from edge.respond import Outcome, send_json
 from edge.stream import BufferedStream, relay_body
 from routing.cache import NotFound, RoutingCache, StoreUnavailable
@@ -197,12 +212,17 @@ class NodeAdmin:
             )
 
 
+ApiRoute = (
+    CreateRepo | GetRepo | CreateUser | CreateToken | AddKey | ListCredentials | RevokeCredential
+)
+
+
 async def handle_api(
     state: EdgeState,
     client: BufferedStream,
     raw: bytes,
     head: RequestHead,
-    route: CreateRepo | GetRepo | CreateUser | CreateToken | AddKey,
+    route: ApiRoute,
     info: ClientInfo,
 ) -> Outcome:
     """The JSON API. Every answer is JSON; errors propagate as EdgeError."""
@@ -270,6 +290,36 @@ async def handle_api(
                 close=not keep,
             )
             return Outcome(201, keep)
+        case ListCredentials(kind=kind, user=None):
+            user = await _signed_in(state, authorization, f"listing your {kind}s")
+            listed = list_credentials(state.cache, kind, user)
+            await send_json(client, 200, {"user": user, f"{kind}s": listed}, close=not keep)
+            return Outcome(200, keep)
+        case ListCredentials(kind=kind, user=str(name)):
+            _require_admin(admin)
+            await require_user(state.etcd, state.cache, name)
+            listed = list_credentials(state.cache, kind, name)
+            await send_json(client, 200, {"user": name, f"{kind}s": listed}, close=not keep)
+            return Outcome(200, keep)
+        case RevokeCredential(kind=kind, ident=ident, admin=admin_route):
+            if admin_route:
+                _require_admin(admin)
+                caller = None
+            else:
+                caller = await _signed_in(state, authorization, f"revoking a {kind}")
+            owner = await revoke_credential(state.etcd, state.cache, kind, ident, caller)
+            log.info("revoked %s %s of %s", kind, ident, owner or "?")
+            revoked = {"revoked": kind, "id": ident, "user": owner}
+            await send_json(client, 200, revoked, close=not keep)
+            return Outcome(200, keep, f"{kind}={ident}")
+    raise AssertionError(f"unhandled API route {route!r}")
+
+
+async def _signed_in(state: EdgeState, authorization: bytes | None, what: str) -> str:
+    user = await http_user(state.cache, authorization)
+    if user is None:
+        raise AuthRequired(f"{what} needs the user's token")
+    return user
 
 
 async def _readable(state: EdgeState, name: RepoName, user: str | None, admin: bool) -> RepoRecord:

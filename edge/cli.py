@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 import httpx
 
@@ -70,16 +71,28 @@ def _parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="manage users (admin token)")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     user_sub.add_parser("add", help="create user NAME").add_argument("name")
-    token = sub.add_parser("token", help="personal HTTPS tokens (admin token)")
+    token = sub.add_parser("token", help="personal HTTPS tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    token_sub.add_parser("create", help="print a new token for NAME (shown once)").add_argument(
-        "name"
-    )
-    key = sub.add_parser("key", help="your SSH keys (--user/--token)")
+    token_sub.add_parser(
+        "create", help="print a new token for NAME, shown once (admin token)"
+    ).add_argument("name")
+    token_sub.add_parser(
+        "list", help="ids of NAME's tokens (admin token), or yours without NAME (--user/--token)"
+    ).add_argument("name", nargs="?")
+    token_sub.add_parser(
+        "revoke", help="revoke token ID (the ge_<ID>_... part): yours, or anyone's as admin"
+    ).add_argument("id")
+    key = sub.add_parser("key", help="SSH keys (yours with --user/--token)")
     key_sub = key.add_subparsers(dest="key_command", required=True)
     key_add = key_sub.add_parser("add", help="register a public key for SSH access")
     key_add.add_argument("--key", required=True, type=Path, help="the .pub file")
     key_add.add_argument("--title", default="", help="a label for the key")
+    key_sub.add_parser(
+        "list", help="fingerprints of NAME's keys (admin token), or yours without NAME"
+    ).add_argument("name", nargs="?")
+    key_sub.add_parser(
+        "remove", help="remove key FINGERPRINT (SHA256:...): yours, or anyone's as admin"
+    ).add_argument("fingerprint")
     return parser
 
 
@@ -112,29 +125,55 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def api_command(args: argparse.Namespace) -> int:
-    """The commands that talk to an edge's API; prints the JSON answer."""
+    """The commands that talk to an edge's API; prints the JSON answer.
+
+    Each request carries one credential: the admin token (Bearer) for admin
+    commands, else the user's Basic user:token; `repo` commands use the user's
+    when given, else the admin token.
+    """
     verify: str | bool = args.ca_file or True
     base = args.edge.rstrip("/")
     user_auth = (args.user, args.token) if args.user and args.token else None
     admin = {"authorization": f"Bearer {args.admin_token}"} if args.admin_token else {}
+    action = getattr(args, f"{args.command}_command")
+    admin_only = (args.command, action) in (("user", "add"), ("token", "create")) or (
+        action == "list" and args.name
+    )
+    if admin_only and not admin:
+        print("gitedge: this command needs --admin-token (or GITEDGE_ADMIN_TOKEN)", file=sys.stderr)
+        return 2
+    as_admin = bool(admin) and (admin_only or action in ("revoke", "remove") or not user_auth)
+    auth = None if as_admin else user_auth
+    headers = admin if as_admin else {}
     try:
-        with httpx.Client(base_url=base, verify=verify, timeout=30.0, auth=user_auth) as client:
-            match args.command, getattr(args, f"{args.command}_command"):
+        with httpx.Client(
+            base_url=base, verify=verify, timeout=30.0, auth=auth, headers=headers
+        ) as client:
+            match args.command, action:
                 case "repo", "create":
-                    headers = {args.region_header: args.region} if args.region else {}
+                    region = {args.region_header: args.region} if args.region else {}
                     response = client.post(
                         "/api/repos",
                         json={"name": args.name, "public": args.public},
-                        headers={**headers, **admin},
+                        headers=region,
                     )
                 case "repo", _:
-                    response = client.get(f"/api/repos/{args.name}", headers=admin)
+                    response = client.get(f"/api/repos/{args.name}")
                 case "user", _:
-                    response = client.post(
-                        "/api/admin/users", json={"name": args.name}, headers=admin
-                    )
-                case "token", _:
-                    response = client.post(f"/api/admin/users/{args.name}/tokens", headers=admin)
+                    response = client.post("/api/admin/users", json={"name": args.name})
+                case "token", "create":
+                    response = client.post(f"/api/admin/users/{quote(args.name, safe='')}/tokens")
+                case ("token" | "key") as kind, "list":
+                    if args.name:
+                        response = client.get(
+                            f"/api/admin/users/{quote(args.name, safe='')}/{kind}s"
+                        )
+                    else:
+                        response = client.get(f"/api/user/{kind}s")
+                case ("token" | "key") as kind, "revoke" | "remove":
+                    ident = quote(args.id if kind == "token" else args.fingerprint, safe="")
+                    scope = "admin" if as_admin else "user"  # the admin may revoke anyone's
+                    response = client.delete(f"/api/{scope}/{kind}s/{ident}")
                 case _:
                     try:
                         public_key = args.key.read_text().strip()

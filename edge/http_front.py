@@ -24,7 +24,9 @@ from edge.proto.http_route import (
     GetRepo,
     Health,
     InfoRefs,
+    ListCredentials,
     NotFound,
+    RevokeCredential,
     RouteError,
     Rpc,
     Stats,
@@ -123,7 +125,15 @@ async def handle_request(
                     close=not keep,
                 )
                 return Outcome(200 if ready else 503, keep)
-            case CreateRepo() | GetRepo() | CreateUser() | CreateToken() | AddKey():
+            case (
+                CreateRepo()
+                | GetRepo()
+                | CreateUser()
+                | CreateToken()
+                | AddKey()
+                | ListCredentials()
+                | RevokeCredential()
+            ):
                 return await handle_api(state, client, raw, head, route, info)
             case Stats() if info.trusted_proxy:
                 await send_json(client, 200, state.stats(), close=not keep)

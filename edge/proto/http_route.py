@@ -8,9 +8,11 @@ and `$GIT_URL/git-upload-pack`, `$GIT_URL/git-receive-pack`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import parse_qs
+from typing import Literal
+from urllib.parse import parse_qs, unquote
 
 from routing.model import InvalidRepoName, RepoName, parse_user_name
 
@@ -76,6 +78,28 @@ class AddKey:
     """`POST /api/user/keys` with `{"title", "key"}`, as the user (Basic user:token)."""
 
 
+Credential = Literal["key", "token"]
+
+
+@dataclass(frozen=True)
+class ListCredentials:
+    """`GET /api/user/keys|tokens` (the caller's own, Basic user:token) or
+    `GET /api/admin/users/<user>/keys|tokens` (admin token): never a secret."""
+
+    kind: Credential
+    user: str | None = None  # None: the authenticated caller
+
+
+@dataclass(frozen=True)
+class RevokeCredential:
+    """`DELETE /api/user/keys/<fingerprint>`, `/api/user/tokens/<id>` (the caller's
+    own) or `/api/admin/keys/<fingerprint>`, `/api/admin/tokens/<id>` (any user's)."""
+
+    kind: Credential
+    ident: str
+    admin: bool
+
+
 @dataclass(frozen=True)
 class Stats:
     """`GET /_gitedge/stats`: the edge's counters (trusted peers only)."""
@@ -94,6 +118,8 @@ Route = (
     | CreateUser
     | CreateToken
     | AddKey
+    | ListCredentials
+    | RevokeCredential
     | Health
     | Stats
     | NotFound
@@ -112,6 +138,11 @@ class RouteError(Exception):
 
 MAX_TARGET = 4096
 _GIT_SUFFIXES = ("/info/refs", "/git-upload-pack", "/git-receive-pack")
+# SHA256 fingerprints as OpenSSH prints them (base64, no padding); token ids as
+# edge.proto.basic_auth makes them.
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
+_TOKEN_ID = re.compile(r"[0-9a-f]{12}")
+_CREDENTIALS: dict[str, Credential] = {"keys": "key", "tokens": "token"}
 # Dumb-HTTP paths under a repo: answered 404 so git does not fall back to them.
 _DUMB_MARKERS = ("/HEAD", "/objects/", "/info/packs", "/info/alternates", "/info/http-alternates")
 
@@ -137,16 +168,33 @@ def parse_route(method: bytes, target: bytes) -> Route:
     if path == "/api/admin/users":
         _require(method, b"POST")
         return CreateUser()
-    if path.startswith("/api/admin/users/") and path.endswith("/tokens"):
-        _require(method, b"POST")
-        user = path.removeprefix("/api/admin/users/").removesuffix("/tokens")
+    if path.startswith("/api/admin/users/"):
+        user, _, kind = path.removeprefix("/api/admin/users/").partition("/")
+        if kind not in _CREDENTIALS:
+            return NotFound()
         try:
-            return CreateToken(parse_user_name(user))
+            user = parse_user_name(user)
         except InvalidRepoName as exc:
             raise RouteError(400, f"bad user name: {exc}") from None
+        if kind == "tokens":
+            _require(method, b"POST", b"GET")
+            if method == b"POST":
+                return CreateToken(user)
+        _require(method, b"GET")
+        return ListCredentials(_CREDENTIALS[kind], user)
     if path == "/api/user/keys":
-        _require(method, b"POST")
-        return AddKey()
+        _require(method, b"POST", b"GET")
+        return AddKey() if method == b"POST" else ListCredentials("key")
+    if path == "/api/user/tokens":
+        _require(method, b"GET")
+        return ListCredentials("token")
+    for scope in ("/api/user/", "/api/admin/"):
+        kind, sep, ident = path.removeprefix(scope).partition("/")
+        if path.startswith(scope) and sep and kind in _CREDENTIALS:
+            _require(method, b"DELETE")
+            return RevokeCredential(
+                _CREDENTIALS[kind], _credential_id(kind, ident), scope == "/api/admin/"
+            )
     if path == "/api/repos":
         _require(method, b"POST")
         return CreateRepo()
@@ -172,6 +220,16 @@ def _repo(raw: str) -> RepoName:
         return RepoName.parse(raw)
     except InvalidRepoName as exc:
         raise RouteError(400, f"bad repository path: {exc}") from None
+
+
+def _credential_id(kind: str, raw: str) -> str:
+    """A key's fingerprint (percent-encoded or not) or a token's id, validated."""
+    ident = unquote(raw)
+    if kind == "keys" and not _FINGERPRINT.fullmatch(ident):
+        raise RouteError(400, "bad key fingerprint: expected SHA256:<43 base64 characters>")
+    if kind == "tokens" and not _TOKEN_ID.fullmatch(ident):
+        raise RouteError(400, "bad token id: expected 12 hex digits (ge_<id>_...)")
+    return ident
 
 
 def _require(method: bytes, *allowed: bytes) -> None:

@@ -10,7 +10,8 @@ import os
 import socket
 import ssl
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,14 @@ def raw_status(edge_url: str, ca_file: Path, method: str, path: str) -> int:
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
     )
     return int(answer.split(b" ", 2)[1])
+
+
+def poll(deadline_s: float, check: Callable[[], object]) -> None:
+    """Call check() until it returns true; fail at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached before the deadline"
+        time.sleep(0.1)
 
 
 def git_children(pid: int) -> list[int]:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 
 from edge.devnet import Devnet
-from tests.e2e.conftest import Git, anonymous_url, api_get, create_repo, repo_url, tls
+from tests.e2e.conftest import Git, anonymous_url, api_get, create_repo, poll, repo_url, tls
+from tests.e2e.test_ssh import SshClient
 
 
 def _post(net: Devnet, path: str, json: object, **kw: object) -> httpx.Response:
@@ -136,3 +140,123 @@ def test_user_keys_api(net: Devnet, tmp_path: Path) -> None:
         response = _post(net, "/api/user/keys", {"title": "bad", "key": bad}, auth=alice)
         assert response.status_code == 400, bad
     assert _post(net, "/api/user/keys", {"title": "t", "key": public}).status_code == 401
+
+
+# -- revocation: tokens and keys, through the CLI, seen by every edge ------------------------
+
+
+def _cli(net: Devnet, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`gitedge ARGS` against the edge, with only the credentials given in env."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GITEDGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        env={
+            **base,
+            "GITEDGE_URL": net.edge.https_url,
+            "GITEDGE_CA_FILE": str(net.ca_file),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _token_id(token: str) -> str:
+    return token.split("_")[1]
+
+
+def test_tokens_listed_and_revoked_everywhere(net: Devnet, git: Git) -> None:
+    kept = net.user_token("ruth")
+    admin = {"GITEDGE_ADMIN_TOKEN": net.admin_token}
+    made = _cli(net, "token", "create", "ruth", **admin)
+    assert made.returncode == 0, made.stderr
+    leaked = json.loads(made.stdout)["token"]
+    assert create_repo(net, "ruth/app", region="fra").status_code == 201
+    second = net.start_edge("lax")  # learns of the revocation only through its etcd watch
+    urls = {
+        edge: f"{edge.replace('https://', f'https://ruth:{leaked}@')}/ruth/app.git"
+        for edge in (net.edge.https_url, second.https_url)
+    }
+    for url in urls.values():
+        git.run("ls-remote", url)
+
+    as_ruth = {"GITEDGE_USER": "ruth", "GITEDGE_TOKEN": kept}
+    listed = _cli(net, "token", "list", **as_ruth)
+    assert listed.returncode == 0, listed.stderr
+    ids = [t["id"] for t in json.loads(listed.stdout)["tokens"]]
+    assert sorted(ids) == sorted([_token_id(kept), _token_id(leaked)])
+    assert leaked not in listed.stdout  # ids only, never a secret
+
+    # Someone else's token is "not found", exactly like a made-up one.
+    as_bob = {"GITEDGE_USER": "bob", "GITEDGE_TOKEN": net.user_token("bob")}
+    for who, ident in ((as_bob, _token_id(leaked)), (as_ruth, "0123456789ab")):
+        refused = _cli(net, "token", "revoke", ident, **who)
+        assert refused.returncode == 1
+        assert "404" in refused.stderr and "no such token" in refused.stderr
+
+    revoked = _cli(net, "token", "revoke", _token_id(leaked), **as_ruth)
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout) == {
+        "id": _token_id(leaked),
+        "revoked": "token",
+        "user": "ruth",
+    }
+    for url in urls.values():
+
+        def rejected(url: str = url) -> bool:
+            return "Authentication failed" in git.run("ls-remote", url, check=False).stderr
+
+        poll(10, rejected)
+    git.run("ls-remote", repo_url(net, "ruth/app", edge_url=second.https_url))  # the kept one
+    assert _cli(net, "token", "revoke", _token_id(leaked), **as_ruth).returncode == 1
+
+    # The admin revokes anyone's, even with a user's credentials also in the environment.
+    by_admin = _cli(net, "token", "revoke", _token_id(kept), **as_ruth, **admin)
+    assert by_admin.returncode == 0, by_admin.stderr
+    assert api_get(net, "/api/user/tokens", user="ruth").status_code == 401
+    listed = _cli(net, "token", "list", "ruth", **admin)
+    assert json.loads(listed.stdout) == {"tokens": [], "user": "ruth"}
+    assert _cli(net, "token", "list", "nobody", **admin).returncode == 1
+    needs_admin = _cli(net, "token", "list", "ruth", **as_bob)
+    assert needs_admin.returncode == 2 and "--admin-token" in needs_admin.stderr
+
+
+def test_revocation_routes_refuse_bad_input(net: Devnet) -> None:
+    alice = ("alice", net.user_token("alice"))
+    for path, status in (
+        ("/api/user/tokens/not-hex", 400),
+        ("/api/user/keys/SHA256:short", 400),
+        ("/api/user/keys/MD5:aa", 400),
+        ("/api/admin/tokens/0123456789ab", 403),  # a user is not the admin
+    ):
+        response = httpx.delete(f"{net.edge.https_url}{path}", auth=alice, verify=tls(net))
+        assert response.status_code == status, path
+    anonymous = httpx.delete(f"{net.edge.https_url}/api/user/tokens/0123456789ab", verify=tls(net))
+    assert anonymous.status_code == 401
+    assert httpx.get(f"{net.edge.https_url}/api/user/keys", verify=tls(net)).status_code == 401
+
+
+def test_removed_key_no_longer_opens_ssh(net: Devnet, tmp_path: Path) -> None:
+    public = _keypair(tmp_path, "old-laptop")
+    private = public.with_suffix("")
+    as_rhea = {"GITEDGE_USER": "rhea", "GITEDGE_TOKEN": net.user_token("rhea")}
+    added = _cli(net, "key", "add", "--key", str(public), **as_rhea)
+    assert added.returncode == 0, added.stderr
+    fingerprint = json.loads(added.stdout)["fingerprint"]
+    ssh = SshClient(tmp_path, private, net.known_hosts, net.edge.ssh_port)
+    assert ssh.run("-T", "git@127.0.0.1").returncode == 1  # the greeting: signed in
+
+    listed = json.loads(_cli(net, "key", "list", **as_rhea).stdout)
+    assert [k["fingerprint"] for k in listed["keys"]] == [fingerprint]
+    # bob may not remove it (and cannot tell it exists); rhea may, by fingerprint.
+    as_bob = {"GITEDGE_USER": "bob", "GITEDGE_TOKEN": net.user_token("bob")}
+    assert "no such key" in _cli(net, "key", "remove", fingerprint, **as_bob).stderr
+    removed = _cli(net, "key", "remove", fingerprint, **as_rhea)
+    assert removed.returncode == 0, removed.stderr
+    refused = ssh.run("-T", "git@127.0.0.1")
+    assert refused.returncode == 255
+    assert "Permission denied (publickey)" in refused.stderr
+    assert json.loads(_cli(net, "key", "list", **as_rhea).stdout)["keys"] == []
+    # Free again: the same key may be registered anew.
+    assert _cli(net, "key", "add", "--key", str(public), **as_rhea).returncode == 0

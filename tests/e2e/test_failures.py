@@ -9,15 +9,7 @@ from pathlib import Path
 import httpx
 
 from edge.devnet import Devnet, start_devnet
-from tests.e2e.conftest import Git, api_get, create_repo, raw_exchange, repo_url, tls
-
-
-def _poll(deadline_s: float, check: object) -> None:
-    """Call check() until it returns true; fail at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.1)
+from tests.e2e.conftest import Git, api_get, create_repo, poll, raw_exchange, repo_url, tls
 
 
 def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_path: Path) -> None:
@@ -38,7 +30,7 @@ def test_dead_node_is_503_fast_and_leaves_placement(net: Devnet, git: Git, tmp_p
         assert response.status_code == 503, response.text
         return "no live volume in region 'ber'" in response.text
 
-    _poll(15, no_live_volume)
+    poll(15, no_live_volume)
     where = api_get(net, "/api/repos/carol/next", user="carol")
     assert where.status_code == 404
     assert not (node.volume_dir / "carol" / "next.git").exists()
@@ -72,7 +64,7 @@ def test_etcd_down_known_repos_route_creates_fail(tmp_path: Path) -> None:
         assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
         response = create_repo(net, "erin/new", region="lax")
         assert response.status_code == 503
-        _poll(
+        poll(
             20,
             lambda: httpx.get(f"{net.edge.https_url}/readyz", verify=tls(net)).status_code == 503,
         )

@@ -6,11 +6,16 @@ import pytest
 
 from edge.proto.http_route import (
     MAX_TARGET,
+    AddKey,
     CreateRepo,
+    CreateToken,
+    CreateUser,
     GetRepo,
     Health,
     InfoRefs,
+    ListCredentials,
     NotFound,
+    RevokeCredential,
     RouteError,
     Rpc,
     Service,
@@ -279,3 +284,50 @@ def test_route_error_is_an_exception_with_its_message() -> None:
     assert isinstance(error, Exception)
     assert str(error) == error.message
     assert "nope" in error.message
+
+
+# -- users, tokens, keys ---------------------------------------------------------------
+
+FP = "SHA256:" + "aB3+/" * 8 + "xyz"  # 43 base64 characters, '+' and '/' included
+
+
+def test_account_routes() -> None:
+    assert parse_route(b"POST", b"/api/admin/users") == CreateUser()
+    assert parse_route(b"POST", b"/api/admin/users/bob/tokens") == CreateToken("bob")
+    assert parse_route(b"GET", b"/api/admin/users/bob/tokens") == ListCredentials("token", "bob")
+    assert parse_route(b"GET", b"/api/admin/users/bob/keys") == ListCredentials("key", "bob")
+    assert parse_route(b"POST", b"/api/user/keys") == AddKey()
+    assert parse_route(b"GET", b"/api/user/keys") == ListCredentials("key")
+    assert parse_route(b"GET", b"/api/user/tokens") == ListCredentials("token")
+    assert parse_route(b"GET", b"/api/admin/users/bob/other") == NotFound()
+
+
+@pytest.mark.parametrize("scope", [b"user", b"admin"])
+def test_revocations_percent_encoded_or_not(scope: bytes) -> None:
+    admin = scope == b"admin"
+    token = parse_route(b"DELETE", b"/api/" + scope + b"/tokens/0123456789ab")
+    assert token == RevokeCredential("token", "0123456789ab", admin)
+    encoded = FP.replace("+", "%2B").replace("/", "%2F").replace(":", "%3A").encode()
+    for target in (FP.encode(), encoded):
+        key = parse_route(b"DELETE", b"/api/" + scope + b"/keys/" + target)
+        assert key == RevokeCredential("key", FP, admin)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status"),
+    [
+        (b"DELETE", b"/api/user/tokens/0123456789AB", 400),  # ids are lower-case hex
+        (b"DELETE", b"/api/user/tokens/0123456789a", 400),
+        (b"DELETE", b"/api/user/tokens/ge_0123456789ab_secret", 400),  # the id, not the token
+        (b"DELETE", b"/api/user/keys/SHA256:short", 400),
+        (b"DELETE", b"/api/user/keys/MD5:" + b"ab:" * 15 + b"ab", 400),
+        (b"DELETE", b"/api/admin/keys/" + FP.encode() + b"x", 400),
+        (b"GET", b"/api/user/tokens/0123456789ab", 405),
+        (b"POST", b"/api/user/tokens", 405),
+        (b"DELETE", b"/api/user/keys", 405),
+        (b"PUT", b"/api/admin/users/bob/keys", 405),
+        (b"GET", b"/api/admin/users/..%2Fx/tokens", 400),
+    ],
+)
+def test_bad_account_requests(method: bytes, target: bytes, status: int) -> None:
+    assert _refused(method, target).http_status == status
