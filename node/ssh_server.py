@@ -17,6 +17,7 @@ process group, SIGKILLed in `finally` unless it exited by itself.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -44,6 +45,10 @@ LOGIN_TIMEOUT = 10.0
 EXIT_TIMEOUT = 30.0  # git closed its stdout; its exit (and stderr) follow at once
 REAP_TIMEOUT = 5.0
 NOT_FOUND = b"ERROR: Repository not found.\n"  # what git prints, gitlab style
+# asyncssh pauses a channel's writer above this many unsent bytes (its default
+# high-water mark); below it `drain()` returns at once, so it is not called.
+WRITE_HIGH_WATER = 64 * 1024
+_F_SETPIPE_SZ = 1031  # Linux: a pipe this big lets one read take a whole CHUNK
 
 # The peer went away or the channel broke: routine, logged quietly.
 _SESSION_GONE = (asyncssh.Error, ConnectionError)
@@ -287,6 +292,13 @@ class _GitOnlySession(asyncssh.SSHServerProcess[bytes]):
         self._on_close()
 
 
+def _grow_pipe(fd: int) -> None:
+    # git upload-pack writes 64 KiB side-band packets; the default 64 KiB pipe
+    # hands them over one per read, each then its own SSH packet to the edge.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK)
+
+
 class PathScrubber:
     """Rewrites the volume's path out of git's stderr (sans-IO).
 
@@ -351,6 +363,8 @@ class GitSshSession:
             env=self._env,
             start_new_session=True,
         )
+        if isinstance(proc.stdout, trio.lowlevel.FdStream):
+            _grow_pipe(proc.stdout.fileno())
         try:
             await self._exchange(proc)
         finally:
@@ -390,10 +404,15 @@ class GitSshSession:
 
     async def _stdout_to_channel(self, stdout: trio.abc.ReceiveStream) -> None:
         writer = self._process.stdout
+        channel = self._process.channel
         drain = aio_as_trio(writer.drain)
         while chunk := bytes(await stdout.receive_some(CHUNK)):
             writer.write(chunk)
-            await drain()  # back-pressure: a slow edge slows git
+            # Back-pressure: a slow edge slows git. Each aio_as_trio call is an
+            # asyncio task and two loop hops, so only when the channel holds data
+            # back (the edge's window is full); then drain() waits.
+            if channel.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await drain()
 
     async def _stderr_to_channel(self, stderr: trio.abc.ReceiveStream, done: trio.Event) -> None:
         writer = self._process.stderr
