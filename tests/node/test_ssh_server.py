@@ -14,11 +14,18 @@ from pathlib import Path
 import asyncssh
 import pytest
 import trio
+import trio.testing
 
 from edge.aio import aio_as_trio, open_aio_loop
 from node.app import NodeRuntime, run_node
 from node.config import ConfigError, load_node_config
-from node.ssh_server import PathScrubber, SshSetupError, load_ssh_keys
+from node.ssh_server import (
+    WRITE_HIGH_WATER,
+    GitSshSession,
+    PathScrubber,
+    SshSetupError,
+    load_ssh_keys,
+)
 from routing.etcd import EtcdClient
 from routing.schema import decode_node
 from tests.node.conftest import ConfigFactory, RunningNode, make_ssh_key
@@ -365,6 +372,56 @@ def test_path_scrubber_finds_paths_split_across_reads(step: int) -> None:
     out = b"".join(scrubber.feed(text[i : i + step]) for i in range(0, len(text), step))
     out += scrubber.finish()
     assert out == b"fatal: 'a/b.git' does not appear to be a git repository\nremote: 50%\r"
+
+
+class _RecordingChannel:
+    """What GitSshSession's stdout pump sees of an asyncssh channel: the bytes it
+    holds back (beyond the edge's window) until drain() lets them go."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        self.drains: list[int] = []
+
+    def get_write_buffer_size(self) -> int:
+        return self.held
+
+    def write(self, data: bytes) -> None:
+        self.held += len(data)
+
+    async def drain(self) -> None:
+        self.drains.append(self.held)
+        self.held = 0
+
+
+class _Process:
+    def __init__(self, channel: _RecordingChannel) -> None:
+        self.channel = channel
+        self.stdout = channel
+
+
+async def test_git_stdout_waits_for_the_channel_only_when_it_holds_data_back(
+    tmp_path: Path,
+) -> None:
+    """Back-pressure from a slow edge reaches git (bounded memory), without paying an
+    asyncio round trip per chunk while the window is open."""
+    channel = _RecordingChannel()
+    session = GitSshSession(_Process(channel), [], {}, volume=tmp_path)  # type: ignore[arg-type]
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    chunks = [b"a" * 1000, b"b" * WRITE_HIGH_WATER, b"c" * 10, b"d" * (WRITE_HIGH_WATER + 1)]
+
+    async def git_writes() -> None:
+        for chunk in chunks:
+            await send.send_all(chunk)
+            await trio.testing.wait_all_tasks_blocked()
+        await send.aclose()
+
+    with trio.fail_after(5):
+        async with open_aio_loop(), trio.open_nursery() as nursery:
+            nursery.start_soon(git_writes)
+            await session._stdout_to_channel(receive)
+    # Below the mark nothing waits; above it the pump waits before reading on.
+    assert channel.drains == [1000 + WRITE_HIGH_WATER, 10 + WRITE_HIGH_WATER + 1]
+    assert channel.held == 0
 
 
 # --- no git outlives its session -------------------------------------------------------
