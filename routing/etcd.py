@@ -260,6 +260,9 @@ class EtcdClient:
                 data = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
             codec.decode_response(response.status_code, data)
         except EtcdError as exc:
+            if exc.grpc_code is None and response.status_code in (502, 503, 504):
+                # Not etcd's own answer (no gRPC code): a member starting or stopping.
+                return EtcdUnavailable(str(exc))
             return exc
         except (httpx.TransportError, trio.TooSlowError) as exc:
             return EtcdUnavailable(f"etcd refused the watch: {_describe(exc)}")

@@ -493,6 +493,40 @@ async def test_unavailable_quickly_when_nothing_listens() -> None:
         assert client.requests_made == 3
 
 
+async def _gateway_503(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+    """A proxy in front of a member that is down: 503 with a plain-text body."""
+
+    async def answer(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request and (data := await stream.receive_some()):
+                request += data
+            body = b"upstream unavailable\n"
+            head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+            await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    await trio.serve_listeners(answer, listeners)
+
+
+async def test_watch_moves_past_a_gateway_answering_503(
+    etcd_server: EtcdServer, key_prefix: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        gateway = await nursery.start(_gateway_503)
+        async with EtcdClient([gateway, etcd_server.url], timeout=2.0) as client:
+            with trio.fail_after(5):
+                async with aclosing(client._watch_messages(key_prefix, 1)) as stream:
+                    endpoint, message = await anext(stream)
+            assert (endpoint, type(message)) == (etcd_server.url, WatchCreated)
+            async with EtcdClient(gateway, timeout=2.0) as alone:
+                with pytest.raises(EtcdUnavailable, match="503"):
+                    async with aclosing(alone.watch(key_prefix, 1)) as only:
+                        await anext(only)
+        nursery.cancel_scope.cancel()
+
+
 async def test_failover_to_second_endpoint(etcd_server: EtcdServer, key_prefix: str) -> None:
     async with EtcdClient([dead_url(), etcd_server.url], timeout=2.0) as client:
         revision = await client.put(key_prefix + "k", b"v")
