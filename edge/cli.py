@@ -226,6 +226,7 @@ def demo(workdir: Path | None) -> int:
             "ssh_known_hosts": str(known_hosts),
             "user": "alice",
             "token": token,
+            "admin_token_file": str(net.admin_token_file),
         }
         print(
             f"""
@@ -236,6 +237,7 @@ gitedge demo is up.
   etcd          {net.etcd.url}
   nodes         {", ".join(f"{n.node_id} ({n.region}) {n.http_url}" for n in net.nodes.values())}
   user          alice, token {token}
+  admin token   in {net.admin_token_file}
   logs          {work / "logs"}
 
 Try, in another shell:
@@ -245,6 +247,10 @@ Try, in another shell:
   git clone https://alice:$GITEDGE_TOKEN@{url.removeprefix("https://")}/alice/hello.git && cd hello
   git commit --allow-empty -m hello && git push origin HEAD
   {gitedge} repo where alice/hello
+  {gitedge} token list                 # your token ids; `token revoke ID` revokes one
+As the operator (admin token):
+  export GITEDGE_ADMIN_TOKEN=$(cat {net.admin_token_file})
+  {gitedge} user add bob && {gitedge} token create bob
 
 Over SSH, with your own key registered for alice:
   {gitedge} key add --key ~/.ssh/id_ed25519.pub

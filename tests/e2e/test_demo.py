@@ -1,0 +1,116 @@
+"""`gitedge demo`, the README's run command: the user story on it, then SIGTERM leaves nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.conftest import Git, poll
+
+
+def _read_ready(demo: subprocess.Popen[bytes], deadline_s: float) -> dict[str, Any]:
+    """The JSON of the demo's `READY {json}` line; fails with its output if it never comes."""
+    assert demo.stdout is not None
+    fd = demo.stdout.fileno()
+    output = b""
+    deadline = time.monotonic() + deadline_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            data = os.read(fd, 65536)  # not readline: a buffered reader hides lines from select
+            if not data:
+                break  # the demo exited
+            output += data
+            for line in output.splitlines():
+                if line.startswith(b"READY ") and output.endswith(b"\n"):
+                    ready: dict[str, Any] = json.loads(line.removeprefix(b"READY "))
+                    return ready
+    raise AssertionError("no READY line from gitedge demo:\n" + output.decode(errors="replace"))
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line names `text` (the demo's workdir is in every child's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
+def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "demo", "--workdir", str(work)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        ready = _read_ready(demo, 90)
+        assert {"https_url", "ca_file", "regions", "etcd", "ssh_url", "user", "token"} <= set(ready)
+        assert set(ready["regions"]) == {"fra", "lax"}
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("GITEDGE_")},
+            "GITEDGE_URL": ready["https_url"],
+            "GITEDGE_CA_FILE": ready["ca_file"],
+            "GITEDGE_USER": ready["user"],
+            "GITEDGE_TOKEN": ready["token"],
+        }
+        cli = [sys.executable, "-m", "edge.cli"]
+        created = subprocess.run(
+            [*cli, "repo", "create", "alice/hello", "--region", "lax"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        assert json.loads(created.stdout)["node"] == "lax-1"
+        volumes = work / "volumes"
+        assert sorted(p.relative_to(volumes).as_posix() for p in volumes.glob("*/*/*.git")) == [
+            "lax-1/alice/hello.git"
+        ]
+
+        git = Git(tmp_path / "home", Path(ready["ca_file"]))
+        git.home.mkdir()
+        url = ready["https_url"].replace("https://", f"https://alice:{ready['token']}@")
+        work_tree = git.new_worktree(tmp_path / "w")
+        head = git.commit(work_tree, "hello.txt", b"hello\n")
+        git.run("push", "-q", f"{url}/alice/hello.git", "main", cwd=work_tree)
+        git.run("clone", "-q", f"{url}/alice/hello.git", str(tmp_path / "c"))
+        assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
+
+        # The operator's admin token, where the demo says it is.
+        admin = Path(ready["admin_token_file"]).read_text().strip()
+        added = subprocess.run(
+            [*cli, "user", "add", "bob"],
+            env={**env, "GITEDGE_ADMIN_TOKEN": admin},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert added.returncode == 0, added.stderr
+        assert _processes_mentioning(str(work))  # etcd, nodes and edge run in the workdir
+
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=30) == 0
+        poll(10, lambda: not _processes_mentioning(str(work)))
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        if demo.stdout is not None:
+            demo.stdout.close()
