@@ -51,9 +51,7 @@ async def run_node(
     config: NodeConfig, *, task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled; `started(NodeRuntime)` once listening and registered."""
-    volume = await trio.to_thread.run_sync(
-        load_or_create_volume, config.volume_dir, config.region
-    )
+    volume = await trio.to_thread.run_sync(load_or_create_volume, config.volume_dir, config.region)
     store = RepoStore(config.volume_dir)
     await trio.to_thread.run_sync(store.prepare)
     ssh_server = None
@@ -62,9 +60,7 @@ async def run_node(
         ssh_server = NodeSshServer(config.ssh, keys, store)
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     http_url = config.advertise_url or _bound_url(listeners[0])
-    server = GitHttpServer(
-        store, config.admin_secret, keepalive_timeout=config.keepalive_timeout
-    )
+    server = GitHttpServer(store, config.admin_secret, keepalive_timeout=config.keepalive_timeout)
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
         registration: Registration | None = None
         try:

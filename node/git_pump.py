@@ -158,9 +158,7 @@ async def serve_git(
     )
     if isinstance(proc.stdout, trio.lowlevel.FdStream):
         _grow_pipe(proc.stdout.fileno())
-    exchange = GitExchange(
-        conn, proc, content_type=content_type, prefix=prefix, decoder=decoder
-    )
+    exchange = GitExchange(conn, proc, content_type=content_type, prefix=prefix, decoder=decoder)
     try:
         await exchange.run()
     finally:

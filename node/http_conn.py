@@ -167,7 +167,5 @@ class HttpConn:
             await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 
-    async def respond_text(
-        self, status: int, message: str, headers: Sequence[Header] = ()
-    ) -> None:
+    async def respond_text(self, status: int, message: str, headers: Sequence[Header] = ()) -> None:
         await self.respond(status, (message + "\n").encode(), headers=headers)

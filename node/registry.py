@@ -66,9 +66,7 @@ def load_or_create_volume(volume_dir: Path, region: Region) -> VolumeIdentity:
         raw = path.read_bytes()
     except FileNotFoundError:
         identity = VolumeIdentity(VolumeId("v-" + secrets.token_hex(8)), region)
-        _write_atomically(
-            path, {"volume_id": identity.volume_id, "region": identity.region}
-        )
+        _write_atomically(path, {"volume_id": identity.volume_id, "region": identity.region})
         log.info("new volume %s in %s at %s", identity.volume_id, region, volume_dir)
         return identity
     identity = _parse_identity(path, raw)
@@ -194,7 +192,11 @@ class Registration:
         self._lease = lease
         log.info(
             "registered node %s (%s, volume %s) at %s, lease %x",
-            self._node_id, self._volume.region, self._volume.volume_id, self._http_url, lease,
+            self._node_id,
+            self._volume.region,
+            self._volume.volume_id,
+            self._http_url,
+            lease,
         )
 
     async def _renew(self) -> None:
@@ -220,4 +222,3 @@ class Registration:
             ssh_host_key=self._ssh_host_key,
         )
         await self._etcd.put(self._keys.node(self._node_id), encode_node(record), lease=lease)
-

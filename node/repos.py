@@ -69,8 +69,14 @@ class RepoStore:
         try:
             with trio.fail_after(INIT_TIMEOUT):
                 result = await trio.run_process(
-                    ["git", "init", "--bare", "--quiet", f"--initial-branch={DEFAULT_BRANCH}",
-                     str(tmp)],
+                    [
+                        "git",
+                        "init",
+                        "--bare",
+                        "--quiet",
+                        f"--initial-branch={DEFAULT_BRANCH}",
+                        str(tmp),
+                    ],
                     env=self.env(),
                     capture_stdout=True,
                     capture_stderr=True,

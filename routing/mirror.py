@@ -26,7 +26,6 @@ from routing.etcd_codec import WatchCreated
 log = logging.getLogger(__name__)
 
 
-
 class PrefixMirror(Protocol):
     """What a cache implements to be fed by `mirror_prefix`."""
 
