@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,6 +154,20 @@ def raw_status(edge_url: str, ca_file: Path, method: str, path: str) -> int:
         f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
     )
     return int(answer.split(b" ", 2)[1])
+
+
+def gitedge(
+    edge_url: str, ca_file: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """The `gitedge` CLI against an edge, with only the credentials given in env."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GITEDGE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *args],
+        env={**base, "GITEDGE_URL": edge_url, "GITEDGE_CA_FILE": str(ca_file), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def poll(deadline_s: float, check: Callable[[], object]) -> None:

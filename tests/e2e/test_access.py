@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
 from edge.devnet import Devnet
-from tests.e2e.conftest import Git, anonymous_url, api_get, create_repo, poll, repo_url, tls
+from tests.e2e.conftest import (
+    Git,
+    anonymous_url,
+    api_get,
+    create_repo,
+    gitedge,
+    poll,
+    repo_url,
+    tls,
+)
 from tests.e2e.test_ssh import SshClient
 
 
@@ -146,20 +153,7 @@ def test_user_keys_api(net: Devnet, tmp_path: Path) -> None:
 
 
 def _cli(net: Devnet, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`gitedge ARGS` against the edge, with only the credentials given in env."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("GITEDGE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
-        env={
-            **base,
-            "GITEDGE_URL": net.edge.https_url,
-            "GITEDGE_CA_FILE": str(net.ca_file),
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return gitedge(net.edge.https_url, net.ca_file, *args, **env)
 
 
 def _token_id(token: str) -> str:

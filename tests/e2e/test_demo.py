@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import Git, poll
+from tests.e2e.conftest import Git, gitedge, poll
 
 
 def _read_ready(demo: subprocess.Popen[bytes], deadline_s: float) -> dict[str, Any]:
@@ -62,20 +62,10 @@ def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
         ready = _read_ready(demo, 90)
         assert {"https_url", "ca_file", "regions", "etcd", "ssh_url", "user", "token"} <= set(ready)
         assert set(ready["regions"]) == {"fra", "lax"}
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("GITEDGE_")},
-            "GITEDGE_URL": ready["https_url"],
-            "GITEDGE_CA_FILE": ready["ca_file"],
-            "GITEDGE_USER": ready["user"],
-            "GITEDGE_TOKEN": ready["token"],
-        }
-        cli = [sys.executable, "-m", "edge.cli"]
-        created = subprocess.run(
-            [*cli, "repo", "create", "alice/hello", "--region", "lax"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        alice = {"GITEDGE_USER": ready["user"], "GITEDGE_TOKEN": ready["token"]}
+        ca_file = Path(ready["ca_file"])
+        created = gitedge(
+            ready["https_url"], ca_file, "repo", "create", "alice/hello", "--region", "lax", **alice
         )
         assert created.returncode == 0, created.stderr
         assert json.loads(created.stdout)["node"] == "lax-1"
@@ -84,7 +74,7 @@ def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
             "lax-1/alice/hello.git"
         ]
 
-        git = Git(tmp_path / "home", Path(ready["ca_file"]))
+        git = Git(tmp_path / "home", ca_file)
         git.home.mkdir()
         url = ready["https_url"].replace("https://", f"https://alice:{ready['token']}@")
         work_tree = git.new_worktree(tmp_path / "w")
@@ -95,12 +85,8 @@ def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
 
         # The operator's admin token, where the demo says it is.
         admin = Path(ready["admin_token_file"]).read_text().strip()
-        added = subprocess.run(
-            [*cli, "user", "add", "bob"],
-            env={**env, "GITEDGE_ADMIN_TOKEN": admin},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        added = gitedge(
+            ready["https_url"], ca_file, "user", "add", "bob", GITEDGE_ADMIN_TOKEN=admin
         )
         assert added.returncode == 0, added.stderr
         assert _processes_mentioning(str(work))  # etcd, nodes and edge run in the workdir

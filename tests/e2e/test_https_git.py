@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tests.e2e.conftest import (
     api_get,
     create_repo,
     git_children,
+    gitedge,
     raw_status,
     repo_url,
     tls,
@@ -199,30 +199,16 @@ def test_oversized_head_is_431(net: Devnet) -> None:
 
 
 def test_cli_repo_create_and_where(net: Devnet) -> None:
-    env = {
-        **os.environ,
-        "GITEDGE_URL": net.edge.https_url,
-        "GITEDGE_CA_FILE": str(net.ca_file),
-        "GITEDGE_USER": "bob",
-        "GITEDGE_TOKEN": net.user_token("bob"),
-    }
-    cli = [sys.executable, "-m", "edge.cli"]
-    created = subprocess.run(
-        [*cli, "repo", "create", "bob/tool", "--region", "lax"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bob = {"GITEDGE_USER": "bob", "GITEDGE_TOKEN": net.user_token("bob")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return gitedge(net.edge.https_url, net.ca_file, *args, **bob)
+
+    created = cli("repo", "create", "bob/tool", "--region", "lax")
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["region"] == "lax"
-    where = subprocess.run(
-        [*cli, "repo", "where", "bob/tool"], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert json.loads(where.stdout)["node"] == "lax-1"
-    missing = subprocess.run(
-        [*cli, "repo", "where", "bob/none"], env=env, capture_output=True, text=True, timeout=60
-    )
+    assert json.loads(cli("repo", "where", "bob/tool").stdout)["node"] == "lax-1"
+    missing = cli("repo", "where", "bob/none")
     assert missing.returncode == 1
     assert "404" in missing.stderr
 
