@@ -170,6 +170,8 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
         node_pool = NodeSSHPool(
             config.ssh.node_client_key_file,
             window=config.ssh.window,
+            near_window=config.ssh.near_window,
+            region=config.region,
             connect_timeout=config.node_connect_timeout,
             dial={node: d.ssh for node, d in config.dial_overrides().items() if d.ssh},
         )

@@ -26,6 +26,10 @@ class Listener:
 # DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
 # transfer at ~10 MB/s; 16 MiB gave 61 MB/s on the same path.
 DEFAULT_SSH_WINDOW = 16 * 2**20
+# Edge -> node channels to a node in the edge's own region (~1 ms RTT): 2 MiB
+# (asyncssh's default) still allows ~2 GB/s there, and it is what a session may
+# buffer at the edge when its client reads slower than the node sends.
+DEFAULT_SSH_NEAR_WINDOW = 2 * 2**20
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class SshFrontConfig:
     max_sessions: int = 10
     """Concurrent sessions (channels) per client connection, like OpenSSH's MaxSessions."""
     window: int = DEFAULT_SSH_WINDOW
+    """Client channels, and edge -> node channels to nodes in other regions."""
+    near_window: int = DEFAULT_SSH_NEAR_WINDOW
+    """Edge -> node channels to nodes in the edge's own region."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +223,7 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         max_sessions=ssh.int("max_sessions", 10, 1, 1000),
         # Below 64 KiB a window costs a round trip per packet; above 1 GiB is a typo.
         window=ssh.int("window", DEFAULT_SSH_WINDOW, 64 * 1024, 2**30),
+        near_window=ssh.int("near_window", DEFAULT_SSH_NEAR_WINDOW, 64 * 1024, 2**30),
     )
 
 

@@ -96,15 +96,24 @@ class NodeSSHPool:
         client_key_file: Path,
         *,
         window: int = 16 * 2**20,
+        near_window: int | None = None,
+        region: str | None = None,
         connect_timeout: float = 3.0,
         keepalive_interval: float = 15.0,
         dial: Mapping[str, tuple[str, int]] | None = None,
     ) -> None:
         """`dial`: node id -> the address to connect to instead of its `ssh_address`
-        (`[nodes.dial]`); the host key is still the one in etcd."""
-        # DESIGN: a 2 MiB window caps a 100 ms-RTT path at ~10 MB/s; 16 MiB gave 61.
+        (`[nodes.dial]`); the host key is still the one in etcd.
+
+        Channels get `window` bytes of receive window, or `near_window` for a node
+        in this edge's `region`: the window is what a far path needs in flight
+        (DESIGN: 2 MiB caps a 100 ms-RTT path at ~10 MB/s; 16 MiB gave 61), and
+        also what one session may buffer here for a client slower than the node.
+        """
         self._client_key = asyncssh.read_private_key(client_key_file)
         self._window = window
+        self._near_window = window if near_window is None else near_window
+        self._region = region
         self._connect_timeout = connect_timeout
         self._keepalive_interval = keepalive_interval
         self._entries: dict[NodeId, _Entry] = {}
@@ -120,9 +129,10 @@ class NodeSSHPool:
         env = {"GITEDGE_USER": user}
         if git_protocol:
             env["GIT_PROTOCOL"] = git_protocol
+        window = self.window_for(node)
         conn, reused = await self._connection(endpoint)
         try:
-            return await self._start(conn, endpoint, command.to_wire(), env)
+            return await self._start(conn, endpoint, command.to_wire(), env, window)
         except _DeadConnection:
             # It died unnoticed (the node restarted). Nothing of the request was
             # sent yet, so one more try on a fresh connection is safe.
@@ -130,7 +140,11 @@ class NodeSSHPool:
                 raise
             log.info("connection to node %s was dead; reconnecting", node.node_id)
         conn, _ = await self._connection(endpoint)
-        return await self._start(conn, endpoint, command.to_wire(), env)
+        return await self._start(conn, endpoint, command.to_wire(), env, window)
+
+    def window_for(self, node: NodeRecord) -> int:
+        """The receive window of a channel to `node`: smaller when it is near."""
+        return self._near_window if node.region == self._region else self._window
 
     async def _start(
         self,
@@ -138,11 +152,12 @@ class NodeSSHPool:
         endpoint: _NodeEndpoint,
         command: str,
         env: dict[str, str],
+        window: int,
     ) -> NodeGitProcess:
         try:
             process = await asyncio.wait_for(
                 conn.create_process(
-                    command, env=env, encoding=None, window=self._window, max_pktsize=MAX_PKTSIZE
+                    command, env=env, encoding=None, window=window, max_pktsize=MAX_PKTSIZE
                 ),
                 self._connect_timeout,
             )

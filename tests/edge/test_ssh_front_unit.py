@@ -164,11 +164,14 @@ def test_ssh_defaults_and_keys_made_once(tmp_path: Path) -> None:
 
 
 def test_ssh_settings(tmp_path: Path) -> None:
-    extra = "login_grace_time = 5\nidle_timeout = 30\nmax_sessions = 2\nwindow = 1048576\n"
+    extra = (
+        "login_grace_time = 5\nidle_timeout = 30\nmax_sessions = 2\n"
+        "window = 1048576\nnear_window = 524288\n"
+    )
     config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
     assert config.ssh is not None
     assert (config.ssh.login_grace_time, config.ssh.idle_timeout) == (5.0, 30.0)
-    assert (config.ssh.max_sessions, config.ssh.window) == (2, 2**20)
+    assert (config.ssh.max_sessions, config.ssh.window, config.ssh.near_window) == (2, 2**20, 2**19)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +179,7 @@ def test_ssh_settings(tmp_path: Path) -> None:
     [
         ("max_sessions = 0\n", "max_sessions"),
         ("window = 1024\n", "window"),
+        ("near_window = 1024\n", "near_window"),
         ("idle_timeout = 'long'\n", "idle_timeout"),
         ("login_grace_time = -1\n", "login_grace_time"),
         ("max_session = 3\n", "max_session: unknown key"),

@@ -202,6 +202,32 @@ async def test_channels_share_one_connection_and_carry_git(
                 await aio_as_trio(pool.close)()
 
 
+async def test_near_nodes_get_the_small_window_far_ones_the_large(
+    ssh_node: RunningNode, etcd: EtcdClient, edge_key: Path, seeded: str
+) -> None:
+    """The window is what a session may buffer at the edge: large only where the RTT needs it."""
+    record = await registered(ssh_node, etcd)
+    far_record = replace(record, region=Region("zzz"))
+    pool = NodeSSHPool(edge_key, window=8 * 2**20, near_window=2**20, region=record.region)
+    windows = []
+    with trio.fail_after(20):
+        async with open_aio_loop():
+            try:
+                for node in (record, far_record):
+                    process = await aio_as_trio(pool.open_git)(
+                        node, UPLOAD, user="alice", git_protocol=None
+                    )
+                    windows.append(process._process.channel.get_recv_window())
+                    _refs, status = await ls_refs(process)
+                    assert status == 0
+            finally:
+                await aio_as_trio(pool.close)()
+    # Measured before any data arrived would be exact; the advertisement may already
+    # have used a little of it, so compare with a margin far below the 8x difference.
+    assert 2**20 - 64 * 1024 <= windows[0] <= 2**20
+    assert 8 * 2**20 - 64 * 1024 <= windows[1] <= 8 * 2**20
+
+
 async def test_concurrent_first_requests_share_one_connect(
     ssh_node: RunningNode, etcd: EtcdClient, edge_key: Path, seeded: str
 ) -> None:
