@@ -47,6 +47,28 @@ def sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def ensure_debian_package(binary: Path, package: str, log: Callable[[str], None]) -> None:
+    """Install Debian's `package` with apt-get when `binary` is missing (needs root).
+
+    A baseline server the benchmarks start themselves (their own config, port
+    and lifetime): apt's own service for it is not used.
+    """
+    if binary.exists():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise RuntimeError(f"{binary} is missing: install Debian's {package} first")
+    log(f"{binary} is missing: installing Debian's {package} with apt-get (once) ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not binary.exists():
+        raise RuntimeError(f"apt-get install {package} failed: {done.stderr[-1500:]}")
+    log(f"{package} installed")
+
+
 def clean_git_env(home: Path, **extra: str) -> dict[str, str]:
     """os.environ without GIT_*/XDG config, a throwaway HOME, no system config."""
     env = {

@@ -8,7 +8,6 @@ Blocking API on purpose: the harness drives git from a plain main thread.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import socket
 import subprocess
 import threading
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from bench.common import ensure_debian_package
 from bench.relay import Address, Link, serve_relay
 from edge.procs import ManagedProcess, free_port, spawn
 
@@ -224,20 +224,7 @@ class RelayHost:
 
 
 def ensure_nginx(log: Callable[[str], None]) -> None:
-    """Debian's nginx, installed with apt-get if it is missing (needs root)."""
-    if NGINX.exists():
-        return
-    if shutil.which("apt-get") is None:
-        raise RuntimeError(f"{NGINX} is missing: install Debian's nginx first")
-    log(f"{NGINX} is missing: installing Debian's nginx with apt-get (once) ...")
-    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "nginx"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=False)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not NGINX.exists():
-        raise RuntimeError(f"apt-get install nginx failed: {done.stderr[-1500:]}")
+    ensure_debian_package(NGINX, "nginx", log)
 
 
 def nginx_config(prefix: Path, cert: Path, key: Path, backends: dict[str, tuple[int, str]]) -> str:

@@ -64,6 +64,7 @@ from bench.common import (
     RandomRepo,
     RssSampler,
     clean_git_env,
+    ensure_debian_package,
     machine_info,
     make_random_repo,
     median,
@@ -213,21 +214,7 @@ def keygen(path: Path, comment: str) -> Path:
 
 
 def ensure_sshd(log: Callable[[str], None]) -> None:
-    """Debian's openssh-server, installed with apt-get if it is missing (needs root)."""
-    if SSHD.exists():
-        return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"{SSHD} is missing: install Debian's openssh-server first")
-    log(f"{SSHD} is missing: installing Debian's openssh-server with apt-get (once) ...")
-    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
-    done = subprocess.run(cmd, env=apt_env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        subprocess.run(["apt-get", "update"], env=apt_env, capture_output=True, check=False)
-        done = subprocess.run(cmd, env=apt_env, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not SSHD.exists():
-        raise RuntimeError(f"apt-get install openssh-server failed: {done.stderr[-1500:]}")
-    log("openssh-server installed (apt's own sshd service was not started by this bench)")
+    ensure_debian_package(SSHD, "openssh-server", log)
 
 
 @dataclass
