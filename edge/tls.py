@@ -155,27 +155,41 @@ class SocketTLSStream(trio.abc.Stream):
             self._check_usable()
             await trio.lowlevel.checkpoint_if_cancelled()
             waited = False
-            try:
-                while not self._handshake_done:
-                    self._check_usable()
-                    try:
-                        self._sock.do_handshake()
-                        self._handshake_done = True
-                    except ssl.SSLWantReadError:
-                        await self._readable.wait()
-                        waited = True
-                    except ssl.SSLWantWriteError:
-                        await self._writable.wait()
-                        waited = True
-                    except OSError as exc:  # ssl.SSLError included
-                        raise self._fail(exc) from exc
-            except BaseException as exc:
-                # Cancelled midway: this handshake cannot be resumed by anyone.
-                if self._broken is None and not self._closed:
-                    self._broken = exc
-                raise
+            if not self._handshake_done:
+                waited = await self._drive(self._handshake_step)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _handshake_step(self) -> bool:
+        self._sock.do_handshake()
+        self._handshake_done = True
+        return True
+
+    async def _drive(self, step: Callable[[], bool]) -> bool:
+        """Call `step` (one OpenSSL call) until it returns True, waiting on the fd
+        whenever OpenSSL asks to; returns whether it waited.
+
+        For the handshake and sends, which OpenSSL cannot resume from another
+        state: interrupted midway (cancelled, or an error), the stream is broken.
+        """
+        waited = False
+        try:
+            while True:
+                self._check_usable()
+                try:
+                    if step():
+                        return waited
+                except ssl.SSLWantReadError:
+                    await self._readable.wait()
+                except ssl.SSLWantWriteError:
+                    await self._writable.wait()
+                except OSError as exc:  # ssl.SSLError included
+                    raise self._fail(exc) from exc
+                waited = True
+        except BaseException as exc:
+            if self._broken is None and not self._closed:
+                self._broken = exc
+            raise
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Up to max_bytes of plaintext, at least one byte; b"" at EOF.
@@ -262,25 +276,14 @@ class SocketTLSStream(trio.abc.Stream):
             with memoryview(data) as view, view.cast("B") as octets:
                 total = len(octets)
                 sent = 0
-                waited = False
-                try:
-                    while sent < total:
-                        self._check_usable()
-                        try:
-                            # Same offset after a want-write: the same bytes again.
-                            sent += self._sock.send(octets[sent:])
-                        except ssl.SSLWantWriteError:
-                            await self._writable.wait()
-                            waited = True
-                        except ssl.SSLWantReadError:
-                            await self._readable.wait()
-                            waited = True
-                        except OSError as exc:  # ssl.SSLError included
-                            raise self._fail(exc) from exc
-                except BaseException as exc:
-                    if self._broken is None and not self._closed:
-                        self._broken = exc
-                    raise
+
+                def send_step() -> bool:
+                    nonlocal sent
+                    # Same offset after a want-write: the same bytes again.
+                    sent += self._sock.send(octets[sent:])
+                    return sent >= total
+
+                waited = await self._drive(send_step) if total else False
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
 
