@@ -162,7 +162,7 @@ async def serve_git(
     try:
         await exchange.run()
     finally:
-        await _reap(proc, exited=exchange.returncode is not None)
+        await reap_git(proc, exited=exchange.returncode is not None)
         _log_outcome(argv, exchange)
     if exchange.body_error is not None:
         if conn.response_started:
@@ -170,7 +170,8 @@ async def serve_git(
         await conn.respond_text(400, str(exchange.body_error))
 
 
-async def _reap(proc: trio.Process, *, exited: bool) -> None:
+async def reap_git(proc: trio.Process, *, exited: bool) -> None:
+    """Wait for git (killing its process group first unless it `exited`), close its pipes."""
     with trio.move_on_after(REAP_TIMEOUT, shield=True):
         if not exited:
             # Still running (client gone, timeout, bug): kill git and its helpers.

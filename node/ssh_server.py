@@ -16,10 +16,8 @@ process group, SIGKILLed in `finally` unless it exited by itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from edge.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, open_aio_loop
 from edge.proto.ssh_command import CommandRefused, GitCommand, parse_command
 from node.config import SshConfig
 from node.git_proto import CHUNK, StderrTail, accept_git_protocol
+from node.git_pump import REAP_TIMEOUT, reap_git
 from node.repos import RepoStore
 from routing.model import InvalidRepoName, parse_user_name
 
@@ -42,7 +41,6 @@ MAX_PKTSIZE = CHUNK
 KEEPALIVE_INTERVAL = 30.0  # an edge that vanished without a FIN is dropped in ~2 min
 LOGIN_TIMEOUT = 10.0
 EXIT_TIMEOUT = 30.0  # git closed its stdout; its exit (and stderr) follow at once
-REAP_TIMEOUT = 5.0
 NOT_FOUND = b"ERROR: Repository not found.\n"  # what git prints, gitlab style
 # asyncssh pauses a channel's writer above this many unsent bytes (its default
 # high-water mark); below it `drain()` returns at once, so it is not called.
@@ -423,18 +421,10 @@ class GitSshSession:
             done.set()
 
     async def _reap(self, proc: trio.Process) -> None:
-        with trio.move_on_after(REAP_TIMEOUT, shield=True):
-            if self.returncode is None:
-                # Edge gone, shutdown, a hung git: kill git and its helpers
-                # (pack-objects...). The group id is git's pid, not reusable before
-                # we reap it.
-                self.killed = True
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            for pipe in (proc.stdin, proc.stdout, proc.stderr):
-                if pipe is not None:
-                    await pipe.aclose()
+        # Edge gone, shutdown, a hung git: killed with its helpers (pack-objects...).
+        exited = self.returncode is not None
+        self.killed = self.killed or not exited
+        await reap_git(proc, exited=exited)
 
     def log_outcome(self, what: str) -> None:
         if self.killed:
