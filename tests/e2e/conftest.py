@@ -15,11 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from edge.devnet import Devnet, start_devnet
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -170,12 +173,13 @@ def gitedge(
     )
 
 
-def poll(deadline_s: float, check: Callable[[], object]) -> None:
-    """Call check() until it returns true; fail at the deadline."""
+def poll(deadline_s: float, check: Callable[[], T | None], what: str = "the condition") -> T:
+    """Call check() until it returns something truthy, and return that; fail at the deadline."""
     deadline = time.monotonic() + deadline_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached before the deadline"
-        time.sleep(0.1)
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
 
 
 def git_children(pid: int) -> list[int]:

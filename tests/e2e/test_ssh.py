@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -24,7 +24,7 @@ import pytest
 
 from edge.devnet import Devnet
 from edge.procs import free_port
-from tests.e2e.conftest import Git, create_repo, git_children, repo_url, tls
+from tests.e2e.conftest import Git, create_repo, git_children, poll, repo_url, tls
 
 T = TypeVar("T")
 
@@ -401,7 +401,7 @@ def test_port_forwarding_is_refused(net: Devnet, alice: SshClient) -> None:
         text=True,
     )
     try:
-        conn = _wait_for(lambda: _connect(local_port), 10, "ssh -L listening")
+        conn = poll(10, lambda: _connect(local_port), "ssh -L listening")
         with conn:
             conn.settimeout(5)
             assert conn.recv(1024) == b""
@@ -416,16 +416,6 @@ def _connect(port: int) -> socket.socket | None:
         return socket.create_connection(("127.0.0.1", port), timeout=1)
     except OSError:
         return None
-
-
-def _wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check` until it returns something truthy (no sleep-for-readiness guesses)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 # -- a client killed mid-clone leaves no git behind -------------------------------------
@@ -496,7 +486,7 @@ def test_client_killed_mid_clone_leaves_no_git_on_the_node(
         if client.poll() is None:
             client.kill()
             client.wait()
-    _wait_for(lambda: not git_children(node.process.popen.pid), 5, "git on the node to go")
+    poll(5, lambda: not git_children(node.process.popen.pid), "git on the node to go")
 
 
 def test_sigterm_lets_a_running_clone_finish(
@@ -524,7 +514,7 @@ def test_sigterm_lets_a_running_clone_finish(
         received = len(last)
         edge.process.popen.send_signal(signal.SIGTERM)
         # Draining: no new connections, but the running clone gets all of its pack.
-        _wait_for(lambda: _connect(edge.ssh_port) is None, 5, "the SSH listener to close")
+        poll(5, lambda: _connect(edge.ssh_port) is None, "the SSH listener to close")
         while chunk := os.read(clone.stdout.fileno(), 65536):
             received, last = received + len(chunk), (last + chunk)[-4:]
             # A slow reader: the end of the pack still sits in the edge's buffers
