@@ -1,6 +1,6 @@
 """Helpers shared by the benchmarks: a clean git, random repos, process meters.
 
-Blocking code on purpose (like edge/procs.py): benchmarks drive real `git`
+Blocking code on purpose (like devnet/procs.py): benchmarks drive real `git`
 and real child processes from a plain Python main thread.
 """
 

@@ -59,7 +59,7 @@ from bench.common import (
     timed_git,
     verdict,
 )
-from edge.devnet import Devnet, start_devnet
+from devnet.network import Devnet, start_devnet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 1.05

@@ -57,8 +57,8 @@ from bench.ssh_clone import (
     keygen,
     start_sshd,
 )
-from edge.devnet import Devnet, EdgeHandle, start_devnet
-from edge.procs import ManagedProcess
+from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.procs import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"

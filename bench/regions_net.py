@@ -22,7 +22,7 @@ import trio
 
 from bench.common import ensure_debian_package
 from bench.relay import Address, Link, serve_relay
-from edge.procs import ManagedProcess, free_port, spawn
+from devnet.procs import ManagedProcess, free_port, spawn
 
 T = TypeVar("T")
 NGINX = Path("/usr/sbin/nginx")

@@ -28,13 +28,14 @@ from typing import NamedTuple
 
 import trio
 
+from gitproto.protocol import CHUNK
+
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 
 # One read's worth. Large enough that a 100 MB clone costs a few hundred
 # reads per direction rather than tens of thousands.
-CHUNK = 256 * 1024
 # With a bandwidth cap, a read is handed on in slices of this size, each at
 # the moment its last byte would have left the wire, so a 256 KiB read at
 # 8 Mbit/s arrives as a stream and not as one lump a quarter second late.

@@ -77,8 +77,8 @@ from bench.common import (
     timed_git,
     verdict,
 )
-from edge.devnet import Devnet, start_devnet
-from edge.procs import free_port
+from devnet.network import Devnet, start_devnet
+from devnet.procs import free_port
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SSHD = Path("/usr/sbin/sshd")

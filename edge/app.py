@@ -19,19 +19,19 @@ from pathlib import Path
 import httpx
 import trio
 
-from edge.aio import open_aio_loop
-from edge.api import NodeAdmin
+from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listener
-from edge.http_front import serve_connection
-from edge.pool import NodePool
-from edge.ssh_front import SshFront
-from edge.ssh_nodes import NodeSSHPool
+from edge.http.front import serve_connection
+from edge.http.pool import NodePool
+from edge.http.tls import SocketTLSStream
+from edge.ssh.aio import open_aio_loop
+from edge.ssh.front import SshFront
+from edge.ssh.nodes import NodeSSHPool
 from edge.state import EdgeState
-from edge.tls import SocketTLSStream
+from plumbing.runtime import write_ready_file
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 from routing.mirror import mirror_prefix
-from routing.runtime import write_ready_file
 from routing.schema import Keys
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ async def run_edge(
             config.node_idle_timeout,
             config.max_idle_per_node,
             dial={node: d.http for node, d in dial.items() if d.http},
+            credential=config.node_admin_secret,
         )
         state = EdgeState(
             config, etcd, cache, pool, NodeAdmin(admin_http, config.node_admin_secret)

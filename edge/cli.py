@@ -14,8 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
-from routing.runtime import setup_logging
-from routing.tomlconf import ConfigError
+from plumbing.runtime import setup_logging
+from plumbing.tomlconf import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,7 +195,7 @@ def api_command(args: argparse.Namespace) -> int:
 
 
 def demo(workdir: Path | None) -> int:
-    from edge.devnet import start_devnet
+    from devnet.network import start_devnet
 
     work = workdir or Path(tempfile.mkdtemp(prefix="gitedge-demo-"))
     print(f"starting etcd, nodes fra-1 and lax-1, and an edge in {work} ...", flush=True)

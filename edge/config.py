@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from plumbing.sshkeys import KeyFileError, load_or_create_key
+from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, Region, parse_region
 from routing.schema import DEFAULT_PREFIX
-from routing.tomlconf import ConfigError, Table
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -181,7 +182,7 @@ _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def _node_dial(dial: Table) -> tuple[tuple[str, NodeDial], ...]:
     """`[nodes.dial]`: `<node-id> = { http = "host:port", ssh = "host:port" }`."""
     overrides = []
-    # Table has no public key listing (routing/tomlconf.py); the keys are the data here.
+    # Table has no public key listing (plumbing/tomlconf.py); the keys are the data here.
     for node_id in list(dial._data):
         if not _NODE_ID.fullmatch(node_id):
             raise dial.error(node_id, "not a node id")
@@ -206,8 +207,6 @@ def _ssh(ssh: Table) -> SshFrontConfig:
     client_key = Path(ssh.str("node_client_key_file"))
     # Made here, on first start, so that a restart keeps them: clients pin the
     # host key, nodes trust the client key. Read again by the SSH front.
-    from edge.ssh_front import KeyFileError, load_or_create_key
-
     for key, paths in (("host_key_files", host_keys), ("node_client_key_file", (client_key,))):
         for path in paths:
             try:

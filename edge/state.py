@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
-from edge.api import NodeAdmin
+from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
-from edge.pool import NodePool
+from edge.http.pool import NodePool
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 
-if TYPE_CHECKING:
-    from edge.ssh_front import SshFront
+
+class StatsSource(Protocol):
+    """A front that reports its own counters (the SSH front)."""
+
+    def stats_dict(self) -> Mapping[str, object]: ...
 
 
 class RequestTracker:
@@ -52,7 +55,7 @@ class EdgeState:
     node_admin: NodeAdmin
     requests: RequestTracker = field(default_factory=RequestTracker)
     """HTTP requests and SSH sessions in flight (shutdown drains both)."""
-    ssh_front: SshFront | None = None
+    ssh_front: StatsSource | None = None
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests should move none

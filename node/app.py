@@ -26,9 +26,9 @@ from node.git_http import GitHttpServer
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repos import RepoStore
 from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
+from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient
 from routing.model import NodeId, Region, VolumeId
-from routing.runtime import setup_logging, write_ready_file
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, NodeId, Region, parse_region
 from routing.schema import DEFAULT_PREFIX, Keys
-from routing.tomlconf import ConfigError, Table
 
 __all__ = ["ConfigError", "NodeConfig", "SshConfig", "load_node_config"]
 

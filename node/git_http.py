@@ -1,7 +1,7 @@
 """The node's HTTP server: git smart HTTP, `/healthz`, and the internal API.
 
 Plain HTTP/1.1 for a private network (the edge terminates TLS). Git URLs are
-classified by `edge.proto.http_route.parse_route`, the same parser the edge
+classified by `gitproto.routes`, the same grammar the edge
 uses, so both agree on what a git URL is; each request then runs the git
 service the way git's own `http-backend` would (see `node.git_proto`).
 """
@@ -13,13 +13,8 @@ import logging
 import h11
 import trio
 
-from edge.proto.http_route import (
-    Health,
-    InfoRefs,
-    RouteError,
-    Rpc,
-    parse_route,
-)
+from gitproto.protocol import accept_git_protocol
+from gitproto.routes import Health, InfoRefs, RouteError, Rpc, parse_git_route
 from node import git_proto
 from node.admin_api import AdminApi, is_admin_target
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
@@ -83,7 +78,7 @@ class GitHttpServer:
             await self._admin.handle(conn, request)
             return
         try:
-            route = parse_route(request.method, request.target)
+            route = parse_git_route(request.method, request.target)
         except RouteError as exc:
             allow = [("allow", exc.allow)] if exc.allow else []
             await conn.respond_text(exc.http_status, exc.message, allow)
@@ -94,7 +89,7 @@ class GitHttpServer:
             await self._info_refs(conn, request, route)
         elif isinstance(route, Rpc):
             await self._rpc(conn, request, route)
-        else:  # NotFound, and the edge's own /api/ routes
+        else:  # not a git URL (the edge's own /api/ routes among them)
             await conn.respond_text(404, "not found")
 
     async def _info_refs(self, conn: HttpConn, request: h11.Request, route: InfoRefs) -> None:
@@ -106,7 +101,7 @@ class GitHttpServer:
         if request.method == b"HEAD":
             await conn.respond(200, content_type=content_type, headers=NO_CACHE)
             return
-        git_protocol = git_proto.accept_git_protocol(header(request, b"git-protocol"))
+        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
         await serve_git(
             conn,
             git_proto.info_refs_argv(route.service, repo_dir),
@@ -130,7 +125,7 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
-        git_protocol = git_proto.accept_git_protocol(header(request, b"git-protocol"))
+        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
         await serve_git(
             conn,
             git_proto.rpc_argv(route.service, repo_dir),

@@ -7,21 +7,13 @@ environment, and request bodies decoded from gzip in bounded pieces. No trio her
 
 from __future__ import annotations
 
-import re
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from edge.proto.http_route import Service
+from gitproto.protocol import CHUNK, Service, wants_v2
 
-# Requests and responses are pumped in pieces of this size; one request holds
-# about two of them (a read and a decoded piece), well under the 1 MiB budget.
-CHUNK = 256 * 1024
 MAX_STDERR = 64 * 1024
-
-# gitprotocol-v2: a colon-separated list of key[=value]. Anything else is dropped
-# rather than passed to git, because the header is client-controlled.
-_GIT_PROTOCOL = re.compile(r"[A-Za-z0-9=:._-]{1,256}")
 
 
 class BodyDecodeError(Exception):
@@ -30,24 +22,6 @@ class BodyDecodeError(Exception):
 
 class UnsupportedEncoding(Exception):
     """A Content-Encoding other than gzip; answered with 415."""
-
-
-def accept_git_protocol(raw: bytes | None) -> str | None:
-    """The `Git-Protocol` header if it is safe to hand to git as GIT_PROTOCOL."""
-    if raw is None:
-        return None
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    return text if _GIT_PROTOCOL.fullmatch(text) else None
-
-
-def wants_v2(git_protocol: str | None) -> bool:
-    """git's `determine_protocol_version_server()`: the highest `version=N` wins."""
-    if not git_protocol:
-        return False
-    return any(item == "version=2" for item in git_protocol.split(":"))
 
 
 def pkt_line(payload: bytes) -> bytes:
@@ -70,16 +44,12 @@ def advertisement_prefix(service: Service, git_protocol: str | None) -> bytes:
 def info_refs_argv(service: Service, repo_dir: Path) -> list[str]:
     # Exactly http-backend.c's get_info_refs() in git 2.39: no --stateless-rpc;
     # --http-backend-info-refs (formerly --advertise-refs) implies it.
-    return ["git", _verb(service), "--http-backend-info-refs", str(repo_dir)]
+    return ["git", service.verb, "--http-backend-info-refs", str(repo_dir)]
 
 
 def rpc_argv(service: Service, repo_dir: Path) -> list[str]:
     # http-backend.c's service_rpc().
-    return ["git", _verb(service), "--stateless-rpc", str(repo_dir)]
-
-
-def _verb(service: Service) -> str:
-    return service.value.removeprefix("git-")
+    return ["git", service.verb, "--stateless-rpc", str(repo_dir)]
 
 
 def advertisement_type(service: Service) -> str:

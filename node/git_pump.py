@@ -23,7 +23,8 @@ from collections.abc import Sequence
 import h11
 import trio
 
-from node.git_proto import CHUNK, BodyDecodeError, BodyDecoder, StderrTail
+from gitproto.protocol import CHUNK
+from node.git_proto import BodyDecodeError, BodyDecoder, StderrTail
 from node.http_conn import Header, HttpConn
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from http import HTTPStatus
 import h11
 import trio
 
-from node.git_proto import CHUNK
+from gitproto.protocol import CHUNK
 
 MAX_HEAD = 16 * 1024
 HEAD_TIMEOUT = 30.0

@@ -26,10 +26,11 @@ from pathlib import Path
 import asyncssh
 import trio
 
-from edge.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, open_aio_loop
-from edge.proto.ssh_command import CommandRefused, GitCommand, parse_command
+from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, open_aio_loop
+from gitproto.protocol import CHUNK, accept_git_protocol
+from gitproto.ssh_command import CommandRefused, GitCommand, parse_command
 from node.config import SshConfig
-from node.git_proto import CHUNK, StderrTail, accept_git_protocol
+from node.git_proto import StderrTail
 from node.git_pump import REAP_TIMEOUT, reap_git
 from node.repos import RepoStore
 from routing.model import InvalidRepoName, parse_user_name

@@ -20,7 +20,6 @@ import trio.testing
 from trio.testing import memory_stream_one_way_pair
 
 from bench.relay import (
-    CHUNK,
     Address,
     Link,
     LinkSchedule,
@@ -30,6 +29,7 @@ from bench.relay import (
     pipe,
     serve_relay,
 )
+from gitproto.protocol import CHUNK
 
 MiB = 2**20
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from edge.devnet import Devnet, start_devnet
+from devnet.network import Devnet, start_devnet
 
 T = TypeVar("T")
 

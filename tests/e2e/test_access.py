@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from edge.devnet import Devnet
+from devnet.network import Devnet
 from tests.e2e.conftest import (
     Git,
     anonymous_url,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from edge.devnet import Devnet, start_devnet
+from devnet.network import Devnet, start_devnet
 from tests.e2e.conftest import Git, api_get, create_repo, poll, raw_exchange, repo_url, tls
 
 

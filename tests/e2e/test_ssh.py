@@ -22,8 +22,8 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from edge.devnet import Devnet
-from edge.procs import free_port
+from devnet.network import Devnet
+from devnet.procs import free_port
 from tests.e2e.conftest import Git, create_repo, git_children, poll, repo_url, tls
 
 T = TypeVar("T")

@@ -10,7 +10,7 @@ import trio
 
 from edge.config import ConfigError, NodeDial, load_edge_config
 from edge.errors import NodeUnavailable
-from edge.pool import NodePool
+from edge.http.pool import NodePool
 
 BASE = (
     '[edge]\nregion = "fra"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n'

@@ -8,10 +8,10 @@ import pytest
 import trio
 import trio.testing
 
-from edge.api import NodeAdmin
+from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listener
-from edge.http_front import serve_connection
-from edge.pool import NodePool
+from edge.http.front import serve_connection
+from edge.http.pool import NodePool
 from edge.state import EdgeState
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient

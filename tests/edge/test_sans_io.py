@@ -1,4 +1,4 @@
-"""edge/proto/ is sans-IO: importing it must not pull in any I/O library.
+"""edge/proto/ and gitproto/ are sans-IO: importing it must not pull in any I/O library.
 
 Checked twice: by importing each module in a fresh interpreter (so transitive
 imports count), and statically over the source (so a lazy import inside a
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import edge.proto
+import gitproto
 
 PROTO_DIR = Path(edge.proto.__file__).resolve().parent
 REPO_ROOT = PROTO_DIR.parent.parent
@@ -29,26 +30,36 @@ IO_MODULES_IN_SOURCE = IO_LIBRARIES | {
     "selectors",
     "subprocess",
     "edge.app",
-    "edge.http_front",
-    "edge.proxy",
-    "edge.pool",
-    "edge.stream",
+    "edge.http.front",
+    "edge.http.proxy",
+    "edge.http.pool",
+    "edge.http.stream",
     "routing.etcd",
     "routing.cache",
 }
 
-PROTO_FILES = sorted(PROTO_DIR.glob("*.py"))
-PROTO_MODULES = [
-    "edge.proto" if path.name == "__init__.py" else f"edge.proto.{path.stem}"
-    for path in PROTO_FILES
-]
+GITPROTO_DIR = Path(gitproto.__file__).resolve().parent
+PROTO_FILES = sorted(PROTO_DIR.glob("*.py")) + sorted(GITPROTO_DIR.glob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    package = "edge.proto" if path.parent == PROTO_DIR else "gitproto"
+    return package if path.name == "__init__.py" else f"{package}.{path.stem}"
+
+
+PROTO_MODULES = [_module_name(path) for path in PROTO_FILES]
 
 
 def test_the_proto_package_has_the_modules_we_expect() -> None:
     # Guards the checks below against silently checking nothing.
-    assert {"edge.proto.body", "edge.proto.http_head", "edge.proto.http_route"} <= set(
-        PROTO_MODULES
-    )
+    assert {
+        "edge.proto.body",
+        "edge.proto.http_head",
+        "edge.proto.http_route",
+        "gitproto.protocol",
+        "gitproto.routes",
+        "gitproto.ssh_command",
+    } <= set(PROTO_MODULES)
 
 
 def _modules_after_import(module: str) -> set[str]:
@@ -108,7 +119,7 @@ def _imported_names(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("path", PROTO_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", PROTO_FILES, ids=_module_name)
 def test_proto_source_imports_no_io_module(path: Path) -> None:
     bad = sorted(_imported_names(path) & IO_MODULES_IN_SOURCE)
     assert bad == [], f"{path.name} imports {bad}"
@@ -118,7 +129,7 @@ def test_proto_source_uses_no_relative_imports_that_escape_the_package() -> None
     for path in PROTO_FILES:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                assert node.level <= 1, f"{path.name}: relative import leaves edge/proto"
+                assert node.level <= 1, f"{path.name}: relative import leaves its package"
 
 
 def test_the_static_check_can_see_imports() -> None:

@@ -19,13 +19,15 @@ import asyncssh
 import pytest
 import trio
 
-from edge.aio import aio_as_trio, open_aio_loop
 from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
-from edge.proto.ssh_command import GitCommand, SshService
-from edge.ssh_front import KeyFileError, SshFront, SshStats, load_or_create_key, public_key_line
-from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
-from edge.ssh_session import NodeChannel, SessionRefused, shell_greeting, vet_session
+from edge.ssh.aio import aio_as_trio, open_aio_loop
+from edge.ssh.front import SshFront, SshStats
+from edge.ssh.nodes import NodeSSHUnavailable, PoolStats
+from edge.ssh.session import NodeChannel, SessionRefused, shell_greeting, vet_session
 from edge.state import RequestTracker
+from gitproto.protocol import Service
+from gitproto.ssh_command import GitCommand
+from plumbing.sshkeys import KeyFileError, load_or_create_key, public_key_line
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 from routing.model import (
@@ -377,7 +379,7 @@ async def test_exec_relays_bytes_eof_stderr_and_exit_status(front: Front) -> Non
     # The fake echoes stdin only after the client's EOF reached it as write_eof().
     assert (ran.status, ran.stdout, ran.stderr) == (7, payload, b"remote: hello from the node\n")
     assert front.pool.opened == [
-        (GitCommand(SshService.UPLOAD_PACK, ALICE_REPO), "alice", "version=2")
+        (GitCommand(Service.UPLOAD_PACK, ALICE_REPO), "alice", "version=2")
     ]
     assert front.pool.gits[0].closed.is_set()
     stats = await front.settled()

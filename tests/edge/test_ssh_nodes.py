@@ -15,10 +15,10 @@ import asyncssh
 import pytest
 import trio
 
-from edge.aio import aio_as_trio, open_aio_loop
-from edge.procs import free_port
-from edge.proto.ssh_command import parse_command
-from edge.ssh_nodes import INTERNAL_CIPHERS, NodeGitProcess, NodeSSHPool, NodeSSHUnavailable
+from devnet.procs import free_port
+from edge.ssh.aio import aio_as_trio, open_aio_loop
+from edge.ssh.nodes import INTERNAL_CIPHERS, NodeGitProcess, NodeSSHPool, NodeSSHUnavailable
+from gitproto.ssh_command import parse_command
 from node.app import NodeRuntime, run_node
 from routing.etcd import EtcdClient
 from routing.model import NodeId, NodeRecord, Region
@@ -54,10 +54,10 @@ async def test_stray_asyncio_errors_are_logged_not_raised(
             gc.collect()  # "Task exception was never retrieved"
             loop.call_exception_handler({"message": "Task was destroyed but it is pending!"})
             assert await aio_as_trio(asyncio.sleep)(0, "alive") == "alive"
-    logged = [r.getMessage() for r in caplog.records if r.name == "edge.aio"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "edge.ssh.aio"]
     assert any("never retrieved" in m and "client went away" in m for m in logged)
     assert any("Task was destroyed" in m for m in logged)
-    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "edge.aio")
+    assert all(r.levelno == logging.WARNING for r in caplog.records if r.name == "edge.ssh.aio")
 
 
 class _NoAuth(asyncssh.SSHServer):
@@ -103,7 +103,7 @@ async def test_no_empty_ignore_packet_precedes_each_packet(
     monkeypatch: pytest.MonkeyPatch, skipping: bool
 ) -> None:
     """asyncssh's CBC countermeasure, one SSH_MSG_IGNORE per packet, is not sent
-    once the loop is open (edge.aio.skip_empty_ignore_packets); without the
+    once the loop is open (edge.ssh.aio.skip_empty_ignore_packets); without the
     skip (the control case) it is."""
     received: Counter[int] = Counter()
 

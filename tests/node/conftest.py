@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 import trio
 
-from edge.procs import EtcdServer, start_etcd
+from devnet.procs import EtcdServer, start_etcd
 from node.app import NodeRuntime, run_node
 from node.config import NodeConfig, load_node_config
 from routing.etcd import EtcdClient

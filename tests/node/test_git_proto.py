@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.proto.http_route import Service
+from gitproto.protocol import CHUNK, Service, accept_git_protocol
 from node import git_proto
-from node.git_proto import CHUNK, BodyDecodeError, GzipBodyDecoder, StderrTail
+from node.git_proto import BodyDecodeError, GzipBodyDecoder, StderrTail
 
 
 def test_info_refs_argv_is_http_backends() -> None:
@@ -60,7 +60,7 @@ def test_service_line_only_before_v0_v1_advertisements(
     ],
 )
 def test_git_protocol_header_is_checked(header: bytes | None, accepted: str | None) -> None:
-    assert git_proto.accept_git_protocol(header) == accepted
+    assert accept_git_protocol(header) == accepted
 
 
 def test_child_env_is_clean(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from edge.procs import EtcdServer, free_port
+from devnet.procs import EtcdServer, free_port
 from node.app import NodeRuntime, run_node
 from node.registry import VOLUME_FILE, VolumeError
 from routing.etcd import EtcdClient

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio.testing
 
-from edge.aio import aio_as_trio, open_aio_loop
+from edge.ssh.aio import aio_as_trio, open_aio_loop
 from node.app import NodeRuntime, run_node
 from node.config import ConfigError, load_node_config
 from node.ssh_server import (

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from edge.procs import EtcdServer, start_etcd
+from devnet.procs import EtcdServer, start_etcd
 from routing.etcd import EtcdClient
 
 

@@ -19,7 +19,7 @@ import pytest
 import trio
 
 import routing.etcd
-from edge.procs import EtcdServer, free_port, http_ok, spawn, start_etcd, wait_until
+from devnet.procs import EtcdServer, free_port, http_ok, spawn, start_etcd, wait_until
 from routing.etcd import (
     EtcdClient,
     EtcdError,

@@ -5,22 +5,18 @@ from __future__ import annotations
 import pytest
 
 from edge.proto.http_route import (
-    MAX_TARGET,
     AddKey,
     CreateRepo,
     CreateToken,
     CreateUser,
     GetRepo,
-    Health,
-    InfoRefs,
     ListCredentials,
-    NotFound,
     RevokeCredential,
-    RouteError,
-    Rpc,
-    Service,
+    Unrouted,
     parse_route,
 )
+from gitproto.protocol import HTTP_SERVICES, Service
+from gitproto.routes import MAX_TARGET, Health, InfoRefs, RouteError, Rpc
 from routing.model import RepoName
 
 AB = RepoName("alice", "project")
@@ -35,7 +31,7 @@ def _refused(method: bytes, target: bytes) -> RouteError:
 # -- smart HTTP ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", list(Service))
+@pytest.mark.parametrize("service", sorted(HTTP_SERVICES))
 @pytest.mark.parametrize("repo_path", ["alice/project", "alice/project.git"])
 @pytest.mark.parametrize("method", [b"GET", b"HEAD"])
 def test_info_refs_for_each_service(service: Service, repo_path: str, method: bytes) -> None:
@@ -53,7 +49,7 @@ def test_info_refs_service_value_is_percent_decoded() -> None:
     assert parse_route(b"GET", target) == InfoRefs(AB, Service.RECEIVE_PACK)
 
 
-@pytest.mark.parametrize("service", list(Service))
+@pytest.mark.parametrize("service", sorted(HTTP_SERVICES))
 @pytest.mark.parametrize("repo_path", ["alice/project", "alice/project.git"])
 def test_rpc_for_each_service(service: Service, repo_path: str) -> None:
     target = f"/{repo_path}/{service}".encode()
@@ -219,7 +215,7 @@ def test_target_not_an_absolute_path_is_400(target: bytes) -> None:
 def test_target_at_max_length_is_routed() -> None:
     target = b"/" + b"a" * (MAX_TARGET - 1)
     assert len(target) == MAX_TARGET
-    assert parse_route(b"GET", target) == NotFound()
+    assert parse_route(b"GET", target) == Unrouted()
 
 
 def test_over_long_target_is_414() -> None:
@@ -276,7 +272,7 @@ def test_health_ignores_a_query_string() -> None:
     ],
 )
 def test_anything_else_is_not_found(method: bytes, target: bytes) -> None:
-    assert parse_route(method, target) == NotFound()
+    assert parse_route(method, target) == Unrouted()
 
 
 def test_route_error_is_an_exception_with_its_message() -> None:
@@ -299,7 +295,7 @@ def test_account_routes() -> None:
     assert parse_route(b"POST", b"/api/user/keys") == AddKey()
     assert parse_route(b"GET", b"/api/user/keys") == ListCredentials("key")
     assert parse_route(b"GET", b"/api/user/tokens") == ListCredentials("token")
-    assert parse_route(b"GET", b"/api/admin/users/bob/other") == NotFound()
+    assert parse_route(b"GET", b"/api/admin/users/bob/other") == Unrouted()
 
 
 @pytest.mark.parametrize("scope", [b"user", b"admin"])

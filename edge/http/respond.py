@@ -8,7 +8,7 @@ from typing import Any
 
 import h11
 
-from edge.stream import BufferedStream
+from edge.http.stream import BufferedStream
 
 
 @dataclass

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 import trustme
 
-from edge.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
-from edge.ssh_front import load_or_create_key, public_key_line
+from devnet.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
+from plumbing.sshkeys import load_or_create_key, public_key_line
 
 
 @dataclass

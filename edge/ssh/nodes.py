@@ -8,7 +8,7 @@ their own. The node is authenticated by the host key it published in etcd
 (`NodeRecord.ssh_host_key`), never by trust-on-first-use.
 
 asyncio code: it runs on the trio-asyncio loop with the rest of asyncssh, and
-its coroutines are called from asyncssh code or through `edge.aio.aio_as_trio`.
+its coroutines are called from asyncssh code or through `edge.ssh.aio.aio_as_trio`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 
 import asyncssh
 
-from edge.proto.ssh_command import GitCommand
+from gitproto.protocol import CHUNK
+from gitproto.ssh_command import GitCommand
 from routing.model import NodeId, NodeRecord
 
 log = logging.getLogger(__name__)
 
 # A pump moves this much per read; the node's channels accept packets this big.
-CHUNK = 256 * 1024
 MAX_PKTSIZE = CHUNK
 KEEPALIVE_COUNT_MAX = 3
 CLOSE_TIMEOUT = 5.0

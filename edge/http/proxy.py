@@ -14,11 +14,11 @@ from dataclasses import dataclass
 import trio
 
 from edge.errors import BadGateway, EdgeError, NodeUnavailable
-from edge.pool import NodeConn, NodePool
+from edge.http.pool import NodeConn, NodePool
+from edge.http.stream import BufferedStream, HeadTimeout, relay_body
 from edge.proto.body import BodyError
 from edge.proto.http_head import HeadError, RequestHead, parse_response_head
-from edge.proto.http_route import InfoRefs, Rpc
-from edge.stream import BufferedStream, HeadTimeout, relay_body
+from gitproto.routes import InfoRefs, Rpc
 from routing.model import RepoLocation
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,8 @@ def build_node_request(
     head: RequestHead, route: InfoRefs | Rpc, conn: NodeConn, client: ClientInfo
 ) -> bytes:
     lines = [b"%s %s HTTP/1.1" % (head.method, node_target(route)), b"host: " + conn.host_header]
+    if conn.auth_line:
+        lines.append(conn.auth_line)
     forwarded_for = client.peer_ip.encode()
     for name, value in head.headers:
         if name in _FORWARD:

@@ -27,18 +27,16 @@ from typing import Protocol
 import asyncssh
 
 from edge.errors import EdgeError, NodeUnavailable
-from edge.proto.ssh_command import CommandRefused, GitCommand, parse_command
-from edge.ssh_nodes import NodeSSHUnavailable
+from edge.ssh.nodes import NodeSSHUnavailable
+from gitproto.protocol import CHUNK, accept_git_protocol
+from gitproto.ssh_command import CommandRefused, GitCommand, parse_command
 from routing.model import NodeRecord
 
 log = logging.getLogger("edge.access")
 
-CHUNK = 256 * 1024
 EXIT_TIMEOUT = 30.0
 """git closed its stdout and stderr: its exit status follows at once."""
 
-# gitprotocol-v2: a colon-separated list of key[=value]; the same rule as the node's.
-_GIT_PROTOCOL = re.compile(rb"[A-Za-z0-9=:._-]{1,256}")
 # Debian's ssh_config sends these by default (SendEnv LANG LC_*): dropped, not refused.
 _IGNORED_ENV = re.compile(rb"LANG|LC_[A-Za-z0-9_]*")
 _PRINTABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
@@ -81,9 +79,9 @@ def vet_session(*, user: str, command: str | None, env: Mapping[bytes, bytes]) -
     git_protocol: str | None = None
     for name, value in env.items():
         if name == b"GIT_PROTOCOL":
-            if not _GIT_PROTOCOL.fullmatch(value):
+            git_protocol = accept_git_protocol(value)
+            if git_protocol is None:
                 raise SessionRefused("gitedge: GIT_PROTOCOL has a value that is not accepted")
-            git_protocol = value.decode("ascii")
         elif not _IGNORED_ENV.fullmatch(name):
             raise SessionRefused(
                 f"gitedge: environment variable {_safe_name(name)} is not accepted"

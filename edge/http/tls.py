@@ -27,7 +27,7 @@ from types import TracebackType
 import trio
 
 # Enough records per call to keep per-call Python work off the push path;
-# the same size as edge.stream.CHUNK.
+# the same size as edge.http.stream.CHUNK.
 DEFAULT_RECEIVE_SIZE = 256 * 1024
 # trio.SocketStream sets 16 KiB: the fd then reads as writable, and a send is
 # accepted, only while less than one TLS record waits unsent, so a slow

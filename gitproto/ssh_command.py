@@ -10,26 +10,16 @@ exactly one argument, and the repo name validated like on HTTPS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
+from gitproto.protocol import Service
 from routing.model import InvalidRepoName, RepoName
 
 MAX_COMMAND = 1024
 
 
-class SshService(StrEnum):
-    UPLOAD_PACK = "git-upload-pack"
-    RECEIVE_PACK = "git-receive-pack"
-    UPLOAD_ARCHIVE = "git-upload-archive"
-
-    @property
-    def writes(self) -> bool:
-        return self is SshService.RECEIVE_PACK
-
-
 @dataclass(frozen=True)
 class GitCommand:
-    service: SshService
+    service: Service
     repo: RepoName
 
     def to_wire(self) -> str:
@@ -60,7 +50,7 @@ def parse_command(raw: str | bytes | None) -> GitCommand:
         sub, sep, rest = rest.partition(" ")
         verb = f"git-{sub}"
     try:
-        service = SshService(verb)
+        service = Service(verb)
     except ValueError:
         raise CommandRefused(f"command not allowed: {verb[:40]!r}") from None
     if not sep or not rest:

@@ -16,24 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Protocol
 
 import asyncssh
 import trio
 
-from edge.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
 from edge.auth import authorize, routing_errors
 from edge.config import SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
-from edge.proto.ssh_command import GitCommand
-from edge.ssh_nodes import NodeSSHUnavailable, PoolStats
-from edge.ssh_session import Activity, GitRequest, GitSession, NodeChannel, subsystem_refusal
+from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
+from edge.ssh.nodes import NodeSSHUnavailable, PoolStats
+from edge.ssh.session import Activity, GitRequest, GitSession, NodeChannel, subsystem_refusal
 from edge.state import RequestTracker
+from gitproto.ssh_command import GitCommand
+from plumbing.sshkeys import load_or_create_key
 from routing.cache import RoutingCache, StoreUnavailable
 from routing.model import NodeRecord
 
@@ -46,43 +45,8 @@ CLOSE_GRACE = 5.0
 """How long a finished session waits for the client to close its channel."""
 
 
-class KeyFileError(Exception):
-    """A key file that cannot be read or made; the message names the file."""
-
-
-def load_or_create_key(path: Path) -> asyncssh.SSHKey:
-    """The private key at `path`; a new ed25519 key (0600, and `.pub`) if missing.
-
-    Made once and kept: clients pin the edge's host key, nodes trust its client key.
-    """
-    try:
-        return asyncssh.read_private_key(path)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
-        raise KeyFileError(f"cannot use {path}: {exc}") from None
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=f"gitedge {path.name}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(key.export_private_key())
-        path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
-    except FileExistsError:
-        return load_or_create_key(path)  # another process made it first
-    except OSError as exc:
-        raise KeyFileError(f"cannot write {path}: {exc.strerror}") from None
-    log.info("new SSH key %s (%s)", path, key.get_fingerprint("sha256"))
-    return key
-
-
-def public_key_line(key: asyncssh.SSHKey) -> str:
-    """`ssh-ed25519 AAAA...` without a comment (known_hosts, authorized_keys)."""
-    return " ".join(key.export_public_key("openssh").decode().split()[:2])
-
-
 class NodeGitPool(Protocol):
-    """`edge.ssh_nodes.NodeSSHPool`, as the front uses it (asyncio coroutines)."""
+    """`edge.ssh.nodes.NodeSSHPool`, as the front uses it (asyncio coroutines)."""
 
     stats: PoolStats
 

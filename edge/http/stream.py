@@ -8,10 +8,7 @@ import trio
 
 from edge.proto.body import BodyFramer
 from edge.proto.http_head import HeadReader
-
-# Large reads keep per-chunk Python work off the hot path (see proto/body.py);
-# at most one such chunk is in flight per direction, so memory stays bounded.
-CHUNK = 256 * 1024
+from gitproto.protocol import CHUNK
 
 
 class HeadTimeout(Exception):

@@ -11,9 +11,12 @@ from contextlib import suppress
 
 import trio
 
-from edge.api import handle_api
+from edge.api.handlers import handle_api
 from edge.auth import authorize, http_user, routing_errors
 from edge.errors import EdgeError
+from edge.http.proxy import ClientInfo, Timeouts, proxy_git
+from edge.http.respond import Outcome, send_json, send_text
+from edge.http.stream import BufferedStream, HeadTimeout
 from edge.proto.body import BodyError
 from edge.proto.http_head import HeadError, RequestHead, parse_request_head
 from edge.proto.http_route import (
@@ -22,20 +25,14 @@ from edge.proto.http_route import (
     CreateToken,
     CreateUser,
     GetRepo,
-    Health,
-    InfoRefs,
     ListCredentials,
-    NotFound,
     RevokeCredential,
-    RouteError,
-    Rpc,
     Stats,
+    Unrouted,
     parse_route,
 )
-from edge.proxy import ClientInfo, Timeouts, proxy_git
-from edge.respond import Outcome, send_json, send_text
 from edge.state import EdgeState
-from edge.stream import BufferedStream, HeadTimeout
+from gitproto.routes import Health, InfoRefs, RouteError, Rpc
 
 log = logging.getLogger("edge.access")
 
@@ -138,7 +135,7 @@ async def handle_request(
             case Stats() if info.trusted_proxy:
                 await send_json(client, 200, state.stats(), close=not keep)
                 return Outcome(200, keep)
-            case NotFound() | Stats():
+            case Unrouted() | Stats():
                 await send_text(client, 404, "not found", close=not keep)
                 return Outcome(404, keep)
     except EdgeError as exc:

@@ -6,13 +6,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h11
-import httpx
 import trio
 
-from edge.accounts import (
+from edge.api.accounts import (
     add_key,
     create_token,
     create_user,
@@ -20,6 +19,7 @@ from edge.accounts import (
     require_user,
     revoke_credential,
 )
+from edge.api.node_admin import NodeAdmin
 from edge.auth import authorize, check_namespace, http_user, is_admin
 from edge.errors import (
     AuthRequired,
@@ -31,6 +31,9 @@ from edge.errors import (
     RepoNotFound,
     RoutingUnavailable,
 )
+from edge.http.proxy import ClientInfo
+from edge.http.respond import Outcome, send_json
+from edge.http.stream import BufferedStream, relay_body
 from edge.proto.http_head import RequestHead
 from edge.proto.http_route import (
     AddKey,
@@ -41,14 +44,12 @@ from edge.proto.http_route import (
     ListCredentials,
     RevokeCredential,
 )
-from edge.respond import Outcome, send_json
-from edge.stream import BufferedStream, relay_body
+from edge.state import EdgeState
 from routing.cache import NotFound, RoutingCache, StoreUnavailable
 from routing.etcd import EtcdClient, EtcdError
 from routing.model import (
     InvalidRegion,
     InvalidRepoName,
-    NodeRecord,
     Region,
     RepoLocation,
     RepoName,
@@ -58,10 +59,6 @@ from routing.model import (
 )
 from routing.placement import PlacementError
 from routing.schema import encode_repo
-
-if TYPE_CHECKING:
-    from edge.proxy import ClientInfo
-    from edge.state import EdgeState
 
 log = logging.getLogger(__name__)
 
@@ -191,25 +188,6 @@ async def create_repo(
         raise
     cache.add_created(record)
     return RepoLocation(name, volume.region, volume.volume_id, node.node_id, node.http_url)
-
-
-class NodeAdmin:
-    """Calls to a node's internal API, authenticated with the shared secret."""
-
-    def __init__(self, client: httpx.AsyncClient, secret: str) -> None:
-        self._client = client
-        self._auth = {"authorization": f"Bearer {secret}"}
-
-    async def init_repo(self, node: NodeRecord, name: RepoName) -> None:
-        url = node.http_url.rstrip("/") + "/_gitedge/repos"
-        try:
-            response = await self._client.post(url, json={"name": name.path}, headers=self._auth)
-        except httpx.HTTPError as exc:
-            raise NodeUnavailable(f"init {name} on {node.node_id}: {exc!r}") from None
-        if response.status_code not in (200, 201):
-            raise NodeUnavailable(
-                f"init {name} on {node.node_id}: HTTP {response.status_code} {response.text[:200]}"
-            )
 
 
 ApiRoute = (

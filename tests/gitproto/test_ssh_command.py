@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from edge.proto.ssh_command import (
+from gitproto.protocol import Service
+from gitproto.ssh_command import (
     MAX_COMMAND,
     CommandRefused,
     GitCommand,
-    SshService,
     parse_command,
 )
 from routing.model import RepoName
@@ -33,7 +33,7 @@ def _refused(raw: str | bytes | None) -> str:
 # -- what git sends ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", list(SshService))
+@pytest.mark.parametrize("service", list(Service))
 @pytest.mark.parametrize(
     "argument",
     [
@@ -45,19 +45,19 @@ def _refused(raw: str | bytes | None) -> str:
         "alice/hello",
     ],
 )
-def test_accepts_each_service_and_path_form(service: SshService, argument: str) -> None:
+def test_accepts_each_service_and_path_form(service: Service, argument: str) -> None:
     assert parse_command(f"{service} {argument}") == GitCommand(service, HELLO)
 
 
-@pytest.mark.parametrize("service", list(SshService))
-def test_accepts_the_spaced_git_form(service: SshService) -> None:
+@pytest.mark.parametrize("service", list(Service))
+def test_accepts_the_spaced_git_form(service: Service) -> None:
     sub = service.removeprefix("git-")
     assert parse_command(f"git {sub} 'alice/hello.git'") == GitCommand(service, HELLO)
     assert parse_command(f"git {sub} '/alice/hello'") == GitCommand(service, HELLO)
 
 
-@pytest.mark.parametrize("service", list(SshService))
-def test_accepts_bytes(service: SshService) -> None:
+@pytest.mark.parametrize("service", list(Service))
+def test_accepts_bytes(service: Service) -> None:
     raw = f"{service} '/alice/hello.git'".encode()
     assert parse_command(raw) == GitCommand(service, HELLO)
 
@@ -76,9 +76,9 @@ def test_names_with_every_allowed_character() -> None:
 # -- to_wire -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", list(SshService))
+@pytest.mark.parametrize("service", list(Service))
 @pytest.mark.parametrize("raw", ["'/alice/hello.git'", "alice/hello", "'Al_ice-9/my.repo_v2-x'"])
-def test_to_wire_round_trips(service: SshService, raw: str) -> None:
+def test_to_wire_round_trips(service: Service, raw: str) -> None:
     command = parse_command(f"{service} {raw}")
     wire = command.to_wire()
     assert parse_command(wire) == command
@@ -88,7 +88,7 @@ def test_to_wire_round_trips(service: SshService, raw: str) -> None:
 
 
 def test_to_wire_of_a_constructed_command() -> None:
-    command = GitCommand(SshService.RECEIVE_PACK, HELLO)
+    command = GitCommand(Service.RECEIVE_PACK, HELLO)
     assert command.to_wire() == "git-receive-pack 'alice/hello.git'"
     assert parse_command(command.to_wire()) == command
 

@@ -18,13 +18,15 @@ from urllib.parse import urlsplit
 import trio
 
 from edge.errors import NodeUnavailable
-from edge.stream import BufferedStream
+from edge.http.stream import BufferedStream
 
 
 @dataclass
 class NodeConn:
     address: tuple[str, int]
     stream: BufferedStream
+    auth_line: bytes = b""
+    """The header line that authenticates the edge to the node (node/auth.py)."""
     reused: bool = False
     idle_since: float = 0.0
 
@@ -56,8 +58,13 @@ class NodePool:
         max_idle: int,
         *,
         dial: Mapping[str, tuple[str, int]] | None = None,
+        credential: str = "",
     ) -> None:
-        """`dial`: node id -> the address to connect to instead of its URL's (`[nodes.dial]`)."""
+        """`dial`: node id -> the address to connect to instead of its URL's (`[nodes.dial]`).
+
+        `credential`: the secret every request to a node carries (`[nodes] admin_secret`).
+        """
+        self._auth_line = b"authorization: Bearer " + credential.encode() if credential else b""
         self._connect_timeout = connect_timeout
         self._dial = dict(dial or {})
         self._idle_timeout = idle_timeout
@@ -102,7 +109,7 @@ class NodePool:
             ) from None
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         self.stats.connects += 1
-        return NodeConn(address, BufferedStream(stream))
+        return NodeConn(address, BufferedStream(stream), self._auth_line)
 
     def release(self, conn: NodeConn) -> bool:
         """Keep a connection whose last exchange ended cleanly; False if dropped."""
