@@ -464,7 +464,13 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
             ports: dict[str, int] = {}
             edges = start_edges(cfg, net, relays, ports, log)
             node_urls = {n.node_id: n.http_url for n in net.nodes.values()}
-            nginx, nginx_ports = start_nginx_for(work, net.cert_file, net.key_file, node_urls)
+            nginx, nginx_ports = start_nginx_for(
+                work,
+                net.cert_file,
+                net.key_file,
+                node_urls,
+                net.admin_secret_file.read_text().strip(),
+            )
             with _stopping(nginx):
                 key = keygen(work / "client_key", "bench-client")
                 sshd = start_sshd(work, key.with_name(key.name + ".pub"))

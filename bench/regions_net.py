@@ -227,11 +227,14 @@ def ensure_nginx(log: Callable[[str], None]) -> None:
     ensure_debian_package(NGINX, "nginx", log)
 
 
-def nginx_config(prefix: Path, cert: Path, key: Path, backends: dict[str, tuple[int, str]]) -> str:
+def nginx_config(
+    prefix: Path, cert: Path, key: Path, backends: dict[str, tuple[int, str]], node_secret: str
+) -> str:
     """One nginx, one TLS server per node: `backends` maps node id -> (port, node URL).
 
     Streams both ways (no request or response buffering, no body size limit) and
-    keeps upstream connections alive, as a git HTTPS front should.
+    keeps upstream connections alive, as a git HTTPS front should. Like the edge,
+    it authenticates to the node with the node secret (nodes serve only edges).
     """
     servers = []
     for node_id, (port, node_url) in backends.items():
@@ -249,6 +252,7 @@ def nginx_config(prefix: Path, cert: Path, key: Path, backends: dict[str, tuple[
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $host;
+            proxy_set_header Authorization "Bearer {node_secret}";
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 600s;
@@ -276,7 +280,7 @@ http {{
 
 
 def start_nginx(
-    work: Path, cert: Path, key: Path, node_urls: dict[str, str]
+    work: Path, cert: Path, key: Path, node_urls: dict[str, str], node_secret: str
 ) -> tuple[ManagedProcess, dict[str, int]]:
     """nginx in front of every node; returns it and node id -> its TLS port."""
     prefix = work / "nginx"
@@ -284,7 +288,9 @@ def start_nginx(
     ports = {node_id: free_port() for node_id in node_urls}
     conf = prefix / "nginx.conf"
     conf.write_text(
-        nginx_config(prefix, cert, key, {n: (ports[n], u) for n, u in node_urls.items()})
+        nginx_config(
+            prefix, cert, key, {n: (ports[n], u) for n, u in node_urls.items()}, node_secret
+        )
     )
     test = subprocess.run(
         [str(NGINX), "-t", "-p", str(prefix), "-c", str(conf)],

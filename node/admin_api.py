@@ -1,4 +1,4 @@
-"""The node's internal API, called by the edge with the shared admin secret.
+"""The node's internal API, called by the edge (with the secret node/edge_auth.py checks).
 
     POST   /_gitedge/repos                {"name": "owner/name"}  -> 201 / 200 {"created": bool}
     DELETE /_gitedge/repos/<owner>/<name>                         -> 204 / 404
@@ -9,13 +9,12 @@ the owning node to init it; DELETE rolls that back.
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 
 import h11
 
-from node.http_conn import BodyTooLarge, HttpConn, header
+from node.http_conn import BodyTooLarge, HttpConn
 from node.repos import RepoStore, RepoStoreError
 from routing.model import InvalidRepoName, RepoName
 
@@ -31,13 +30,11 @@ def is_admin_target(target: bytes) -> bool:
 
 
 class AdminApi:
-    def __init__(self, store: RepoStore, secret: str) -> None:
+    def __init__(self, store: RepoStore) -> None:
         self._store = store
-        self._secret = secret.encode()
 
     async def handle(self, conn: HttpConn, request: h11.Request) -> None:
-        if not await self._authorized(conn, request):
-            return
+        """One internal-API request, already admitted by `EdgeAuth`."""
         path = request.target.partition(b"?")[0]
         if path == ADMIN_PATH:
             if request.method != b"POST":
@@ -54,20 +51,6 @@ class AdminApi:
             await conn.respond_text(400, f"bad repository name: {exc}")
             return
         await self._delete(conn, repo)
-
-    async def _authorized(self, conn: HttpConn, request: h11.Request) -> bool:
-        supplied = header(request, b"authorization")
-        scheme, _, token = (supplied or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not token:
-            await conn.respond_text(
-                401, "admin secret required", [("www-authenticate", 'Bearer realm="gitedge"')]
-            )
-            return False
-        # Constant time: the secret must not leak through response timing.
-        if not hmac.compare_digest(token.strip(), self._secret):
-            await conn.respond_text(403, "wrong admin secret")
-            return False
-        return True
 
     async def _create(self, conn: HttpConn) -> None:
         try:

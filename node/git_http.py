@@ -1,9 +1,10 @@
 """The node's HTTP server: git smart HTTP, `/healthz`, and the internal API.
 
-Plain HTTP/1.1 for a private network (the edge terminates TLS). Git URLs are
-classified by `gitproto.routes`, the same grammar the edge
-uses, so both agree on what a git URL is; each request then runs the git
-service the way git's own `http-backend` would (see `node.git_proto`).
+Plain HTTP/1.1 for a private network (the edge terminates TLS); only the edge
+may use it (node/edge_auth.py). Git URLs are classified by `gitproto.routes`,
+the grammar the edge uses too, so both agree on what a git URL is; each
+request then runs the git service the way git's own `http-backend` would (see
+`node.git_proto`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import h11
 import trio
 
 from gitproto.protocol import accept_git_protocol
-from gitproto.routes import Health, InfoRefs, RouteError, Rpc, parse_git_route
+from gitproto.routes import GitRoute, Health, InfoRefs, RouteError, Rpc, parse_git_route
 from node import git_proto
 from node.admin_api import AdminApi, is_admin_target
+from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
@@ -36,7 +38,8 @@ _CLIENT_GONE = (
 class GitHttpServer:
     def __init__(self, store: RepoStore, admin_secret: str, *, keepalive_timeout: float) -> None:
         self._store = store
-        self._admin = AdminApi(store, admin_secret)
+        self._auth = EdgeAuth(admin_secret)
+        self._admin = AdminApi(store)
         self._keepalive_timeout = keepalive_timeout
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -74,17 +77,23 @@ class GitHttpServer:
                 return
 
     async def _dispatch(self, conn: HttpConn, request: h11.Request) -> None:
-        if is_admin_target(request.target):
-            await self._admin.handle(conn, request)
-            return
+        route: GitRoute | Health | RouteError | None
         try:
             route = parse_git_route(request.method, request.target)
         except RouteError as exc:
-            allow = [("allow", exc.allow)] if exc.allow else []
-            await conn.respond_text(exc.http_status, exc.message, allow)
-            return
+            route = exc
         if isinstance(route, Health):
             await conn.respond_text(200, "ok")
+            return
+        # Everything but health checks is the edge's alone, refusals included: a
+        # stranger learns nothing of what the node would have said.
+        if not await self._auth.admit(conn, request):
+            return
+        if is_admin_target(request.target):
+            await self._admin.handle(conn, request)
+        elif isinstance(route, RouteError):
+            allow = [("allow", route.allow)] if route.allow else []
+            await conn.respond_text(route.http_status, route.message, allow)
         elif isinstance(route, InfoRefs):
             await self._info_refs(conn, request, route)
         elif isinstance(route, Rpc):

@@ -18,6 +18,8 @@ from node.config import NodeConfig, load_node_config
 from routing.etcd import EtcdClient
 
 ADMIN_SECRET = "test-secret-" + secrets.token_hex(8)
+# What an edge sends on every request (node/edge_auth.py).
+EDGE_AUTH = {"authorization": f"Bearer {ADMIN_SECRET}"}
 ConfigFactory = Callable[..., NodeConfig]
 EDGE_KEY = "edge_key"
 

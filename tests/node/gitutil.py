@@ -22,7 +22,18 @@ def git_env(home: Path) -> dict[str, str]:
         "GIT_AUTHOR_EMAIL": "test@example.com",
         "GIT_COMMITTER_NAME": "Test",
         "GIT_COMMITTER_EMAIL": "test@example.com",
+        # What the edge sends on every request: nodes serve git to edges only.
+        **git_config_env({"http.extraHeader": f"Authorization: Bearer {ADMIN_SECRET}"}),
     }
+
+
+def git_config_env(settings: dict[str, str]) -> dict[str, str]:
+    """git config settings as environment variables (git >= 2.31: GIT_CONFIG_COUNT)."""
+    env = {"GIT_CONFIG_COUNT": str(len(settings))}
+    for i, (key, value) in enumerate(settings.items()):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
 
 
 async def git(*args: str, cwd: Path, home: Path, timeout: float = 20) -> str:

@@ -13,11 +13,12 @@ import pytest
 import trio
 
 from node.app import NodeRuntime, run_node
-from tests.node.conftest import ADMIN_SECRET, ConfigFactory, RunningNode
+from tests.node.conftest import ADMIN_SECRET, EDGE_AUTH, ConfigFactory, RunningNode
 from tests.node.gitutil import (
     create_repo,
     git,
     git_descendants,
+    git_env,
     pkt,
     wait_no_git_children,
 )
@@ -47,7 +48,7 @@ async def test_create_repo_needs_the_admin_secret(node: RunningNode) -> None:
                 "/_gitedge/repos", json={"name": "a/b"}, headers={"authorization": "Bearer no"}
             )
     assert missing.status_code == 401
-    assert wrong.status_code == 403
+    assert wrong.status_code == 401
     assert not (node.config.volume_dir / "a").exists()
 
 
@@ -63,7 +64,7 @@ async def test_create_repo_refuses_bad_names(node: RunningNode, name: str) -> No
 
 @pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"name": 5}', b"{}"])
 async def test_create_repo_refuses_malformed_bodies(node: RunningNode, body: bytes) -> None:
-    async with httpx.AsyncClient(base_url=node.url) as client:
+    async with httpx.AsyncClient(base_url=node.url, headers=EDGE_AUTH) as client:
         with trio.fail_after(10):
             response = await client.post(
                 "/_gitedge/repos", content=body, headers={"authorization": f"Bearer {ADMIN_SECRET}"}
@@ -152,7 +153,7 @@ async def test_fetch_after_push_and_ls_remote(node: RunningNode, tmp_path: Path)
 
 
 async def test_unknown_repo_is_404(node: RunningNode, tmp_path: Path) -> None:
-    async with httpx.AsyncClient(base_url=node.url) as client:
+    async with httpx.AsyncClient(base_url=node.url, headers=EDGE_AUTH) as client:
         with trio.fail_after(10):
             refs = await client.get("/no/such.git/info/refs?service=git-upload-pack")
             rpc = await client.post("/no/such.git/git-upload-pack", headers=UPLOAD_REQUEST)
@@ -180,7 +181,7 @@ async def test_unknown_repo_is_404(node: RunningNode, tmp_path: Path) -> None:
 async def test_routes_answer_like_the_edge_parser(
     node: RunningNode, method: str, target: str, status: int
 ) -> None:
-    async with httpx.AsyncClient(base_url=node.url) as client:
+    async with httpx.AsyncClient(base_url=node.url, headers=EDGE_AUTH) as client:
         with trio.fail_after(10):
             response = await client.request(method, target)
     assert response.status_code == status
@@ -189,7 +190,7 @@ async def test_routes_answer_like_the_edge_parser(
 async def test_rpc_checks_content_type_and_encoding(node: RunningNode) -> None:
     await create_repo(node.url, "alice/ct")
     url = node.repo_url("alice/ct") + "/git-upload-pack"
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(headers=EDGE_AUTH) as client:
         with trio.fail_after(10):
             no_type = await client.post(url, content=b"0000")
             deflate = await client.post(
@@ -216,7 +217,7 @@ async def test_v0_advertisement_has_service_line_and_v2_does_not(
     with trio.fail_after(20):
         oid = await _repo_with_commit(node, tmp_path, "alice/adv")
         url = node.repo_url("alice/adv") + "/info/refs?service=git-upload-pack"
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=EDGE_AUTH) as client:
             v0 = await client.get(url)
             v2 = await client.get(url, headers={"git-protocol": "version=2"})
             junk = await client.get(url, headers={"git-protocol": "version=2;$(reboot)"})
@@ -236,7 +237,7 @@ async def test_gzip_request_body_is_inflated(node: RunningNode, tmp_path: Path) 
         haves = b"".join(pkt(f"have {i:040x}\n") for i in range(200))
         request = pkt(f"want {oid}\n") + b"0000" + haves + pkt("done\n")
         headers = {**UPLOAD_REQUEST, "content-encoding": "gzip"}
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=EDGE_AUTH) as client:
             good = await client.post(url, content=gzip.compress(request), headers=headers)
             cut = await client.post(url, content=gzip.compress(request)[:-20], headers=headers)
             plain = await client.post(url, content=request, headers=UPLOAD_REQUEST)
@@ -261,7 +262,7 @@ async def test_gzip_bomb_does_not_take_the_node_down(node: RunningNode) -> None:
     bomb = gzip_bomb(size)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     headers = {**UPLOAD_REQUEST, "content-encoding": "gzip"}
-    async with httpx.AsyncClient(base_url=node.url) as client:
+    async with httpx.AsyncClient(base_url=node.url, headers=EDGE_AUTH) as client:
         with trio.fail_after(20):
             response = await client.post(
                 "/alice/bomb.git/git-upload-pack", content=bomb, headers=headers
@@ -342,6 +343,7 @@ async def start_stalled_clone(url: str, tmp_path: Path) -> trio.SocketStream:
     body = pkt(f"want {oid}\n") + b"0000" + pkt("done\n")
     head = (
         "POST /alice/big.git/git-upload-pack HTTP/1.1\r\nhost: n\r\n"
+        f"authorization: Bearer {ADMIN_SECRET}\r\n"
         "content-type: application/x-git-upload-pack-request\r\n"
         f"content-length: {len(body)}\r\n\r\n"
     ).encode()
@@ -362,7 +364,7 @@ async def test_client_that_disconnects_mid_response_leaves_no_git(
         stream = await start_stalled_clone(node.url, tmp_path)
         await trio.aclose_forcefully(stream)
         assert await wait_no_git_children(10) == []
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers=EDGE_AUTH) as client:
             assert (await client.get(node.url + "/healthz")).status_code == 200
 
 
@@ -374,3 +376,57 @@ async def test_shutdown_mid_clone_kills_git(make_config: ConfigFactory, tmp_path
             nursery.cancel_scope.cancel()
         assert await wait_no_git_children(10) == []
         await trio.aclose_forcefully(stream)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/alice/private.git/info/refs?service=git-upload-pack"),
+        ("GET", "/alice/private.git/info/refs?service=git-receive-pack"),
+        ("POST", "/alice/private.git/git-upload-pack"),
+        ("POST", "/alice/private.git/git-receive-pack"),
+        ("GET", "/alice/private.git/HEAD"),
+        ("GET", "/alice/missing.git/info/refs?service=git-upload-pack"),
+        ("GET", "/anything/else"),
+        ("POST", "/_gitedge/repos"),
+    ],
+)
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {ADMIN_SECRET}", "Bearer"])
+async def test_node_serves_nothing_but_health_without_the_edge_credential(
+    node: RunningNode, method: str, path: str, authorization: str | None
+) -> None:
+    """Regression: `git ls-remote http://NODE/alice/private.git` listed a private
+    repo's refs with no credential. Refusals say nothing either (no 404 vs 400)."""
+    with trio.fail_after(10):
+        await create_repo(node.url, "alice/private")
+        headers = {"authorization": authorization} if authorization else {}
+        async with httpx.AsyncClient(base_url=node.url, headers=headers) as client:
+            refused = await client.request(method, path, content=b"0000")
+            health = await client.get("/healthz")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert health.status_code == 200
+
+
+async def test_stock_git_without_the_credential_gets_nothing(
+    node: RunningNode, tmp_path: Path
+) -> None:
+    with trio.fail_after(20):
+        await create_repo(node.url, "alice/private")
+        env = git_env(tmp_path / "home")
+        del env["GIT_CONFIG_COUNT"]  # no http.extraHeader: a stranger's git
+        result = await trio.run_process(
+            ["git", "ls-remote", f"{node.url}/alice/private.git"],
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        authorized = await git(
+            "ls-remote", f"{node.url}/alice/private.git", cwd=tmp_path, home=tmp_path / "home"
+        )
+    assert result.returncode != 0
+    # 401: git asks for a user name, and with prompts off it gives up.
+    assert b"could not read Username" in result.stderr
+    assert result.stdout == b""
+    assert authorized == ""  # empty repo, but served
