@@ -35,7 +35,7 @@ from routing.placement import choose_volume
 from routing.schema import (
     Keys,
     SchemaError,
-    decode_key,
+    decode_key_record,
     decode_node,
     decode_repo,
     decode_token,
@@ -143,7 +143,7 @@ class RoutingCache:
                 user = decode_user(value)
                 self.users[user.name] = user
             elif key.startswith(keys.keys):
-                ssh_key = decode_key(value)
+                ssh_key = decode_key_record(value)
                 self.keys_by_fingerprint[ssh_key.fingerprint] = ssh_key
             elif key.startswith(keys.tokens):
                 token = decode_token(value)
@@ -253,7 +253,7 @@ class RoutingCache:
     async def key_owner(self, fingerprint: str) -> str | None:
         """The user an SSH key (by SHA256 fingerprint) belongs to, if any."""
         found = await self._mirrored(
-            self.keys_by_fingerprint, fingerprint, self.keys.key(fingerprint), decode_key
+            self.keys_by_fingerprint, fingerprint, self.keys.key(fingerprint), decode_key_record
         )
         return found.user if found else None
 

@@ -24,9 +24,9 @@ from routing.etcd import EtcdClient, EtcdError
 from routing.model import InvalidRepoName, KeyRecord, TokenRecord, UserRecord, parse_user_name
 from routing.schema import (
     SchemaError,
-    decode_key,
+    decode_key_record,
     decode_token,
-    encode_key,
+    encode_key_record,
     encode_token,
     encode_user,
 )
@@ -119,7 +119,7 @@ async def add_key(etcd: EtcdClient, cache: RoutingCache, user: str, payload: Any
         raise BadRequest(f"title must be a string of at most {MAX_TITLE} characters")
     line, fingerprint = parse_public_key(payload["key"])
     record = KeyRecord(fingerprint, user, title, line, round(time.time(), 3))
-    if not await _create(etcd, cache.keys.key(fingerprint), encode_key(record)):
+    if not await _create(etcd, cache.keys.key(fingerprint), encode_key_record(record)):
         # Registered to someone (perhaps this user): either way, not again.
         raise Conflict("key is already registered")
     cache.keys_by_fingerprint[fingerprint] = record
@@ -161,7 +161,7 @@ async def revoke_credential(
     if kv is None:
         raise UnknownCredential(kind)
     try:
-        owner = (decode_key(kv.value) if kind == "key" else decode_token(kv.value)).user
+        owner = (decode_key_record(kv.value) if kind == "key" else decode_token(kv.value)).user
     except SchemaError:
         owner = ""  # unreadable: only the admin may clear it
     if user is not None and owner != user:

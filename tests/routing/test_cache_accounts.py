@@ -8,7 +8,7 @@ from typing import cast
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient, KeyValue, WatchEvent
 from routing.model import KeyRecord, TokenRecord, UserRecord
-from routing.schema import Keys, encode_key, encode_token, encode_user
+from routing.schema import Keys, encode_key_record, encode_token, encode_user
 
 KEYS = Keys()
 ALICE_KEY = KeyRecord("SHA256:alicekey", "alice", "laptop", "ssh-ed25519 AAAA alice", 1.0)
@@ -42,7 +42,7 @@ def user_kv(user: UserRecord, revision: int = 1) -> KeyValue:
 
 
 def key_kv(key: KeyRecord, revision: int = 1) -> KeyValue:
-    return kv(KEYS.key(key.fingerprint), encode_key(key), revision)
+    return kv(KEYS.key(key.fingerprint), encode_key_record(key), revision)
 
 
 def token_kv(token: TokenRecord, revision: int = 1) -> KeyValue:
