@@ -20,7 +20,8 @@ from edge.errors import (
 )
 from edge.proto.basic_auth import hash_secret, parse_basic, parse_bearer, split_token
 from routing.access import can_read, can_write
-from routing.cache import NotFound, RoutingCache, StoreUnavailable, Unroutable
+from routing.cache import RoutingCache
+from routing.errors import NotFound, StoreUnavailable, Unroutable
 from routing.model import RepoName, RepoRecord
 
 

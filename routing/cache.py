@@ -1,22 +1,29 @@
-"""The routing cache: a watch-fed mirror of repos, volumes and nodes.
+"""The routing cache: a watch-fed mirror of repos, volumes, nodes and accounts.
 
 The hot path (`resolve`) is dict lookups. etcd is read only on a miss (a
 repository created through another edge a moment ago, before its watch event
-arrived), once per miss. `mirror_prefix` (routing/etcd.py) feeds `reset` and
+arrived), once per miss. `mirror_prefix` (routing/mirror.py) feeds `reset` and
 `apply`; while its watch is down `synced` is False and `/readyz` says so, but
 known repositories keep routing from what is here.
+
+Only this class changes its tables: the mirror through `reset`/`apply`, this
+edge's own writes (routing/writes.py, routing/accounts.py) through `add_created`,
+`put_*` and `drop_*` so they are visible before their watch events arrive.
+Everyone else sees read-only views.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
 
 import trio
 
+from routing.errors import NotFound, StoreUnavailable, Unroutable
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
     KeyRecord,
@@ -35,7 +42,7 @@ from routing.placement import choose_volume
 from routing.schema import (
     Keys,
     SchemaError,
-    decode_key,
+    decode_key_record,
     decode_node,
     decode_repo,
     decode_token,
@@ -43,20 +50,12 @@ from routing.schema import (
     decode_volume,
 )
 
+# NotFound, StoreUnavailable and Unroutable are what lookups raise; they live in
+# routing.errors and are named here too for the modules that import them from the cache.
+__all__ = ["CacheStats", "NotFound", "RoutingCache", "StoreUnavailable", "Unroutable"]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class NotFound(LookupError):
-    """No such repository in etcd."""
-
-
-class Unroutable(Exception):
-    """The repository exists but its volume's node is not live."""
-
-
-class StoreUnavailable(Exception):
-    """A miss could not be checked against etcd."""
 
 
 @dataclass
@@ -89,29 +88,49 @@ class TokenBucket:
 
 class RoutingCache:
     def __init__(self, keys: Keys, etcd: EtcdClient) -> None:
-        self.keys = keys
+        self.keys: Final = keys
         self._etcd = etcd
-        self.repos: dict[RepoName, RepoRecord] = {}
-        self.volumes: dict[VolumeId, VolumeRecord] = {}
-        self.nodes: dict[NodeId, NodeRecord] = {}
-        self.repo_counts: Counter[VolumeId] = Counter()
-        self.users: dict[str, UserRecord] = {}
-        self.keys_by_fingerprint: dict[str, KeyRecord] = {}
-        self.tokens: dict[str, TokenRecord] = {}
-        self.synced = False
-        self.revision = 0
-        self.stats = CacheStats()
+        self._repos: dict[RepoName, RepoRecord] = {}
+        self._volumes: dict[VolumeId, VolumeRecord] = {}
+        self._nodes: dict[NodeId, NodeRecord] = {}
+        self._repo_counts: Counter[VolumeId] = Counter()
+        self._users: dict[str, UserRecord] = {}
+        self._keys_by_fingerprint: dict[str, KeyRecord] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+        # Live read-only views: the tables are cleared and refilled, never replaced.
+        self.repos: Final[Mapping[RepoName, RepoRecord]] = MappingProxyType(self._repos)
+        self.volumes: Final[Mapping[VolumeId, VolumeRecord]] = MappingProxyType(self._volumes)
+        self.nodes: Final[Mapping[NodeId, NodeRecord]] = MappingProxyType(self._nodes)
+        self.repo_counts: Final[Mapping[VolumeId, int]] = MappingProxyType(self._repo_counts)
+        self.users: Final[Mapping[str, UserRecord]] = MappingProxyType(self._users)
+        self.keys_by_fingerprint: Final[Mapping[str, KeyRecord]] = MappingProxyType(
+            self._keys_by_fingerprint
+        )
+        self.tokens: Final[Mapping[str, TokenRecord]] = MappingProxyType(self._tokens)
+        self.stats: Final = CacheStats()
+        self._synced = False
+        self._revision = 0
         self._miss_budget = TokenBucket(MISS_READS_PER_S, MISS_READ_BURST)
+
+    @property
+    def synced(self) -> bool:
+        """False while the watch is down: lookups still answer from what is here."""
+        return self._synced
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision this cache reflects (the last list or event applied)."""
+        return self._revision
 
     # -- fed by mirror_prefix -------------------------------------------------
 
     def reset(self, kvs: list[KeyValue], revision: int) -> None:
         for table in self._tables():
             table.clear()
-        self.repo_counts.clear()
+        self._repo_counts.clear()
         for kv in kvs:
             self._put(kv.key, kv.value)
-        self.revision = revision
+        self._revision = revision
         self.stats.resets += 1
 
     def apply(self, events: list[WatchEvent], revision: int) -> None:
@@ -120,13 +139,13 @@ class RoutingCache:
                 self._put(event.kv.key, event.kv.value)
             else:
                 self._delete(event.kv.key)
-        self.revision = max(self.revision, revision)
+        self._revision = max(self._revision, revision)
         self.stats.events += len(events)
 
     def set_synced(self, synced: bool) -> None:
-        if synced != self.synced:
+        if synced != self._synced:
             log.info("routing cache %s", "in sync" if synced else "OUT OF SYNC (watch down)")
-        self.synced = synced
+        self._synced = synced
 
     def _put(self, key: str, value: bytes) -> None:
         keys = self.keys
@@ -135,19 +154,16 @@ class RoutingCache:
                 self._add_repo(decode_repo(value))
             elif key.startswith(keys.volumes):
                 volume = decode_volume(value)
-                self.volumes[volume.volume_id] = volume
+                self._volumes[volume.volume_id] = volume
             elif key.startswith(keys.nodes):
                 node = decode_node(value)
-                self.nodes[node.node_id] = node
+                self._nodes[node.node_id] = node
             elif key.startswith(keys.users):
-                user = decode_user(value)
-                self.users[user.name] = user
+                self.put_user(decode_user(value))
             elif key.startswith(keys.keys):
-                ssh_key = decode_key(value)
-                self.keys_by_fingerprint[ssh_key.fingerprint] = ssh_key
+                self.put_key(decode_key_record(value))
             elif key.startswith(keys.tokens):
-                token = decode_token(value)
-                self.tokens[token.token_id] = token
+                self.put_token(decode_token(value))
         except SchemaError as exc:
             # One bad record must not stop routing for everything else. What it
             # replaced is gone too: a key overwritten with garbage is no key.
@@ -163,40 +179,60 @@ class RoutingCache:
                 name = RepoName.parse(rest)
             except ValueError:
                 return
-            record = self.repos.pop(name, None)
+            record = self._repos.pop(name, None)
             if record is not None:
-                self.repo_counts[record.volume_id] -= 1
+                self._repo_counts[record.volume_id] -= 1
         elif key.startswith(keys.volumes):
-            self.volumes.pop(VolumeId(key.removeprefix(keys.volumes)), None)
+            self._volumes.pop(VolumeId(key.removeprefix(keys.volumes)), None)
         elif key.startswith(keys.nodes):
-            self.nodes.pop(NodeId(key.removeprefix(keys.nodes)), None)
+            self._nodes.pop(NodeId(key.removeprefix(keys.nodes)), None)
         elif key.startswith(keys.users):
-            self.users.pop(key.removeprefix(keys.users), None)
+            self._users.pop(key.removeprefix(keys.users), None)
         elif key.startswith(keys.keys):
-            self.keys_by_fingerprint.pop(key.removeprefix(keys.keys), None)
+            self.drop_key(key.removeprefix(keys.keys))
         elif key.startswith(keys.tokens):
-            self.tokens.pop(key.removeprefix(keys.tokens), None)
+            self.drop_token(key.removeprefix(keys.tokens))
 
     def _tables(self) -> tuple[dict[Any, Any], ...]:
         return (
-            self.repos,
-            self.volumes,
-            self.nodes,
-            self.users,
-            self.keys_by_fingerprint,
-            self.tokens,
+            self._repos,
+            self._volumes,
+            self._nodes,
+            self._users,
+            self._keys_by_fingerprint,
+            self._tokens,
         )
 
     def _add_repo(self, record: RepoRecord) -> None:
-        old = self.repos.get(record.name)
+        old = self._repos.get(record.name)
         if old is not None:
-            self.repo_counts[old.volume_id] -= 1
-        self.repos[record.name] = record
-        self.repo_counts[record.volume_id] += 1
+            self._repo_counts[old.volume_id] -= 1
+        self._repos[record.name] = record
+        self._repo_counts[record.volume_id] += 1
+
+    # -- this edge's own writes, ahead of their watch events -------------------------
+    # The watch delivers the same change moments later; applying it twice is a no-op.
 
     def add_created(self, record: RepoRecord) -> None:
-        """Record a repository this edge just created, before its watch event."""
+        """Record a repository this edge just created."""
         self._add_repo(record)
+
+    def put_user(self, user: UserRecord) -> None:
+        self._users[user.name] = user
+
+    def put_key(self, key: KeyRecord) -> None:
+        self._keys_by_fingerprint[key.fingerprint] = key
+
+    def put_token(self, token: TokenRecord) -> None:
+        self._tokens[token.token_id] = token
+
+    def drop_key(self, fingerprint: str) -> None:
+        """Forget a revoked SSH key: new connections with it are refused from now on."""
+        self._keys_by_fingerprint.pop(fingerprint, None)
+
+    def drop_token(self, token_id: str) -> None:
+        """Forget a revoked token: requests with it are refused from now on."""
+        self._tokens.pop(token_id, None)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -220,7 +256,7 @@ class RoutingCache:
 
     async def record(self, name: RepoName) -> RepoRecord:
         """The repository's record: from memory, or one etcd read on a miss."""
-        found = self.repos.get(name)
+        found = self._repos.get(name)
         if found is not None:
             return found
         raw = await self._read_miss(self.keys.repo(name))
@@ -253,18 +289,18 @@ class RoutingCache:
     async def key_owner(self, fingerprint: str) -> str | None:
         """The user an SSH key (by SHA256 fingerprint) belongs to, if any."""
         found = await self._mirrored(
-            self.keys_by_fingerprint, fingerprint, self.keys.key(fingerprint), decode_key
+            self._keys_by_fingerprint, fingerprint, self.keys.key(fingerprint), decode_key_record
         )
         return found.user if found else None
 
     async def token(self, token_id: str) -> TokenRecord | None:
-        return await self._mirrored(self.tokens, token_id, self.keys.token(token_id), decode_token)
+        return await self._mirrored(self._tokens, token_id, self.keys.token(token_id), decode_token)
 
     async def resolve(self, name: RepoName) -> RepoLocation:
         """Where to send git traffic for `name` right now."""
         record = await self.record(name)
-        volume = self.volumes.get(record.volume_id)
-        node = self.nodes.get(volume.node_id) if volume else None
+        volume = self._volumes.get(record.volume_id)
+        node = self._nodes.get(volume.node_id) if volume else None
         if volume is None or node is None:
             raise Unroutable(f"{name}: volume {record.volume_id} has no live node")
         if not any(v.volume_id == volume.volume_id for v in node.volumes):
@@ -274,6 +310,6 @@ class RoutingCache:
     def place(self, region: Region, fallback: Region | None) -> tuple[VolumeRecord, NodeRecord]:
         """A live volume for a new repository (raises PlacementError)."""
         volume = choose_volume(
-            region, self.volumes.values(), self.nodes, self.repo_counts, fallback
+            region, self._volumes.values(), self._nodes, self._repo_counts, fallback
         )
-        return volume, self.nodes[volume.node_id]
+        return volume, self._nodes[volume.node_id]

@@ -1,8 +1,9 @@
 """Async etcd v3 client over etcd's JSON gateway (httpx, runs natively under trio).
 
 The wire format lives in `routing.etcd_codec`; this module only moves bytes,
-chooses endpoints and enforces deadlines. `mirror_prefix` keeps a cache fed by a
-watch: list once, then watch, resume after a broken stream, relist after compaction.
+chooses endpoints and enforces deadlines. `routing.mirror` keeps a cache fed by a
+watch through `range` and `open_watch` (list once, then watch; resume after a
+broken stream, relist after compaction).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import math
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +25,7 @@ from routing.etcd_codec import (
     KeyValue,
     RangeResult,
     TxnResult,
+    WatchBatch,
     WatchCompacted,
     WatchCreated,
     WatchEvent,
@@ -36,6 +38,8 @@ __all__ = [
     "KeyValue",
     "RangeResult",
     "TxnResult",
+    "Watch",
+    "WatchBatch",
     "WatchCompacted",
     "WatchEvent",
 ]
@@ -69,7 +73,7 @@ class _MaybeSent(Exception):
 def _keepalive_options() -> list[tuple[int, int, int]]:
     """TCP keepalive so a watch connection to a vanished host dies in ~30 s, not hours.
 
-    The health check in `mirror_prefix` probes etcd over a pooled connection;
+    The health check (`Watch.check_member`) probes etcd over a pooled connection;
     keepalive covers the watch's own connection being silently dropped.
     """
     options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
@@ -197,19 +201,24 @@ class EtcdClient:
 
     # --- watch ------------------------------------------------------------------
 
-    async def watch(
-        self, prefix: str, start_revision: int
-    ) -> AsyncGenerator[tuple[list[WatchEvent], int], None]:
-        """Yield (events, header revision) per watch message that carries events.
+    @asynccontextmanager
+    async def open_watch(self, prefix: str, start_revision: int) -> AsyncIterator[Watch]:
+        """A watch of every key under `prefix` from `start_revision` on, once etcd confirmed it.
 
-        Raises WatchCompacted if `start_revision` is compacted, EtcdUnavailable
-        when the stream ends or breaks. Close it (`contextlib.aclosing`) to free
-        the connection at once.
+        Entering waits (at most `timeout`) for etcd's confirmation, trying each
+        endpoint in turn; it raises EtcdUnavailable if none confirms. Iterating the
+        watch raises WatchCompacted if `start_revision` is compacted and
+        EtcdUnavailable when the stream ends or breaks: resume with a new watch
+        from the revision after the last event applied. Leaving frees the connection.
         """
         async with aclosing(self._watch_messages(prefix, start_revision)) as messages:
-            async for _endpoint, message in messages:
-                if isinstance(message, codec.WatchBatch) and message.events:
-                    yield message.events, message.revision
+            try:
+                endpoint, first = await anext(messages)
+            except StopAsyncIteration:  # _watch_messages raises rather than ends; be sure
+                raise EtcdUnavailable("etcd watch stream ended before it began") from None
+            if not isinstance(first, WatchCreated):
+                raise EtcdError(f"etcd sent watch events before confirming the watch ({endpoint})")
+            yield Watch(self, prefix, endpoint, first.revision, messages)
 
     async def _watch_messages(
         self, prefix: str, start_revision: int
@@ -223,7 +232,7 @@ class EtcdClient:
                 endpoint + "/v3/watch",
                 json=body,
                 # A watch may be idle for hours: no read timeout. Hangs are caught by
-                # the first-message deadline below and by mirror_prefix's health check.
+                # the first-message deadline below and by Watch.check_member.
                 timeout=httpx.Timeout(self._timeout, connect=self._timeout / 2, read=None),
                 # Forwarded as gRPC metadata: etcd refuses the watch on a member with
                 # no leader, where it would be confirmed and then stay silent. (A watch
@@ -362,6 +371,48 @@ class EtcdClient:
             raise _MaybeSent(f"no answer within {self._timeout}s") from exc
         except httpx.TransportError as exc:
             raise _MaybeSent(_describe(exc)) from exc
+
+
+class Watch:
+    """One confirmed watch stream, served by one etcd member (`endpoint`).
+
+    Iterate it for the batches that carry events (progress notifications are
+    dropped). A watch on a member that lost its quorum, or on a TCP connection a
+    hung host never closes, can stay silent forever: `check_member` is the probe
+    for that, to be called by whoever owns the watch, as often as it can afford.
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        prefix: str,
+        endpoint: str,
+        created_revision: int,
+        messages: AsyncGenerator[tuple[str, codec.WatchMessage], None],
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.endpoint = endpoint
+        self.created_revision = created_revision  # the store's revision when it was registered
+        self._messages = messages
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> WatchBatch:
+        while True:
+            _endpoint, message = await anext(self._messages)
+            if isinstance(message, WatchBatch) and message.events:
+                return message
+
+    async def check_member(self) -> None:
+        """Raise EtcdUnavailable unless the member serving this watch answers a
+        linearizable read in time; the client then prefers another member."""
+        try:
+            await self._client._probe(self.endpoint, self._prefix)
+        except EtcdError as exc:
+            self._client._demote(self.endpoint)
+            raise EtcdUnavailable(f"etcd health check of {self.endpoint} failed: {exc}") from exc
 
 
 async def _read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:

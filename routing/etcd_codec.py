@@ -125,11 +125,11 @@ def key_bytes(key: str) -> bytes:
     return key.encode("utf-8", _KEY_ERRORS)
 
 
-def encode_key(key: str) -> str:
+def encode_etcd_key(key: str) -> str:
     return encode_bytes(key_bytes(key))
 
 
-def decode_key(text: str) -> str:
+def decode_etcd_key(text: str) -> str:
     return decode_bytes(text).decode("utf-8", _KEY_ERRORS)
 
 
@@ -171,7 +171,7 @@ def range_request(
     """A RangeRequest; `start_key` resumes a prefix range after a page (same range_end)."""
     body: dict[str, Any] = _key_range(key, prefix)
     if start_key is not None:
-        body["key"] = encode_key(start_key)
+        body["key"] = encode_etcd_key(start_key)
     if limit:
         body["limit"] = str(limit)
     if revision:
@@ -182,7 +182,7 @@ def range_request(
 
 
 def put_request(key: str, value: bytes, *, lease: int = 0) -> dict[str, Any]:
-    body: dict[str, Any] = {"key": encode_key(key), "value": encode_bytes(value)}
+    body: dict[str, Any] = {"key": encode_etcd_key(key), "value": encode_bytes(value)}
     if lease:
         body["lease"] = str(lease)
     return body
@@ -195,7 +195,12 @@ def delete_request(key: str, *, prefix: bool = False) -> dict[str, Any]:
 def create_txn(key: str, value: bytes, *, lease: int = 0) -> dict[str, Any]:
     """Put only if the key does not exist (its create revision is 0)."""
     return _txn(
-        {"target": "CREATE", "result": "EQUAL", "key": encode_key(key), "create_revision": "0"},
+        {
+            "target": "CREATE",
+            "result": "EQUAL",
+            "key": encode_etcd_key(key),
+            "create_revision": "0",
+        },
         {"request_put": put_request(key, value, lease=lease)},
     )
 
@@ -216,7 +221,7 @@ def _mod_equals(key: str, mod_revision: int) -> dict[str, Any]:
     return {
         "target": "MOD",
         "result": "EQUAL",
-        "key": encode_key(key),
+        "key": encode_etcd_key(key),
         "mod_revision": str(mod_revision),
     }
 
@@ -290,7 +295,7 @@ def header_revision(body: dict[str, Any]) -> int:
 
 def decode_kv(obj: dict[str, Any]) -> KeyValue:
     return KeyValue(
-        key=decode_key(_str(obj, "key")),
+        key=decode_etcd_key(_str(obj, "key")),
         value=decode_bytes(_str(obj, "value")),
         create_revision=_int(obj, "create_revision"),
         mod_revision=_int(obj, "mod_revision"),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import random
-from contextlib import aclosing
 from typing import Protocol
 
 import trio
@@ -18,10 +17,10 @@ from routing.etcd import (
     EtcdError,
     EtcdUnavailable,
     KeyValue,
+    Watch,
     WatchCompacted,
     WatchEvent,
 )
-from routing.etcd_codec import WatchCreated
 
 log = logging.getLogger(__name__)
 
@@ -85,40 +84,34 @@ class _Mirroring:
         assert self.next_revision is not None
         self.health_failure = None
         failure: EtcdError | None = None
-        async with trio.open_nursery() as nursery:
-            messages = self.client._watch_messages(self.prefix, self.next_revision)
-            try:
-                async with aclosing(messages):
-                    async for endpoint, message in messages:
-                        if isinstance(message, WatchCreated):
-                            self.backoff.reset()
-                            self.set_synced(True)
-                            nursery.start_soon(
-                                self.check_health, endpoint, health_interval, nursery.cancel_scope
-                            )
-                        elif message.events:
-                            # The last event's revision, not the header's: a catch-up batch
-                            # is capped at 1000 revisions but carries the store's current
-                            # revision, so resuming from the header could skip events.
-                            revision = message.events[-1].kv.mod_revision
-                            self.mirror.apply(message.events, revision)
-                            self.next_revision = revision + 1
-            except EtcdError as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
+        async with self.client.open_watch(self.prefix, self.next_revision) as watch:
+            self.backoff.reset()
+            self.set_synced(True)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.check_health, watch, health_interval, nursery.cancel_scope)
+                try:
+                    async for batch in watch:
+                        # The last event's revision, not the header's: a catch-up batch
+                        # is capped at 1000 revisions but carries the store's current
+                        # revision, so resuming from the header could skip events.
+                        revision = batch.events[-1].kv.mod_revision
+                        self.mirror.apply(batch.events, revision)
+                        self.next_revision = revision + 1
+                except EtcdError as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
         raise failure or self.health_failure or EtcdUnavailable("etcd watch stopped")
 
     async def check_health(
-        self, endpoint: str, interval: float, watch_scope: trio.CancelScope
+        self, watch: Watch, interval: float, watch_scope: trio.CancelScope
     ) -> None:
         """A TCP connection to a hung etcd may never close: probe it, and drop the watch."""
         while True:
             await trio.sleep(interval)
             try:
-                await self.client._probe(endpoint, self.prefix)
-            except EtcdError as exc:
-                self.health_failure = EtcdUnavailable(f"etcd health check failed: {exc}")
-                self.client._demote(endpoint)
+                await watch.check_member()
+            except EtcdUnavailable as exc:
+                self.health_failure = exc
                 watch_scope.cancel()
                 return
 

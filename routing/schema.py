@@ -234,7 +234,7 @@ def decode_user(raw: bytes) -> UserRecord:
     return UserRecord(name=_str(obj, "name"), created_at=_num(obj, "created_at"))
 
 
-def encode_key(key: KeyRecord) -> bytes:
+def encode_key_record(key: KeyRecord) -> bytes:
     return _dump(
         {
             "fingerprint": key.fingerprint,
@@ -246,7 +246,7 @@ def encode_key(key: KeyRecord) -> bytes:
     )
 
 
-def decode_key(raw: bytes) -> KeyRecord:
+def decode_key_record(raw: bytes) -> KeyRecord:
     obj = _load(raw)
     return KeyRecord(
         fingerprint=_str(obj, "fingerprint"),

@@ -1,17 +1,15 @@
-"""Users, their personal HTTPS tokens and SSH keys, written to etcd.
+"""The account API's edge half: request bodies in, EdgeErrors out.
 
-Each write is a create-if-absent transaction, so two edges racing to register
-the same user or key give one success and one conflict. A revocation deletes
-the record only if it is unchanged since it was read (compare mod_revision),
-so it never removes a record someone re-registered meanwhile. Every edge's
-cache drops a revoked credential when the watch delivers the delete; new SSH
-connections and HTTPS requests are then refused, while an SSH session already
-authenticated runs to its end.
+The writes themselves (create-if-absent, compare-and-delete, the cache) are
+routing's (routing/accounts.py). What stays here is what only the edge knows:
+the JSON payloads, the `ge_` token format (edge/proto/basic_auth.py), OpenSSH
+key parsing, and which HTTP answer each routing outcome is.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncssh
@@ -19,17 +17,24 @@ import asyncssh
 from edge.errors import BadRequest, EdgeError, RoutingUnavailable
 from edge.proto.basic_auth import new_token
 from edge.proto.http_route import Credential
-from routing.cache import RoutingCache
-from routing.etcd import EtcdClient, EtcdError
-from routing.model import InvalidRepoName, KeyRecord, TokenRecord, UserRecord, parse_user_name
-from routing.schema import (
-    SchemaError,
-    decode_key,
-    decode_token,
-    encode_key,
-    encode_token,
-    encode_user,
+from routing.accounts import (
+    register_key,
+    register_token,
+    register_user,
+    revoke_key,
+    revoke_token,
+    user_exists,
 )
+from routing.cache import RoutingCache
+from routing.errors import (
+    AlreadyExists,
+    ChangedMeanwhile,
+    StoreUnavailable,
+    UnknownCredential,
+    UnknownUser,
+)
+from routing.etcd import EtcdClient
+from routing.model import InvalidRepoName, KeyRecord, TokenRecord, UserRecord, parse_user_name
 
 MAX_TITLE = 200
 
@@ -42,61 +47,60 @@ class Conflict(EdgeError):
         self.public_message = message
 
 
-class UnknownUser(EdgeError):
+class UserNotFound(EdgeError):
     http_status = 404
     public_message = "no such user"
 
 
-class UnknownCredential(EdgeError):
+class CredentialNotFound(EdgeError):
     http_status = 404
 
-    def __init__(self, kind: Credential) -> None:
-        super().__init__(f"no such {kind}")
-        self.public_message = f"no such {kind}"
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.public_message = message  # "no such key" / "no such token"
 
 
-async def _create(etcd: EtcdClient, key: str, value: bytes) -> bool:
+@contextmanager
+def account_errors() -> Iterator[None]:
+    """Routing's account outcomes in their wire form (their messages are safe to show)."""
     try:
-        return (await etcd.create(key, value)).succeeded
-    except EtcdError as exc:
-        raise RoutingUnavailable(f"create {key}: {exc}") from None
+        yield
+    except (AlreadyExists, ChangedMeanwhile) as exc:
+        raise Conflict(str(exc)) from None
+    except UnknownUser as exc:
+        raise UserNotFound(str(exc)) from None
+    except UnknownCredential as exc:
+        raise CredentialNotFound(str(exc)) from None
+    except StoreUnavailable as exc:
+        raise RoutingUnavailable(str(exc)) from None
 
 
 async def create_user(etcd: EtcdClient, cache: RoutingCache, payload: Any) -> UserRecord:
+    """`{"name": "user"}`: register a user."""
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
         raise BadRequest('expected JSON {"name": "user"}')
     try:
         name = parse_user_name(payload["name"])
     except InvalidRepoName as exc:
         raise BadRequest(f"bad user name: {exc}") from None
-    user = UserRecord(name, round(time.time(), 3))
-    if not await _create(etcd, cache.keys.user(name), encode_user(user)):
-        raise Conflict(f"user {name} already exists")
-    cache.users[name] = user
-    return user
+    with account_errors():
+        return await register_user(etcd, cache, name)
 
 
 async def create_token(etcd: EtcdClient, cache: RoutingCache, user: str) -> str:
     """A new personal token for `user`; the only time its secret is ever shown."""
-    await require_user(etcd, cache, user)
     token = new_token()
-    record = TokenRecord(token.token_id, user, token.secret_sha256, round(time.time(), 3))
-    if not await _create(etcd, cache.keys.token(token.token_id), encode_token(record)):
-        raise Conflict("token id collision, try again")
-    cache.tokens[token.token_id] = record
+    with account_errors():
+        await register_token(etcd, cache, user, token.token_id, token.secret_sha256)
     return token.token
 
 
 async def require_user(etcd: EtcdClient, cache: RoutingCache, user: str) -> None:
-    """UnknownUser unless `user` exists (the cache, else one etcd read)."""
-    if user in cache.users:
-        return
-    try:
-        found = await etcd.get(cache.keys.user(user))
-    except EtcdError as exc:
-        raise RoutingUnavailable(f"get user {user}: {exc}") from None
-    if found is None:
-        raise UnknownUser(user)
+    """UserNotFound unless `user` exists."""
+    with account_errors():
+        exists = await user_exists(etcd, cache, user)
+    if not exists:
+        raise UserNotFound(user)
 
 
 def parse_public_key(text: str) -> tuple[str, str]:
@@ -112,18 +116,15 @@ def parse_public_key(text: str) -> tuple[str, str]:
 
 
 async def add_key(etcd: EtcdClient, cache: RoutingCache, user: str, payload: Any) -> KeyRecord:
+    """`{"title": "...", "key": "ssh-ed25519 AAAA..."}`: register an SSH key of `user`."""
     if not isinstance(payload, dict) or not isinstance(payload.get("key"), str):
         raise BadRequest('expected JSON {"title": "...", "key": "ssh-ed25519 AAAA..."}')
     title = payload.get("title") or ""
     if not isinstance(title, str) or len(title) > MAX_TITLE:
         raise BadRequest(f"title must be a string of at most {MAX_TITLE} characters")
     line, fingerprint = parse_public_key(payload["key"])
-    record = KeyRecord(fingerprint, user, title, line, round(time.time(), 3))
-    if not await _create(etcd, cache.keys.key(fingerprint), encode_key(record)):
-        # Registered to someone (perhaps this user): either way, not again.
-        raise Conflict("key is already registered")
-    cache.keys_by_fingerprint[fingerprint] = record
-    return record
+    with account_errors():
+        return await register_key(etcd, cache, user, title, line, fingerprint)
 
 
 def list_credentials(cache: RoutingCache, kind: Credential, user: str) -> list[dict[str, Any]]:
@@ -153,27 +154,6 @@ async def revoke_credential(
     `user` None (the admin) may revoke anyone's; a user only their own, and
     someone else's answers 404 exactly like one that does not exist.
     """
-    key = cache.keys.key(ident) if kind == "key" else cache.keys.token(ident)
-    try:
-        kv = await etcd.get(key)
-    except EtcdError as exc:
-        raise RoutingUnavailable(f"get {key}: {exc}") from None
-    if kv is None:
-        raise UnknownCredential(kind)
-    try:
-        owner = (decode_key(kv.value) if kind == "key" else decode_token(kv.value)).user
-    except SchemaError:
-        owner = ""  # unreadable: only the admin may clear it
-    if user is not None and owner != user:
-        raise UnknownCredential(kind)
-    try:
-        deleted = (await etcd.delete_if_unchanged(key, kv.mod_revision)).succeeded
-    except EtcdError as exc:
-        raise RoutingUnavailable(f"delete {key}: {exc}") from None
-    if not deleted:
-        raise Conflict(f"{kind} changed while being revoked, try again")
-    if kind == "key":
-        cache.keys_by_fingerprint.pop(ident, None)
-    else:
-        cache.tokens.pop(ident, None)
-    return owner
+    revoke = revoke_key if kind == "key" else revoke_token
+    with account_errors():
+        return await revoke(etcd, cache, ident, user)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import h11
-import trio
 
 from edge.api.accounts import (
     add_key,
@@ -19,14 +19,12 @@ from edge.api.accounts import (
     require_user,
     revoke_credential,
 )
-from edge.api.node_admin import NodeAdmin
 from edge.auth import authorize, check_namespace, http_user, is_admin
 from edge.errors import (
     AuthRequired,
     BadRequest,
     Forbidden,
     NoCapacity,
-    NodeUnavailable,
     RepoExists,
     RepoNotFound,
     RoutingUnavailable,
@@ -45,20 +43,18 @@ from edge.proto.http_route import (
     RevokeCredential,
 )
 from edge.state import EdgeState
-from routing.cache import NotFound, RoutingCache, StoreUnavailable
-from routing.etcd import EtcdClient, EtcdError
+from routing.errors import AlreadyExists, NotFound, StoreUnavailable
 from routing.model import (
     InvalidRegion,
     InvalidRepoName,
     Region,
-    RepoLocation,
     RepoName,
     RepoRecord,
     parse_region,
     parse_user_name,
 )
 from routing.placement import PlacementError
-from routing.schema import encode_repo
+from routing.writes import NewRepo, create_repo
 
 log = logging.getLogger(__name__)
 
@@ -141,53 +137,17 @@ def client_region(header_value: bytes | None, trusted: bool, own_region: Region)
         raise BadRequest(str(exc)) from None
 
 
-async def create_repo(
-    request: CreateRequest,
-    owner: str,
-    region: Region,
-    fallback: Region | None,
-    cache: RoutingCache,
-    etcd: EtcdClient,
-    node_admin: NodeAdmin,
-) -> RepoLocation:
-    """Place, record (create-if-absent), then init on the node; roll back on failure."""
-    name = request.name
+@contextmanager
+def create_errors() -> Iterator[None]:
+    """routing.writes.create_repo's outcomes in their wire form."""
     try:
-        volume, node = cache.place(region, fallback)
+        yield
     except PlacementError as exc:
         raise NoCapacity(str(exc)) from None
-    record = RepoRecord(
-        name,
-        volume.volume_id,
-        volume.region,
-        round(time.time(), 3),
-        owner=owner,
-        public=request.public,
-        readers=request.readers,
-        writers=request.writers,
-    )
-    key = cache.keys.repo(name)
-    try:
-        txn = await etcd.create(key, encode_repo(record))
-    except EtcdError as exc:
-        raise RoutingUnavailable(f"create {key}: {exc}") from None
-    if not txn.succeeded:
-        raise RepoExists(name.path)
-    try:
-        await node_admin.init_repo(node, name)
-    except NodeUnavailable:
-        with trio.move_on_after(5, shield=True):
-            try:
-                rolled_back = (await etcd.delete_if_unchanged(key, txn.revision)).succeeded
-            except EtcdError as exc:
-                rolled_back = False
-                log.error("rollback of %s failed: %s", key, exc)
-            log.warning(
-                "init of %s on %s failed; record rolled back: %s", name, node.node_id, rolled_back
-            )
-        raise
-    cache.add_created(record)
-    return RepoLocation(name, volume.region, volume.volume_id, node.node_id, node.http_url)
+    except AlreadyExists as exc:
+        raise RepoExists(str(exc)) from None
+    except StoreUnavailable as exc:
+        raise RoutingUnavailable(str(exc)) from None
 
 
 ApiRoute = (
@@ -233,15 +193,16 @@ async def handle_api(
             region = client_region(
                 head.header(cfg.region_header.lower().encode()), info.trusted_proxy, cfg.region
             )
-            location = await create_repo(
-                request,
-                owner,
-                region,
-                cfg.fallback_region,
-                state.cache,
-                state.etcd,
-                state.node_admin,
-            )
+            new = NewRepo(request.name, owner, request.public, request.readers, request.writers)
+            with create_errors():
+                location = await create_repo(
+                    state.etcd,
+                    state.cache,
+                    new,
+                    region,
+                    cfg.fallback_region,
+                    state.node_admin.init_repo,
+                )
             await send_json(client, 201, location.to_json(), close=not keep)
             return Outcome(201, keep, f"node={location.node_id}")
         case CreateUser():

@@ -20,8 +20,6 @@ from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar, cast
 
 import trio_asyncio
-from asyncssh.connection import SSHConnection
-from asyncssh.constants import MSG_IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,6 @@ T = TypeVar("T")
 @asynccontextmanager
 async def open_aio_loop() -> AsyncIterator[asyncio.AbstractEventLoop]:
     """A trio-asyncio loop whose stray asyncio errors are logged, never raised."""
-    skip_empty_ignore_packets()
     async with trio_asyncio.open_loop() as loop:
         loop.set_exception_handler(log_loop_error)
         yield cast(asyncio.AbstractEventLoop, loop)
@@ -84,34 +81,3 @@ GIT_ONLY_SSH_SERVER: dict[str, Any] = {
     "encoding": None,
     "config": None,
 }
-
-
-_EMPTY_STRING = b"\0\0\0\0"  # an SSH `string` of length 0 (RFC 4251 section 5)
-
-
-def skip_empty_ignore_packets() -> None:
-    """Stop asyncssh from sending an empty SSH_MSG_IGNORE before every packet.
-
-    asyncssh (2.x, `SSHConnection.send_packet`) precedes every post-kex packet
-    with one, the countermeasure RFC 4251 section 9.3.1 suggests against a
-    chosen-plaintext attack on CBC's predictable IV. No cipher negotiated here
-    is CBC (asyncssh's defaults and `INTERNAL_CIPHERS` have none; a test checks
-    that), so the packet only costs a second encryption, packet framing and
-    `send()` per data packet: 3,200 of them per 100 MiB to an OpenSSH client
-    (32 KiB packets); measured 0.26 -> 0.20 CPU-s per 100 MiB sent with
-    chacha20-poly1305 (bench/results/archive/README.md). asyncssh has no
-    setting for it; this wraps `send_packet` to drop exactly that message, and
-    does nothing if a later asyncssh stops sending it. Idempotent.
-    """
-    original = SSHConnection.send_packet
-    if getattr(original, "_gitedge_skips_empty_ignore", False):
-        return
-
-    def send_packet(self: SSHConnection, pkttype: int, *args: bytes, **kwargs: Any) -> None:
-        if pkttype == MSG_IGNORE and args == (_EMPTY_STRING,):
-            return
-        original(self, pkttype, *args, **kwargs)
-
-    send_packet._gitedge_skips_empty_ignore = True  # type: ignore[attr-defined]
-    send_packet.__wrapped__ = original  # type: ignore[attr-defined]
-    SSHConnection.send_packet = send_packet  # type: ignore[method-assign]

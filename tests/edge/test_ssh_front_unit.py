@@ -29,7 +29,7 @@ from gitproto.protocol import Service
 from gitproto.ssh_command import GitCommand
 from plumbing.sshkeys import KeyFileError, load_or_create_key, public_key_line
 from routing.cache import RoutingCache
-from routing.etcd import EtcdClient
+from routing.etcd import EtcdClient, KeyValue
 from routing.model import (
     KeyRecord,
     NodeId,
@@ -41,7 +41,7 @@ from routing.model import (
     VolumeInfo,
     VolumeRecord,
 )
-from routing.schema import Keys
+from routing.schema import Keys, encode_key_record, encode_node, encode_repo, encode_volume
 
 T = TypeVar("T")
 
@@ -335,11 +335,19 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
         max_sessions=2,
     )
     etcd = EtcdClient("http://127.0.0.1:9")  # never reached: everything is cached
-    cache = RoutingCache(Keys("/t/"), etcd)
-    cache.keys_by_fingerprint[fingerprint] = KeyRecord(fingerprint, "alice", "t", "", 0.0)
-    cache.repos[ALICE_REPO] = RepoRecord(ALICE_REPO, VolumeId("v1"), Region("fra"), 0.0, "alice")
-    cache.volumes[VolumeId("v1")] = VolumeRecord(VolumeId("v1"), Region("fra"), NodeId("n1"))
-    cache.nodes[NodeId("n1")] = NODE
+    keys = Keys("/t/")
+    cache = RoutingCache(keys, etcd)
+    # As the watch would deliver them: the cache's tables change only through it.
+    fra = Region("fra")
+    ssh_key = KeyRecord(fingerprint, "alice", "t", public_key_line(client_key), 0.0)
+    repo = RepoRecord(ALICE_REPO, VolumeId("v1"), fra, 0.0, "alice")
+    records = [
+        (keys.key(fingerprint), encode_key_record(ssh_key)),
+        (keys.repo(ALICE_REPO), encode_repo(repo)),
+        (keys.volume("v1"), encode_volume(VolumeRecord(VolumeId("v1"), fra, NodeId("n1")))),
+        (keys.node("n1"), encode_node(NODE)),
+    ]
+    cache.reset([KeyValue(key, value, 1, 1, 1, 0) for key, value in records], revision=1)
     pool = FakePool()
     async with open_aio_loop(), trio.open_nursery() as nursery:
         ssh_front = SshFront(config, cache, pool, RequestTracker())

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import cast
 
+import pytest
+
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient, KeyValue, WatchEvent
 from routing.model import KeyRecord, TokenRecord, UserRecord
-from routing.schema import Keys, encode_key, encode_token, encode_user
+from routing.schema import Keys, encode_key_record, encode_token, encode_user
 
 KEYS = Keys()
 ALICE_KEY = KeyRecord("SHA256:alicekey", "alice", "laptop", "ssh-ed25519 AAAA alice", 1.0)
@@ -42,7 +44,7 @@ def user_kv(user: UserRecord, revision: int = 1) -> KeyValue:
 
 
 def key_kv(key: KeyRecord, revision: int = 1) -> KeyValue:
-    return kv(KEYS.key(key.fingerprint), encode_key(key), revision)
+    return kv(KEYS.key(key.fingerprint), encode_key_record(key), revision)
 
 
 def token_kv(token: TokenRecord, revision: int = 1) -> KeyValue:
@@ -256,3 +258,32 @@ async def test_a_hit_with_a_recording_etcd_reads_nothing() -> None:
     assert await cache.key_owner(BOB_KEY.fingerprint) == "bob"
     assert await cache.token(BOB_TOKEN.token_id) == BOB_TOKEN
     assert etcd.gets == []
+
+
+def test_own_writes_show_at_once_and_their_watch_events_change_nothing() -> None:
+    cache = offline_cache()
+    cache.put_user(UserRecord("alice", 1.0))
+    cache.put_key(ALICE_KEY)
+    cache.put_token(ALICE_TOKEN)
+    assert cache.users == {"alice": UserRecord("alice", 1.0)}
+    assert cache.keys_by_fingerprint == {ALICE_KEY.fingerprint: ALICE_KEY}
+    assert cache.tokens == {ALICE_TOKEN.token_id: ALICE_TOKEN}
+    cache.apply([put(user_kv(UserRecord("alice", 1.0))), put(key_kv(ALICE_KEY))], revision=2)
+    assert len(cache.users) == len(cache.keys_by_fingerprint) == 1
+    cache.drop_key(ALICE_KEY.fingerprint)
+    cache.drop_token(ALICE_TOKEN.token_id)
+    cache.apply([delete(KEYS.key(ALICE_KEY.fingerprint), 3)], revision=3)  # the revocation's
+    assert cache.keys_by_fingerprint == {} and cache.tokens == {}
+
+
+def test_tables_are_read_only_views_that_follow_the_cache() -> None:
+    cache = offline_cache()
+    users = cache.users
+    cache.reset([user_kv(UserRecord("alice", 1.0))], revision=1)
+    assert "alice" in users  # a live view, not a copy
+    with pytest.raises(TypeError):
+        users["mallory"] = UserRecord("mallory", 0.0)  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        cache.tokens.pop(ALICE_TOKEN.token_id)  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        cache.revision = 99  # type: ignore[misc]

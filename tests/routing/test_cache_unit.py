@@ -10,7 +10,8 @@ from typing import cast
 
 import pytest
 
-from routing.cache import RoutingCache, Unroutable
+from routing.cache import RoutingCache
+from routing.errors import Unroutable
 from routing.etcd import EtcdClient, KeyValue, WatchEvent
 from routing.model import (
     NodeId,

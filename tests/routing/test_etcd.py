@@ -11,7 +11,6 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing
 from pathlib import Path
 
 import httpx
@@ -28,7 +27,6 @@ from routing.etcd import (
     WatchCompacted,
     WatchEvent,
 )
-from routing.etcd_codec import WatchCreated
 from routing.mirror import mirror_prefix
 
 # --- helpers ------------------------------------------------------------------------
@@ -400,15 +398,16 @@ async def test_watch_yields_puts_and_deletes_in_order(etcd: EtcdClient, key_pref
     start = await etcd.put(key_prefix.rstrip("/") + "-sibling", b"not watched")
     seen: list[WatchEvent] = []
     with trio.fail_after(10):
-        async with aclosing(etcd.watch(key_prefix, start + 1)) as stream:
+        async with etcd.open_watch(key_prefix, start + 1) as watch:
+            assert watch.created_revision >= start
             r1 = await etcd.put(key_prefix + "a", b"1")
             r2 = await etcd.put(key_prefix + "a", b"2")
             await etcd.put(key_prefix.rstrip("/") + "-sibling", b"still not watched")
             assert await etcd.delete(key_prefix + "a") == 1
             r3 = (await etcd.range(key_prefix, prefix=True)).revision
-            async for events, revision in stream:
-                assert revision >= events[-1].kv.mod_revision
-                seen.extend(events)
+            async for batch in watch:
+                assert batch.revision >= batch.events[-1].kv.mod_revision
+                seen.extend(batch.events)
                 if len(seen) >= 3:
                     break
     assert [(e.kind, e.kv.key, e.kv.value, e.kv.mod_revision) for e in seen] == [
@@ -425,8 +424,8 @@ async def test_watch_from_compacted_revision(etcd: EtcdClient, key_prefix: str) 
     await etcd.compact(latest)
     await etcd.compact(latest)  # already compacted: not an error
     with trio.fail_after(10), pytest.raises(WatchCompacted) as info:
-        async with aclosing(etcd.watch(key_prefix, old)) as stream:
-            async for _ in stream:
+        async with etcd.open_watch(key_prefix, old) as watch:
+            async for _ in watch:
                 pytest.fail("a compacted watch yielded events")
     assert info.value.compact_revision == latest
 
@@ -447,10 +446,10 @@ async def test_watch_catch_up_batch_header_runs_ahead_of_its_events(
         for i in range(1, 1100):
             nursery.start_soon(put, i)
     with trio.fail_after(10):
-        async with aclosing(etcd.watch(key_prefix, first)) as stream:
-            events, header = await anext(stream)
-    assert len(events) == 1000
-    assert header > events[-1].kv.mod_revision
+        async with etcd.open_watch(key_prefix, first) as watch:
+            batch = await anext(watch)
+    assert len(batch.events) == 1000
+    assert batch.revision > batch.events[-1].kv.mod_revision
 
 
 async def test_watch_refused_by_member_without_leader(leaderless_member: str) -> None:
@@ -458,8 +457,8 @@ async def test_watch_refused_by_member_without_leader(leaderless_member: str) ->
     then stays silent; with it, the watch fails at once and can go elsewhere."""
     async with EtcdClient(leaderless_member, timeout=2.0) as client:
         with trio.fail_after(2), pytest.raises(EtcdUnavailable, match="no leader"):
-            async with aclosing(client.watch("/k/", 1)) as stream:
-                await anext(stream)
+            async with client.open_watch("/k/", 1):
+                pytest.fail("a member without a leader confirmed the watch")
 
 
 async def test_closed_watches_give_their_connection_back(etcd: EtcdClient, key_prefix: str) -> None:
@@ -469,10 +468,27 @@ async def test_closed_watches_give_their_connection_back(etcd: EtcdClient, key_p
         for _ in range(120):
             # Waits for etcd's confirmation only: catching up from an old revision
             # would cost etcd's 100 ms sync tick per watch.
-            async with aclosing(etcd._watch_messages(key_prefix, revision + 1)) as stream:
-                _endpoint, message = await anext(stream)
-                assert isinstance(message, WatchCreated)
+            async with etcd.open_watch(key_prefix, revision + 1) as watch:
+                assert watch.created_revision >= revision
         assert await etcd.get(key_prefix + "k") is not None
+
+
+async def test_watch_check_member_fails_on_a_hung_member_and_demotes_it(
+    etcd_server: EtcdServer, relay: Relay, key_prefix: str
+) -> None:
+    """A hung member keeps the watch's connection open and silent: only the probe tells."""
+    async with EtcdClient([relay.url, etcd_server.url], timeout=0.5) as client:
+        with trio.fail_after(5):
+            async with client.open_watch(key_prefix, 1) as watch:
+                assert watch.endpoint == relay.url
+                await watch.check_member()  # healthy: returns
+                relay.blackhole()
+                with pytest.raises(EtcdUnavailable, match="health check"):
+                    await watch.check_member()
+            before = client.requests_made
+            await client.get(key_prefix + "k")
+        assert client.requests_made == before + 1  # straight to the other member
+    relay.restore()
 
 
 # --- endpoints --------------------------------------------------------------------
@@ -487,8 +503,8 @@ async def test_unavailable_quickly_when_nothing_listens() -> None:
         with pytest.raises(EtcdUnavailable):
             await client.put("/k", b"v")
         with pytest.raises(EtcdUnavailable):
-            async with aclosing(client.watch("/k/", 1)) as stream:
-                await anext(stream)
+            async with client.open_watch("/k/", 1):
+                pytest.fail("a watch opened with nothing listening")
         assert trio.current_time() - started < 2.0
         assert client.requests_made == 3
 
@@ -517,13 +533,12 @@ async def test_watch_moves_past_a_gateway_answering_503(
         gateway = await nursery.start(_gateway_503)
         async with EtcdClient([gateway, etcd_server.url], timeout=2.0) as client:
             with trio.fail_after(5):
-                async with aclosing(client._watch_messages(key_prefix, 1)) as stream:
-                    endpoint, message = await anext(stream)
-            assert (endpoint, type(message)) == (etcd_server.url, WatchCreated)
+                async with client.open_watch(key_prefix, 1) as watch:
+                    assert watch.endpoint == etcd_server.url
             async with EtcdClient(gateway, timeout=2.0) as alone:
                 with pytest.raises(EtcdUnavailable, match="503"):
-                    async with aclosing(alone.watch(key_prefix, 1)) as only:
-                        await anext(only)
+                    async with alone.open_watch(key_prefix, 1):
+                        pytest.fail("a gateway answering 503 confirmed the watch")
         nursery.cancel_scope.cancel()
 
 

@@ -49,12 +49,12 @@ def test_bytes_round_trip(value: bytes) -> None:
 
 @pytest.mark.parametrize("key", ["/gitedge/repos/a/b", "/ключ/名前", "/k/\udcff\udc80"])
 def test_key_round_trip_including_non_utf8_bytes(key: str) -> None:
-    assert codec.decode_key(codec.encode_key(key)) == key
+    assert codec.decode_etcd_key(codec.encode_etcd_key(key)) == key
 
 
 def test_non_utf8_key_from_etcd_is_kept_byte_exact() -> None:
     raw = b"/k/\xff\xfe"
-    key = codec.decode_key(b64(raw))
+    key = codec.decode_etcd_key(b64(raw))
     assert codec.key_bytes(key) == raw
 
 

@@ -25,12 +25,12 @@ from routing.model import (
 from routing.schema import (
     Keys,
     SchemaError,
-    decode_key,
+    decode_key_record,
     decode_node,
     decode_repo,
     decode_token,
     decode_user,
-    encode_key,
+    encode_key_record,
     encode_node,
     encode_repo,
     encode_token,
@@ -124,12 +124,12 @@ def test_user_round_trip() -> None:
 
 
 def test_key_round_trip() -> None:
-    assert decode_key(encode_key(KEY)) == KEY
+    assert decode_key_record(encode_key_record(KEY)) == KEY
 
 
 def test_key_with_empty_title_round_trips() -> None:
     untitled = KeyRecord(KEY.fingerprint, "alice", "", KEY.public_key, 1.0)
-    assert decode_key(encode_key(untitled)) == untitled
+    assert decode_key_record(encode_key_record(untitled)) == untitled
 
 
 def test_token_round_trip() -> None:
@@ -219,7 +219,7 @@ def test_node_ssh_fields_null_decode_as_absent() -> None:
 Decoder = Callable[[bytes], object]
 
 
-@pytest.mark.parametrize("decode", [decode_user, decode_key, decode_token])
+@pytest.mark.parametrize("decode", [decode_user, decode_key_record, decode_token])
 @pytest.mark.parametrize("raw", [b"", b"not json", b"{", b"\xff", b"[]", b"null", b'"x"', b"7"])
 def test_account_decoders_refuse_non_objects(decode: Decoder, raw: bytes) -> None:
     with pytest.raises(SchemaError):
@@ -248,25 +248,25 @@ def test_malformed_user(raw: bytes) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        _changed(encode_key(KEY), fingerprint=""),
-        _changed(encode_key(KEY), fingerprint=5),
-        _changed(encode_key(KEY), user=""),
-        _changed(encode_key(KEY), user=None),
-        _changed(encode_key(KEY), public_key=""),
-        _changed(encode_key(KEY), created_at=None),
-        _without(encode_key(KEY), "user"),
-        _without(encode_key(KEY), "public_key"),
-        _without(encode_key(KEY), "fingerprint"),
+        _changed(encode_key_record(KEY), fingerprint=""),
+        _changed(encode_key_record(KEY), fingerprint=5),
+        _changed(encode_key_record(KEY), user=""),
+        _changed(encode_key_record(KEY), user=None),
+        _changed(encode_key_record(KEY), public_key=""),
+        _changed(encode_key_record(KEY), created_at=None),
+        _without(encode_key_record(KEY), "user"),
+        _without(encode_key_record(KEY), "public_key"),
+        _without(encode_key_record(KEY), "fingerprint"),
     ],
 )
 def test_malformed_key(raw: bytes) -> None:
     with pytest.raises(SchemaError):
-        decode_key(raw)
+        decode_key_record(raw)
 
 
 def test_key_without_title_decodes_untitled() -> None:
-    assert decode_key(_without(encode_key(KEY), "title")).title == ""
-    assert decode_key(_changed(encode_key(KEY), title=None)).title == ""
+    assert decode_key_record(_without(encode_key_record(KEY), "title")).title == ""
+    assert decode_key_record(_changed(encode_key_record(KEY), title=None)).title == ""
 
 
 @pytest.mark.parametrize(
