@@ -227,14 +227,14 @@ class Devnet:
         extra: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
-        require_tls: str = "never",
+        require_tls: str | None = "never",
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
 
         With `ssh`, its SSH front listens on a free port and its host key line is
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
         (the regions benchmark reaches etcd through a latency relay).
-        `require_tls` is its `[nodes] require_tls`.
+        `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
@@ -261,7 +261,7 @@ class Devnet:
         lines += [
             "[nodes]",
             f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
-            f"require_tls = {_toml(require_tls)}",
+            f"require_tls = {_toml(require_tls)}" if require_tls else "",
             "[etcd]",
             f"endpoints = {_toml(etcd_endpoints or [self.etcd.url])}",
             extra,
