@@ -79,8 +79,8 @@ class NodeDial:
 
     `[nodes.dial]` in the config. For networks where the advertised address is
     not the route from this edge (the cross-region benchmark puts a latency
-    relay per region pair in front of each node). Host keys are still checked
-    against the node's record in etcd.
+    relay per region pair in front of each node). Host keys and TLS certificate
+    pins are still checked against the node's record in etcd.
     """
 
     http: tuple[str, int] | None = None

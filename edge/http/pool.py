@@ -134,7 +134,7 @@ class NodePool:
             return override
         return self._parsed(node_url)[1]
 
-    def tls_pin(self, node_url: str, node_id: str | None) -> str | None:
+    def _tls_pin(self, node_url: str, node_id: str | None) -> str | None:
         """The certificate pin to dial `node_url` with; None for plain http.
 
         Raises NodeUnavailable for an https node with no pin in etcd, and for a
@@ -170,7 +170,7 @@ class NodePool:
         An https node is verified against its pin (see the module doc).
         """
         address = self.address(node_url, node_id)
-        pin = self.tls_pin(node_url, node_id)
+        pin = self._tls_pin(node_url, node_id)
         idle = self._idle[address, pin]
         now = trio.current_time()
         while idle and not fresh:
