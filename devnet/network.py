@@ -7,6 +7,11 @@ is waited for through the ready file it writes once it serves.
 
 Nodes and edges speak SSH too: the edges share one host key (pinned by clients
 through `Devnet.known_hosts`) and one node client key, which every node trusts.
+
+Nodes serve plain HTTP unless started with `tls` (or in `tls_regions`): then
+HTTPS with a certificate they make, which edges pin from etcd. Edges are
+started with `[nodes] require_tls = "never"` unless told otherwise: every
+region of a devnet is on this one machine.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import secrets
 import ssl
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -48,6 +54,12 @@ class NodeHandle:
     def ssh_address(self) -> str | None:
         """`host:port` of the node's edge-only SSH listener."""
         value = self.ready.get("ssh_address")
+        return str(value) if value else None
+
+    @property
+    def tls_cert_sha256(self) -> str | None:
+        """The pin of the certificate a TLS node serves (and publishes in etcd)."""
+        value = self.ready.get("tls_cert_sha256")
         return str(value) if value else None
 
 
@@ -154,8 +166,16 @@ class Devnet:
         return public_key_line(host), public_key_line(client)
 
     def start_node(
-        self, node_id: str, region: str, *, lease_ttl: int = 10, timeout: float = 30.0
+        self,
+        node_id: str,
+        region: str,
+        *,
+        lease_ttl: int = 10,
+        timeout: float = 30.0,
+        tls: bool = False,
     ) -> NodeHandle:
+        """A node; with `tls` it serves HTTPS with a self-signed certificate it
+        makes in the work dir (kept across restarts of the same node id)."""
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
         trusted_edges = self.work_dir / "ssh" / "trusted_edge_keys"
@@ -177,6 +197,7 @@ class Devnet:
                     'listen = "127.0.0.1:0"',
                     f"host_key_file = {_toml(str(self.work_dir / 'ssh' / f'node-{node_id}_key'))}",
                     f"trusted_edge_keys_file = {_toml(str(trusted_edges))}",
+                    *(self._node_tls_table(node_id) if tls else []),
                     "",
                 ]
             )
@@ -188,6 +209,14 @@ class Devnet:
         self.nodes[node_id] = handle
         return handle
 
+    def _node_tls_table(self, node_id: str) -> list[str]:
+        tls_dir = self.work_dir / "tls"
+        return [
+            "[tls]",
+            f"cert_file = {_toml(str(tls_dir / f'node-{node_id}-cert.pem'))}",
+            f"key_file = {_toml(str(tls_dir / f'node-{node_id}-key.pem'))}",
+        ]
+
     def start_edge(
         self,
         region: str,
@@ -198,12 +227,14 @@ class Devnet:
         extra: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
+        require_tls: str | None = "never",
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
 
         With `ssh`, its SSH front listens on a free port and its host key line is
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
         (the regions benchmark reaches etcd through a latency relay).
+        `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
@@ -230,6 +261,7 @@ class Devnet:
         lines += [
             "[nodes]",
             f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
+            f"require_tls = {_toml(require_tls)}" if require_tls else "",
             "[etcd]",
             f"endpoints = {_toml(etcd_endpoints or [self.etcd.url])}",
             extra,
@@ -285,8 +317,11 @@ def start_devnet(
     regions: tuple[str, ...] = ("fra", "lax"),
     edge_region: str | None = None,
     lease_ttl: int = 10,
+    tls_regions: Collection[str] = (),
 ) -> Devnet:
-    """etcd, one node per region (`<region>-1`) and one edge, all ready."""
+    """etcd, one node per region (`<region>-1`) and one edge, all ready.
+
+    The nodes of `tls_regions` serve HTTPS (see `Devnet.start_node`)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
@@ -307,7 +342,7 @@ def start_devnet(
     net = Devnet(work_dir, etcd, ca_file, cert_file, key_file, secret_file, admin_token_file)
     try:
         for region in regions:
-            net.start_node(f"{region}-1", region, lease_ttl=lease_ttl)
+            net.start_node(f"{region}-1", region, lease_ttl=lease_ttl, tls=region in tls_regions)
         net.start_edge(edge_region or regions[0])
     except BaseException:
         net.stop()

@@ -16,19 +16,18 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-import httpx
 import trio
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listener
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
-from edge.http.tls import SocketTLSStream
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.nodes import NodeSSHPool
 from edge.state import EdgeState
 from plumbing.runtime import write_ready_file
+from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 from routing.mirror import mirror_prefix
@@ -95,12 +94,7 @@ async def run_edge(
     config: EdgeConfig, *, task_status: trio.TaskStatus[EdgeRuntime] = trio.TASK_STATUS_IGNORED
 ) -> None:
     keys = Keys(config.etcd_prefix)
-    async with (
-        EtcdClient(config.etcd_endpoints) as etcd,
-        httpx.AsyncClient(
-            timeout=httpx.Timeout(10.0, connect=config.node_connect_timeout)
-        ) as admin_http,
-    ):
+    async with EtcdClient(config.etcd_endpoints) as etcd:
         cache = RoutingCache(keys, etcd)
         dial = config.dial_overrides()
         pool = NodePool(
@@ -109,10 +103,12 @@ async def run_edge(
             config.max_idle_per_node,
             dial={node: d.http for node, d in dial.items() if d.http},
             credential=config.node_admin_secret,
+            # TLS pins and node regions, from the watch-fed mirror of etcd.
+            nodes=lambda node_id: cache.nodes.get(node_id),
+            region=config.region,
+            require_tls=config.node_require_tls,
         )
-        state = EdgeState(
-            config, etcd, cache, pool, NodeAdmin(admin_http, config.node_admin_secret)
-        )
+        state = EdgeState(config, etcd, cache, pool, NodeAdmin(pool))
         try:
             async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)

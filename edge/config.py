@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from plumbing.sshkeys import KeyFileError, load_or_create_key
@@ -53,14 +54,33 @@ class SshFrontConfig:
     """Edge -> node channels to nodes in the edge's own region."""
 
 
+class NodeTlsPolicy(StrEnum):
+    """`[nodes] require_tls`: which nodes git may reach only over TLS.
+
+    A node serves TLS when its URL in etcd is https (the edge then pins its
+    certificate); this says when the edge refuses a node whose URL is plain
+    http (503). A region is taken to be one private network; between regions
+    the path is assumed to leave it, hence the default.
+    """
+
+    NEVER = "never"
+    OTHER_REGIONS = "other-regions"
+    ALWAYS = "always"
+
+    def requires_tls(self, edge_region: str, node_region: str) -> bool:
+        if self is NodeTlsPolicy.OTHER_REGIONS:
+            return node_region != edge_region
+        return self is NodeTlsPolicy.ALWAYS
+
+
 @dataclass(frozen=True)
 class NodeDial:
     """Where the edge dials one node instead of the addresses it advertises in etcd.
 
     `[nodes.dial]` in the config. For networks where the advertised address is
     not the route from this edge (the cross-region benchmark puts a latency
-    relay per region pair in front of each node). Host keys are still checked
-    against the node's record in etcd.
+    relay per region pair in front of each node). Host keys and TLS certificate
+    pins are still checked against the node's record in etcd.
     """
 
     http: tuple[str, int] | None = None
@@ -97,6 +117,7 @@ class EdgeConfig:
     ssh: SshFrontConfig | None = None
     node_dial: tuple[tuple[str, NodeDial], ...] = ()
     """`[nodes.dial]`: (node id, override) pairs; see NodeDial."""
+    node_require_tls: NodeTlsPolicy = NodeTlsPolicy.OTHER_REGIONS
 
     def dial_overrides(self) -> dict[str, NodeDial]:
         return dict(self.node_dial)
@@ -168,6 +189,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         ),
         ssh=_ssh(ssh) if root.has("ssh") else None,
         node_dial=_node_dial(nodes.table("dial")) if nodes.has("dial") else (),
+        node_require_tls=_tls_policy(nodes),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
@@ -177,6 +199,15 @@ def load_edge_config(path: Path) -> EdgeConfig:
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _tls_policy(nodes: Table) -> NodeTlsPolicy:
+    raw = nodes.str("require_tls", NodeTlsPolicy.OTHER_REGIONS.value)
+    try:
+        return NodeTlsPolicy(raw)
+    except ValueError:
+        choices = ", ".join(repr(p.value) for p in NodeTlsPolicy)
+        raise nodes.error("require_tls", f"must be one of {choices}, got {raw!r}") from None
 
 
 def _node_dial(dial: Table) -> tuple[tuple[str, NodeDial], ...]:
@@ -231,6 +262,7 @@ __all__ = [
     "EdgeConfig",
     "Listener",
     "NodeDial",
+    "NodeTlsPolicy",
     "SshFrontConfig",
     "load_edge_config",
 ]

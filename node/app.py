@@ -2,7 +2,7 @@
 
     gitedge node --config node.toml [--ready-file PATH]
 
-Startup: volume identity -> listen (HTTP, and SSH if `[ssh]`) -> register in
+Startup: volume identity -> listen (HTTP, HTTPS with `[tls]`, SSH if `[ssh]`) -> register in
 etcd (waiting while etcd is down) -> ready. SIGTERM/SIGINT: stop accepting,
 kill running git children (every request's and session's `finally`), revoke
 the lease, exit 0.
@@ -26,6 +26,7 @@ from node.git_http import GitHttpServer
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repos import RepoStore
 from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
+from node.tls import CertFileError, NodeTls, load_node_tls
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient
 from routing.model import NodeId, Region, VolumeId
@@ -42,6 +43,7 @@ class NodeRuntime:
     volume_id: VolumeId
     http_url: str
     ssh_address: str | None = None
+    tls_cert_sha256: str | None = None
 
     def ready_info(self) -> dict[str, str]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -58,16 +60,20 @@ async def run_node(
     if config.ssh is not None:
         keys = await trio.to_thread.run_sync(load_ssh_keys, config.ssh)
         ssh_server = NodeSshServer(config.ssh, keys, store)
+    tls: NodeTls | None = None
+    if config.tls is not None:
+        tls = await trio.to_thread.run_sync(load_node_tls, config.tls, config.node_id)
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
-    http_url = config.advertise_url or _bound_url(listeners[0])
+    http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
     server = GitHttpServer(store, config.admin_secret, keepalive_timeout=config.keepalive_timeout)
+    handler = (
+        server.handle_connection if tls is None else partial(tls.serve, server.handle_connection)
+    )
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
         registration: Registration | None = None
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(trio.serve_listeners, server.handle_connection, listeners)
-                )
+                await nursery.start(partial(trio.serve_listeners, handler, listeners))
                 log.info("node %s listening on %s", config.node_id, http_url)
                 ssh: SshListening | None = None
                 if ssh_server is not None:
@@ -82,6 +88,7 @@ async def run_node(
                     lease_ttl=config.lease_ttl,
                     ssh_address=ssh.address if ssh else None,
                     ssh_host_key=ssh.host_key if ssh else None,
+                    tls_cert_sha256=tls.cert_sha256 if tls else None,
                 )
                 await nursery.start(registration.run)
                 task_status.started(
@@ -91,6 +98,7 @@ async def run_node(
                         volume.volume_id,
                         http_url,
                         ssh.address if ssh else None,
+                        tls_cert_sha256=tls.cert_sha256 if tls else None,
                     )
                 )
         finally:
@@ -99,11 +107,11 @@ async def run_node(
                 await registration.revoke()
 
 
-def _bound_url(listener: trio.SocketListener) -> str:
+def _bound_url(listener: trio.SocketListener, scheme: str) -> str:
     host, port = listener.socket.getsockname()[:2]
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 async def _serve_until_signalled(config: NodeConfig, ready_file: Path | None) -> None:
@@ -141,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         trio.run(_serve_until_signalled, config, args.ready_file)
-    except* (VolumeError, SshSetupError, OSError) as group:
+    except* (VolumeError, SshSetupError, CertFileError, OSError) as group:
         # A volume of another region, a port in use, an unreadable key file:
         # say so in one line, no traceback.
         for error in _leaves(group):

@@ -6,7 +6,7 @@ id = "fra-1"                  # required, [a-z0-9-]
 region = "fra"                # required
 volume_dir = "/var/lib/gitedge/vol"   # required; created if missing
 listen = "127.0.0.1:0"        # host:port, 0 = any free port
-advertise_url = "http://10.0.0.5:8080"   # optional; default http://<bound host>:<bound port>
+advertise_url = "http://10.0.0.5:8080"   # optional; default http(s)://<bound host>:<bound port>
 admin_secret_file = "/etc/gitedge/node-secret"   # or admin_secret = "..."
 lease_ttl = 10                # seconds, at least 2
 keepalive_timeout = 75        # idle seconds on a client connection
@@ -20,6 +20,9 @@ host_key_file = "/var/lib/gitedge/ssh_host_ed25519_key"   # made (0600) if missi
 trusted_edge_keys_file = "/etc/gitedge/edge_keys"   # authorized_keys format
 window = 16777216             # SSH channel window, bytes (cross-region BDP)
 max_sessions = 64             # concurrent sessions per edge connection
+[tls]                         # optional: without it the node serves plain HTTP
+cert_file = "/var/lib/gitedge/node-tls-cert.pem"   # both missing: a self-signed pair is made
+key_file = "/var/lib/gitedge/node-tls-key.pem"     # (0600) and kept; edges pin the cert
 ```
 """
 
@@ -34,7 +37,7 @@ from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, NodeId, Region, parse_region
 from routing.schema import DEFAULT_PREFIX, Keys
 
-__all__ = ["ConfigError", "NodeConfig", "SshConfig", "load_node_config"]
+__all__ = ["ConfigError", "NodeConfig", "SshConfig", "TlsConfig", "load_node_config"]
 
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_ETCD = "http://127.0.0.1:2379"
@@ -57,6 +60,14 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """`[tls]`: the node serves HTTPS, and edges pin this certificate from etcd."""
+
+    cert_file: Path
+    key_file: Path
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     node_id: NodeId
     region: Region
@@ -72,6 +83,7 @@ class NodeConfig:
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
     ssh: SshConfig | None = None
+    tls: TlsConfig | None = None
 
     @property
     def keys(self) -> Keys:
@@ -84,6 +96,7 @@ def load_node_config(path: Path) -> NodeConfig:
     node = root.table("node")
     etcd = root.table("etcd")
     ssh = root.table("ssh") if root.has("ssh") else None
+    tls = root.table("tls") if root.has("tls") else None
 
     node_id = node.str("id")
     if not _NODE_ID.fullmatch(node_id):
@@ -94,8 +107,13 @@ def load_node_config(path: Path) -> NodeConfig:
         raise node.error("region", str(exc)) from None
     host, port = node.host_port("listen", "127.0.0.1:0")
     advertise_url = node.optional_str("advertise_url")
-    if advertise_url is not None and not advertise_url.startswith(("http://", "https://")):
-        raise node.error("advertise_url", f"must be an http:// URL, got {advertise_url!r}")
+    # Edges dial TLS exactly when the URL says https.
+    scheme = "https://" if tls is not None else "http://"
+    if advertise_url is not None and not advertise_url.startswith(scheme):
+        raise node.error(
+            "advertise_url",
+            f"must be an {scheme} URL {'with' if tls else 'without'} [tls], got {advertise_url!r}",
+        )
     if advertise_url is None and _is_wildcard(host):
         # Nobody can connect to 0.0.0.0: the edge needs a routable address.
         raise node.error("advertise_url", f"is required when listening on {host!r}")
@@ -113,8 +131,9 @@ def load_node_config(path: Path) -> NodeConfig:
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
         ssh=_ssh(ssh) if ssh is not None else None,
+        tls=_tls(tls) if tls is not None else None,
     )
-    for table in (root, node, etcd, *([ssh] if ssh is not None else [])):
+    for table in (root, node, etcd, *(t for t in (ssh, tls) if t is not None)):
         table.check_unknown()
     return config
 
@@ -137,6 +156,10 @@ def _ssh(ssh: Table) -> SshConfig:
         window=ssh.int("window", DEFAULT_SSH_WINDOW, lo=64 * 1024, hi=2**30),
         max_sessions=ssh.int("max_sessions", 64, lo=1, hi=10_000),
     )
+
+
+def _tls(tls: Table) -> TlsConfig:
+    return TlsConfig(cert_file=Path(tls.str("cert_file")), key_file=Path(tls.str("key_file")))
 
 
 def _is_wildcard(host: str) -> bool:

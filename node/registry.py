@@ -7,6 +7,8 @@
   from routing within `lease_ttl`; revoked on a clean shutdown so it vanishes
   at once. Re-put every ~30 s with fresh free space. With SSH on, it carries
   the SSH address and host public key: edges pin the host key from here.
+  With TLS on (an https `http_url`), it carries the SHA-256 of the node's
+  certificate, which edges pin the same way.
 
 etcd being down never stops git serving: the node logs and keeps trying, and
 re-registers with a new lease once etcd is back (the old one has expired).
@@ -115,9 +117,13 @@ class Registration:
         refresh_interval: float = REFRESH_INTERVAL,
         ssh_address: str | None = None,
         ssh_host_key: str | None = None,
+        tls_cert_sha256: str | None = None,
     ) -> None:
         if (ssh_address is None) != (ssh_host_key is None):
             raise ValueError("ssh_address and ssh_host_key go together")
+        if http_url.startswith("https://") != (tls_cert_sha256 is not None):
+            # An https node without a pin is one no edge can verify, so none would use it.
+            raise ValueError("an https:// http_url and tls_cert_sha256 go together")
         self._etcd = etcd
         self._keys = keys
         self._node_id = node_id
@@ -126,6 +132,7 @@ class Registration:
         self._http_url = http_url
         self._ssh_address = ssh_address
         self._ssh_host_key = ssh_host_key
+        self._tls_cert_sha256 = tls_cert_sha256
         self._ttl = lease_ttl
         self._refresh_interval = refresh_interval
         # A hung etcd must not stall the loop for a whole TTL: by then the lease
@@ -220,5 +227,6 @@ class Registration:
             (VolumeInfo(self._volume.volume_id, free),),
             ssh_address=self._ssh_address,
             ssh_host_key=self._ssh_host_key,
+            tls_cert_sha256=self._tls_cert_sha256,
         )
         await self._etcd.put(self._keys.node(self._node_id), encode_node(record), lease=lease)

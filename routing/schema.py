@@ -2,7 +2,8 @@
 
 Layout under the configurable prefix (default `/gitedge/`):
 
-    nodes/<node-id>         NodeRecord, under the node's lease (gone when it dies)
+    nodes/<node-id>         NodeRecord, under the node's lease (gone when it dies);
+                            a TLS node's carries its certificate pin, tls_cert_sha256
     volumes/<volume-id>     VolumeRecord, durable
     repos/<owner>/<name>    RepoRecord, created in a create-if-absent txn
     users/<name>            UserRecord, created in a create-if-absent txn
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from routing.model import (
 )
 
 DEFAULT_PREFIX = "/gitedge/"
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class SchemaError(ValueError):
@@ -149,6 +152,8 @@ def encode_node(node: NodeRecord) -> bytes:
     if node.ssh_address:
         obj["ssh_address"] = node.ssh_address
         obj["ssh_host_key"] = node.ssh_host_key
+    if node.tls_cert_sha256:
+        obj["tls_cert_sha256"] = node.tls_cert_sha256
     return _dump(obj)
 
 
@@ -169,9 +174,18 @@ def decode_node(raw: bytes) -> NodeRecord:
             ),
             ssh_address=_opt_str(obj, "ssh_address"),
             ssh_host_key=_opt_str(obj, "ssh_host_key"),
+            # Records from before node TLS have none: those nodes serve plain http.
+            tls_cert_sha256=_opt_sha256(obj, "tls_cert_sha256"),
         )
     except InvalidRegion as exc:
         raise SchemaError(str(exc)) from exc
+
+
+def _opt_sha256(obj: dict[str, Any], key: str) -> str | None:
+    value = _opt_str(obj, key)
+    if value is not None and not _SHA256_HEX.fullmatch(value):
+        raise SchemaError(f"field {key!r} must be 64 lowercase hex digits")
+    return value
 
 
 def encode_volume(volume: VolumeRecord) -> bytes:

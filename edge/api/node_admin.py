@@ -1,27 +1,67 @@
-"""The edge's calls to a node's internal API (repository init)."""
+"""The edge's calls to a node's internal API (repository init).
+
+They go over the node pool like git does, so they carry the same credential
+line and reach a TLS node only after its certificate matched the pin in etcd
+(edge/http/pool.py); `[nodes] require_tls` applies to them too.
+"""
 
 from __future__ import annotations
 
-import httpx
+import json
+
+import trio
 
 from edge.errors import NodeUnavailable
+from edge.http.pool import NodePool
+from edge.http.stream import HeadTimeout
+from edge.proto.body import BodyError
+from edge.proto.http_head import HeadError, parse_response_head
 from routing.model import NodeRecord, RepoName
+
+# The answer is a line of JSON; an error's text is kept for the log, this much of it.
+MAX_ANSWER = 4096
+_FAILED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HeadError, BodyError)
 
 
 class NodeAdmin:
-    """Calls to a node's internal API, authenticated with the shared secret."""
+    """Calls to a node's internal API, authenticated with the pool's credential."""
 
-    def __init__(self, client: httpx.AsyncClient, secret: str) -> None:
-        self._client = client
-        self._auth = {"authorization": f"Bearer {secret}"}
+    def __init__(self, pool: NodePool, timeout: float = 10.0) -> None:
+        self._pool = pool
+        self._timeout = timeout
 
     async def init_repo(self, node: NodeRecord, name: RepoName) -> None:
-        url = node.http_url.rstrip("/") + "/_gitedge/repos"
+        body = json.dumps({"name": name.path}).encode()
+        # fresh: a POST is never replayed, so it must not meet a pooled
+        # connection that the node may be closing (DESIGN, "Pooled keep-alive").
+        conn = await self._pool.acquire(node.http_url, fresh=True, node_id=node.node_id)
+        lines = [b"POST /_gitedge/repos HTTP/1.1", b"host: " + conn.host_header]
+        if conn.auth_line:
+            lines.append(conn.auth_line)
+        lines += [
+            b"content-type: application/json",
+            b"content-length: %d" % len(body),
+            b"connection: close",
+            b"",
+            body,
+        ]
         try:
-            response = await self._client.post(url, json={"name": name.path}, headers=self._auth)
-        except httpx.HTTPError as exc:
+            with trio.fail_after(self._timeout):
+                await conn.stream.send_all(b"\r\n".join(lines))
+                raw = await conn.stream.read_head(self._timeout)
+                if raw is None:
+                    raise NodeUnavailable(f"init {name} on {node.node_id}: closed without answer")
+                response, framer = parse_response_head(raw, b"POST")
+                answer = b""
+                while not framer.done and len(answer) < MAX_ANSWER:
+                    data = await conn.stream.receive()
+                    if not data:
+                        break
+                    answer += data[: framer.feed(data)]
+        except (*_FAILED, HeadTimeout, trio.TooSlowError) as exc:
             raise NodeUnavailable(f"init {name} on {node.node_id}: {exc!r}") from None
-        if response.status_code not in (200, 201):
-            raise NodeUnavailable(
-                f"init {name} on {node.node_id}: HTTP {response.status_code} {response.text[:200]}"
-            )
+        finally:
+            await conn.stream.aclose()
+        if response.status not in (200, 201):
+            text = answer[:200].decode("utf-8", "replace")
+            raise NodeUnavailable(f"init {name} on {node.node_id}: HTTP {response.status} {text}")

@@ -64,9 +64,12 @@ def make_config(tmp_path: Path, etcd_server: EtcdServer) -> ConfigFactory:
         ssh: bool = False,
         ssh_listen: str = "127.0.0.1:0",
         ssh_max_sessions: int = 64,
+        tls: bool = False,
     ) -> NodeConfig:
         path = tmp_path / f"{node_id}-{volume}.toml"
         ssh_table = _ssh_table(tmp_path, node_id, ssh_listen, ssh_max_sessions) if ssh else ""
+        if tls:
+            ssh_table += tls_table(tmp_path, node_id)
         path.write_text(
             f"""
 [node]
@@ -84,6 +87,14 @@ prefix = "{prefix}"
         return load_node_config(path)
 
     return make
+
+
+def tls_table(tmp_path: Path, node_id: str) -> str:
+    """`[tls]` with files under tmp_path (made by the node when missing)."""
+    return f"""[tls]
+cert_file = "{tmp_path / f"{node_id}-tls-cert.pem"}"
+key_file = "{tmp_path / f"{node_id}-tls-key.pem"}"
+"""
 
 
 def _ssh_table(tmp_path: Path, node_id: str, listen: str, max_sessions: int) -> str:

@@ -1,4 +1,8 @@
-"""Server-side TLS for client connections: OpenSSL driving a non-blocking socket.
+"""TLS over a trio socket with OpenSSL driving the non-blocking fd itself.
+
+The edge serves its clients with it, the node serves edges with it, and the
+edge dials TLS nodes with it (client side; the caller checks the certificate
+pin, see edge/http/pool.py). It lives here because node must not import edge.
 
 trio.SSLStream runs OpenSSL over memory BIOs: every record takes an extra copy
 and each call goes through a lock and a retry loop, and receive_some returns
@@ -92,7 +96,8 @@ class _Readiness:
 
 
 class SocketTLSStream(trio.abc.Stream):
-    """The server end of a TLS connection, over an accepted trio.SocketStream.
+    """One end of a TLS connection over a trio.SocketStream: the server end of
+    an accepted one, or with `server_side=False` the client end of a dialled one.
 
     Takes the transport's fd over: after construction the SocketStream is
     closed (closing it again is harmless) and this stream alone closes the fd.
@@ -101,7 +106,14 @@ class SocketTLSStream(trio.abc.Stream):
     close_notify.
     """
 
-    def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        transport: trio.SocketStream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
         # detach() leaves the trio socket closed without closing the fd, so the
         # SSLSocket below is its only owner and closes it exactly once.
         raw = socket.socket(fileno=transport.socket.detach())
@@ -112,7 +124,12 @@ class SocketTLSStream(trio.abc.Stream):
                 if hasattr(socket, "TCP_NOTSENT_LOWAT"):  # Linux, macOS
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
             # wrap_socket moves the fd into the SSLSocket (raw is detached).
-            self._sock = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            self._sock = context.wrap_socket(
+                raw,
+                server_side=server_side,
+                server_hostname=server_hostname,
+                do_handshake_on_connect=False,
+            )
         except BaseException:
             raw.close()  # a no-op once wrap_socket has taken the fd
             raise
@@ -149,7 +166,7 @@ class SocketTLSStream(trio.abc.Stream):
 
         Optional: the first receive_some or send_all would run it too, but
         without a deadline of its own. Raises trio.BrokenResourceError when the
-        client speaks something other than TLS or hangs up.
+        peer speaks something other than TLS, refuses the handshake or hangs up.
         """
         with self._handshake_conflict:
             self._check_usable()

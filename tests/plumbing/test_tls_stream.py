@@ -19,7 +19,7 @@ import trio
 import trio.testing
 import trustme
 
-from edge.http.tls import DEFAULT_RECEIVE_SIZE, SocketTLSStream, _Readiness
+from plumbing.tls import DEFAULT_RECEIVE_SIZE, SocketTLSStream, _Readiness
 
 MiB = 1024 * 1024
 TLS_RECORD = 16 * 1024
