@@ -1,0 +1,269 @@
+"""The clone benchmarks' shared part: options, the repo, one measured clone, the summary.
+
+`bench.http_clone` and `bench.ssh_clone` differ only in their variants (which
+URL, through which servers) and in what else they measure; a clone, its
+meters and the medians that summarise it are the same for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import MiB, log, median, rmtree
+from bench.meters import ProcMeter, RssSampler
+from bench.repos import MIN_FILES, RandomRepo, make_random_repo, pack_stats, run_git, timed_git
+from bench.results import RESULTS_DIR
+from bench.runner import compare, timed
+from bench.trees import TreeNet
+
+SETTLE_S = 0.2  # after a clone, before reading CPU: lets the servers reap their children
+USER = "bench"
+BASELINE = "baseline"
+
+
+def add_clone_args(p: argparse.ArgumentParser, quick: str) -> None:
+    """The options both clone benchmarks take; `quick` describes what --quick sets."""
+    p.add_argument("--size-mb", type=int, default=100, help="clone repo size in MiB (100)")
+    p.add_argument("--rounds", type=int, default=5, help="timed clones per path (5)")
+    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument(
+        "--no-checkout",
+        action="store_true",
+        help="clone with --no-checkout (transport and index-pack only, no working tree)",
+    )
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        metavar="DIR",
+        help="also run the edge and nodes of this source tree (e.g. a `git worktree` of an "
+        "older commit, bootstrapped with its ./dev), interleaved with this tree's",
+    )
+    p.add_argument(
+        "--baseline-python",
+        type=Path,
+        metavar="PATH",
+        help="the baseline tree's interpreter (default DIR/.venv/bin/python)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the timed runs, run N more edge clones under `py-spy record --gil`",
+    )
+    p.add_argument("--profile-native", action="store_true", help="py-spy --native")
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (debugging)")
+
+
+def check_clone_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.rounds < 1 or args.size_mb < 1:
+        p.error("--rounds and --size-mb must be >= 1")
+    if args.baseline_python and not args.baseline_tree:
+        p.error("--baseline-python goes with --baseline-tree")
+
+
+def repo_notes() -> list[str]:
+    return [
+        f"MB means MiB ({MiB} bytes).",
+        f"Repos have >= {MIN_FILES} blobs so every pack has >= 100 objects and is kept "
+        "as a pack (transfer.unpackLimit left at its default of 100).",
+        "Blobs are os.urandom; the source packs are written with compression level 0 "
+        "(zlib stores random data verbatim at any level).",
+    ]
+
+
+BASELINE_NOTE = (
+    "baseline-* variants ran the edge and nodes of --baseline-tree (its own interpreter and "
+    "devnet, its own etcd), interleaved round by round with this tree's, on the same "
+    "generated repo (same commit, pushed through each tree's edge)."
+)
+
+
+def create_repo(net: TreeNet, name: str) -> dict[str, Any]:
+    """`name` placed in fra by `net`'s edge (as user bench); returns the placement."""
+    response = httpx.post(
+        f"{net.https_url}/api/repos",
+        json={"name": name},
+        headers={"Fly-Region": "fra"},
+        auth=(USER, net.token(USER)),
+        verify=str(net.ca_file),
+        timeout=30.0,
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"create {name}: HTTP {response.status_code} {response.text[:300]}")
+    info: dict[str, Any] = response.json()
+    return info
+
+
+def generate_repo(path: Path, size_mb: int, env: dict[str, str]) -> tuple[RandomRepo, float]:
+    log(f"generating {size_mb} MiB repo ...")
+    t0 = time.perf_counter()
+    repo = make_random_repo(path, size_mb * MiB, env)
+    return repo, time.perf_counter() - t0
+
+
+def repo_record(name: str, repo: RandomRepo, generate_s: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "bytes": repo.total_bytes,
+        "files": repo.files,
+        "file_bytes": repo.file_bytes,
+        "objects": repo.objects,
+        "commit": repo.commit,
+        "generate_s": generate_s,
+        **extra,
+    }
+
+
+def push_through(
+    url: str, repo: RandomRepo, env: dict[str, str], edge: ProcMeter
+) -> dict[str, Any]:
+    """Push `repo`'s main through an edge; wall, client CPU, the edge's CPU, MiB/s."""
+    edge_cpu0, _ = edge.cpu()
+    pushed = timed_git(["push", "--quiet", url, "main:main"], env, cwd=repo.path, timeout=1800)
+    time.sleep(SETTLE_S)
+    return {
+        **asdict(pushed),
+        "edge_cpu_s": edge.cpu()[0] - edge_cpu0,
+        "mb_per_s": repo.total_bytes / MiB / pushed.wall_s,
+    }
+
+
+@dataclass
+class CloneSample:
+    round: int
+    path: str  # the variant: "direct", "edge", "baseline-edge", ...
+    warmup: bool
+    wall_s: float
+    client_cpu_s: float
+    edge_cpu_s: float
+    """The variant's edge (on a direct path: this tree's edge, idle)."""
+    edge_children_cpu_s: float
+    node_cpu_s: float
+    node_children_cpu_s: float
+    edge_rss_before_mb: float
+    edge_peak_rss_mb: float
+    pack_bytes: int
+    packs: int
+    loose_objects: int
+    loadavg_1m: float = 0.0
+    """The machine's 1-minute load average when the clone ended (others share it)."""
+    edge_voluntary_ctx: int = 0
+    node_voluntary_ctx: int = 0
+    other_cpu_s: dict[str, float] = field(default_factory=dict)
+    """Other servers on the path (e.g. the direct sshd): own CPU plus reaped children."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to clone: a URL, the client env, and the servers it is charged to."""
+
+    name: str
+    url: str
+    env: dict[str, str]
+    edge: ProcMeter
+    node: ProcMeter
+    others: dict[str, ProcMeter] = field(default_factory=dict)
+
+
+def clone_once(
+    v: Variant, round_no: int, warmup: bool, work: Path, commit: str, no_checkout: bool
+) -> CloneSample:
+    """Clone `v.url` into a fresh dir, reading every server's CPU around it; check HEAD."""
+    dest = Path(tempfile.mkdtemp(prefix=f"clone-{v.name}-", dir=work)) / "repo"
+    try:
+        edge0, edge_ch0 = v.edge.cpu()
+        node0, node_ch0 = v.node.cpu()
+        others0 = {k: sum(m.cpu()) for k, m in v.others.items()}
+        rss0 = v.edge.rss()
+        edge_ctx0, node_ctx0 = v.edge.voluntary_ctx(), v.node.voluntary_ctx()
+        args = ["clone", "--quiet", *(["--no-checkout"] if no_checkout else [])]
+        with RssSampler(v.edge) as rss:
+            run = timed_git([*args, v.url, str(dest)], v.env, timeout=900)
+            time.sleep(SETTLE_S)
+        edge1, edge_ch1 = v.edge.cpu()
+        node1, node_ch1 = v.node.cpu()
+        others = {k: sum(m.cpu()) - others0[k] for k, m in v.others.items()}
+        edge_ctx1, node_ctx1 = v.edge.voluntary_ctx(), v.node.voluntary_ctx()
+        head = run_git(["-C", str(dest), "rev-parse", "HEAD"], v.env).strip()
+        if head != commit:
+            raise RuntimeError(f"{v.name} clone has HEAD {head}, expected {commit}")
+        return CloneSample(
+            round=round_no,
+            path=v.name,
+            warmup=warmup,
+            wall_s=run.wall_s,
+            client_cpu_s=run.client_cpu_s,
+            edge_cpu_s=edge1 - edge0,
+            edge_children_cpu_s=edge_ch1 - edge_ch0,
+            node_cpu_s=node1 - node0,
+            node_children_cpu_s=node_ch1 - node_ch0,
+            edge_rss_before_mb=rss0 / MiB,
+            edge_peak_rss_mb=rss.peak / MiB,
+            **pack_stats(dest / ".git"),
+            loadavg_1m=os.getloadavg()[0],
+            edge_voluntary_ctx=edge_ctx1 - edge_ctx0,
+            node_voluntary_ctx=node_ctx1 - node_ctx0,
+            other_cpu_s=others,
+        )
+    finally:
+        rmtree(dest.parent)
+
+
+def log_clone(s: CloneSample) -> None:
+    others = "".join(f"  {k} CPU {v:.2f}s" for k, v in s.other_cpu_s.items())
+    log(
+        f"{'warm-up' if s.warmup else f'round {s.round}'} {s.path:15s} {s.wall_s:7.3f}s  "
+        f"edge CPU {s.edge_cpu_s:.3f}s  node CPU {s.node_cpu_s + s.node_children_cpu_s:.2f}s"
+        f"{others}  client CPU {s.client_cpu_s:.2f}s  "
+        f"edge/node ctx {s.edge_voluntary_ctx}/{s.node_voluntary_ctx}  "
+        f"pack {s.pack_bytes / MiB:.1f} MiB ({s.packs} pack, {s.loose_objects} loose)"
+    )
+
+
+def clone_summary(samples: list[CloneSample], edge: str, direct: str) -> dict[str, Any]:
+    """Medians of `edge` against `direct` (variant names) over the timed clones."""
+    c = compare(samples, edge, direct)
+    e, d = timed(samples, edge), timed(samples, direct)
+    both = e + d
+
+    def node_cpu(s: CloneSample) -> float:
+        return s.node_cpu_s + s.node_children_cpu_s
+
+    return {
+        "median_direct_s": c.median_reference_s,
+        "median_edge_s": c.median_variant_s,
+        "ratio_edge_direct": c.ratio,
+        "median_pair_ratio": c.median_pair_ratio,
+        "pair_ratios": c.pair_ratios,
+        "edge_cpu_s_per_clone": median([s.edge_cpu_s for s in e]),
+        "edge_cpu_s_per_100mb": median([s.edge_cpu_s / (s.pack_bytes / (100 * MiB)) for s in e]),
+        "edge_cpu_s_during_direct_clone": median([s.edge_cpu_s for s in d]),
+        "node_cpu_s_direct": median([node_cpu(s) for s in d]),
+        "node_cpu_s_edge": median([node_cpu(s) for s in e]),
+        "node_own_cpu_s_direct": median([s.node_cpu_s for s in d]),
+        "node_own_cpu_s_edge": median([s.node_cpu_s for s in e]),
+        "client_cpu_s_direct": median([s.client_cpu_s for s in d]),
+        "client_cpu_s_edge": median([s.client_cpu_s for s in e]),
+        "edge_peak_rss_mb_during_clones": max(s.edge_peak_rss_mb for s in e),
+        "edge_rss_mb_before_first_clone": next(
+            s.edge_rss_before_mb for s in samples if s.path == edge
+        ),
+        "edge_rss_growth_mb_per_clone_max": max(
+            s.edge_peak_rss_mb - s.edge_rss_before_mb for s in e
+        ),
+        "clone_pack_mb": median([s.pack_bytes / MiB for s in both]),
+        "edge_mb_per_s": median([s.pack_bytes / MiB / s.wall_s for s in e]),
+        "direct_mb_per_s": median([s.pack_bytes / MiB / s.wall_s for s in d]),
+        "clone_packs_max": max(s.packs for s in both),
+        "clone_loose_objects_max": max(s.loose_objects for s in both),
+    }
