@@ -11,6 +11,7 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,20 +21,26 @@ import httpx
 from bench.common import MiB, log, median, rmtree
 from bench.meters import ProcMeter, RssSampler
 from bench.repos import MIN_FILES, RandomRepo, make_random_repo, pack_stats, run_git, timed_git
-from bench.results import RESULTS_DIR
-from bench.runner import compare, timed
-from bench.trees import TreeNet
+from bench.results import RESULTS_DIR, metric_row, target_row
+from bench.runner import Metric, compare, interleave, side_by_side, timed
+from bench.trees import Tree, TreeNet
 
 SETTLE_S = 0.2  # after a clone, before reading CPU: lets the servers reap their children
 USER = "bench"
 BASELINE = "baseline"
 
 
-def add_clone_args(p: argparse.ArgumentParser, quick: str) -> None:
-    """The options both clone benchmarks take; `quick` describes what --quick sets."""
+def parse_clone_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, quick: dict[str, int]
+) -> argparse.Namespace:
+    """Add the options both clone benchmarks take to `p` (which has its own), and parse.
+
+    `quick` is what --quick sets (`{"size_mb": 20, ...}`).
+    """
+    quick_help = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in quick.items())
     p.add_argument("--size-mb", type=int, default=100, help="clone repo size in MiB (100)")
     p.add_argument("--rounds", type=int, default=5, help="timed clones per path (5)")
-    p.add_argument("--quick", action="store_true", help=quick)
+    p.add_argument("--quick", action="store_true", help=quick_help)
     p.add_argument(
         "--no-checkout",
         action="store_true",
@@ -52,40 +59,45 @@ def add_clone_args(p: argparse.ArgumentParser, quick: str) -> None:
         metavar="PATH",
         help="the baseline tree's interpreter (default DIR/.venv/bin/python)",
     )
-    p.add_argument(
-        "--profile",
-        type=int,
-        default=0,
-        metavar="N",
-        help="after the timed runs, run N more edge clones under `py-spy record --gil`",
-    )
+    clones_help = "after the timed runs, run N more edge clones under `py-spy record --gil`"
+    p.add_argument("--profile", type=int, default=0, metavar="N", help=clones_help)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (debugging)")
-
-
-def check_clone_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in quick.items():
+            setattr(args, key, value)
     if args.rounds < 1 or args.size_mb < 1:
         p.error("--rounds and --size-mb must be >= 1")
     if args.baseline_python and not args.baseline_tree:
         p.error("--baseline-python goes with --baseline-tree")
+    return args
 
 
-def repo_notes() -> list[str]:
+def trees(args: argparse.Namespace) -> list[Tree]:
+    """This tree, and --baseline-tree's if given: each variant runs one of them."""
+    if not args.baseline_tree:
+        return [Tree.this()]
+    return [Tree.this(), Tree.other(BASELINE, args.baseline_tree, args.baseline_python)]
+
+
+def notes(args: argparse.Namespace, *specific: str) -> list[str]:
+    """What a reader of the results needs to know about how the run was made."""
+    baseline = (
+        "baseline-* variants ran the edge and nodes of --baseline-tree (its own interpreter "
+        "and devnet, its own etcd), interleaved round by round with this tree's, on the same "
+        "generated repo (same commit, pushed through each tree's edge)."
+    )
     return [
         f"MB means MiB ({MiB} bytes).",
         f"Repos have >= {MIN_FILES} blobs so every pack has >= 100 objects and is kept "
         "as a pack (transfer.unpackLimit left at its default of 100).",
         "Blobs are os.urandom; the source packs are written with compression level 0 "
         "(zlib stores random data verbatim at any level).",
+        *specific,
+        *([baseline] if args.baseline_tree else []),
     ]
-
-
-BASELINE_NOTE = (
-    "baseline-* variants ran the edge and nodes of --baseline-tree (its own interpreter and "
-    "devnet, its own etcd), interleaved round by round with this tree's, on the same "
-    "generated repo (same commit, pushed through each tree's edge)."
-)
 
 
 def create_repo(net: TreeNet, name: str) -> dict[str, Any]:
@@ -104,22 +116,21 @@ def create_repo(net: TreeNet, name: str) -> dict[str, Any]:
     return info
 
 
-def generate_repo(path: Path, size_mb: int, env: dict[str, str]) -> tuple[RandomRepo, float]:
+def generate_repo(
+    path: Path, size_mb: int, env: dict[str, str], name: str, **extra: Any
+) -> tuple[RandomRepo, dict[str, Any]]:
+    """A --size-mb repo of random blobs at `path`, and its record for the results."""
     log(f"generating {size_mb} MiB repo ...")
     t0 = time.perf_counter()
     repo = make_random_repo(path, size_mb * MiB, env)
-    return repo, time.perf_counter() - t0
-
-
-def repo_record(name: str, repo: RandomRepo, generate_s: float, **extra: Any) -> dict[str, Any]:
-    return {
+    return repo, {
         "name": name,
         "bytes": repo.total_bytes,
         "files": repo.files,
         "file_bytes": repo.file_bytes,
         "objects": repo.objects,
         "commit": repo.commit,
-        "generate_s": generate_s,
+        "generate_s": time.perf_counter() - t0,
         **extra,
     }
 
@@ -219,15 +230,29 @@ def clone_once(
         rmtree(dest.parent)
 
 
-def log_clone(s: CloneSample) -> None:
-    others = "".join(f"  {k} CPU {v:.2f}s" for k, v in s.other_cpu_s.items())
-    log(
-        f"{'warm-up' if s.warmup else f'round {s.round}'} {s.path:15s} {s.wall_s:7.3f}s  "
-        f"edge CPU {s.edge_cpu_s:.3f}s  node CPU {s.node_cpu_s + s.node_children_cpu_s:.2f}s"
-        f"{others}  client CPU {s.client_cpu_s:.2f}s  "
-        f"edge/node ctx {s.edge_voluntary_ctx}/{s.node_voluntary_ctx}  "
-        f"pack {s.pack_bytes / MiB:.1f} MiB ({s.packs} pack, {s.loose_objects} loose)"
-    )
+def clone_rounds(
+    variants: dict[str, Variant],
+    rounds: int,
+    work: Path,
+    commit: str,
+    no_checkout: bool,
+    after_warmup: Callable[[], None] | None = None,
+) -> list[CloneSample]:
+    """A warm-up clone of every variant, then `rounds` timed rounds, interleaved."""
+
+    def one(name: str, round_no: int, warmup: bool) -> CloneSample:
+        s = clone_once(variants[name], round_no, warmup, work, commit, no_checkout)
+        others = "".join(f"  {k} CPU {v:.2f}s" for k, v in s.other_cpu_s.items())
+        log(
+            f"{'warm-up' if s.warmup else f'round {s.round}'} {s.path:15s} {s.wall_s:7.3f}s  "
+            f"edge CPU {s.edge_cpu_s:.3f}s  node CPU {s.node_cpu_s + s.node_children_cpu_s:.2f}s"
+            f"{others}  client CPU {s.client_cpu_s:.2f}s  "
+            f"edge/node ctx {s.edge_voluntary_ctx}/{s.node_voluntary_ctx}  "
+            f"pack {s.pack_bytes / MiB:.1f} MiB ({s.packs} pack, {s.loose_objects} loose)"
+        )
+        return s
+
+    return interleave(list(variants), rounds, one, after_warmup=after_warmup)
 
 
 def clone_summary(samples: list[CloneSample], edge: str, direct: str) -> dict[str, Any]:
@@ -267,3 +292,41 @@ def clone_summary(samples: list[CloneSample], edge: str, direct: str) -> dict[st
         "clone_packs_max": max(s.packs for s in both),
         "clone_loose_objects_max": max(s.loose_objects for s in both),
     }
+
+
+# The side-by-side rows every clone benchmark shows first (keys of clone_summary).
+CLONE_METRICS = (
+    Metric("median clone, edge, s", "median_edge_s"),
+    Metric("median clone, direct, s", "median_direct_s"),
+    Metric("ratio edge/direct (of medians)", "ratio_edge_direct"),
+    Metric("median of per-round ratios", "median_pair_ratio"),
+    Metric("edge CPU per 100 MiB cloned, s", "edge_cpu_s_per_100mb"),
+    Metric("node CPU per edge clone (own + git children), s", "node_cpu_s_edge", ".2f"),
+    Metric("node CPU per edge clone, own, s", "node_own_cpu_s_edge", ".2f"),
+    Metric("edge peak RSS during clones, MiB", "edge_peak_rss_mb_during_clones", ".1f"),
+    Metric("throughput through the edge, MiB/s", "edge_mb_per_s", ".0f"),
+)
+
+
+def compare_trees(
+    result: dict[str, Any], samples: list[CloneSample], metrics: Sequence[Metric]
+) -> None:
+    """`side_by_side`: both trees' summaries metric by metric, and this tree's edge
+    clone against the baseline tree's (same run, same repo)."""
+    result["side_by_side"] = {
+        "rows": side_by_side(
+            [*CLONE_METRICS, *metrics], result["summary"], result[BASELINE]["summary"]
+        ),
+        "edge_vs_baseline_edge": compare(samples, "edge", f"{BASELINE}-edge").as_dict(),
+    }
+
+
+def ratio_rows(s: dict[str, Any], target: float, direct: str, edge: str) -> list[str]:
+    """The first rows of every clone table: both medians, their ratio against `target`."""
+    return [
+        metric_row(f"median clone, direct ({direct})", f"{s['median_direct_s']:.3f} s"),
+        metric_row(f"median clone, edge ({edge})", f"{s['median_edge_s']:.3f} s"),
+        target_row(s, "ratio_edge_direct", "ratio edge/direct (of medians)",
+                   f"{s['ratio_edge_direct']:.3f}", f"<= {target}"),
+        metric_row("median of per-round ratios", f"{s['median_pair_ratio']:.3f}"),
+    ]  # fmt: skip

@@ -4,37 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.clones import BASELINE, CloneSample, clone_summary
-from bench.common import MiB, verdict
+from bench import results
+from bench.clones import BASELINE, CloneSample, clone_summary, compare_trees, ratio_rows
+from bench.common import MiB
 from bench.profiling import render_profile
-from bench.results import (
-    METRIC_HEAD,
-    machine_line,
-    metric_row,
-    packs_line,
-    repo_line,
-    round_table,
-    side_by_side_table,
-    trees_line,
-)
-from bench.runner import Metric, compare, side_by_side
+from bench.results import metric_row, target_row
+from bench.runner import Metric
 
 TARGET_RATIO = 1.05
 TARGET_EDGE_CPU_PER_100MB = 0.10
 TARGET_PEAK_RSS_MB = 80.0
 
+# The big push's rows of the side-by-side table (after clones.CLONE_METRICS).
 SIDE_BY_SIDE = (
-    Metric("median clone, edge (HTTPS), s", "median_edge_s"),
-    Metric("median clone, direct (plain HTTP to the tree's own node), s", "median_direct_s"),
-    Metric("ratio edge/direct (of medians)", "ratio_edge_direct"),
-    Metric("median of per-round ratios", "median_pair_ratio"),
-    Metric("edge CPU per 100 MiB cloned, s", "edge_cpu_s_per_100mb"),
     Metric("edge CPU per 100 MiB pushed (the big push), s", "edge_cpu_s_per_100mb_pushed"),
     Metric("edge peak RSS during the big push, MiB", "edge_peak_rss_push_mb", ".1f"),
     Metric("edge RSS before that push, MiB", "edge_rss_before_push_mb", ".1f"),
-    Metric("edge peak RSS during clones, MiB", "edge_peak_rss_mb_during_clones", ".1f"),
-    Metric("node CPU per edge clone (own + git children), s", "node_cpu_s_edge", ".2f"),
-    Metric("throughput through the edge, MiB/s", "edge_mb_per_s", ".0f"),
 )
 
 
@@ -80,54 +65,38 @@ def summarise(result: dict[str, Any], samples: list[CloneSample]) -> None:
     """Fill in `summary` (and, with a baseline tree, its summary and `side_by_side`)."""
     result["summary"] = tree_summary(samples, result["big_push"], "edge", "direct")
     if BASELINE in result:
-        base = result[BASELINE]
-        prefix = f"{BASELINE}-"
-        base["summary"] = tree_summary(
-            samples, base["big_push"], f"{prefix}edge", f"{prefix}direct"
-        )
-        result["side_by_side"] = {
-            "rows": side_by_side(SIDE_BY_SIDE, result["summary"], base["summary"]),
-            "edge_vs_baseline_edge": compare(samples, "edge", f"{prefix}edge").as_dict(),
-        }
+        base, edge, direct = result[BASELINE], f"{BASELINE}-edge", f"{BASELINE}-direct"
+        base["summary"] = tree_summary(samples, base["big_push"], edge, direct)
+        compare_trees(result, samples, SIDE_BY_SIDE)
 
 
 def render(result: dict[str, Any]) -> str:
     s = result["summary"]
-    t = s["targets"]
     repo = result["repo"]
     push = result.get("big_push")
     push_mb = f"{push['bytes'] / MiB:.0f} MiB" if push else "no"
     lines = [
-        repo_line(result),
-        machine_line(result),
-        packs_line(s),
-        *([trees_line(result["trees"])] if BASELINE in result else []),
+        *results.header(result),
         "",
-        *METRIC_HEAD,
-        metric_row("median clone, direct (plain HTTP to node)", f"{s['median_direct_s']:.3f} s"),
-        metric_row("median clone, edge (HTTPS)", f"{s['median_edge_s']:.3f} s"),
-        metric_row(
-            "ratio edge/direct (of medians)",
-            f"{s['ratio_edge_direct']:.3f}",
-            f"<= {TARGET_RATIO}",
-            verdict(t["ratio_edge_direct"]["pass"]),
-        ),
-        metric_row("median of per-round ratios", f"{s['median_pair_ratio']:.3f}"),
+        *results.METRIC_HEAD,
+        *ratio_rows(s, TARGET_RATIO, "plain HTTP to node", "HTTPS"),
         metric_row("edge CPU per clone (median)", f"{s['edge_cpu_s_per_clone']:.3f} s"),
-        metric_row(
+        target_row(
+            s,
+            "edge_cpu_s_per_100mb",
             "edge CPU per 100 MiB cloned",
             f"{s['edge_cpu_s_per_100mb']:.3f} s",
             f"<= {TARGET_EDGE_CPU_PER_100MB} s",
-            verdict(t["edge_cpu_s_per_100mb"]["pass"]),
         ),
     ]
     if push:
         lines += [
-            metric_row(
+            target_row(
+                s,
+                "edge_peak_rss_push_mb",
                 f"edge peak RSS during {push_mb} push",
                 f"{s['edge_peak_rss_push_mb']:.1f} MiB",
                 f"<= {TARGET_PEAK_RSS_MB:.0f} MiB",
-                verdict(t["edge_peak_rss_push_mb"]["pass"]),
             ),
             metric_row("edge RSS before that push", f"{s['edge_rss_before_push_mb']:.1f} MiB"),
             metric_row(
@@ -166,11 +135,15 @@ def render(result: dict[str, Any]) -> str:
             )
         )
     if BASELINE in result:
-        lines += ["", *render_side_by_side(result)]
+        title = (
+            "side by side, the same run (each tree's edge against its own node; this / baseline "
+            "< 1 is better for times, CPU and RSS):"
+        )
+        lines += ["", *results.side_by_side_section(result, title)]
     samples = [CloneSample(**x) for x in result["samples"]]
     variants = list(dict.fromkeys(x.path for x in samples))
     lines += ["", "per round (wall s / edge CPU s / node CPU s):", ""]
-    lines += round_table(
+    lines += results.round_table(
         samples,
         variants,
         lambda x: (
@@ -180,20 +153,3 @@ def render(result: dict[str, Any]) -> str:
     if "profile" in result:
         lines += ["", render_profile(result["profile"])]
     return "\n".join(lines)
-
-
-def render_side_by_side(result: dict[str, Any]) -> list[str]:
-    """The old and the new code in one run: each tree's edge against its own node."""
-    sbs, trees = result["side_by_side"], result["trees"]
-    e = sbs["edge_vs_baseline_edge"]
-    return [
-        "side by side, the same run (each tree's edge and its own nodes; this / baseline < 1 "
-        "is better for times, CPU and RSS):",
-        "",
-        *side_by_side_table(
-            sbs["rows"], trees[BASELINE]["commit"][:9], trees["this"]["commit"][:9]
-        ),
-        "",
-        f"edge clone, this tree / baseline: {e['ratio']:.3f} (ratio of medians), "
-        f"{e['median_pair_ratio']:.3f} (median of per-round ratios)",
-    ]

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from bench.common import MiB, machine_info, sigterm_as_interrupt
+from bench.common import MiB, machine_info, sigterm_as_interrupt, verdict
+from bench.runner import Timing
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -62,43 +63,51 @@ def row(*cells: object) -> str:
     return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
 
 
-def metric_row(metric: str, value: str, target: str = "", verdict: str = "") -> str:
+def metric_row(metric: str, value: str, target: str = "", result: str = "") -> str:
     """A row of the `| metric | value | target | result |` table."""
-    return row(metric, value, target, verdict)
+    return row(metric, value, target, result)
+
+
+def target_row(summary: Mapping[str, Any], key: str, metric: str, value: str, target: str) -> str:
+    """A metric with a target: its verdict is `summary["targets"][key]["pass"]`."""
+    return metric_row(metric, value, target, verdict(summary["targets"][key]["pass"]))
 
 
 METRIC_HEAD = ["| metric | value | target | result |", "| --- | ---: | ---: | --- |"]
 
 
-def repo_line(result: Mapping[str, Any], *more: str) -> str:
-    """What was cloned and how often: the first line of every clone benchmark's table."""
-    repo, a = result["repo"], result["args"]
-    parts = [
+def header(
+    result: Mapping[str, Any],
+    *,
+    repo_more: Sequence[str] = (),
+    about: Sequence[str] = (),
+    software: Sequence[str] = (),
+    packs_more: str = "",
+    after: Sequence[str] = (),
+) -> list[str]:
+    """The lines above a clone benchmark's table: what was cloned how often, `about` the
+    paths, the machine (and `software`), the packs kept, `after`, the source trees."""
+    repo, a, m, s = result["repo"], result["args"], result["machine"], result["summary"]
+    what = [
         f"gitedge {result['benchmark']}: {repo['bytes'] / MiB:.0f} MiB repo, {repo['files']} "
         f"files ({repo['objects']} objects, pack kept: >= 100 objects, transfer.unpackLimit "
         "at default)",
         f"{a['rounds']} interleaved clone rounds + 1 warm-up per path",
         f"clone{' --no-checkout' if a['no_checkout'] else ' with checkout'}",
-        *more,
+        *repo_more,
     ]
-    return ", ".join(parts)
-
-
-def machine_line(result: Mapping[str, Any], *software: str) -> str:
-    m = result["machine"]
     tools = ", ".join([f"Python {m['python']}", m["git"], *software, f"Linux {m['kernel']}"])
-    return (
+    machine = (
         f"machine: nproc {m['nproc']} ({m['cpu_model']}), {m['mem_total_mb']} MiB RAM, {tools}; "
         f"load avg {result['loadavg_start'][0]:.2f} at start, "
         f"{result['loadavg_end'][0]:.2f} at end"
     )
-
-
-def packs_line(summary: Mapping[str, Any]) -> str:
-    return (
-        f"every timed clone kept its pack: max {summary['clone_packs_max']} pack, "
-        f"{summary['clone_loose_objects_max']} loose objects"
+    packs = (
+        f"every timed clone kept its pack: max {s['clone_packs_max']} pack, "
+        f"{s['clone_loose_objects_max']} loose objects{packs_more}"
     )
+    trees = [trees_line(result["trees"])] if len(result.get("trees", {})) > 1 else []
+    return [", ".join(what), *about, machine, packs, *after, *trees]
 
 
 def trees_line(trees: Mapping[str, Mapping[str, Any]]) -> str:
@@ -110,13 +119,9 @@ def trees_line(trees: Mapping[str, Mapping[str, Any]]) -> str:
     return "source trees: " + "; ".join(parts)
 
 
-class RoundSample(Protocol):
+class RoundSample(Timing, Protocol):
     @property
     def round(self) -> int: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def warmup(self) -> bool: ...
 
 
 R = TypeVar("R", bound=RoundSample)
@@ -146,22 +151,28 @@ def _fmt(value: Any, fmt: str) -> str:
     return str(value)
 
 
-def side_by_side_table(rows: Sequence[Mapping[str, Any]], baseline: str, this: str) -> list[str]:
-    """`| metric | baseline | this tree | this / baseline |` from `runner.side_by_side` rows."""
+def side_by_side_section(result: Mapping[str, Any], title: str, *more: str) -> list[str]:
+    """`result["side_by_side"]` as a table under `title`, then this tree's edge clone
+    against the baseline's, and `more` lines."""
+    sbs = result["side_by_side"]
+    commits = {label: t["commit"][:9] for label, t in result["trees"].items()}
+    this = commits.pop("this")
+    baseline = ", ".join(commits.values())
+    e = sbs["edge_vs_baseline_edge"]
     lines = [
+        title,
+        "",
         row("metric", f"baseline ({baseline})", f"this tree ({this})", "this / baseline"),
         "| --- | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        lines.append(
-            row(
-                r["metric"],
-                _fmt(r["baseline"], r["fmt"]),
-                _fmt(r["this"], r["fmt"]),
-                _fmt(r["ratio"], ".3f"),
-            )
-        )
-    return lines
+    for r in sbs["rows"]:
+        cells = (_fmt(r["baseline"], r["fmt"]), _fmt(r["this"], r["fmt"]), _fmt(r["ratio"], ".3f"))
+        lines.append(row(r["metric"], *cells))
+    edge = (
+        f"edge clone, this tree / baseline: {e['ratio']:.3f} (ratio of medians), "
+        f"{e['median_pair_ratio']:.3f} (median of per-round ratios)"
+    )
+    return [*lines, "", edge, *more]
 
 
 def run_main(

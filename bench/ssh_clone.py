@@ -50,22 +50,8 @@ from typing import Any
 
 import httpx
 
-from bench.clones import (
-    BASELINE,
-    BASELINE_NOTE,
-    USER,
-    CloneSample,
-    Variant,
-    add_clone_args,
-    check_clone_args,
-    clone_once,
-    create_repo,
-    generate_repo,
-    log_clone,
-    push_through,
-    repo_notes,
-    repo_record,
-)
+from bench import clones
+from bench.clones import BASELINE, USER, CloneSample, Variant
 from bench.common import MiB, log, median, rmtree, work_dir
 from bench.meters import ProcMeter
 from bench.openssh import (
@@ -88,16 +74,30 @@ from bench.ssh_probes import (
     protocol_check,
 )
 from bench.ssh_report import LsRemoteSample, render, summarise
-from bench.trees import NodeView, Tree, TreeNet, running_devnets
+from bench.trees import NodeView, TreeNet, running_devnets
 
 REPO = "bench/big"
+
+SSH_NOTES = (
+    "Direct: Debian OpenSSH sshd, login as the current user, ForceCommand "
+    'git-shell -c "$SSH_ORIGINAL_COMMAND", SetEnv HOME=<empty dir> '
+    "GIT_CONFIG_NOSYSTEM=1 LC_ALL=C (the login shell, bash, would otherwise "
+    "source ~/.bashrc because sshd started it), PermitUserRC no.",
+    "Both paths: OpenSSH client with -F /dev/null, the same ed25519 key, "
+    "StrictHostKeyChecking=yes against one known_hosts file, HOME a temp dir, "
+    "GIT_CONFIG_NOSYSTEM=1; git's default protocol (v2).",
+    "CPU from psutil cpu_times (user+system), read before and 0.2 s after each "
+    "clone; sshd = the listener's own CPU plus its reaped session processes (sshd "
+    "session, git-shell, git upload-pack); node = own plus reaped git children.",
+    "ls-remote timing is the wall time of `git ls-remote URL refs/heads/main`, "
+    "each a new client SSH connection (handshake included) on both paths.",
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.ssh_clone", description=(__doc__ or "").split("\n")[0]
     )
-    add_clone_args(p, "--size-mb 20 --rounds 3 --ls-remotes 5")
     p.add_argument("--ls-remotes", type=int, default=20, help="timed ls-remotes per path (20)")
     p.add_argument(
         "--push-via",
@@ -105,13 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="ssh",
         help="how the repo is pushed through the edge (ssh)",
     )
-    p.add_argument(
-        "--profile-ls-remote",
-        type=int,
-        default=0,
-        metavar="N",
-        help="after the timed runs, run N more edge ls-remotes under `py-spy record`",
-    )
+    ls_help = "after the timed runs, run N more edge ls-remotes under `py-spy record`"
+    p.add_argument("--profile-ls-remote", type=int, default=0, metavar="N", help=ls_help)
     p.add_argument("--profile-idle", action="store_true", help="py-spy without --gil")
     p.add_argument(
         "--ssh-option",
@@ -121,10 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an extra `ssh -o` for the client on both paths (e.g. Ciphers=aes128-gcm@openssh.com)",
     )
     p.add_argument("--tag", default="", help="write ssh_clone_TAG.{json,md} (and profiles) instead")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.size_mb, args.rounds, args.ls_remotes = 20, 3, 5
-    check_clone_args(p, args)
+    args = clones.parse_clone_args(p, argv, {"size_mb": 20, "rounds": 3, "ls_remotes": 5})
     if args.ls_remotes < 1:
         p.error("--ls-remotes must be >= 1")
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
@@ -179,7 +171,7 @@ def open_side(net: TreeNet, name: str, client_pub: Path) -> Side:
         added = api.post("/api/user/keys", json=key)
         if added.status_code != 201:
             raise RuntimeError(f"add key: HTTP {added.status_code} {added.text[:300]}")
-    placed = create_repo(net, REPO)
+    placed = clones.create_repo(net, REPO)
     node = net.node(str(placed["node"]))
     return Side(net, name, placed, node, ProcMeter(net.edge_pid), ProcMeter(node.pid))
 
@@ -243,7 +235,7 @@ def push_everywhere(rig: Rig, repo: RandomRepo) -> list[dict[str, Any]]:
             push_url = s.net.https_url.replace("://", f"://{USER}:{token}@", 1) + f"/{REPO}.git"
             push_env["GIT_SSL_CAINFO"] = str(s.net.ca_file)
         log(f"pushing it through the {s.net.tree.label} tree's edge over {rig.args.push_via} ...")
-        pushed = push_through(push_url, repo, push_env, s.edge)
+        pushed = clones.push_through(push_url, repo, push_env, s.edge)
         after = {"node_repo_pack": pack_stats(s.bare), "edge_rss_mb_after": s.edge.rss() / MiB}
         pushes.append({"via": rig.args.push_via, **pushed, **after})
         s.snapshot("after_push")
@@ -255,12 +247,6 @@ def timed_runs(rig: Rig, commit: str) -> tuple[list[CloneSample], list[LsRemoteS
     names, env, args = list(rig.variants), rig.env(), rig.args
     ls: list[LsRemoteSample] = []
 
-    def one_clone(name: str, round_no: int, warmup: bool) -> CloneSample:
-        v = rig.variants[name]
-        sample = clone_once(v, round_no, warmup, rig.work, commit, args.no_checkout)
-        log_clone(sample)
-        return sample
-
     def one_ls(name: str, index: int, warmup: bool) -> LsRemoteSample:
         return ls_remote_once(rig.variants[name], index, warmup, env)
 
@@ -268,11 +254,13 @@ def timed_runs(rig: Rig, commit: str) -> tuple[list[CloneSample], list[LsRemoteS
         ls.extend(interleave(names, 0, one_ls))  # one warm-up ls-remote each
         rig.snapshot("before_timed")
 
-    clones = interleave(names, args.rounds, one_clone, after_warmup=after_warmup)
+    samples = clones.clone_rounds(
+        rig.variants, args.rounds, rig.work, commit, args.no_checkout, after_warmup
+    )
     rig.snapshot("after_clones")
     ls += interleave(names, args.ls_remotes, one_ls, warmup=False)
     rig.snapshot("after_timed")
-    return clones, ls
+    return samples, ls
 
 
 def same_kex_runs(rig: Rig, kex: str) -> list[LsRemoteSample]:
@@ -307,7 +295,7 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
     suffix = ("_native" if args.profile_native else "") + ("_idle" if args.profile_idle else "")
 
     def clone(i: int) -> float:
-        return clone_once(edge, i, False, rig.work, commit, args.no_checkout).wall_s
+        return clones.clone_once(edge, i, False, rig.work, commit, args.no_checkout).wall_s
 
     def ls_remote(i: int) -> float:
         return ls_remote_once(edge, i, False, rig.env()).wall_s
@@ -337,11 +325,9 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     ensure_sshd(log)
-    trees = [Tree.this()]
-    if args.baseline_tree:
-        trees.append(Tree.other(BASELINE, args.baseline_tree, args.baseline_python))
+    trees = clones.trees(args)
     openssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True, check=False)
-    notes = _notes(bool(args.baseline_tree))
+    notes = clones.notes(args, *SSH_NOTES)
     result = new_result("ssh_clone", args, notes, openssh=openssh.stderr.strip().split(",")[0])
     result["trees"] = {t.label: t.describe() for t in trees}
     with work_dir("gitedge-bench-ssh-", args.keep_work) as work:
@@ -357,16 +343,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["urls"] = {v.name: v.url for v in variants}
             rig.snapshot("start")
             result["edge_rss_mb_at_start"] = own.edge.rss() / MiB
-            repo, generate_s = generate_repo(work / "src", args.size_mb, env)
-            bare = str(own.bare)
-            result["repo"] = repo_record(REPO, repo, generate_s, placed=own.placed, bare_dir=bare)
+            repo, result["repo"] = clones.generate_repo(
+                work / "src", args.size_mb, env, REPO, placed=own.placed, bare_dir=str(own.bare)
+            )
             pushes = push_everywhere(rig, repo)
             rmtree(repo.path)
             check_ls_remote(variants, env, repo.commit)
             result["protocol_v2"] = protocol_check(variants, env)
             result["negotiated"] = negotiated(variants, env)
             log(f"negotiated: {result['negotiated']}")
-            clones, ls = timed_runs(rig, repo.commit)
+            samples, ls = timed_runs(rig, repo.commit)
             kex = result["negotiated"]["edge"].get("kex")
             if kex and kex != result["negotiated"]["direct"].get("kex"):
                 ls += same_kex_runs(rig, kex)
@@ -385,8 +371,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "edge_ls_remote_session_s": sessions[1],
                     "edge_stats": base.stats,
                 }
-            summarise(result, clones, ls)
-            result["clone_samples"] = [asdict(c) for c in clones]
+            summarise(result, samples, ls)
+            result["clone_samples"] = [asdict(c) for c in samples]
             result["ls_remote_samples"] = [asdict(x) for x in ls]
             if found := profiles(rig, repo.commit):
                 result["profiles"] = found
@@ -396,25 +382,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["sshd_log_tail"] = sshd.log_tail(10)
             result["loadavg_end"] = os.getloadavg()
     return result
-
-
-def _notes(baseline: bool) -> list[str]:
-    return [
-        *repo_notes(),
-        "Direct: Debian OpenSSH sshd, login as the current user, ForceCommand "
-        'git-shell -c "$SSH_ORIGINAL_COMMAND", SetEnv HOME=<empty dir> '
-        "GIT_CONFIG_NOSYSTEM=1 LC_ALL=C (the login shell, bash, would otherwise "
-        "source ~/.bashrc because sshd started it), PermitUserRC no.",
-        "Both paths: OpenSSH client with -F /dev/null, the same ed25519 key, "
-        "StrictHostKeyChecking=yes against one known_hosts file, HOME a temp dir, "
-        "GIT_CONFIG_NOSYSTEM=1; git's default protocol (v2).",
-        "CPU from psutil cpu_times (user+system), read before and 0.2 s after each "
-        "clone; sshd = the listener's own CPU plus its reaped session processes (sshd "
-        "session, git-shell, git upload-pack); node = own plus reaped git children.",
-        "ls-remote timing is the wall time of `git ls-remote URL refs/heads/main`, "
-        "each a new client SSH connection (handshake included) on both paths.",
-        *([BASELINE_NOTE] if baseline else []),
-    ]
 
 
 def _stem(args: argparse.Namespace) -> str:

@@ -18,15 +18,8 @@ def ls_remote_once(
     edge_before, _ = v.edge.cpu()
     run = timed_git(["ls-remote", v.url, "refs/heads/main"], env, timeout=60)
     edge_after, _ = v.edge.cpu()
-    return LsRemoteSample(
-        index=index,
-        path=v.name,
-        warmup=warmup,
-        wall_s=run.wall_s,
-        client_cpu_s=run.client_cpu_s,
-        edge_cpu_s=edge_after - edge_before,
-        series=series,
-    )
+    cpu = edge_after - edge_before
+    return LsRemoteSample(index, v.name, warmup, run.wall_s, run.client_cpu_s, cpu, series)
 
 
 def check_ls_remote(variants: list[Variant], env: dict[str, str], commit: str) -> None:

@@ -6,20 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bench.clones import BASELINE, CloneSample, clone_summary
+from bench import results
+from bench.clones import BASELINE, CloneSample, clone_summary, compare_trees, ratio_rows
 from bench.common import MiB, median, verdict
 from bench.profiling import render_profile
-from bench.results import (
-    METRIC_HEAD,
-    machine_line,
-    metric_row,
-    packs_line,
-    repo_line,
-    round_table,
-    side_by_side_table,
-    trees_line,
-)
-from bench.runner import Metric, compare, side_by_side, timed
+from bench.results import metric_row, target_row
+from bench.runner import Metric, compare, timed
 
 TARGET_RATIO = 1.0
 TARGET_ADDED_LS_REMOTE_MS = 5.0
@@ -31,21 +23,13 @@ DIRECT_LS_REMOTE_MS_ANCHOR = 214.0
 # pool's (which carries SSH sessions once they ride on the node HTTP pool).
 CONNECT_COUNTERS = ("ssh_node_connects", "node_connects")
 
+# The SSH rows of the side-by-side table (after clones.CLONE_METRICS).
 SIDE_BY_SIDE = (
-    Metric("median clone, edge, s", "median_edge_s"),
-    Metric("median clone, direct (the same OpenSSH sshd), s", "median_direct_s"),
-    Metric("ratio edge/direct (of medians)", "ratio_edge_direct"),
-    Metric("median of per-round ratios", "median_pair_ratio"),
     Metric("median ls-remote, edge, ms", "ls_remote_median_edge_ms", ".1f"),
     Metric("ls-remote added latency (edge - direct medians), ms", "ls_remote_added_ms", "+.1f"),
     Metric("edge's own time per ls-remote session, ms", "ls_remote_edge_session_ms", ".1f"),
-    Metric("edge CPU per 100 MiB cloned, s", "edge_cpu_s_per_100mb"),
     Metric("edge CPU per ls-remote, ms", "ls_remote_edge_cpu_ms", ".1f"),
-    Metric("node CPU per clone (own + git children), s", "node_cpu_s_edge", ".2f"),
-    Metric("node CPU per clone, own, s", "node_own_cpu_s_edge", ".2f"),
     Metric("server CPU per clone (edge + node + git), s", "server_cpu_s_edge", ".2f"),
-    Metric("edge peak RSS during clones, MiB", "edge_peak_rss_mb_during_clones", ".1f"),
-    Metric("throughput through the edge, MiB/s", "edge_mb_per_s", ".0f"),
     Metric("new edge->node connections in the timed runs", "node_connects_during_timed", "d"),
 )
 
@@ -142,71 +126,59 @@ def tree_summary(
 
 def summarise(result: dict[str, Any], clones: list[CloneSample], ls: list[LsRemoteSample]) -> None:
     """Fill in `summary` (and, with a baseline tree, its summary and `side_by_side`)."""
-    result["summary"] = tree_summary(
-        clones, ls, result["edge_stats"], result["edge_ls_remote_session_s"], "edge"
-    )
+    sessions = result["edge_ls_remote_session_s"]
+    result["summary"] = tree_summary(clones, ls, result["edge_stats"], sessions, "edge")
     if BASELINE in result:
         base, name = result[BASELINE], f"{BASELINE}-edge"
-        base["summary"] = tree_summary(
-            clones, ls, base["edge_stats"], base["edge_ls_remote_session_s"], name
-        )
-        result["side_by_side"] = {
-            "rows": side_by_side(SIDE_BY_SIDE, result["summary"], base["summary"]),
-            "edge_vs_baseline_edge": compare(clones, "edge", name).as_dict(),
-            "ls_remote_edge_vs_baseline_edge": compare(
-                [x for x in ls if x.series == "default"], "edge", name
-            ).as_dict(),
-        }
+        sessions = base["edge_ls_remote_session_s"]
+        base["summary"] = tree_summary(clones, ls, base["edge_stats"], sessions, name)
+        compare_trees(result, clones, SIDE_BY_SIDE)
+        default = [x for x in ls if x.series == "default"]
+        result["side_by_side"]["ls_remote_edge_vs_baseline_edge"] = compare(
+            default, "edge", name
+        ).as_dict()
 
 
 def _header(result: dict[str, Any]) -> list[str]:
-    s, a = result["summary"], result["args"]
+    a = result["args"]
     proto = result.get("protocol_v2", {})
-    return [
-        repo_line(result, f"{a['ls_remotes']} interleaved ls-remotes + 1 warm-up per path"),
-        "edge: client -SSH-> edge (asyncssh on trio-asyncio) -> node fra-1; direct: client "
-        "-SSH-> OpenSSH sshd (ForceCommand git-shell, login shell reads no rc file) on the "
-        "same bare repo directory",
-        *(
-            [f"client ssh options on both paths: {' '.join(a['ssh_option'])}"]
-            if a.get("ssh_option")
-            else []
-        ),
-        machine_line(result, result["openssh"]),
-        packs_line(s) + "; protocol v2 seen: " + ", ".join(f"{k} {v}" for k, v in proto.items()),
-        *(
+    options = " ".join(a.get("ssh_option") or [])
+    return results.header(
+        result,
+        repo_more=[f"{a['ls_remotes']} interleaved ls-remotes + 1 warm-up per path"],
+        about=[
+            "edge: client -SSH-> edge (asyncssh on trio-asyncio) -> node fra-1; direct: client "
+            "-SSH-> OpenSSH sshd (ForceCommand git-shell, login shell reads no rc file) on the "
+            "same bare repo directory",
+            *([f"client ssh options on both paths: {options}"] if options else []),
+        ],
+        software=[result["openssh"]],
+        packs_more="; protocol v2 seen: " + ", ".join(f"{k} {v}" for k, v in proto.items()),
+        after=[
             f"{path} negotiated: {n.get('server', '?')}; kex {n.get('kex', '?')}, "
             f"host key {n.get('host_key', '?')}, cipher {n.get('cipher_s2c', '?')}"
             for path, n in result.get("negotiated", {}).items()
-        ),
-        *([trees_line(result["trees"])] if BASELINE in result else []),
-    ]
+        ],
+    )
 
 
 def _metrics(result: dict[str, Any]) -> list[str]:
-    s, t = result["summary"], result["summary"]["targets"]
+    s = result["summary"]
     lines = [
-        *METRIC_HEAD,
-        metric_row("median clone, direct (OpenSSH sshd)", f"{s['median_direct_s']:.3f} s"),
-        metric_row("median clone, edge (SSH -> edge -> node)", f"{s['median_edge_s']:.3f} s"),
-        metric_row(
-            "ratio edge/direct (of medians)",
-            f"{s['ratio_edge_direct']:.3f}",
-            f"<= {TARGET_RATIO}",
-            verdict(t["ratio_edge_direct"]["pass"]),
-        ),
-        metric_row("median of per-round ratios", f"{s['median_pair_ratio']:.3f}"),
+        *results.METRIC_HEAD,
+        *ratio_rows(s, TARGET_RATIO, "OpenSSH sshd", "SSH -> edge -> node"),
         metric_row(
             "for scale: `ssh -J` via an OpenSSH jump host (issue 3, not this run)",
             f"{JUMP_HOST_CLONE_RATIO:.2f}",
         ),
         metric_row("median ls-remote, direct", f"{s['ls_remote_median_direct_ms']:.1f} ms"),
         metric_row("median ls-remote, edge", f"{s['ls_remote_median_edge_ms']:.1f} ms"),
-        metric_row(
+        target_row(
+            s,
+            "ls_remote_added_ms",
             "ls-remote added latency (edge - direct medians)",
             f"{s['ls_remote_added_ms']:+.1f} ms",
             f"<= {TARGET_ADDED_LS_REMOTE_MS:.0f} ms",
-            verdict(t["ls_remote_added_ms"]["pass"]),
         ),
         metric_row(
             "median of per-pair ls-remote differences",
@@ -239,13 +211,14 @@ def _metrics(result: dict[str, Any]) -> list[str]:
             "for scale: `ssh -J` ls-remote ratio; direct OpenSSH ls-remote (issue 3)",
             f"{JUMP_HOST_LS_REMOTE_RATIO}; ~{DIRECT_LS_REMOTE_MS_ANCHOR:.0f} ms",
         ),
-        metric_row(
+        target_row(
+            s,
+            "no_new_node_connection_when_warm",
             "new edge->node connections during timed runs (SSH pool / HTTP pool)",
             f"{s['ssh_node_connects_during_timed']} / {s.get('node_connects_during_timed')}"
             f" (SSH reuses +{s['ssh_node_reuses_during_timed']}, HTTP reuses "
             f"+{s.get('node_reuses_during_timed')})",
             "0",
-            verdict(t["no_new_node_connection_when_warm"]["pass"]),
         ),
         metric_row("edge CPU per clone (median)", f"{s['edge_cpu_s_per_clone']:.3f} s"),
         metric_row(
@@ -295,7 +268,13 @@ def _server_cpu(x: CloneSample) -> float:
 def render(result: dict[str, Any]) -> str:
     lines = [*_header(result), "", *_metrics(result)]
     if BASELINE in result:
-        lines += ["", *render_side_by_side(result)]
+        ls = result["side_by_side"]["ls_remote_edge_vs_baseline_edge"]
+        title = (
+            "side by side, the same run (each tree's edge and nodes, the same OpenSSH direct; "
+            "this / baseline < 1 is better for times, CPU and RSS):"
+        )
+        more = f"ls-remote, this tree / baseline: {ls['ratio']:.3f} / {ls['median_pair_ratio']:.3f}"
+        lines += ["", *results.side_by_side_section(result, title, more)]
     samples = [CloneSample(**x) for x in result["clone_samples"]]
     variants = list(dict.fromkeys(x.path for x in samples))
     edges = [v for v in variants if v != "direct"]
@@ -304,7 +283,7 @@ def render(result: dict[str, Any]) -> str:
         "per clone round (wall s / edge CPU s / server CPU s; machine load when each ended; "
         "the edge's and node's voluntary context switches during the edge clone):",
         "",
-        *round_table(
+        *results.round_table(
             samples,
             variants,
             lambda x: f"{x.wall_s:.3f} / {x.edge_cpu_s:.3f} / {_server_cpu(x):.2f}",
@@ -332,21 +311,3 @@ def render(result: dict[str, Any]) -> str:
     for profile in result.get("profiles", []):
         lines += ["", render_profile(profile)]
     return "\n".join(lines)
-
-
-def render_side_by_side(result: dict[str, Any]) -> list[str]:
-    """The old and the new edge in one run, each against the same OpenSSH sshd."""
-    sbs, trees = result["side_by_side"], result["trees"]
-    e, ls = sbs["edge_vs_baseline_edge"], sbs["ls_remote_edge_vs_baseline_edge"]
-    return [
-        "side by side, the same run (each tree's edge and nodes, the same OpenSSH direct; "
-        "this / baseline < 1 is better for times, CPU and RSS):",
-        "",
-        *side_by_side_table(
-            sbs["rows"], trees[BASELINE]["commit"][:9], trees["this"]["commit"][:9]
-        ),
-        "",
-        f"edge clone, this tree / baseline: {e['ratio']:.3f} (ratio of medians), "
-        f"{e['median_pair_ratio']:.3f} (median of per-round ratios); ls-remote: "
-        f"{ls['ratio']:.3f} / {ls['median_pair_ratio']:.3f}",
-    ]

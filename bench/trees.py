@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from devnet.procs import ManagedProcess, spawn, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,49 +76,62 @@ class NodeView:
     volume_dir: Path
 
 
-@dataclass
+@dataclass(frozen=True)
 class TreeNet:
-    """One running devnet of `tree`, as its ready file describes it."""
+    """One running devnet of `tree`, as its ready file describes it (the first edge)."""
 
     tree: Tree
     driver: ManagedProcess
     info: dict[str, Any]
+    ca_file: Path
+    known_hosts: Path
+    admin_secret_file: Path
+    edge_pid: int
+    edge_log: Path
+    https_url: str
+    ssh_address: str | None
 
-    @property
-    def ca_file(self) -> Path:
-        return Path(self.info["ca_file"])
+    @classmethod
+    def from_ready(cls, tree: Tree, driver: ManagedProcess, info: dict[str, Any]) -> TreeNet:
+        edge = info["edges"][0]
+        net = cls(
+            tree=tree,
+            driver=driver,
+            info=info,
+            ca_file=Path(info["ca_file"]),
+            known_hosts=Path(info["known_hosts"]),
+            admin_secret_file=Path(info["admin_secret_file"]),
+            edge_pid=int(edge["pid"]),
+            edge_log=Path(edge["log_path"]),
+            https_url=str(edge["ready"]["https_url"]).rstrip("/"),
+            ssh_address=edge["ready"].get("ssh_address"),
+        )
+        net.check_runs_tree()
+        return net
 
-    @property
-    def known_hosts(self) -> Path:
-        return Path(self.info["known_hosts"])
+    def check_runs_tree(self) -> None:
+        """The edge and nodes run `tree`'s code: `python -m` imports from the working
+        directory first, so each server's cwd must be the tree and its interpreter the
+        tree's (a mix-up here would compare a tree with itself)."""
+        for pid in [self.edge_pid, *(int(n["pid"]) for n in self.info["nodes"])]:
+            proc = psutil.Process(pid)
+            cwd, exe = Path(proc.cwd()), proc.cmdline()[0]
+            if cwd != self.tree.root or Path(exe) != self.tree.python:
+                raise RuntimeError(
+                    f"{self.tree.label} devnet: pid {pid} runs {exe} in {cwd}, not "
+                    f"{self.tree.python} in {self.tree.root}"
+                )
 
     @property
     def admin_secret(self) -> str:
         """The nodes' credential, for direct clones if a node asks for one."""
-        return Path(self.info["admin_secret_file"]).read_text().strip()
-
-    @property
-    def _edge(self) -> dict[str, Any]:
-        edge: dict[str, Any] = self.info["edges"][0]
-        return edge
-
-    @property
-    def edge_pid(self) -> int:
-        return int(self._edge["pid"])
-
-    @property
-    def edge_log(self) -> Path:
-        return Path(self._edge["log_path"])
-
-    @property
-    def https_url(self) -> str:
-        return str(self._edge["ready"]["https_url"]).rstrip("/")
+        return self.admin_secret_file.read_text().strip()
 
     @property
     def ssh_url(self) -> str | None:
         """`ssh://git@127.0.0.1:PORT` if the edge has an SSH front."""
-        address = self._edge["ready"].get("ssh_address")
-        return f"ssh://git@127.0.0.1:{str(address).rpartition(':')[2]}" if address else None
+        port = self.ssh_address.rpartition(":")[2] if self.ssh_address else None
+        return f"ssh://git@127.0.0.1:{port}" if port else None
 
     def token(self, user: str) -> str:
         return str(self.info["tokens"][user])
@@ -148,7 +163,7 @@ def running_devnet(tree: Tree, work_dir: Path, users: Sequence[str]) -> Iterator
     driver = spawn(f"devnet-{tree.label}", argv, work_dir, env={"PYTHONPATH": str(tree.root)})
     try:
         wait_until(driver, ready.exists, START_TIMEOUT_S, "ready file")
-        yield TreeNet(tree, driver, json.loads(ready.read_text()))
+        yield TreeNet.from_ready(tree, driver, json.loads(ready.read_text()))
     finally:
         driver.stop(STOP_TIMEOUT_S)
 
