@@ -63,6 +63,8 @@ def parse_clone_args(
     p.add_argument("--profile", type=int, default=0, metavar="N", help=clones_help)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
     p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    name = p.prog.rpartition(".")[2]
+    p.add_argument("--tag", default="", help=f"write {name}_TAG.{{json,md}} (and profiles) instead")
     p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (debugging)")
     args = p.parse_args(argv)
     if args.quick:
@@ -72,7 +74,14 @@ def parse_clone_args(
         p.error("--rounds and --size-mb must be >= 1")
     if args.baseline_python and not args.baseline_tree:
         p.error("--baseline-python goes with --baseline-tree")
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        p.error("--tag: letters, digits, - and _ only")
     return args
+
+
+def stem(benchmark: str, args: argparse.Namespace) -> str:
+    """The results files' name: `benchmark`, or `benchmark_TAG` with --tag."""
+    return f"{benchmark}_{args.tag}" if args.tag else benchmark
 
 
 def trees(args: argparse.Namespace) -> list[Tree]:

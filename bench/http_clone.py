@@ -166,7 +166,7 @@ def profile_edge(
     return profile_process(
         side.edge,
         work / "edge-profile.txt",
-        args.results_dir / f"http_clone_profile{native}.txt",
+        args.results_dir / f"{clones.stem('http_clone', args)}_profile{native}.txt",
         "clone",
         args.profile,
         one_clone,
@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(argv, parse_args, run, render, lambda args: "http_clone")
+    return run_main(argv, parse_args, run, render, lambda args: clones.stem("http_clone", args))
 
 
 if __name__ == "__main__":

@@ -115,12 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an extra `ssh -o` for the client on both paths (e.g. Ciphers=aes128-gcm@openssh.com)",
     )
-    p.add_argument("--tag", default="", help="write ssh_clone_TAG.{json,md} (and profiles) instead")
     args = clones.parse_clone_args(p, argv, {"size_mb": 20, "rounds": 3, "ls_remotes": 5})
     if args.ls_remotes < 1:
         p.error("--ls-remotes must be >= 1")
-    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
-        p.error("--tag: letters, digits, - and _ only")
     if any("=" not in o for o in args.ssh_option):
         p.error("--ssh-option takes NAME=VALUE")
     return args
@@ -385,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _stem(args: argparse.Namespace) -> str:
-    return f"ssh_clone_{args.tag}" if args.tag else "ssh_clone"
+    return clones.stem("ssh_clone", args)
 
 
 def main(argv: list[str] | None = None) -> int:
