@@ -166,7 +166,7 @@ class CloneSample:
     wall_s: float
     client_cpu_s: float
     edge_cpu_s: float
-    """The variant's edge (on a direct path: this tree's edge, idle)."""
+    """The variant's edge (on a direct path: that tree's edge, idle)."""
     edge_children_cpu_s: float
     node_cpu_s: float
     node_children_cpu_s: float

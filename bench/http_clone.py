@@ -119,7 +119,7 @@ def first_push(side: HttpsSide, repo: RandomRepo) -> dict[str, Any]:
     return {**pushed, "node_repo_pack": pack_stats(bare) if bare.is_dir() else None}
 
 
-def big_push(side: HttpsSide, repo: RandomRepo) -> dict[str, Any]:
+def big_push(side: HttpsSide, repo: RandomRepo, generate_s: float) -> dict[str, Any]:
     """Push `repo` through the edge into a second repo, sampling the edge's RSS every 50 ms."""
     placed = clones.create_repo(side.net, PUSH_REPO)
     rss_before = side.edge.rss()
@@ -142,6 +142,7 @@ def big_push(side: HttpsSide, repo: RandomRepo) -> dict[str, Any]:
         "bytes": repo.total_bytes,
         "files": repo.files,
         "objects": repo.objects,
+        "generate_s": generate_s,
         **pushed,
         "edge_rss_before_mb": rss_before / MiB,
         "edge_rss_peak_mb": rss.peak / MiB,
@@ -209,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             big: list[dict[str, Any] | None] = [None] * len(sides)
             if args.push_mb:
-                src, _ = clones.generate_repo(work / "push-src", args.push_mb, env, PUSH_REPO)
-                big = [big_push(s, src) for s in sides]
+                src, record = clones.generate_repo(work / "push-src", args.push_mb, env, PUSH_REPO)
+                big = [big_push(s, src, record["generate_s"]) for s in sides]
                 rmtree(src.path)
             result["push"], result["big_push"] = pushes[0], big[0]
             if len(sides) > 1:

@@ -127,7 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @dataclass
-class Side:
+class SshSide:
     """One tree's devnet as this benchmark uses it."""
 
     net: TreeNet
@@ -156,7 +156,7 @@ class Side:
         self.stats[label] = response.json()
 
 
-def open_side(net: TreeNet, name: str, client_pub: Path) -> Side:
+def open_side(net: TreeNet, name: str, client_pub: Path) -> SshSide:
     """User `bench` with the client key, and `bench/big` in fra."""
     with httpx.Client(
         base_url=net.https_url,
@@ -170,7 +170,7 @@ def open_side(net: TreeNet, name: str, client_pub: Path) -> Side:
             raise RuntimeError(f"add key: HTTP {added.status_code} {added.text[:300]}")
     placed = clones.create_repo(net, REPO)
     node = net.node(str(placed["node"]))
-    return Side(net, name, placed, node, ProcMeter(net.edge_pid), ProcMeter(node.pid))
+    return SshSide(net, name, placed, node, ProcMeter(net.edge_pid), ProcMeter(node.pid))
 
 
 # -- the run -------------------------------------------------------------------------
@@ -182,7 +182,7 @@ class Rig:
 
     args: argparse.Namespace
     work: Path
-    sides: list[Side]
+    sides: list[SshSide]
     variants: dict[str, Variant]
     client_key: Path
     known_hosts: Path
