@@ -1,7 +1,11 @@
-"""Helpers shared by the benchmarks: a clean git, random repos, process meters.
+"""Small helpers every benchmark uses: units, signals, packages, logging, machine facts.
 
 Blocking code on purpose (like devnet/procs.py): benchmarks drive real `git`
-and real child processes from a plain Python main thread.
+and real child processes from a plain Python main thread. The harness itself
+is split by job: `bench.repos` (git and random repos), `bench.meters` (CPU and
+RSS of processes), `bench.runner` (interleaved runs, medians, ratios),
+`bench.results` (JSON + markdown), `bench.trees` (a devnet from any source
+tree), `bench.clones` (one measured clone), `bench.profiling` (py-spy).
 """
 
 from __future__ import annotations
@@ -9,18 +13,15 @@ from __future__ import annotations
 import math
 import os
 import platform
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,14 +29,6 @@ from typing import Any
 import psutil
 
 MiB = 1024 * 1024
-
-# git keeps a fetched or pushed pack of fewer than `transfer.unpackLimit`
-# (default 100) objects only after exploding it into loose objects, which is
-# about 4x slower and would measure zlib, not the network path. Every
-# generated repo therefore has at least this many blobs (plus a tree and a
-# commit); the limit itself is left at git's default.
-MIN_FILES = 128
-MAX_FILE_BYTES = 8 * MiB
 
 
 def sigterm_as_interrupt() -> None:
@@ -69,208 +62,13 @@ def ensure_debian_package(binary: Path, package: str, log: Callable[[str], None]
     log(f"{package} installed")
 
 
-def clean_git_env(home: Path, **extra: str) -> dict[str, str]:
-    """os.environ without GIT_*/XDG config, a throwaway HOME, no system config."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("GIT_") and k not in ("XDG_CONFIG_HOME", "EMAIL")
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        HOME=str(home),
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_TERMINAL_PROMPT="0",
-        GIT_AUTHOR_NAME="bench",
-        GIT_AUTHOR_EMAIL="bench@example.invalid",
-        GIT_COMMITTER_NAME="bench",
-        GIT_COMMITTER_EMAIL="bench@example.invalid",
-        LC_ALL="C",
-    )
-    env.update(extra)
-    return env
-
-
-class GitError(RuntimeError):
-    pass
-
-
-def run_git(
-    args: Sequence[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 1800.0
-) -> str:
-    """Run git; return stdout; raise GitError with stderr on failure."""
-    proc = subprocess.run(
-        ["git", *args],
-        env=env,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise GitError(
-            f"git {' '.join(args)} exited {proc.returncode}: "
-            + proc.stderr.decode(errors="replace")[-2000:]
-        )
-    return proc.stdout.decode(errors="replace")
-
-
-@dataclass
-class Timed:
-    wall_s: float
-    client_cpu_s: float
-
-
-def timed_git(
-    args: Sequence[str], env: dict[str, str], cwd: Path | None = None, timeout: float = 1800.0
-) -> Timed:
-    """Wall time of one git command, and the CPU of its whole process tree."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    run_git(args, env, cwd, timeout)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Timed(wall, cpu)
-
-
-@dataclass
-class RandomRepo:
-    path: Path
-    commit: str
-    files: int
-    file_bytes: int
-    total_bytes: int
-
-    @property
-    def objects(self) -> int:
-        return self.files + 3  # blobs, the root and data/ trees, one commit
-
-
-def files_for(total_bytes: int) -> int:
-    return max(MIN_FILES, math.ceil(total_bytes / MAX_FILE_BYTES))
-
-
-def make_random_repo(path: Path, total_bytes: int, env: dict[str, str]) -> RandomRepo:
-    """A one-commit repo of incompressible blobs, written straight into a pack.
-
-    `git fast-import` streams the blobs from os.urandom into a pack: no working
-    tree, no loose objects, so a 1 GiB repo costs 1 GiB of disk once. The pack
-    is written with compression level 0: zlib stores random data verbatim at
-    any level, so only the time spent trying to compress it is saved.
-    """
-    files = files_for(total_bytes)
-    file_bytes = max(1, total_bytes // files)
-    run_git(["init", "--quiet", "--initial-branch=main", str(path)], env)
-    for key, value in (("core.compression", "0"), ("pack.compression", "0")):
-        run_git(["config", key, value], env, cwd=path)
-    proc = subprocess.Popen(
-        ["git", "fast-import", "--quiet", "--done"],
-        cwd=path,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    try:
-        out = proc.stdin
-        for i in range(files):
-            out.write(b"blob\nmark :%d\ndata %d\n" % (i + 1, file_bytes))
-            left = file_bytes
-            while left:
-                n = min(left, MiB)
-                out.write(os.urandom(n))
-                left -= n
-            out.write(b"\n")
-        message = b"random blobs for benchmarks\n"
-        out.write(
-            b"commit refs/heads/main\n"
-            b"committer bench <bench@example.invalid> 1700000000 +0000\n"
-            b"data %d\n%s" % (len(message), message)
-        )
-        for i in range(files):
-            out.write(b"M 100644 :%d data/blob-%04d.bin\n" % (i + 1, i))
-        out.write(b"\ndone\n")
-        _, stderr = proc.communicate(timeout=1800)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0:
-        raise GitError(f"git fast-import exited {proc.returncode}: {stderr.decode()[-2000:]}")
-    commit = run_git(["rev-parse", "refs/heads/main"], env, cwd=path).strip()
-    return RandomRepo(path, commit, files, file_bytes, files * file_bytes)
-
-
-def pack_stats(git_dir: Path) -> dict[str, int]:
-    """Bytes in packs, number of packs, and loose objects of a repository."""
-    pack_dir = git_dir / "objects" / "pack"
-    packs = list(pack_dir.glob("*.pack")) if pack_dir.is_dir() else []
-    loose = sum(
-        1
-        for d in (git_dir / "objects").iterdir()
-        if len(d.name) == 2 and d.is_dir()
-        for _ in d.iterdir()
-    )
-    return {
-        "pack_bytes": sum(p.stat().st_size for p in packs),
-        "packs": len(packs),
-        "loose_objects": loose,
-    }
+def log(msg: str) -> None:
+    """One timestamped progress line on stderr (stdout carries the table)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-class ProcMeter:
-    """CPU seconds of one process (own, and of its reaped children)."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-
-    def cpu(self) -> tuple[float, float]:
-        t = self.proc.cpu_times()
-        return float(t.user + t.system), float(t.children_user + t.children_system)
-
-    def rss(self) -> int:
-        return int(self.proc.memory_info().rss)
-
-
-@dataclass
-class RssSampler:
-    """Samples a process's RSS every `interval` seconds in a thread."""
-
-    meter: ProcMeter
-    interval: float = 0.05
-    samples: list[tuple[float, int]] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        start = time.perf_counter()
-        while not self._stop.is_set():
-            try:
-                self.samples.append((time.perf_counter() - start, self.meter.rss()))
-            except psutil.Error:
-                return
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> RssSampler:
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    @property
-    def peak(self) -> int:
-        return max((rss for _, rss in self.samples), default=0)
 
 
 def median(values: Sequence[float]) -> float:
@@ -300,125 +98,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-@contextmanager
-def elapsed() -> Iterator[list[float]]:
-    """`with elapsed() as t: ...` then t[0] is the wall time in seconds."""
-    box = [0.0]
-    start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box[0] = time.perf_counter() - start
-
-
-# -- py-spy profiles of a server during some runs --------------------------------------
-
-
-def profile_process(
-    meter: ProcMeter,
-    raw: Path,
-    keep: Path,
-    what: str,
-    runs: int,
-    run_one: Callable[[int], float],
-    *,
-    gil_only: bool = True,
-    native: bool = False,
-    log: Callable[[str], None],
-) -> dict[str, Any]:
-    """py-spy `meter`'s process during `runs` calls of `run_one`; top frames by own time.
-
-    `--gil` keeps only samples holding the GIL, i.e. Python CPU: without it trio's
-    and asyncio's idle epoll_wait counts as active time.
-    """
-    py_spy = Path(sys.executable).parent / "py-spy"
-    if not py_spy.exists():
-        return {"error": f"{py_spy} not found (pip install py-spy)"}
-    cmd = [str(py_spy), "record", "-p", str(meter.proc.pid), "--format", "raw"]
-    cmd += ["-o", str(raw), "--rate", "250", "--nolineno"]
-    if gil_only:
-        cmd.append("--gil")
-    if native:
-        cmd.append("--native")
-    cpu_before, _ = meter.cpu()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    walls = []
-    try:
-        time.sleep(1.0)  # py-spy attaches
-        for i in range(runs):
-            walls.append(run_one(i + 1))
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-    cpu_s = meter.cpu()[0] - cpu_before
-    log(f"  profiled {runs} {what}s: median {median(walls):.3f}s, CPU {cpu_s:.2f}s")
-    if not raw.exists():
-        return {"error": "py-spy wrote no profile", "output": out.decode(errors="replace")[-2000:]}
-    text = raw.read_text()
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    keep.write_text(text)
-    return {
-        "what": what,
-        "runs": runs,
-        "wall_s": walls,
-        "edge_cpu_s_total_incl_py_spy_overhead": cpu_s,
-        "gil_only": gil_only,
-        "native": native,
-        "raw_file": str(keep),
-        **summarise_collapsed(text),
-    }
-
-
-def summarise_collapsed(text: str, top: int = 25) -> dict[str, Any]:
-    """Own and inclusive sample counts per frame from py-spy's collapsed stacks."""
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in text.splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = [f for f in stack.split(";") if f]
-        if frames and frames[0].startswith(("process ", "thread ")):
-            frames = frames[1:]  # the thread, not a function
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] += count
-        for frame in set(frames):
-            incl[frame] += count
-
-    def rows(c: Counter[str]) -> list[dict[str, Any]]:
-        return [
-            {"frame": f, "samples": n, "pct": round(100.0 * n / total, 1) if total else 0.0}
-            for f, n in c.most_common(top)
-        ]
-
-    return {"total_samples": total, "top_own": rows(own), "top_inclusive": rows(incl)}
-
-
-def render_profile(profile: dict[str, Any]) -> str:
-    if "error" in profile:
-        return f"profile: {profile['error']}"
-    kind = "GIL-holding" if profile["gil_only"] else "all (incl. idle)"
-    lines = [
-        f"py-spy on the edge during {profile['runs']} edge {profile['what']}s "
-        f"({profile['total_samples']} {kind} samples at 250 Hz, native={profile['native']}):"
-        " top by own time",
-        "",
-        "| own % | samples | frame |",
-        "| ---: | ---: | --- |",
-    ]
-    lines += [f"| {r['pct']} | {r['samples']} | `{r['frame']}` |" for r in profile["top_own"]]
-    lines += ["", "top inclusive:", "", "| incl % | frame |", "| ---: | --- |"]
-    lines += [f"| {r['pct']} | `{r['frame']}` |" for r in profile["top_inclusive"][:20]]
-    return "\n".join(lines)
-
-
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("pass" if ok else "MISS")
+
+
+@contextmanager
+def work_dir(prefix: str, keep: bool) -> Iterator[Path]:
+    """A temp dir for one run (repos, devnets, clones); removed after unless `keep`."""
+    path = Path(tempfile.mkdtemp(prefix=prefix)).resolve()
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)

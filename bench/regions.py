@@ -35,28 +35,12 @@ from typing import Any
 
 import httpx
 
-from bench.common import (
-    MiB,
-    clean_git_env,
-    machine_info,
-    make_random_repo,
-    median,
-    rmtree,
-    run_git,
-    sigterm_as_interrupt,
-    timed_git,
-)
+from bench.common import MiB, machine_info, median, rmtree, sigterm_as_interrupt
+from bench.openssh import DirectSshd, ensure_sshd, git_ssh_command, keygen, login_user, start_sshd
 from bench.regions_net import RegionsConfig, RelayHost, ensure_nginx, load_regions_config
 from bench.regions_net import start_nginx as start_nginx_for
 from bench.regions_report import render_markdown, render_plots, round_trips_from_trace
-from bench.ssh_clone import (
-    DirectSshd,
-    _login_user,
-    ensure_sshd,
-    git_ssh_command,
-    keygen,
-    start_sshd,
-)
+from bench.repos import clean_git_env, make_random_repo, run_git, timed_git
 from devnet.network import Devnet, EdgeHandle, start_devnet
 from devnet.procs import ManagedProcess
 
@@ -124,7 +108,7 @@ class World:
             return f"ssh://git@127.0.0.1:{self.ports[f'{client}>edge-ssh']}/{USER}/{repo}.git"
         bare = (self.net.nodes[self.node_of(home)].volume_dir / USER / f"{repo}.git").resolve()
         port = self.ports[f"{client}>sshd-{home}"]
-        return f"ssh://{_login_user()}@127.0.0.1:{port}{bare}"
+        return f"ssh://{login_user()}@127.0.0.1:{port}{bare}"
 
     def git_env(self, protocol: str, path: str) -> dict[str, str]:
         """The git environment for one path: through the HTTPS edge with the token up

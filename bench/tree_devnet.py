@@ -1,0 +1,108 @@
+"""Run one source tree's devnet until SIGTERM; describe it in a ready file.
+
+    <tree>/.venv/bin/python bench/tree_devnet.py --tree <tree> --work-dir D --ready-file F
+
+Started by `bench.trees` so that a benchmark can measure an edge and nodes
+built from another checkout (an older commit in its own worktree and .venv)
+beside this tree's. Standalone on purpose: it runs under that other tree's
+interpreter and must import that tree's devnet, edge and node, never this
+tree's `bench` package, so it imports nothing from `bench` and puts the tree,
+not its own directory, first on sys.path. The devnet starts every server as
+`sys.executable -m edge.cli ...` from the current directory, which is the
+tree: `-m` imports from there first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+# Where the devnet lived: devnet/ since commit 92141ab, edge/devnet.py before it.
+DEVNET_MODULES = ("devnet.network", "edge.devnet")
+
+
+def load_start_devnet(root: Path) -> tuple[Callable[..., Any], str]:
+    """The tree's `start_devnet` and the module it came from (which must be in the tree)."""
+    for name in DEVNET_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and name.startswith(exc.name):
+                continue  # this layout has no such module: try the older one
+            raise
+        origin = Path(str(module.__file__)).resolve()
+        if not origin.is_relative_to(root):
+            raise SystemExit(f"{name} was imported from {origin}, not from the tree {root}")
+        return module.start_devnet, name
+    raise SystemExit(f"no devnet module ({', '.join(DEVNET_MODULES)}) in {root}")
+
+
+def describe(net: Any, module: str, root: Path) -> dict[str, Any]:
+    """Everything a benchmark needs to drive and meter the devnet, as JSON."""
+
+    def proc(handle: Any) -> dict[str, Any]:
+        return {"pid": handle.process.popen.pid, "log_path": str(handle.process.log_path)}
+
+    return {
+        "tree": str(root),
+        "python": sys.executable,
+        "devnet_module": module,
+        "work_dir": str(net.work_dir),
+        "ca_file": str(net.ca_file),
+        "known_hosts": str(getattr(net, "known_hosts", "")),
+        "admin_secret_file": str(net.admin_secret_file),
+        "edges": [
+            {"name": e.name, "region": e.region, "ready": e.ready, **proc(e)} for e in net.edges
+        ],
+        "nodes": [
+            {
+                "node_id": n.node_id,
+                "region": n.region,
+                "volume_dir": str(n.volume_dir),
+                "ready": n.ready,
+                **proc(n),
+            }
+            for n in net.nodes.values()
+        ],
+    }
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--tree", type=Path, required=True)
+    p.add_argument("--work-dir", type=Path, required=True)
+    p.add_argument("--ready-file", type=Path, required=True)
+    p.add_argument("--user", action="append", default=[], help="make a token for this user")
+    args = p.parse_args(argv)
+    root = args.tree.resolve()
+    os.chdir(root)
+    sys.path[0] = str(root)  # the tree's packages, not this script's directory
+    signal.signal(signal.SIGTERM, _stop)
+    start_devnet, module = load_start_devnet(root)
+    try:
+        with start_devnet(args.work_dir.resolve()) as net:
+            info = describe(net, module, root)
+            info["tokens"] = {user: net.user_token(user) for user in args.user}
+            partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+            partial.write_text(json.dumps(info, indent=2))
+            partial.replace(args.ready_file)  # whole or absent: the reader polls for it
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
