@@ -27,17 +27,9 @@ from typing import Any
 
 import httpx
 
-from bench.common import (
-    MiB,
-    ProcMeter,
-    clean_git_env,
-    machine_info,
-    make_random_repo,
-    median,
-    rmtree,
-    run_git,
-    timed_git,
-)
+from bench.common import MiB, machine_info, median, rmtree
+from bench.meters import ProcMeter
+from bench.repos import clean_git_env, make_random_repo, run_git, timed_git
 from devnet.network import Devnet, start_devnet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
