@@ -10,6 +10,27 @@ Layout under the configurable prefix (default `/gitedge/`):
     keys/<fingerprint>      KeyRecord: SSH key -> user (SHA256:... fingerprint, unique)
     tokens/<token-id>       TokenRecord: a personal HTTPS token's hash and owner
 
+Replicated repositories (issue 8; docs/replication.md has the whole design):
+
+    repos/<owner>/<name>    with a factor N > 1 the record also holds
+                            `replicas` (volume ids, home first) and
+                            `sync_replicas` (W); a factor of 1 writes neither
+    repl/<owner>/<name>/state
+                            ConsensusState: {"generation", "checksum", "volume", "txid"}.
+                            generation counts accepted pushes; checksum is the XOR
+                            over all refs of sha1("<oid> <ref>") (Gitaly's), refs
+                            under refs/gitedge/ excluded. Absent = generation 0, no refs.
+    repl/<owner>/<name>/applied/<volume-id>
+                            {"generation": g}: that replica's refs equal generation g
+    <prefix minus "/">.refs/<owner>/<name>/log/<G:012d>/<chunk:03d>
+                            zlib(JSON) of the ref changes of generation G, cut in
+                            chunks of at most 512 KiB: a 10,000-ref push is one entry.
+                            A second root because edges mirror all of <prefix>;
+                            only nodes read the log.
+
+A push's vote is one txn: compare state mod_revision (and the repo record's)
+unchanged, then put state G+1, its log chunks and the primary's applied G+1.
+
 Values are compact JSON objects. Decoders raise `SchemaError` on anything
 malformed so one bad key cannot take the routing cache down.
 """
