@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--region", help="place it in this region (sent as the region header)")
     create.add_argument("--public", action="store_true", help="anyone may clone it")
+    create.add_argument(
+        "--replicas", type=int, help="replication factor (default: the edge's default_replicas)"
+    )
+    create.add_argument("--sync-replicas", type=int, help="W: replicas a push must reach")
     where = repo_sub.add_parser("where", help="print where OWNER/NAME lives (JSON)")
     where.add_argument("name")
 
@@ -152,11 +156,12 @@ def api_command(args: argparse.Namespace) -> int:
             match args.command, action:
                 case "repo", "create":
                     region = {args.region_header: args.region} if args.region else {}
-                    response = client.post(
-                        "/api/repos",
-                        json={"name": args.name, "public": args.public},
-                        headers=region,
-                    )
+                    payload: dict[str, object] = {"name": args.name, "public": args.public}
+                    if args.replicas is not None:
+                        payload["replicas"] = args.replicas
+                    if args.sync_replicas is not None:
+                        payload["sync_replicas"] = args.sync_replicas
+                    response = client.post("/api/repos", json=payload, headers=region)
                 case "repo", _:
                     response = client.get(f"/api/repos/{args.name}")
                 case "user", _:

@@ -102,6 +102,8 @@ class EdgeConfig:
         ipaddress.ip_network("::1/128"),
     )
     fallback_region: Region | None = None
+    default_replicas: int = 1
+    """`[edge] default_replicas`: the replication factor of a create that names none."""
     node_admin_secret: str = ""
     node_connect_timeout: float = 3.0
     node_idle_timeout: float = 30.0
@@ -172,6 +174,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         region_header=header,
         trusted_proxies=edge.networks("trusted_proxies", ["127.0.0.0/8", "::1/128"]),
         fallback_region=fallback,
+        default_replicas=edge.int("default_replicas", 1, 1, 9),
         node_admin_secret=nodes.secret("admin_secret"),
         node_connect_timeout=nodes.float("connect_timeout", 3.0, 0.1, 60),
         node_idle_timeout=nodes.float("idle_timeout", 30.0, 1, 3600),

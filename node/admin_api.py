@@ -1,6 +1,7 @@
 """The node's internal API, called by the edge (with the secret node/edge_auth.py checks).
 
-    POST   /_gitedge/repos                {"name": "owner/name"}  -> 201 / 200 {"created": bool}
+    POST   /_gitedge/repos                {"name": "owner/name"[, "replicated": true]}
+                                                              -> 201 / 200 {"created": bool}
     DELETE /_gitedge/repos/<owner>/<name>                         -> 204 / 404
 
 The edge creates a repository by first writing its record to etcd, then asking
@@ -60,11 +61,12 @@ class AdminApi:
             return
         try:
             repo = parse_create_body(body)
+            replicated = parse_replicated(body)
         except ValueError as exc:
             await conn.respond_text(400, f"bad request: {exc}")
             return
         try:
-            created = await self._store.create(repo)
+            created = await self._store.create(repo, replicated=replicated)
         except (RepoStoreError, OSError) as exc:
             log.error("creating %s failed: %s", repo, exc)
             await conn.respond_text(500, "could not create the repository")
@@ -89,6 +91,14 @@ class AdminApi:
             return
         log.info("deleted repository %s", repo)
         await conn.respond(204)
+
+
+def parse_replicated(body: bytes) -> bool:
+    """`"replicated": true` in a create body: install the replication hooks."""
+    value = json.loads(body).get("replicated", False)
+    if not isinstance(value, bool):
+        raise ValueError("replicated must be true or false")
+    return value
 
 
 def parse_create_body(body: bytes) -> RepoName:

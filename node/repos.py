@@ -56,7 +56,7 @@ class RepoStore:
     def env(self, git_protocol: str | None = None) -> dict[str, str]:
         return child_env(os.environ, self.home_dir, git_protocol)
 
-    async def create(self, repo: RepoName) -> bool:
+    async def create(self, repo: RepoName, *, replicated: bool = False) -> bool:
         """`git init --bare` the repo unless it exists; True if this call created it.
 
         Initialised in a temp dir and renamed into place, so a reader never sees

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 import trio
 
+from routing.consensus import ConsensusState, decode_applied, decode_state
 from routing.errors import NotFound, StoreUnavailable, Unroutable
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
@@ -38,7 +39,8 @@ from routing.model import (
     VolumeId,
     VolumeRecord,
 )
-from routing.placement import choose_volume
+from routing.placement import choose_replicas, choose_volume
+from routing.replicas import ReplicaStatus, choose_read_replica, replica_statuses
 from routing.schema import (
     Keys,
     SchemaError,
@@ -97,6 +99,8 @@ class RoutingCache:
         self._users: dict[str, UserRecord] = {}
         self._keys_by_fingerprint: dict[str, KeyRecord] = {}
         self._tokens: dict[str, TokenRecord] = {}
+        self._consensus: dict[RepoName, ConsensusState] = {}
+        self._applied: dict[RepoName, dict[VolumeId, int]] = {}
         # Live read-only views: the tables are cleared and refilled, never replaced.
         self.repos: Final[Mapping[RepoName, RepoRecord]] = MappingProxyType(self._repos)
         self.volumes: Final[Mapping[VolumeId, VolumeRecord]] = MappingProxyType(self._volumes)
@@ -164,6 +168,8 @@ class RoutingCache:
                 self.put_key(decode_key_record(value))
             elif key.startswith(keys.tokens):
                 self.put_token(decode_token(value))
+            elif key.startswith(keys.repl):
+                self._put_repl(key, value)
         except SchemaError as exc:
             # One bad record must not stop routing for everything else. What it
             # replaced is gone too: a key overwritten with garbage is no key.
@@ -181,7 +187,7 @@ class RoutingCache:
                 return
             record = self._repos.pop(name, None)
             if record is not None:
-                self._repo_counts[record.volume_id] -= 1
+                self._repo_counts.subtract(record.replica_volumes)
         elif key.startswith(keys.volumes):
             self._volumes.pop(VolumeId(key.removeprefix(keys.volumes)), None)
         elif key.startswith(keys.nodes):
@@ -192,6 +198,22 @@ class RoutingCache:
             self.drop_key(key.removeprefix(keys.keys))
         elif key.startswith(keys.tokens):
             self.drop_token(key.removeprefix(keys.tokens))
+        elif key.startswith(keys.repl) and (parsed := keys.parse_repl_key(key)) is not None:
+            name, volume = parsed
+            if volume is None:
+                self._consensus.pop(name, None)
+            else:
+                self._applied.get(name, {}).pop(VolumeId(volume), None)
+
+    def _put_repl(self, key: str, value: bytes) -> None:
+        parsed = self.keys.parse_repl_key(key)
+        if parsed is None:
+            return
+        name, volume = parsed
+        if volume is None:
+            self._consensus[name] = decode_state(value, 0)
+        else:
+            self._applied.setdefault(name, {})[VolumeId(volume)] = decode_applied(value)
 
     def _tables(self) -> tuple[dict[Any, Any], ...]:
         return (
@@ -201,14 +223,16 @@ class RoutingCache:
             self._users,
             self._keys_by_fingerprint,
             self._tokens,
+            self._consensus,
+            self._applied,
         )
 
     def _add_repo(self, record: RepoRecord) -> None:
         old = self._repos.get(record.name)
         if old is not None:
-            self._repo_counts[old.volume_id] -= 1
+            self._repo_counts.subtract(old.replica_volumes)
         self._repos[record.name] = record
-        self._repo_counts[record.volume_id] += 1
+        self._repo_counts.update(record.replica_volumes)
 
     # -- this edge's own writes, ahead of their watch events -------------------------
     # The watch delivers the same change moments later; applying it twice is a no-op.
@@ -307,9 +331,48 @@ class RoutingCache:
             raise Unroutable(f"{name}: node {node.node_id} no longer serves {volume.volume_id}")
         return RepoLocation(name, volume.region, volume.volume_id, node.node_id, node.http_url)
 
+    def consensus_generation(self, name: RepoName) -> int:
+        state = self._consensus.get(name)
+        return state.generation if state else 0
+
+    def replica_statuses(self, record: RepoRecord) -> list[ReplicaStatus]:
+        """Every replica of `record` with its state against the mirrored consensus."""
+        state = self._consensus.get(record.name)
+        return replica_statuses(
+            record,
+            state.generation if state else 0,
+            self._applied.get(record.name, {}),
+            self._volumes,
+            self._nodes,
+        )
+
+    async def resolve_read(self, name: RepoName, region: Region) -> RepoLocation:
+        """Where to send a clone, fetch or ls-remote from a client in `region`.
+
+        Unreplicated: the home, as `resolve`. Replicated: the nearest replica
+        whose applied generation equals the consensus; none: Unroutable.
+        """
+        record = await self.record(name)
+        if not record.replicated:
+            return await self.resolve(name)
+        chosen = choose_read_replica(self.replica_statuses(record), region)
+        if chosen is None or chosen.node is None or chosen.region is None:
+            raise Unroutable(f"{name}: no replica is in sync with the consensus")
+        node = chosen.node
+        return RepoLocation(name, chosen.region, chosen.volume_id, node.node_id, node.http_url)
+
     def place(self, region: Region, fallback: Region | None) -> tuple[VolumeRecord, NodeRecord]:
         """A live volume for a new repository (raises PlacementError)."""
         volume = choose_volume(
             region, self._volumes.values(), self._nodes, self._repo_counts, fallback
         )
         return volume, self._nodes[volume.node_id]
+
+    def place_replicas(
+        self, region: Region, factor: int, fallback: Region | None
+    ) -> list[tuple[VolumeRecord, NodeRecord]]:
+        """`factor` live volumes on distinct nodes, home first (raises PlacementError)."""
+        chosen = choose_replicas(
+            region, factor, self._volumes.values(), self._nodes, self._repo_counts, fallback
+        )
+        return [(volume, self._nodes[volume.node_id]) for volume in chosen]

@@ -169,6 +169,14 @@ class EtcdClient:
     async def delete_if_unchanged(self, key: str, mod_revision: int) -> TxnResult:
         return await self._txn(codec.delete_if_unchanged_txn(key, mod_revision))
 
+    async def txn(self, compares: list[dict[str, Any]], success: list[dict[str, Any]]) -> TxnResult:
+        """A general txn built with etcd_codec's `compare_*` and `*_op` helpers.
+
+        Never replayed: a timeout raises EtcdUnavailable with an unknown outcome,
+        which the caller resolves by reading back what it wrote.
+        """
+        return await self._txn(codec.txn_request(compares, success))
+
     async def _txn(self, body: dict[str, Any]) -> TxnResult:
         return codec.decode_txn(await self._call("/v3/kv/txn", body, False))
 

@@ -230,6 +230,24 @@ def _txn(compare: dict[str, Any], success: dict[str, Any]) -> dict[str, Any]:
     return {"compare": [compare], "success": [success], "failure": []}
 
 
+# --- general transactions (several compares, several ops) -----------------------
+# etcd applies all `success` ops atomically when every compare holds; its default
+# limit is 128 ops per txn (--max-txn-ops), which callers keep far below.
+
+
+def compare_mod_revision(key: str, mod_revision: int) -> dict[str, Any]:
+    """Holds while `key` was last written at `mod_revision` (0: the key is absent)."""
+    return _mod_equals(key, mod_revision)
+
+
+def put_op(key: str, value: bytes) -> dict[str, Any]:
+    return {"request_put": put_request(key, value)}
+
+
+def txn_request(compares: list[dict[str, Any]], success: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"compare": compares, "success": success, "failure": []}
+
+
 def compaction_request(revision: int) -> dict[str, Any]:
     return {"revision": str(revision)}
 

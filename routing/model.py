@@ -126,10 +126,24 @@ class RepoRecord:
     public: bool = False
     readers: tuple[str, ...] = ()
     writers: tuple[str, ...] = ()
+    replicas: tuple[VolumeId, ...] = ()
+    """With a replication factor > 1: every replica's volume, the home
+    (`volume_id`) first. Empty for an unreplicated repository."""
+    sync_replicas: int = 0
+    """W: replicas that hold a push's objects before it is accepted (0 when unreplicated)."""
 
     @property
     def owner_user(self) -> str:
         return self.owner or self.name.owner
+
+    @property
+    def replica_volumes(self) -> tuple[VolumeId, ...]:
+        """Every volume that holds the repository, the home first."""
+        return self.replicas or (self.volume_id,)
+
+    @property
+    def replicated(self) -> bool:
+        return len(self.replicas) > 1
 
 
 def parse_user_name(raw: str) -> str:

@@ -58,3 +58,45 @@ def choose_volume(
             f"no live volume in region {want!r}" if in_region else f"unknown region {want!r}"
         )
     raise PlacementError("; ".join(reasons))
+
+
+def choose_replicas(
+    region: Region,
+    factor: int,
+    volumes: Iterable[VolumeRecord],
+    nodes: Mapping[NodeId, NodeRecord],
+    repo_counts: Mapping[VolumeId, int],
+    fallback: Region | None = None,
+) -> list[VolumeRecord]:
+    """`factor` live volumes on distinct nodes, the home (as `choose_volume`) first.
+
+    The others go to regions not used yet first (a region down must not take
+    two replicas with it), then to other nodes of used regions; two replicas
+    on one node would survive nothing, so that is never chosen.
+    """
+    volumes = list(volumes)
+    home = choose_volume(region, volumes, nodes, repo_counts, fallback)
+    if factor <= 1:
+        return [home]
+    live = live_volumes(volumes, nodes)
+    chosen = [home]
+    while len(chosen) < factor:
+        used_regions = {v.region for v in chosen}
+        used_nodes = {v.node_id for v in chosen}
+        candidates = [v for v in volumes if v.volume_id in live and v.node_id not in used_nodes]
+        if not candidates:
+            raise PlacementError(
+                f"{factor} replicas need {factor} live nodes; only {len(chosen)} available"
+            )
+        chosen.append(
+            min(
+                candidates,
+                key=lambda v: (
+                    v.region in used_regions,
+                    repo_counts.get(v.volume_id, 0),
+                    -live[v.volume_id],
+                    v.volume_id,
+                ),
+            )
+        )
+    return chosen

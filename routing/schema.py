@@ -117,6 +117,41 @@ class Keys:
     def token(self, token_id: str) -> str:
         return self.tokens + token_id
 
+    # -- replication (issue 8) ----------------------------------------------------
+
+    @property
+    def repl(self) -> str:
+        return self.prefix + "repl/"
+
+    def repl_state(self, name: RepoName) -> str:
+        return f"{self.repl}{name.path}/state"
+
+    def repl_applied(self, name: RepoName, volume_id: str) -> str:
+        return f"{self.repl}{name.path}/applied/{volume_id}"
+
+    @property
+    def refs_root(self) -> str:
+        """Outside `prefix`: edges mirror all of `prefix`, and only nodes read ref logs."""
+        return self.prefix.rstrip("/") + ".refs/"
+
+    def refs_log(self, name: RepoName) -> str:
+        return f"{self.refs_root}{name.path}/log/"
+
+    def refs_log_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
+        return f"{self.refs_log(name)}{generation:012d}/{chunk:03d}"
+
+    def parse_repl_key(self, key: str) -> tuple[RepoName, str | None] | None:
+        """`(repo, None)` for a state key, `(repo, volume_id)` for an applied key."""
+        parts = key.removeprefix(self.repl).split("/")
+        try:
+            if len(parts) == 3 and parts[2] == "state":
+                return RepoName.parse(f"{parts[0]}/{parts[1]}"), None
+            if len(parts) == 4 and parts[2] == "applied" and parts[3]:
+                return RepoName.parse(f"{parts[0]}/{parts[1]}"), parts[3]
+        except InvalidRepoName:
+            return None
+        return None
+
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
@@ -228,18 +263,20 @@ def decode_volume(raw: bytes) -> VolumeRecord:
 
 
 def encode_repo(repo: RepoRecord) -> bytes:
-    return _dump(
-        {
-            "name": repo.name.path,
-            "volume_id": repo.volume_id,
-            "region": repo.region,
-            "created_at": repo.created_at,
-            "owner": repo.owner,
-            "public": repo.public,
-            "readers": list(repo.readers),
-            "writers": list(repo.writers),
-        }
-    )
+    obj: dict[str, Any] = {
+        "name": repo.name.path,
+        "volume_id": repo.volume_id,
+        "region": repo.region,
+        "created_at": repo.created_at,
+        "owner": repo.owner,
+        "public": repo.public,
+        "readers": list(repo.readers),
+        "writers": list(repo.writers),
+    }
+    if repo.replicated:
+        obj["replicas"] = list(repo.replicas)
+        obj["sync_replicas"] = repo.sync_replicas
+    return _dump(obj)
 
 
 def decode_repo(raw: bytes) -> RepoRecord:
@@ -255,9 +292,25 @@ def decode_repo(raw: bytes) -> RepoRecord:
             public=obj.get("public") is True,
             readers=_str_tuple(obj, "readers"),
             writers=_str_tuple(obj, "writers"),
+            **_replica_fields(obj),
         )
     except (InvalidRegion, InvalidRepoName) as exc:
         raise SchemaError(str(exc)) from exc
+
+
+def _replica_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """`replicas` and `sync_replicas`, checked together (records before issue 8 have neither)."""
+    if "replicas" not in obj:
+        return {}
+    replicas = tuple(VolumeId(v) for v in _str_tuple(obj, "replicas"))
+    sync = _num(obj, "sync_replicas")
+    if len(replicas) < 2 or len(set(replicas)) != len(replicas):
+        raise SchemaError("field 'replicas' must list at least 2 distinct volumes")
+    if replicas[0] != obj.get("volume_id"):
+        raise SchemaError("field 'replicas' must start with the home volume")
+    if sync != int(sync) or not 1 <= sync <= len(replicas):
+        raise SchemaError("field 'sync_replicas' must be between 1 and the number of replicas")
+    return {"replicas": replicas, "sync_replicas": int(sync)}
 
 
 def encode_user(user: UserRecord) -> bytes:

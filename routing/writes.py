@@ -8,6 +8,11 @@ record is deleted again, but only if it is still the one written here
 
 The node call is injected (`InitOnNode`): routing knows how to record a
 repository, not how to talk to a node's API.
+
+A replicated repository (`replicas` > 1) records its whole replica set in the
+same create-if-absent txn, and every replica is initialised (concurrently, by
+`init_replica`, which installs the replication hooks); if any init fails, the
+record is rolled back and every replica that was made is removed again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 
 InitOnNode = Callable[[NodeRecord, RepoName], Awaitable[None]]
 """Create the bare repository on the node; raise (anything) if it was not created."""
+DropOnNode = Callable[[NodeRecord, RepoName], Awaitable[None]]
+"""Delete a replica made by a create that is being rolled back (best effort)."""
 
 # A rollback is cleanup after a failure the caller is already hearing about: it
 # gets its own deadline, shielded, so a cancelled create still tries to undo itself.
@@ -44,6 +51,17 @@ class NewRepo:
     public: bool = False
     readers: tuple[str, ...] = ()
     writers: tuple[str, ...] = ()
+    replicas: int = 1
+    sync_replicas: int | None = None
+    """W; None: 2 when replicated (a push durable on two replicas), else 1."""
+
+    def write_quorum(self) -> int:
+        if self.replicas <= 1:
+            return 0
+        wanted = 2 if self.sync_replicas is None else self.sync_replicas
+        if not 1 <= wanted <= self.replicas:
+            raise ValueError(f"sync_replicas must be between 1 and {self.replicas}")
+        return wanted
 
 
 async def create_repo(
@@ -53,12 +71,21 @@ async def create_repo(
     region: Region,
     fallback: Region | None,
     init_on_node: InitOnNode,
+    *,
+    init_replica: InitOnNode | None = None,
+    drop_replica: DropOnNode | None = None,
 ) -> RepoLocation:
     """Place, record (create-if-absent), then init on the node; roll back on failure.
 
     Raises PlacementError (no live volume), AlreadyExists, StoreUnavailable, or
     whatever `init_on_node` raised (after the rollback).
     """
+    if new.replicas > 1:
+        if init_replica is None or drop_replica is None:
+            raise ValueError("a replicated create needs init_replica and drop_replica")
+        return await _create_replicated(
+            etcd, cache, new, region, fallback, init_replica, drop_replica
+        )
     volume, node = cache.place(region, fallback)  # PlacementError propagates
     record = RepoRecord(
         new.name,
@@ -93,6 +120,74 @@ async def create_repo(
         raise
     cache.add_created(record)
     return RepoLocation(new.name, volume.region, volume.volume_id, node.node_id, node.http_url)
+
+
+async def _create_replicated(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    new: NewRepo,
+    region: Region,
+    fallback: Region | None,
+    init_replica: InitOnNode,
+    drop_replica: DropOnNode,
+) -> RepoLocation:
+    quorum = new.write_quorum()
+    placed = cache.place_replicas(region, new.replicas, fallback)  # PlacementError propagates
+    home, home_node = placed[0]
+    record = RepoRecord(
+        new.name,
+        home.volume_id,
+        home.region,
+        round(time.time(), 3),
+        owner=new.owner,
+        public=new.public,
+        readers=new.readers,
+        writers=new.writers,
+        replicas=tuple(volume.volume_id for volume, _ in placed),
+        sync_replicas=quorum,
+    )
+    key = cache.keys.repo(new.name)
+    try:
+        txn = await etcd.create(key, encode_repo(record))
+    except EtcdError as exc:
+        raise StoreUnavailable(f"create {key}: {exc}") from exc
+    if not txn.succeeded:
+        raise AlreadyExists(f"repository {new.name} already exists")
+    made: list[NodeRecord] = []
+    failures: list[Exception] = []
+
+    async def init_one(node: NodeRecord) -> None:
+        try:
+            await init_replica(node, new.name)
+        except Exception as exc:  # kept, so the caller hears the node's own error
+            failures.append(exc)
+        else:
+            made.append(node)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for _volume, node in placed:
+                nursery.start_soon(init_one, node)
+        if failures:
+            raise failures[0]
+    except BaseException as exc:
+        rolled_back = await _roll_back(etcd, key, txn.revision)
+        with trio.move_on_after(ROLLBACK_TIMEOUT, shield=True):
+            for node in made:
+                try:
+                    await drop_replica(node, new.name)
+                except Exception as drop_exc:  # best effort: an orphan dir routes nowhere
+                    log.warning(
+                        "dropping replica of %s on %s: %r", new.name, node.node_id, drop_exc
+                    )
+        log.warning(
+            "init of replicated %s failed (%r); rolled back: %s", new.name, exc, rolled_back
+        )
+        raise
+    cache.add_created(record)
+    return RepoLocation(
+        new.name, home.region, home.volume_id, home_node.node_id, home_node.http_url
+    )
 
 
 async def _roll_back(etcd: EtcdClient, key: str, created_revision: int) -> bool:

@@ -96,16 +96,34 @@ async def read_json_body(
         raise BadRequest("request body must be JSON") from None
 
 
+MAX_REPLICAS = 9
+# Flipped on by the commit that makes replicated pushes work end to end: until
+# then a factor > 1 is refused rather than half-served.
+REPLICATION_AVAILABLE = False
+
+
 @dataclass(frozen=True)
 class CreateRequest:
     name: RepoName
     public: bool
     readers: tuple[str, ...]
     writers: tuple[str, ...]
+    replicas: int | None = None
+    sync_replicas: int | None = None
+
+
+def _opt_count(payload: dict[str, Any], field: str) -> int | None:
+    value = payload.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REPLICAS:
+        raise BadRequest(f"{field} must be a whole number from 1 to {MAX_REPLICAS}")
+    return value
 
 
 def parse_create_request(payload: Any) -> CreateRequest:
-    """`{"name": "owner/name", "public": false, "readers": [...], "writers": [...]}`."""
+    """`{"name": "owner/name", "public": false, "readers": [...], "writers": [...],
+    "replicas": N, "sync_replicas": W}` (the last two optional)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
         raise BadRequest('expected JSON {"name": "owner/name"}')
     try:
@@ -124,7 +142,20 @@ def parse_create_request(payload: Any) -> CreateRequest:
             lists.append(tuple(parse_user_name(u) for u in users))
         except InvalidRepoName as exc:
             raise BadRequest(f"{field}: {exc}") from None
-    return CreateRequest(name, public, lists[0], lists[1])
+    replicas = _opt_count(payload, "replicas")
+    sync_replicas = _opt_count(payload, "sync_replicas")
+    if sync_replicas is not None and sync_replicas > (replicas or 1):
+        raise BadRequest("sync_replicas cannot exceed replicas")
+    return CreateRequest(name, public, lists[0], lists[1], replicas, sync_replicas)
+
+
+def replication_factor(request: CreateRequest, default: int) -> int:
+    factor = request.replicas or default
+    if factor > 1 and not REPLICATION_AVAILABLE:
+        raise BadRequest(
+            "replicated repositories (replicas > 1) are not available yet on this network"
+        )
+    return factor
 
 
 def client_region(header_value: bytes | None, trusted: bool, own_region: Region) -> Region:
@@ -182,6 +213,10 @@ async def handle_api(
                 "owner": record.owner_user,
                 "public": record.public,
             }
+            if record.replicated:
+                body["sync_replicas"] = record.sync_replicas
+                body["generation"] = state.cache.consensus_generation(name)
+                body["replicas"] = [s.to_json() for s in state.cache.replica_statuses(record)]
             await send_json(client, 200, body, close=not keep)
             return Outcome(200, keep)
         case CreateRepo():
@@ -193,7 +228,15 @@ async def handle_api(
             region = client_region(
                 head.header(cfg.region_header.lower().encode()), info.trusted_proxy, cfg.region
             )
-            new = NewRepo(request.name, owner, request.public, request.readers, request.writers)
+            new = NewRepo(
+                request.name,
+                owner,
+                request.public,
+                request.readers,
+                request.writers,
+                replicas=replication_factor(request, cfg.default_replicas),
+                sync_replicas=request.sync_replicas,
+            )
             with create_errors():
                 location = await create_repo(
                     state.etcd,
@@ -202,6 +245,8 @@ async def handle_api(
                     region,
                     cfg.fallback_region,
                     state.node_admin.init_repo,
+                    init_replica=state.node_admin.init_replica,
+                    drop_replica=state.node_admin.drop_replica,
                 )
             await send_json(client, 201, location.to_json(), close=not keep)
             return Outcome(201, keep, f"node={location.node_id}")

@@ -31,15 +31,35 @@ class NodeAdmin:
         self._timeout = timeout
 
     async def init_repo(self, node: NodeRecord, name: RepoName) -> None:
-        body = json.dumps({"name": name.path}).encode()
+        await self._call(node, name, b"POST", b"/_gitedge/repos", {"name": name.path})
+
+    async def init_replica(self, node: NodeRecord, name: RepoName) -> None:
+        """Init one replica of a replicated repository (the node installs its hooks)."""
+        body = {"name": name.path, "replicated": True}
+        await self._call(node, name, b"POST", b"/_gitedge/repos", body)
+
+    async def drop_replica(self, node: NodeRecord, name: RepoName) -> None:
+        """Delete a replica again (rollback of a failed replicated create)."""
+        await self._call(node, name, b"DELETE", b"/_gitedge/repos/" + name.path.encode(), None)
+
+    async def _call(
+        self,
+        node: NodeRecord,
+        name: RepoName,
+        method: bytes,
+        target: bytes,
+        payload: dict[str, object] | None,
+    ) -> None:
+        body = b"" if payload is None else json.dumps(payload).encode()
         # fresh: a POST is never replayed, so it must not meet a pooled
         # connection that the node may be closing (DESIGN, "Pooled keep-alive").
         conn = await self._pool.acquire(node.http_url, fresh=True, node_id=node.node_id)
-        lines = [b"POST /_gitedge/repos HTTP/1.1", b"host: " + conn.host_header]
+        lines = [method + b" " + target + b" HTTP/1.1", b"host: " + conn.host_header]
         if conn.auth_line:
             lines.append(conn.auth_line)
+        if payload is not None:
+            lines.append(b"content-type: application/json")
         lines += [
-            b"content-type: application/json",
             b"content-length: %d" % len(body),
             b"connection: close",
             b"",
@@ -51,7 +71,7 @@ class NodeAdmin:
                 raw = await conn.stream.read_head(self._timeout)
                 if raw is None:
                     raise NodeUnavailable(f"init {name} on {node.node_id}: closed without answer")
-                response, framer = parse_response_head(raw, b"POST")
+                response, framer = parse_response_head(raw, method)
                 answer = b""
                 while not framer.done and len(answer) < MAX_ANSWER:
                     data = await conn.stream.receive()
@@ -62,6 +82,6 @@ class NodeAdmin:
             raise NodeUnavailable(f"init {name} on {node.node_id}: {exc!r}") from None
         finally:
             await conn.stream.aclose()
-        if response.status not in (200, 201):
+        if response.status not in (200, 201, 204):
             text = answer[:200].decode("utf-8", "replace")
             raise NodeUnavailable(f"init {name} on {node.node_id}: HTTP {response.status} {text}")
