@@ -318,9 +318,12 @@ def start_devnet(
     edge_region: str | None = None,
     lease_ttl: int = 10,
     tls_regions: Collection[str] = (),
+    edge_per_region: bool = False,
+    edge_options: str = "",
 ) -> Devnet:
     """etcd, one node per region (`<region>-1`) and one edge, all ready.
 
+    With `edge_per_region`, one edge in each region (the first region's first).
     The nodes of `tls_regions` serve HTTPS (see `Devnet.start_node`)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
@@ -343,7 +346,11 @@ def start_devnet(
     try:
         for region in regions:
             net.start_node(f"{region}-1", region, lease_ttl=lease_ttl, tls=region in tls_regions)
-        net.start_edge(edge_region or regions[0])
+        if edge_per_region:
+            for region in regions:
+                net.start_edge(region, edge_options=edge_options)
+        else:
+            net.start_edge(edge_region or regions[0], edge_options=edge_options)
     except BaseException:
         net.stop()
         raise

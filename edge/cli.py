@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="etcd, two regional nodes and an edge on this machine")
     demo.add_argument("--workdir", type=Path, help="default: a new temporary directory")
+    demo.add_argument(
+        "--regions",
+        type=_region_list,
+        help="comma-separated regions, e.g. fra,lax,syd: one node and one edge in each",
+    )
 
     repo = sub.add_parser("repo", help="create or locate a repository through an edge")
     repo_sub = repo.add_subparsers(dest="repo_command", required=True)
@@ -100,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _region_list(raw: str) -> tuple[str, ...]:
+    from routing.model import InvalidRegion, parse_region
+
+    try:
+        regions = tuple(parse_region(r.strip()) for r in raw.split(","))
+    except InvalidRegion as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if len(set(regions)) != len(regions):
+        raise argparse.ArgumentTypeError("a region is named twice")
+    return regions
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     setup_logging(args.log_level)
@@ -119,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     ["--config", str(args.config), "--log-level", args.log_level, *ready]
                 )
             case "demo":
-                return demo(args.workdir)
+                return demo(args.workdir, args.regions)
             case "repo" | "user" | "token" | "key":
                 return api_command(args)
     except ConfigError as exc:
@@ -199,11 +216,16 @@ def api_command(args: argparse.Namespace) -> int:
     return 1
 
 
-def demo(workdir: Path | None) -> int:
+def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
     from devnet.network import start_devnet
 
     work = workdir or Path(tempfile.mkdtemp(prefix="gitedge-demo-"))
-    print(f"starting etcd, nodes fra-1 and lax-1, and an edge in {work} ...", flush=True)
+    if regions:
+        print(
+            f"starting etcd, one node and one edge in each of {', '.join(regions)}, in {work} ..."
+        )
+    else:
+        print(f"starting etcd, nodes fra-1 and lax-1, and an edge in {work} ...", flush=True)
     stop = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -216,7 +238,8 @@ def demo(workdir: Path | None) -> int:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     script = Path(sys.executable).with_name("gitedge")
     gitedge = str(script) if script.exists() else "gitedge"
-    with start_devnet(work) as net:
+    started = start_devnet(work, regions, edge_per_region=True) if regions else start_devnet(work)
+    with started as net:
         edge = net.edge
         url = edge.https_url
         token = net.user_token("alice")  # a ready user, made through the admin API
@@ -233,11 +256,18 @@ def demo(workdir: Path | None) -> int:
             "token": token,
             "admin_token_file": str(net.admin_token_file),
         }
+        if regions:
+            ready["edges"] = {
+                e.region: {"https_url": e.https_url, "ssh_url": e.ssh_url} for e in net.edges
+            }
+        edge_lines = "".join(
+            f"\n  edge {e.region:<8} {e.https_url}  {e.ssh_url}" for e in net.edges[1:]
+        )
         print(
             f"""
 gitedge demo is up.
   edge (HTTPS)  {url}
-  edge (SSH)    {edge.ssh_url}   host key in {known_hosts}
+  edge (SSH)    {edge.ssh_url}   host key in {known_hosts}{edge_lines}
   CA bundle     {net.ca_file}
   etcd          {net.etcd.url}
   nodes         {", ".join(f"{n.node_id} ({n.region}) {n.http_url}" for n in net.nodes.values())}
@@ -270,16 +300,29 @@ or the scp form, through a host alias in ~/.ssh/config:
     UserKnownHostsFile {known_hosts}
   git clone gitedge-demo:alice/hello.git hello-scp
 
-Ctrl-C stops everything.
+A node may die and come back: restart one with
+  {gitedge} node --config {work}/node-<name>.toml      (e.g. node-{next(iter(net.nodes))}.toml)
+Ctrl-C stops everything the demo started.
 READY {json.dumps(ready, sort_keys=True)}""",
             flush=True,
         )
+        reported: set[str] = set()
         while not stop:
             signal.pause()
-            for proc in [net.etcd.process, *(n.process for n in net.nodes.values()), edge.process]:
+            for proc in [net.etcd.process, *(e.process for e in net.edges)]:
                 if not proc.alive():
                     print(f"gitedge demo: {proc.name} exited; stopping", file=sys.stderr)
                     stop = True
+            # A node dying is part of the story (failover): say how to bring it back.
+            for node in net.nodes.values():
+                if not node.process.alive() and node.node_id not in reported:
+                    reported.add(node.node_id)
+                    print(
+                        f"gitedge demo: node {node.node_id} exited; restart it with:\n"
+                        f"  {gitedge} node --config {node.config_path}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     print("gitedge demo stopped", flush=True)
     return 0
 

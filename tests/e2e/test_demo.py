@@ -100,3 +100,93 @@ def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
             demo.wait()
         if demo.stdout is not None:
             demo.stdout.close()
+
+
+def _read_until(demo: subprocess.Popen[bytes], needle: bytes, deadline_s: float) -> bytes:
+    assert demo.stdout is not None
+    fd, output = demo.stdout.fileno(), b""
+    deadline = time.monotonic() + deadline_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while needle not in output and time.monotonic() < deadline:
+            if selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                output += data
+    assert needle in output, output.decode(errors="replace")
+    return output
+
+
+def test_three_region_demo_survives_a_node_and_says_how_to_restart_it(tmp_path: Path) -> None:
+    work = tmp_path / "demo3"
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge.cli",
+            "demo",
+            "--workdir",
+            str(work),
+            "--regions",
+            "fra,lax,syd",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        ready = _read_ready(demo, 120)
+        assert set(ready["regions"]) == set(ready["edges"]) == {"fra", "lax", "syd"}
+        assert ready["https_url"] == ready["edges"]["fra"]["https_url"]
+        assert ready["ssh_url"] == ready["edges"]["fra"]["ssh_url"]
+        alice = {"GITEDGE_USER": ready["user"], "GITEDGE_TOKEN": ready["token"]}
+        ca_file = Path(ready["ca_file"])
+        # Each region's edge places a repository in its own region.
+        for region, urls in ready["edges"].items():
+            made = gitedge(
+                urls["https_url"], ca_file, "repo", "create", f"alice/r-{region}", **alice
+            )
+            assert made.returncode == 0, made.stderr
+            assert json.loads(made.stdout)["region"] == region
+
+        config = work / "node-syd-1.toml"
+        (pid,) = [p for p in _processes_mentioning(str(config))]
+        os.kill(pid, signal.SIGKILL)
+        _read_until(demo, f"node --config {config}".encode(), 30)
+        assert demo.poll() is None  # still running
+
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "edge.cli", "node", "--config", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def placed_in_syd() -> bool | None:
+            made = gitedge(
+                ready["edges"]["syd"]["https_url"],
+                ca_file,
+                "repo",
+                "create",
+                f"alice/again-{time.monotonic_ns()}",
+                **alice,
+            )
+            return (made.returncode == 0 and json.loads(made.stdout)["node"] == "syd-1") or None
+
+        poll(30, placed_in_syd, "the restarted syd-1 to take a new repository")
+    finally:
+        if restarted is not None:
+            restarted.terminate()
+            restarted.wait(timeout=30)
+        demo.send_signal(signal.SIGTERM)
+        try:
+            demo.wait(timeout=30)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+            if demo.stdout is not None:
+                demo.stdout.close()
+    poll(10, lambda: not _processes_mentioning(str(work)))
