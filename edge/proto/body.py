@@ -72,13 +72,13 @@ class BodyFramer:
 
     def __init__(self, *, remaining: int | None, chunked: bool) -> None:
         self._remaining = remaining  # None: delimited by connection close
+        self._length = remaining or 0
         self._chunked = chunked
         self._state = _State.SIZE_LINE if chunked else _State.DATA
         self._line = bytearray()  # a chunk line split across feeds
         self._crlf_seen = 0  # of the CRLF after chunk data
         self._trailer_bytes = 0
-        self.consumed = 0
-        """Body bytes taken so far, framing included."""
+        self._taken = 0  # chunked or close-delimited: body bytes so far
         if not chunked and remaining == 0:
             self._state = _State.DONE
 
@@ -108,6 +108,13 @@ class BodyFramer:
         return self._remaining is None and not self._chunked
 
     @property
+    def consumed(self) -> int:
+        """Body bytes taken so far, framing included."""
+        if self._chunked or self._remaining is None:
+            return self._taken
+        return self._length - self._remaining
+
+    @property
     def known_remaining(self) -> int | None:
         """Bytes still to come when the length is known (Content-Length), else None."""
         if self._state is _State.DONE:
@@ -116,25 +123,25 @@ class BodyFramer:
 
     def feed(self, data: bytes | bytearray | memoryview) -> int:
         """How many leading bytes of `data` are body; the rest belongs to what follows."""
-        if self._state is _State.BROKEN:
-            raise BodyError("body framing already broken")
         size = len(data)
         if not self._chunked:
+            # The hot path for Content-Length bodies: nothing to check but the count.
             if self._remaining is None:
-                self.consumed += size
+                self._taken += size
                 return size
             take = min(size, self._remaining)
             self._remaining -= take
-            self.consumed += take
             if self._remaining == 0:
                 self._state = _State.DONE
             return take
+        if self._state is _State.BROKEN:
+            raise BodyError("body framing already broken")
         try:
             pos = self._feed_chunked(data, size)
         except BodyError:
             self._state = _State.BROKEN
             raise
-        self.consumed += pos
+        self._taken += pos
         return pos
 
     def eof(self) -> None:

@@ -224,7 +224,9 @@ class Exchange:
             self.failure is None
             and self.response is not None
             and self.response.persistent
-            and self.response_complete
+            and self.response_body is not None
+            and self.response_body.done
+            and not self.response_body.close_delimited  # it ended because the node closed
             and self.request_body.done
         )
 
