@@ -93,11 +93,12 @@ def test_request_in_every_split_leaves_the_next_request_alone(head: bytes, body:
 
 def test_progress_unread_partial_read() -> None:
     exchange = Exchange(REQUESTS["post-length"][0])
-    assert exchange.request_progress is BodyProgress.UNREAD
+    seen = [exchange.request_progress]
     exchange.request_body.feed(b'{"name"')
-    assert exchange.request_progress is BodyProgress.PARTIAL
+    seen.append(exchange.request_progress)
     exchange.request_body.feed(b': "alice/x"}')
-    assert exchange.request_progress is BodyProgress.READ
+    seen.append(exchange.request_progress)
+    assert seen == [BodyProgress.UNREAD, BodyProgress.PARTIAL, BodyProgress.READ]
 
 
 def test_progress_broken() -> None:
