@@ -32,7 +32,7 @@ from edge.errors import (
 )
 from edge.http.proxy import ClientInfo
 from edge.http.respond import Outcome, Reply
-from edge.http.stream import collect_body
+from edge.http.stream import BodyTimeout, collect_body
 from edge.proto.http_route import (
     AddKey,
     CreateRepo,
@@ -68,7 +68,13 @@ async def read_json_body(reply: Reply, timeout: float) -> Any:
     exchange = reply.exchange
     if (go_ahead := exchange.continue_head()) is not None:
         await reply.client.send_all(go_ahead)
-    framed = await collect_body(reply.client, exchange.request_body, MAX_JSON_BODY + 4096, timeout)
+    try:
+        framed = await collect_body(
+            reply.client, exchange.request_body, MAX_JSON_BODY + 4096, timeout
+        )
+    except BodyTimeout:
+        exchange.fail("request body timed out")  # answer at once, without a drain
+        raise
     try:
         return json.loads(exchange.decoded_request_body(framed))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -47,6 +47,8 @@ _FORWARD = frozenset(
     }
 )
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# What may break off a relay once the client has a response: the connection ends.
+_ROUTINE = (BodyError, EdgeError, trio.TooSlowError, *_STREAM_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,8 @@ async def _relay(
         nursery.cancel_scope.cancel()
 
     if client_error is not None:
+        # Part of the body may be at the node, the rest is not worth waiting for.
+        exchange.fail(f"request body: {client_error!r}")
         return _after_failure(exchange, result, _client_error(client_error), "request body")
     if node_error is not None:
         return _after_failure(exchange, result, node_error, "response")
@@ -268,12 +272,8 @@ def _after_failure(
     exchange: Exchange, result: ProxyResult, exc: BaseException, where: str
 ) -> ProxyResult:
     """Raise `exc` for the front to answer, or, once the client has a response, end it."""
-    if not exchange.response_started:
-        raise exc
-    if not isinstance(exc, BodyError | EdgeError | trio.TooSlowError | _NodeClosedEarly) and (
-        not isinstance(exc, _STREAM_ERRORS)
-    ):
-        raise exc  # a bug: the front logs it and closes the connection
+    if not exchange.response_started or not isinstance(exc, _ROUTINE):
+        raise exc  # for the front to answer; or a bug, which it logs
     exchange.fail(f"{where} broke off: {exc!r}")
     result.note = f"aborted: {where}: {exc!r}"
     log.info("relay of a %d response broke off (%s): %r", result.status, where, exc)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from edge.http.stream import BufferedStream, drain_body
 from edge.proto.exchange import Exchange
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

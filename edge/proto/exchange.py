@@ -104,12 +104,15 @@ class Exchange:
     def drain_budget(self) -> int:
         """How many bytes of an unread request body to read and drop before answering.
 
-        0 means none: the body is read, broken, too large to be worth it, the
-        connection closes anyway, or the client waits for a `100 Continue` it
-        will not get; the answer then closes the connection.
+        0 means none: the body is read, broken, given up on (`fail`), too
+        large to be worth it, the connection closes anyway, or the client
+        waits for a `100 Continue` it will not get; the answer then closes
+        the connection.
         """
         framer = self.request_body
-        if framer.done or framer.broken or self._expects_continue or not self.head.persistent:
+        if framer.done or framer.broken or self.failure is not None:
+            return 0
+        if self._expects_continue or not self.head.persistent:
             return 0
         left = DRAIN_LIMIT - framer.consumed
         remaining = framer.known_remaining

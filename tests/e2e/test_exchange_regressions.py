@@ -104,36 +104,42 @@ def _log_size(net: Devnet) -> int:
 # -- an unread body is not the next request ------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "auth"),
-    [
-        ("GET", "/api/repos/alice/pub", False),
-        ("GET", "/api/user/tokens", True),
-        ("DELETE", "/api/user/tokens/000000000000", True),
-    ],
-    ids=["get-repo", "list-tokens", "revoke-token"],
-)
+def throwaway_token_id(net: Devnet, user: str) -> tuple[str, str]:
+    """A new token of `user`'s, made with the admin token: (its id, the token)."""
+    admin = {"authorization": f"Bearer {net.admin_token}"}
+    with httpx.Client(base_url=net.edge.https_url, verify=tls(net), timeout=30) as api:
+        token = str(api.post(f"/api/admin/users/{user}/tokens", headers=admin).json()["token"])
+    return token.split("_")[1], token
+
+
+@pytest.mark.parametrize("route", ["get-repo", "list-tokens", "revoke-token"])
 def test_unread_api_body_is_not_parsed_as_a_second_request(
-    net: Devnet, repos: None, method: str, path: str, auth: bool
+    net: Devnet, repos: None, route: str
 ) -> None:
-    smuggled = request("GET", "/api/repos/alice/priv", b"Authorization: " + basic(net, "alice"))
-    outer_auth = [b"Authorization: " + basic(net, "alice")] if auth else []
-    outer = request(method, path, *outer_auth, body=smuggled)
+    alice = b"Authorization: " + basic(net, "alice")
+    if route == "get-repo":
+        method, path, headers = "GET", "/api/repos/alice/pub", []
+    elif route == "list-tokens":
+        method, path, headers = "GET", "/api/user/tokens", [alice]
+    else:
+        method, path, headers = (
+            "DELETE",
+            f"/api/user/tokens/{throwaway_token_id(net, 'alice')[0]}",
+            [alice],
+        )
+    smuggled = request("GET", "/api/repos/alice/priv", alice)
+    outer = request(method, path, *headers, body=smuggled)
     found, rest = responses(converse(net, outer + CLOSE), [method.encode(), b"GET", b"GET"])
     assert rest == b""
-    assert found, "no answer at all"
     # One answer to the API request, then (if the edge kept the connection)
     # the health check's; never an answer to the body.
-    assert found[0][0] in (200, 404)
+    assert [status for status, _, _ in found[:1]] == [200]
     assert [body for _, _, body in found[1:]] in ([], [b"ok\n"])
     assert all(b"alice/priv" not in body for _, _, body in found)
 
 
 def test_unread_api_body_does_not_revoke_a_token(net: Devnet, repos: None) -> None:
-    admin = {"authorization": f"Bearer {net.admin_token}"}
-    with httpx.Client(base_url=net.edge.https_url, verify=tls(net), timeout=30) as api:
-        token = api.post("/api/admin/users/alice/tokens", headers=admin).json()["token"]
-    token_id = token.split("_")[1]
+    token_id, token = throwaway_token_id(net, "alice")
     revoke = request(
         "DELETE", f"/api/user/tokens/{token_id}", b"Authorization: " + basic(net, "alice", token)
     )
