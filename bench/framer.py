@@ -4,7 +4,8 @@
 
 A body of `--mib` MiB is fed in 256 KiB pieces (what the relay reads per
 `receive_some`), once per framing: chunked with several chunk sizes, and
-Content-Length as a control. The framer at `--baseline` (a git ref; its
+Content-Length as a control. Fast cases are framed several times per sample
+so that each sample lasts about 50 ms. The framer at `--baseline` (a git ref; its
 `edge/proto/body.py` is loaded as it was) and the working tree's run
 interleaved in one process, as DESIGN.md asks of timings here (they vary by
 ±30 % between runs); the report quotes medians and new/old ratios of the time
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -61,14 +63,23 @@ def pieces_of(body: bytes) -> list[bytes]:
     return [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
 
 
-def time_feed(make: Callable[[], Any], pieces: list[bytes]) -> float:
-    framer = make()
-    started = time.perf_counter()
-    for piece in pieces:
-        framer.feed(piece)
-    elapsed = time.perf_counter() - started
-    assert framer.done
-    return elapsed
+def time_feed(make: Callable[[], Any], pieces: list[bytes], rounds: int = 1) -> float:
+    """Seconds per body: the body framed `rounds` times, so that one sample lasts long
+    enough (tens of ms) for a scheduler hiccup on a shared machine not to dominate."""
+    elapsed = 0.0
+    for _ in range(rounds):
+        framer = make()
+        started = time.perf_counter()
+        for piece in pieces:
+            framer.feed(piece)
+        elapsed += time.perf_counter() - started
+        assert framer.done
+    return elapsed / rounds
+
+
+def rounds_for(make: Callable[[], Any], pieces: list[bytes], sample_s: float = 0.05) -> int:
+    once = time_feed(make, pieces)
+    return max(1, math.ceil(sample_s / max(once, 1e-6)))
 
 
 def main() -> None:
@@ -93,9 +104,10 @@ def main() -> None:
     rows = []
     for name, pieces, factory in cases:
         times: dict[str, list[float]] = {"old": [], "new": []}
+        rounds = rounds_for(factory(old), pieces)
         for _ in range(args.repeat):
             for label, module in (("old", old), ("new", new)):
-                times[label].append(time_feed(factory(module), pieces))
+                times[label].append(time_feed(factory(module), pieces, rounds))
         old_s, new_s = median(times["old"]), median(times["new"])
         row = {
             "case": name,
@@ -104,6 +116,7 @@ def main() -> None:
             "old_mb_s": round(total / old_s / 1e6),
             "new_mb_s": round(total / new_s / 1e6),
             "new_over_old": round(new_s / old_s, 3),
+            "rounds_per_sample": rounds,
             "samples": times,
         }
         rows.append(row)
@@ -129,7 +142,8 @@ def main() -> None:
         "# BodyFramer.feed micro-benchmark",
         "",
         f"A {args.mib} MiB body fed in {CHUNK // 1024} KiB pieces; median of {args.repeat}"
-        f" interleaved runs; old = `{args.baseline}:edge/proto/body.py`, new = working tree.",
+        f" interleaved samples (each ~50 ms: fast cases framed several times);"
+        f" old = `{args.baseline}:edge/proto/body.py`, new = working tree. ms per body.",
         "",
         "| case | old ms | new ms | new MB/s | new/old |",
         "| --- | ---: | ---: | ---: | ---: |",
