@@ -18,6 +18,7 @@ the exchange is marked failed and both connections close.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import trio
@@ -227,16 +228,22 @@ async def _respond(
 ) -> None:
     """The node's response head, checked, then its body, relayed to the client."""
     node = conn.stream
-    try:
-        raw = await node.read_head(timeout=timeouts.response, idle_timeout=timeouts.response)
-    except _STREAM_ERRORS as exc:
-        if node.bytes_in == received_before:
-            raise _NodeClosedEarly() from exc
-        raise BadGateway(f"node {conn.address}: {exc!r}") from None
-    except HeadTimeout:
-        raise BadGateway(f"node {conn.address}: response head timed out") from None
-    except HeadError as exc:
-        raise BadGateway(f"node {conn.address}: {exc.message}") from None
+    # The deadline is ours, not read_head's idle one: None from read_head must
+    # mean EOF, because only a close (the pooled connection's idle race) may be
+    # retried; a node that is merely slow may be working on the request.
+    with trio.move_on_after(timeouts.response) as waited:
+        try:
+            raw = await node.read_head(timeout=timeouts.response, idle_timeout=math.inf)
+        except _STREAM_ERRORS as exc:
+            if node.bytes_in == received_before:
+                raise _NodeClosedEarly() from exc
+            raise BadGateway(f"node {conn.address}: {exc!r}") from None
+        except HeadTimeout:
+            raise BadGateway(f"node {conn.address}: response head timed out") from None
+        except HeadError as exc:
+            raise BadGateway(f"node {conn.address}: {exc.message}") from None
+    if waited.cancelled_caught:
+        raise BadGateway(f"node {conn.address}: no response in {timeouts.response}s")
     if raw is None:
         if node.bytes_in == received_before:
             raise _NodeClosedEarly()

@@ -179,7 +179,7 @@ class Exchange:
         """
         assert not self.response_started, "one answer per exchange"
         self.response = response
-        self.response_body = _response_framer(response, self.head.method)
+        self.response_body = response_framer(response, self.head.method)
         close = self._must_close() or self.response_body.close_delimited
         self._announced_close = close
         self.status = response.status
@@ -255,7 +255,10 @@ def _request_framer(head: RequestHead) -> BodyFramer:
     return BodyFramer.length(head.content_length)  # "none" is a zero-length body
 
 
-def _response_framer(response: ResponseHead, request_method: bytes) -> BodyFramer:
+def response_framer(response: ResponseHead, request_method: bytes) -> BodyFramer:
+    """How a response to `request_method` is framed (RFC 9112 6.3): none for HEAD,
+    204 and 304 whatever the head says. Public for relays whose request to a node
+    is their own (no client Exchange), so the rule stays in one place."""
     if request_method == b"HEAD" or response.status in (204, 304):
         return BodyFramer.length(0)
     if response.framing == "chunked":

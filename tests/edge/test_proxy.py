@@ -330,6 +330,26 @@ async def test_pooled_connection_the_node_closed_is_retried_on_a_fresh_one() -> 
     assert got.pool.nodes[1].requests[0].target.endswith(b"service=git-upload-pack")
 
 
+async def never_answers(node: Node, stream: trio.abc.Stream) -> None:
+    await node.read_request(stream)
+    await trio.sleep_forever()
+
+
+async def test_node_that_does_not_answer_in_time_is_502_and_not_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Slow is not closed: the node may be working on the request, so it is not sent again.
+    got = await run(
+        INFO_REFS,
+        never_answers,
+        answers(ADVERTISEMENT, ADVERTISEMENT_BODY),
+        reused_first=True,
+        timeouts=Timeouts(response=30, body_idle=30),
+    )
+    assert type(got.error) is BadGateway
+    assert len(got.pool.acquired) == 1
+
+
 async def test_streamed_request_is_not_replayed_after_a_pooled_connection_closes() -> None:
     # Half a POST went up: it may not be sent twice (DESIGN.md, pooled keep-alive).
     got = await run(
