@@ -9,8 +9,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import h11
-
 from edge.api.accounts import (
     add_key,
     create_token,
@@ -30,9 +28,8 @@ from edge.errors import (
     RoutingUnavailable,
 )
 from edge.http.proxy import ClientInfo
-from edge.http.respond import Outcome, send_json
-from edge.http.stream import BufferedStream, relay_body
-from edge.proto.http_head import RequestHead
+from edge.http.respond import Outcome, Reply
+from edge.http.stream import BodyTimeout, collect_body
 from edge.proto.http_route import (
     AddKey,
     CreateRepo,
@@ -61,37 +58,20 @@ log = logging.getLogger(__name__)
 MAX_JSON_BODY = 64 * 1024
 
 
-class _Collector:
-    """A sink for relay_body that keeps the bytes, up to a limit."""
-
-    def __init__(self, limit: int) -> None:
-        self.data = bytearray()
-        self._limit = limit
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.data += data
-        if len(self.data) > self._limit:
-            raise BadRequest(f"request body over {self._limit} bytes")
-
-
-async def read_json_body(
-    client: BufferedStream, raw_head: bytes, head: RequestHead, timeout: float
-) -> Any:
-    """The request's JSON body, decoded (chunked or not) with h11; BadRequest otherwise."""
-    framer = head.new_body_framer()
-    sink = _Collector(MAX_JSON_BODY + 4096)
-    await relay_body(client, sink, framer, timeout)
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(raw_head + bytes(sink.data))
-    body = bytearray()
-    while True:
-        event = conn.next_event()
-        if isinstance(event, h11.Data):
-            body += event.data
-        elif isinstance(event, h11.EndOfMessage) or event is h11.NEED_DATA:
-            break
+async def read_json_body(reply: Reply, timeout: float) -> Any:
+    """The request's JSON body, decoded (chunked or not); BadRequest otherwise."""
+    exchange = reply.exchange
+    if (go_ahead := exchange.continue_head()) is not None:
+        await reply.client.send_all(go_ahead)
     try:
-        return json.loads(body)
+        framed = await collect_body(
+            reply.client, exchange.request_body, MAX_JSON_BODY + 4096, timeout
+        )
+    except BodyTimeout:
+        exchange.fail("request body timed out")  # answer at once, without a drain
+        raise
+    try:
+        return json.loads(exchange.decoded_request_body(framed))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest("request body must be JSON") from None
 
@@ -186,19 +166,12 @@ ApiRoute = (
 )
 
 
-async def handle_api(
-    state: EdgeState,
-    client: BufferedStream,
-    raw: bytes,
-    head: RequestHead,
-    route: ApiRoute,
-    info: ClientInfo,
-) -> Outcome:
+async def handle_api(state: EdgeState, reply: Reply, route: ApiRoute, info: ClientInfo) -> Outcome:
     """The JSON API. Every answer is JSON; errors propagate as EdgeError."""
     cfg = state.config
+    head = reply.exchange.head
     authorization = head.header(b"authorization")
     admin = is_admin(authorization, cfg.admin_token)
-    keep = head.keep_alive
     match route:
         case GetRepo(repo=name):
             user = None if admin else await http_user(state.cache, authorization)
@@ -217,13 +190,10 @@ async def handle_api(
                 body["sync_replicas"] = record.sync_replicas
                 body["generation"] = state.cache.consensus_generation(name)
                 body["replicas"] = [s.to_json() for s in state.cache.replica_statuses(record)]
-            await send_json(client, 200, body, close=not keep)
-            return Outcome(200, keep)
+            return await reply.json(200, body)
         case CreateRepo():
             user = None if admin else await http_user(state.cache, authorization)
-            request = parse_create_request(
-                await read_json_body(client, raw, head, cfg.header_timeout)
-            )
+            request = parse_create_request(await read_json_body(reply, cfg.header_timeout))
             owner = check_namespace(request.name, user, admin)
             region = client_region(
                 head.header(cfg.region_header.lower().encode()), info.trusted_proxy, cfg.region
@@ -248,43 +218,34 @@ async def handle_api(
                     init_replica=state.node_admin.init_replica,
                     drop_replica=state.node_admin.drop_replica,
                 )
-            await send_json(client, 201, location.to_json(), close=not keep)
-            return Outcome(201, keep, f"node={location.node_id}")
+            return await reply.json(201, location.to_json(), f"node={location.node_id}")
         case CreateUser():
             _require_admin(admin)
-            payload = await read_json_body(client, raw, head, cfg.header_timeout)
+            payload = await read_json_body(reply, cfg.header_timeout)
             created = await create_user(state.etcd, state.cache, payload)
-            await send_json(client, 201, {"name": created.name}, close=not keep)
-            return Outcome(201, keep)
+            return await reply.json(201, {"name": created.name})
         case CreateToken(user=name):
             _require_admin(admin)
             token = await create_token(state.etcd, state.cache, name)
-            await send_json(client, 201, {"user": name, "token": token}, close=not keep)
-            return Outcome(201, keep)
+            return await reply.json(201, {"user": name, "token": token})
         case AddKey():
             user = await http_user(state.cache, authorization)
             if user is None:
                 raise AuthRequired("adding a key needs the user's token")
-            payload = await read_json_body(client, raw, head, cfg.header_timeout)
+            payload = await read_json_body(reply, cfg.header_timeout)
             key = await add_key(state.etcd, state.cache, user, payload)
-            await send_json(
-                client,
-                201,
-                {"fingerprint": key.fingerprint, "user": user, "title": key.title},
-                close=not keep,
+            return await reply.json(
+                201, {"fingerprint": key.fingerprint, "user": user, "title": key.title}
             )
-            return Outcome(201, keep)
         case ListCredentials(kind=kind, user=None):
             user = await _signed_in(state, authorization, f"listing your {kind}s")
             listed = list_credentials(state.cache, kind, user)
-            await send_json(client, 200, {"user": user, f"{kind}s": listed}, close=not keep)
-            return Outcome(200, keep)
+            return await reply.json(200, {"user": user, f"{kind}s": listed})
         case ListCredentials(kind=kind, user=str(name)):
             _require_admin(admin)
             await require_user(state.etcd, state.cache, name)
             listed = list_credentials(state.cache, kind, name)
-            await send_json(client, 200, {"user": name, f"{kind}s": listed}, close=not keep)
-            return Outcome(200, keep)
+            return await reply.json(200, {"user": name, f"{kind}s": listed})
         case RevokeCredential(kind=kind, ident=ident, admin=admin_route):
             if admin_route:
                 _require_admin(admin)
@@ -294,8 +255,7 @@ async def handle_api(
             owner = await revoke_credential(state.etcd, state.cache, kind, ident, caller)
             log.info("revoked %s %s of %s", kind, ident, owner or "?")
             revoked = {"revoked": kind, "id": ident, "user": owner}
-            await send_json(client, 200, revoked, close=not keep)
-            return Outcome(200, keep, f"{kind}={ident}")
+            return await reply.json(200, revoked, f"{kind}={ident}")
     raise AssertionError(f"unhandled API route {route!r}")
 
 

@@ -15,6 +15,7 @@ from edge.errors import NodeUnavailable
 from edge.http.pool import NodePool
 from edge.http.stream import HeadTimeout
 from edge.proto.body import BodyError
+from edge.proto.exchange import response_framer
 from edge.proto.http_head import HeadError, parse_response_head
 from routing.model import NodeRecord, RepoName
 
@@ -71,7 +72,8 @@ class NodeAdmin:
                 raw = await conn.stream.read_head(self._timeout)
                 if raw is None:
                     raise NodeUnavailable(f"init {name} on {node.node_id}: closed without answer")
-                response, framer = parse_response_head(raw, method)
+                response = parse_response_head(raw)
+                framer = response_framer(response, method)
                 answer = b""
                 while not framer.done and len(answer) < MAX_ANSWER:
                     data = await conn.stream.receive()

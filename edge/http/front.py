@@ -1,7 +1,9 @@
 """The HTTP(S) front: one task per client connection, requests in turn.
 
-Heads are cut and checked here (proto/http_head), routed (proto/http_route),
-and git requests handed to proxy.py; everything else is answered here.
+Heads are cut here and each becomes an `Exchange` (proto/exchange), routed
+(proto/http_route); git requests go to proxy.py, everything else is answered
+here through the exchange's `Reply`. Whether the connection carries another
+request is the exchange's answer alone.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from edge.api.handlers import handle_api
 from edge.auth import authorize, http_user, routing_errors
 from edge.errors import EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
-from edge.http.respond import Outcome, send_json, send_text
+from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
 from edge.proto.body import BodyError
-from edge.proto.http_head import HeadError, RequestHead, parse_request_head
+from edge.proto.exchange import Exchange, refusal
+from edge.proto.http_head import HeadError
 from edge.proto.http_route import (
     AddKey,
     CreateRepo,
@@ -52,22 +55,30 @@ async def serve_connection(
     client = BufferedStream(stream)
     info = ClientInfo(peer_ip, scheme, cfg.is_trusted_proxy(peer_ip))
     idle = cfg.header_timeout
+    exchange: Exchange | None = None
     try:
         while True:
+            exchange = None
             try:
                 raw = await client.read_head(cfg.header_timeout, idle_timeout=idle)
             except HeadTimeout:
-                await send_text(client, 408, "request header timed out", close=True)
+                await client.send_all(refusal(408, "request header timed out"))
                 return
             except HeadError as exc:
-                await send_text(client, exc.http_status, exc.message, close=True)
+                await client.send_all(refusal(exc.http_status, exc.message))
                 return
             if raw is None:
                 return
             idle = cfg.keepalive_timeout
             started = trio.current_time()
             with state.requests.track():
-                outcome = await handle_request(state, client, raw, info)
+                try:
+                    exchange = Exchange(raw)
+                except HeadError as exc:
+                    await client.send_all(refusal(exc.http_status, exc.message))
+                    outcome = Outcome(exc.http_status, exc.message)
+                else:
+                    outcome = await handle_request(state, client, exchange, info)
             log.info(
                 "%s %s %d %.3fs %s",
                 peer_ip,
@@ -76,52 +87,42 @@ async def serve_connection(
                 trio.current_time() - started,
                 outcome.note,
             )
-            if not outcome.keep_alive:
+            if exchange is None or not exchange.client_reusable:
                 return
     except _STREAM_ERRORS as exc:
         log.debug("connection from %s ended: %r", peer_ip, exc)
     except Exception:
         # A bug must cost one connection, never the edge: log it, answer if we can.
         log.exception("internal error serving %s", peer_ip)
-        with trio.move_on_after(1), suppress(*_STREAM_ERRORS):
-            await send_text(client, 500, "internal error", close=True)
+        if exchange is None or not exchange.response_started:
+            with trio.move_on_after(1), suppress(*_STREAM_ERRORS):
+                await client.send_all(refusal(500, "internal error"))
     finally:
         await client.aclose()
 
 
 async def handle_request(
-    state: EdgeState, client: BufferedStream, raw: bytes, info: ClientInfo
+    state: EdgeState, client: BufferedStream, exchange: Exchange, info: ClientInfo
 ) -> Outcome:
-    try:
-        head = parse_request_head(raw)
-    except HeadError as exc:
-        await send_text(client, exc.http_status, exc.message, close=True)
-        return Outcome(exc.http_status, False)
-    # A body we do not read poisons the connection: answer, then close.
-    no_body = head.new_body_framer().done
-    keep = head.keep_alive and no_body
+    """Answer one request, or relay it; every error becomes its wire form here."""
+    reply = Reply(client, exchange, state.config.header_timeout)
+    head = exchange.head
     try:
         route = parse_route(head.method, head.target)
     except RouteError as exc:
         extra = [(b"allow", exc.allow.encode())] if exc.allow else None
-        await send_text(client, exc.http_status, exc.message, close=not keep, extra=extra)
-        return Outcome(exc.http_status, keep)
+        return await reply.text(exc.http_status, exc.message, extra=extra)
     try:
         match route:
             case InfoRefs() | Rpc():
-                return await _git(state, client, head, route, info)
+                return await _git(state, reply, route, info)
             case Health(ready=False):
-                await send_text(client, 200, "ok", close=not keep)
-                return Outcome(200, keep)
+                return await reply.text(200, "ok")
             case Health(ready=True):
                 ready = state.cache.synced
-                await send_json(
-                    client,
-                    200 if ready else 503,
-                    {"ready": ready, "cache_revision": state.cache.revision},
-                    close=not keep,
+                return await reply.json(
+                    200 if ready else 503, {"ready": ready, "cache_revision": state.cache.revision}
                 )
-                return Outcome(200 if ready else 503, keep)
             case (
                 CreateRepo()
                 | GetRepo()
@@ -131,46 +132,40 @@ async def handle_request(
                 | ListCredentials()
                 | RevokeCredential()
             ):
-                return await handle_api(state, client, raw, head, route, info)
+                return await handle_api(state, reply, route, info)
             case Stats() if info.trusted_proxy:
-                await send_json(client, 200, state.stats(), close=not keep)
-                return Outcome(200, keep)
+                return await reply.json(200, state.stats())
             case Unrouted() | Stats():
-                await send_text(client, 404, "not found", close=not keep)
-                return Outcome(404, keep)
+                return await reply.text(404, "not found")
     except EdgeError as exc:
-        await send_text(
-            client, exc.http_status, exc.public_message, close=not keep, extra=list(exc.headers)
+        return await reply.text(
+            exc.http_status, exc.public_message, extra=list(exc.headers), note=exc.detail
         )
-        return Outcome(exc.http_status, keep, exc.detail)
+    except BodyError as exc:
+        # A malformed or oversized request body: the client's own doing (4xx).
+        return await reply.text(exc.http_status, exc.public_message, note=exc.detail)
     raise AssertionError(f"unhandled route {route!r}")
 
 
-async def _git(
-    state: EdgeState,
-    client: BufferedStream,
-    head: RequestHead,
-    route: InfoRefs | Rpc,
-    info: ClientInfo,
-) -> Outcome:
+async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: ClientInfo) -> Outcome:
+    head = reply.exchange.head
     if head.http_version != b"1.1":
-        # Bodies are relayed with their HTTP/1.1 framing (chunked) as they are.
-        await send_text(client, 505, "HTTP/1.1 required", close=True)
-        return Outcome(505, False)
+        # Bodies are relayed with their HTTP/1.1 framing (chunked) as they are;
+        # an HTTP/1.0 connection is not persistent, so this answer closes it.
+        return await reply.text(505, "HTTP/1.1 required")
     user = await http_user(state.cache, head.header(b"authorization"))
     await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
     with routing_errors():
         location = await state.cache.resolve(route.repo)
     cfg = state.config
     result = await proxy_git(
-        client,
-        head,
+        reply.client,
+        reply.exchange,
         route,
         location,
         info,
         state.pool,
         Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
     )
-    return Outcome(
-        result.status, result.keep_alive, f"node={location.node_id} bytes={result.response_bytes}"
-    )
+    note = f"node={location.node_id} bytes={result.response_bytes}"
+    return Outcome(result.status, f"{note} {result.note}" if result.note else note)

@@ -1,23 +1,34 @@
 """Relaying one smart-HTTP request to the repository's node and back.
 
 Both bodies are copied verbatim, framing included (proto/body.py), one chunk
-in flight per direction. The request body goes up in its own task while the
-response comes down, because a node may answer before it has read everything
-(an error, or receive-pack refusing a push).
+in flight per direction, and every byte goes through the request's `Exchange`,
+which decides what becomes of both connections afterwards. The request body
+goes up in its own task while the response comes down, because a node may
+answer before it has read everything (an error, or receive-pack refusing a
+push).
+
+Errors are caught inside the relay's nursery and raised after it has closed,
+one at a time: raised inside, they would leave it as an exception group, which
+no `except` for a single error matches (a node closing early became a 500).
+Before the client has a response head, a failure is an `EdgeError` (or a
+`BodyError` for a malformed request body) for the front to answer; after it,
+the exchange is marked failed and both connections close.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import trio
 
 from edge.errors import BadGateway, EdgeError, NodeUnavailable
 from edge.http.pool import NodeConn, NodePool
-from edge.http.stream import BufferedStream, HeadTimeout, relay_body
+from edge.http.stream import BodyTimeout, BufferedStream, HeadTimeout, relay_body
 from edge.proto.body import BodyError
-from edge.proto.http_head import HeadError, RequestHead, parse_response_head
+from edge.proto.exchange import Exchange
+from edge.proto.http_head import HeadError, parse_response_head
 from gitproto.routes import InfoRefs, Rpc
 from routing.model import RepoLocation
 
@@ -36,10 +47,9 @@ _FORWARD = frozenset(
         b"user-agent",
     }
 )
-# Hop-by-hop response headers (RFC 9110 7.6.1) are this connection's business.
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"}
-)
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+# What may break off a relay once the client has a response: the connection ends.
+_ROUTINE = (BodyError, EdgeError, trio.TooSlowError, *_STREAM_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -59,12 +69,22 @@ class _NodeClosedEarly(Exception):
     """The node closed or reset before any byte of a response."""
 
 
+class _NodeStoppedReading(Exception):
+    """Sending the request body to the node failed (it may be answering already)."""
+
+
+class ClientGone(EdgeError):
+    """The client's connection broke while it sent its body: nobody is left to answer."""
+
+    http_status = 400
+    public_message = "request body incomplete"
+
+
 @dataclass
 class ProxyResult:
     status: int = 0
-    keep_alive: bool = False
-    node_reusable: bool = False
     response_bytes: int = 0
+    note: str = ""
 
 
 def node_target(route: InfoRefs | Rpc) -> bytes:
@@ -75,8 +95,9 @@ def node_target(route: InfoRefs | Rpc) -> bytes:
 
 
 def build_node_request(
-    head: RequestHead, route: InfoRefs | Rpc, conn: NodeConn, client: ClientInfo
+    exchange: Exchange, route: InfoRefs | Rpc, conn: NodeConn, client: ClientInfo
 ) -> bytes:
+    head = exchange.head
     lines = [b"%s %s HTTP/1.1" % (head.method, node_target(route)), b"host: " + conn.host_header]
     if conn.auth_line:
         lines.append(conn.auth_line)
@@ -97,48 +118,35 @@ def build_node_request(
     return b"\r\n".join(lines)
 
 
-def build_client_response_head(
-    status: int, reason: bytes, headers: list[tuple[bytes, bytes]], keep_alive: bool
-) -> bytes:
-    lines = [b"HTTP/1.1 %d %s" % (status, reason or b"-")]
-    lines += [name + b": " + value for name, value in headers if name not in _HOP_BY_HOP]
-    if not keep_alive:
-        lines.append(b"connection: close")
-    lines += [b"", b""]
-    return b"\r\n".join(lines)
-
-
-def _body_in_hand(head: RequestHead, pending: bytes) -> int | None:
-    """The body's length if all of it was read with the head, else None."""
-    framer = head.new_body_framer()
-    used = framer.feed(pending) if not framer.done else 0
-    return used if framer.done else None
-
-
 async def proxy_git(
     client: BufferedStream,
-    head: RequestHead,
+    exchange: Exchange,
     route: InfoRefs | Rpc,
     location: RepoLocation,
     info: ClientInfo,
     pool: NodePool,
     timeouts: Timeouts,
 ) -> ProxyResult:
-    """Relay one request. Raises EdgeError only while nothing was sent to the client."""
-    if head.header(b"expect") == b"100-continue":
+    """Relay one request.
+
+    Raises EdgeError or BodyError only while nothing was sent to the client;
+    after that, a failure is recorded with `exchange.fail` and returned.
+    """
+    if (go_ahead := exchange.continue_head()) is not None:
         # We will read the body, so say so now; the node is not asked (RFC 9110 10.1.1).
-        await client.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-    # A request whose body is already in hand (GETs, most negotiation POSTs)
-    # goes up in one write and can be replayed; a large one streams.
-    body_len = _body_in_hand(head, client.pending)
-    body = client.take(body_len) if body_len is not None else None
+        await client.send_all(go_ahead)
+    # What came with the head goes up with it, checked by the framer first (a
+    # malformed body is refused before the node sees any of it). A request
+    # whose body is all in hand (GETs, most negotiation POSTs) can be replayed.
+    first = client.take(exchange.request_body.feed(client.pending))
+    replayable = exchange.request_body.done
     for attempt in range(2):
         conn = await pool.acquire(location.node_url, fresh=attempt > 0, node_id=location.node_id)
         try:
-            result = await _exchange(client, head, route, conn, info, timeouts, body)
+            result = await _relay(client, exchange, route, conn, info, timeouts, first)
         except _NodeClosedEarly:
             await conn.stream.aclose()
-            if conn.reused and body is not None and attempt == 0:
+            if conn.reused and replayable and attempt == 0:
                 # The pooled connection raced the node's idle close; nothing
                 # of the request was lost, so send it again on a fresh one.
                 log.info("node %s closed a pooled connection; retrying", location.node_id)
@@ -147,104 +155,146 @@ async def proxy_git(
         except BaseException:
             await conn.stream.aclose()
             raise
-        if not (result.node_reusable and pool.release(conn)):
+        if not (exchange.node_reusable and pool.release(conn)):
             await conn.stream.aclose()
         return result
     raise AssertionError("unreachable")
 
 
-async def _exchange(
+async def _relay(
     client: BufferedStream,
-    head: RequestHead,
+    exchange: Exchange,
     route: InfoRefs | Rpc,
     conn: NodeConn,
     info: ClientInfo,
     timeouts: Timeouts,
-    body: bytes | None,
+    first: bytes,
 ) -> ProxyResult:
     node = conn.stream
-    request_framer = head.new_body_framer()
-    result = ProxyResult()
-    upload_error: list[BaseException] = []
-    request = build_node_request(head, route, conn, info)
     received_before = node.bytes_in
-    if body is not None:
-        request += body
-        request_framer.feed(body)
     try:
-        await node.send_all(request)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        await node.send_all(build_node_request(exchange, route, conn, info) + first)
+    except _STREAM_ERRORS as exc:
         if conn.reused:
             raise _NodeClosedEarly() from exc
         raise NodeUnavailable(f"send to node {conn.address}: {exc!r}") from None
 
+    result = ProxyResult()
+    client_error: BaseException | None = None  # reading the request body
+    node_error: BaseException | None = None  # reading the response, or sending its body on
+
     async def upload() -> None:
+        nonlocal client_error
         try:
-            await relay_body(client, node, request_framer, timeouts.body_idle)
-        except (
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            OSError,
-            BodyError,
-            trio.TooSlowError,
-        ) as exc:
-            upload_error.append(exc)
+            await relay_body(client, _Upstream(node), exchange.request_body, timeouts.body_idle)
+        except _NodeStoppedReading as exc:
+            # The node may have answered (and closed its side): let the response tell.
+            log.debug("node %s stopped reading the request: %r", conn.address, exc.__cause__)
+        except Exception as exc:
+            client_error = exc
             nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
-        if not request_framer.done:
+        if not exchange.request_body.done:
             nursery.start_soon(upload)
         try:
-            raw = await node.read_head(timeout=timeouts.response, idle_timeout=timeouts.response)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            if conn.reused and node.bytes_in == received_before:
+            await _respond(client, exchange, conn, timeouts, received_before, result)
+        except Exception as exc:
+            node_error = exc
+        # Whatever is left of the upload is not wanted now: the node has
+        # answered in full without it, or failed.
+        nursery.cancel_scope.cancel()
+
+    if client_error is not None:
+        # Part of the body may be at the node, the rest is not worth waiting for.
+        exchange.fail(f"request body: {client_error!r}")
+        return _after_failure(exchange, result, _client_error(client_error), "request body")
+    if node_error is not None:
+        return _after_failure(exchange, result, node_error, "response")
+    if not exchange.request_body.done:
+        # The rest of the body is still on the client connection, and the node
+        # never read it: the exchange keeps neither connection.
+        result.note = "answered before the request body ended"
+    return result
+
+
+async def _respond(
+    client: BufferedStream,
+    exchange: Exchange,
+    conn: NodeConn,
+    timeouts: Timeouts,
+    received_before: int,
+    result: ProxyResult,
+) -> None:
+    """The node's response head, checked, then its body, relayed to the client."""
+    node = conn.stream
+    # The deadline is ours, not read_head's idle one: None from read_head must
+    # mean EOF, because only a close (the pooled connection's idle race) may be
+    # retried; a node that is merely slow may be working on the request.
+    with trio.move_on_after(timeouts.response) as waited:
+        try:
+            raw = await node.read_head(timeout=timeouts.response, idle_timeout=math.inf)
+        except _STREAM_ERRORS as exc:
+            if node.bytes_in == received_before:
                 raise _NodeClosedEarly() from exc
             raise BadGateway(f"node {conn.address}: {exc!r}") from None
         except HeadTimeout:
             raise BadGateway(f"node {conn.address}: response head timed out") from None
         except HeadError as exc:
             raise BadGateway(f"node {conn.address}: {exc.message}") from None
-        if raw is None:
-            if upload_error:
-                raise _client_gone(upload_error[0])
-            if conn.reused and node.bytes_in == received_before:
-                raise _NodeClosedEarly()
-            raise BadGateway(f"node {conn.address} closed without a response")
-        try:
-            response, framer = parse_response_head(raw, head.method)
-        except HeadError as exc:
-            raise BadGateway(exc.message) from None
-        result.status = response.status
-        keep_alive = head.keep_alive and not framer.close_delimited
-        await client.send_all(
-            build_client_response_head(
-                response.status, response.reason, response.headers, keep_alive
-            )
-        )
-        before = client.bytes_out
-        # From here on the client has a response started: failures abort the connection.
+    if waited.cancelled_caught:
+        raise BadGateway(f"node {conn.address}: no response in {timeouts.response}s")
+    if raw is None:
+        if node.bytes_in == received_before:
+            raise _NodeClosedEarly()
+        raise BadGateway(f"node {conn.address} closed inside its response head")
+    try:
+        response = parse_response_head(raw)
+    except HeadError as exc:
+        raise BadGateway(f"node {conn.address}: {exc.message}") from None
+    head = exchange.receive_response_head(response)
+    framer = exchange.response_body
+    assert framer is not None
+    result.status = response.status
+    await client.send_all(head)
+    before = client.bytes_out
+    try:
         await relay_body(node, client, framer, timeouts.response)
+    finally:
         result.response_bytes = client.bytes_out - before
-        upload_finished = request_framer.done
-        if not upload_finished:
-            # The node answered without reading the whole request: the rest of
-            # it is still on the client connection, which cannot be reused.
-            nursery.cancel_scope.cancel()
-        result.keep_alive = keep_alive and upload_finished
-        result.node_reusable = (
-            response.keep_alive and upload_finished and not framer.close_delimited
-        )
-    if upload_error and not result.status:
-        raise _client_gone(upload_error[0])
+
+
+def _client_error(exc: BaseException) -> BaseException:
+    """What a failure reading the request body is answered with."""
+    if isinstance(exc, BodyError | EdgeError):
+        return exc  # a malformed body: 400, with the framer's detail in the log
+    if isinstance(exc, trio.TooSlowError):
+        return BodyTimeout("client stalled in its request body")
+    if isinstance(exc, _STREAM_ERRORS):
+        return ClientGone(f"client connection broke in its request body: {exc!r}")
+    return exc  # a bug: the front logs it
+
+
+def _after_failure(
+    exchange: Exchange, result: ProxyResult, exc: BaseException, where: str
+) -> ProxyResult:
+    """Raise `exc` for the front to answer, or, once the client has a response, end it."""
+    if not exchange.response_started or not isinstance(exc, _ROUTINE):
+        raise exc  # for the front to answer; or a bug, which it logs
+    exchange.fail(f"{where} broke off: {exc!r}")
+    result.note = f"aborted: {where}: {exc!r}"
+    log.info("relay of a %d response broke off (%s): %r", result.status, where, exc)
     return result
 
 
-class ClientGone(EdgeError):
-    """The client stalled or broke its request body; nobody is left to answer."""
+class _Upstream:
+    """The node as relay_body's sink: a failed send is told apart from the client's failures."""
 
-    http_status = 408
-    public_message = "request body timed out or was malformed"
+    def __init__(self, node: BufferedStream) -> None:
+        self._node = node
 
-
-def _client_gone(exc: BaseException) -> ClientGone:
-    return ClientGone(f"request body: {exc!r}")
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._node.send_all(data)
+        except _STREAM_ERRORS as exc:
+            raise _NodeStoppedReading() from exc

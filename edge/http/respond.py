@@ -1,4 +1,4 @@
-"""Small responses the edge writes itself (errors, health, API JSON)."""
+"""The edge's own answers (errors, health, API JSON), written through the exchange."""
 
 from __future__ import annotations
 
@@ -6,54 +6,59 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import h11
-
-from edge.http.stream import BufferedStream
+from edge.http.stream import BufferedStream, drain_body
+from edge.proto.exchange import Exchange
 
 
 @dataclass
 class Outcome:
-    """How a request ended: for the access log, and whether the connection lives on."""
+    """How a request ended, for the access log. Whether the connection lives on
+    is the exchange's to say (`Exchange.client_reusable`)."""
 
     status: int
-    keep_alive: bool
     note: str = ""
 
 
-def simple_response(
-    status: int,
-    body: bytes,
-    content_type: bytes = b"text/plain; charset=utf-8",
-    extra: list[tuple[bytes, bytes]] | None = None,
-    close: bool = False,
-) -> bytes:
-    headers = [
-        (b"content-type", content_type),
-        (b"content-length", b"%d" % len(body)),
-        (b"cache-control", b"no-cache"),
-        *(extra or []),
-    ]
-    if close:
-        headers.append((b"connection", b"close"))
-    conn = h11.Connection(h11.SERVER)
-    # h11 validates what we write; it needs to have "seen" a request first.
-    conn.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-    conn.next_event()
-    out = conn.send(h11.Response(status_code=status, headers=headers)) or b""
-    return out + body
+@dataclass
+class Reply:
+    """Answers one exchange from the edge itself.
 
+    Before the answer, the rest of a small request body nobody read is drained
+    (within `drain_timeout`), so the connection can be reused; a larger one is
+    left, and the exchange's answer says `connection: close`.
+    """
 
-async def send_text(
-    client: BufferedStream,
-    status: int,
-    text: str,
-    *,
-    close: bool = False,
-    extra: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    await client.send_all(simple_response(status, (text + "\n").encode(), extra=extra, close=close))
+    client: BufferedStream
+    exchange: Exchange
+    drain_timeout: float
 
+    async def send(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        extra: list[tuple[bytes, bytes]] | None = None,
+        note: str = "",
+    ) -> Outcome:
+        exchange = self.exchange
+        if exchange.response_started:
+            # Too late for an answer (a relay broke off midway): end the connection.
+            exchange.fail(f"no answer possible after a started response: {status} {note}")
+            return Outcome(exchange.status, note)
+        if budget := exchange.drain_budget:
+            await drain_body(self.client, exchange.request_body, budget, self.drain_timeout)
+        await self.client.send_all(exchange.answer(status, body, content_type, extra))
+        return Outcome(status, note)
 
-async def send_json(client: BufferedStream, status: int, obj: Any, *, close: bool = False) -> None:
-    body = json.dumps(obj, sort_keys=True).encode() + b"\n"
-    await client.send_all(simple_response(status, body, b"application/json", close=close))
+    async def text(
+        self,
+        status: int,
+        text: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+        note: str = "",
+    ) -> Outcome:
+        return await self.send(status, (text + "\n").encode(), extra=extra, note=note)
+
+    async def json(self, status: int, obj: Any, note: str = "") -> Outcome:
+        body = json.dumps(obj, sort_keys=True).encode() + b"\n"
+        return await self.send(status, body, b"application/json", note=note)

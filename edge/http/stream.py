@@ -1,4 +1,10 @@
-"""A byte stream with read-ahead, and the verbatim body relay built on it."""
+"""A byte stream with read-ahead, and the body pumps built on it.
+
+`relay_body` copies a body verbatim; `collect_body` keeps a small one (the
+API's JSON); `drain_body` reads and drops the rest of one nobody wanted. All
+three are driven by the exchange's framer, so whatever reads a body, the
+exchange knows how much of it has been read.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,21 @@ from typing import Protocol
 
 import trio
 
-from edge.proto.body import BodyFramer
+from edge.errors import EdgeError
+from edge.proto.body import BodyError, BodyFramer
 from edge.proto.http_head import HeadReader
 from gitproto.protocol import CHUNK
 
 
 class HeadTimeout(Exception):
     """A head started arriving but did not complete in time (answer 408)."""
+
+
+class BodyTimeout(EdgeError):
+    """The client stalled in the middle of its request body."""
+
+    http_status = 408
+    public_message = "request body timed out"
 
 
 class BufferedStream:
@@ -108,3 +122,49 @@ async def relay_body(
             data = data[:used]
         if data:
             await dst.send_all(data)
+
+
+class _Collector:
+    """A sink for relay_body that keeps the bytes, up to a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self._limit = limit
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.data += data
+        if len(self.data) > self._limit:
+            raise BodyError(f"request body over {self._limit} bytes", 413, "request body too large")
+
+
+async def collect_body(
+    src: BufferedStream, framer: BodyFramer, limit: int, idle_timeout: float
+) -> bytes:
+    """A whole small body, framing included: BodyError (413) past `limit`, BodyTimeout."""
+    sink = _Collector(limit)
+    try:
+        await relay_body(src, sink, framer, idle_timeout)
+    except trio.TooSlowError:
+        raise BodyTimeout(f"no request body byte for {idle_timeout}s") from None
+    return bytes(sink.data)
+
+
+async def drain_body(src: BufferedStream, framer: BodyFramer, budget: int, timeout: float) -> None:
+    """Read and drop up to `budget` bytes of a body, for at most `timeout` seconds.
+
+    Stops early, quietly, if the body is malformed or the client closes: the
+    framer then says the body was not read, and the connection is not reused.
+    """
+    with trio.move_on_after(timeout):
+        while budget > 0 and not framer.done:
+            data = await src.receive()
+            try:
+                if not data:
+                    framer.eof()
+                    return
+                used = framer.feed(data[:budget])
+            except BodyError:
+                return
+            if used < len(data):
+                src.unread(data[used:])
+            budget -= used

@@ -1,20 +1,28 @@
 """HTTP/1.1 message heads: cut from a byte stream, parsed and checked by h11.
 
-A fresh `h11.Connection` parses each head; the body is then framed by
-`BodyFramer` and relayed verbatim (see `body.py` for why). Heads larger than
-`MAX_HEAD` are refused with 431, as h11 would.
+A fresh `h11.Connection` parses each head; what it says about the body and the
+connection is reported here as fact (`framing`, `persistent`), and acted on in
+one place, `exchange.py`. Heads larger than `MAX_HEAD` are refused with 431, as
+h11 would.
+
+Line ends must be CRLF. h11 also takes a bare LF as a line end (RFC 9112 2.2
+lets a recipient), but the edge is a proxy: a head it reads one way and a
+server behind it, or before it, reads another way is a smuggled request. So a
+bare LF anywhere in a head is a 400, found as soon as it arrives.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Literal
 
 import h11
 
-from edge.proto.body import BodyFramer
-
 MAX_HEAD = 16384
 Headers = list[tuple[bytes, bytes]]
+Framing = Literal["length", "chunked", "none"]
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 class HeadError(Exception):
@@ -38,6 +46,11 @@ class HeadReader:
         start = max(0, len(self._buf) - 3)
         self._buf += data
         end = self._buf.find(b"\r\n\r\n", start)
+        # Only the head is checked: what follows it is a body, or the next message.
+        bare_lf = _BARE_LF.search(self._buf, start, len(self._buf) if end < 0 else end)
+        if bare_lf is not None:
+            self._buf.clear()
+            raise HeadError(400, "bad request: bare LF in the head (lines end with CRLF)")
         if end < 0:
             if len(self._buf) > self._max:
                 raise HeadError(431, "request header fields too large")
@@ -60,8 +73,9 @@ class RequestHead:
     target: bytes
     http_version: bytes
     headers: Headers  # names lower-cased, as h11 gives them
-    keep_alive: bool
-    framer_kind: str  # "length", "chunked" or "none"
+    persistent: bool
+    """The head lets the connection persist (HTTP/1.1, no `Connection: close`)."""
+    framing: Framing  # "none": no body (RFC 9112 6.3: a request without framing has none)
     content_length: int
 
     def header(self, name: bytes) -> bytes | None:
@@ -70,11 +84,6 @@ class RequestHead:
                 return value
         return None
 
-    def new_body_framer(self) -> BodyFramer:
-        if self.framer_kind == "chunked":
-            return BodyFramer.chunked()
-        return BodyFramer.length(self.content_length)
-
 
 @dataclass(frozen=True)
 class ResponseHead:
@@ -82,7 +91,9 @@ class ResponseHead:
     reason: bytes
     http_version: bytes
     headers: Headers
-    keep_alive: bool
+    persistent: bool
+    framing: Framing  # "none": delimited by the connection's close, unless the status has no body
+    content_length: int
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -91,7 +102,7 @@ class ResponseHead:
         return None
 
 
-def _framing(headers: Headers) -> tuple[str, int]:
+def _framing(headers: Headers) -> tuple[Framing, int]:
     names = {name for name, _ in headers}
     if b"transfer-encoding" in names:
         if b"content-length" in names:
@@ -116,24 +127,23 @@ def parse_request_head(head: bytes) -> RequestHead:
     if not isinstance(event, h11.Request):
         raise HeadError(400, "bad request: incomplete head")
     headers = list(event.headers)
-    kind, length = _framing(headers)
+    framing, length = _framing(headers)
     return RequestHead(
         method=event.method,
         target=event.target,
         http_version=event.http_version,
         headers=headers,
-        keep_alive=_wants_keep_alive(event.http_version, headers),
-        framer_kind="length" if kind == "none" else kind,
+        persistent=_persistent(event.http_version, headers),
+        framing=framing,
         content_length=length,
     )
 
 
-def parse_response_head(head: bytes, request_method: bytes) -> tuple[ResponseHead, BodyFramer]:
-    """Parse a node's response head; also says how its body is framed."""
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Parse a node's response head (HeadError 502 if it is not a final response)."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-    # h11 needs to have "sent" the request to accept a response; only the
-    # method matters to framing (HEAD has no body).
-    conn.send(h11.Request(method=request_method, target=b"/", headers=[(b"host", b"node")]))
+    # h11 needs to have "sent" a request to accept a response; framing is ours.
+    conn.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"node")]))
     conn.receive_data(head)
     try:
         event = conn.next_event()
@@ -144,23 +154,20 @@ def parse_response_head(head: bytes, request_method: bytes) -> tuple[ResponseHea
     if not isinstance(event, h11.Response):
         raise HeadError(502, "node sent an incomplete response head")
     headers = list(event.headers)
-    kind, length = _framing(headers)
-    if request_method == b"HEAD" or event.status_code in (204, 304):
-        framer = BodyFramer.length(0)
-    elif kind == "chunked":
-        framer = BodyFramer.chunked()
-    elif kind == "length":
-        framer = BodyFramer.length(length)
-    else:
-        framer = BodyFramer.until_close()
-    keep_alive = _wants_keep_alive(event.http_version, headers) and not framer.close_delimited
-    return (
-        ResponseHead(event.status_code, event.reason, event.http_version, headers, keep_alive),
-        framer,
+    framing, length = _framing(headers)
+    return ResponseHead(
+        status=event.status_code,
+        reason=event.reason,
+        http_version=event.http_version,
+        headers=headers,
+        persistent=_persistent(event.http_version, headers),
+        framing=framing,
+        content_length=length,
     )
 
 
-def _wants_keep_alive(http_version: bytes, headers: Headers) -> bool:
+def _persistent(http_version: bytes, headers: Headers) -> bool:
+    """RFC 9112 9.3; HTTP/1.0 keep-alive is not spoken here."""
     for name, value in headers:
         if name == b"connection":
             tokens = {t.strip().lower() for t in value.split(b",")}

@@ -414,3 +414,147 @@ def test_over_long_single_trailer_line_is_an_error() -> None:
     framer = BodyFramer.chunked()
     with pytest.raises(BodyError):
         framer.feed(body)
+
+
+# -- chunked, outside the RFC 9112 7.1 grammar ------------------------------------
+#
+# The edge relays bodies verbatim, so whatever it lets through a node reads on
+# its own: each of these was relayed before, and a backend that reads it another
+# way (bare LF as a line end, say) sees a different body than the edge checked.
+
+REFUSED = {
+    # line ends are CRLF, nothing else
+    "bare-lf-size-line": b"5\nhello\r\n0\r\n\r\n",
+    "bare-lf-after-data": b"5\r\nhello\n0\r\n\r\n",
+    "bare-lf-last-chunk": b"5\r\nhello\r\n0\n\r\n",
+    "bare-lf-end-of-trailers": b"5\r\nhello\r\n0\r\n\n",
+    "bare-lf-trailer-line": b"5\r\nhello\r\n0\r\nX-T: v\n\r\n",
+    "cr-cr-lf-after-data": b"5\r\nhello\r\r\n0\r\n\r\n",
+    "cr-only-after-data": b"5\r\nhello\r0\r\n\r\n",
+    "lf-cr-after-data": b"5\r\nhello\n\r0\r\n\r\n",
+    "stray-cr-in-size": b"5\r\r\nhello\r\n0\r\n\r\n",
+    "stray-cr-before-size": b"\r5\r\nhello\r\n0\r\n\r\n",
+    "stray-cr-in-extension": b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+    "stray-cr-in-trailer": b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n",
+    # no whitespace around a size (BWS is allowed only before ';' or '=')
+    "space-before-size": b" 5\r\nhello\r\n0\r\n\r\n",
+    "tab-before-size": b"\t5\r\nhello\r\n0\r\n\r\n",
+    "space-after-size": b"5 \r\nhello\r\n0\r\n\r\n",
+    "tab-after-size": b"5\t\r\nhello\r\n0\r\n\r\n",
+    "space-after-last-chunk": b"5\r\nhello\r\n0 \r\n\r\n",
+    "space-after-extension": b"5;a=b \r\nhello\r\n0\r\n\r\n",
+    # chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+    "extension-without-name": b"5;\r\nhello\r\n0\r\n\r\n",
+    "extension-value-without-name": b"5;=x\r\nhello\r\n0\r\n\r\n",
+    "extension-without-value": b"5;a=\r\nhello\r\n0\r\n\r\n",
+    "extension-name-with-space": b"5;a b\r\nhello\r\n0\r\n\r\n",
+    "extension-name-not-a-token": b"5;a@b\r\nhello\r\n0\r\n\r\n",
+    "extension-value-not-a-token": b"5;a=b,c\r\nhello\r\n0\r\n\r\n",
+    "extension-unterminated-quote": b'5;a="x\r\nhello\r\n0\r\n\r\n',
+    "extension-quote-with-nul": b'5;a="x\x00"\r\nhello\r\n0\r\n\r\n',
+    "extension-nul": b"5;a\x00\r\nhello\r\n0\r\n\r\n",
+    "extension-without-semicolon": b"5 a\r\nhello\r\n0\r\n\r\n",
+    # trailer-section = *( field-line CRLF )
+    "trailer-without-colon": b"5\r\nhello\r\n0\r\nX-T v\r\n\r\n",
+    "trailer-space-before-colon": b"5\r\nhello\r\n0\r\nX-T : v\r\n\r\n",
+    "trailer-obs-fold": b"5\r\nhello\r\n0\r\nX-T: v\r\n  more\r\n\r\n",
+    "trailer-empty-name": b"5\r\nhello\r\n0\r\n: v\r\n\r\n",
+    "trailer-nul-in-value": b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", REFUSED.values(), ids=REFUSED.keys())
+def test_framing_outside_the_rfc_grammar_is_refused(body: bytes) -> None:
+    for pieces in splittings(body + NEXT_MESSAGE, trials=10):
+        framer = BodyFramer.chunked()
+        with pytest.raises(BodyError) as info:
+            for piece in pieces:
+                if framer.done:
+                    break
+                framer.feed(piece)
+        # The client's mistake: a 400 with a fixed sentence, the detail for the log.
+        assert info.value.http_status == 400
+        assert info.value.public_message == "malformed request body"
+        assert framer.broken
+        assert not framer.done
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"5\nhello\r\n0\r\n\r\n", "bare LF"),
+        (b"5;a\rb\r\nhello\r\n0\r\n\r\n", "stray CR"),
+        (b" 5\r\nhello\r\n0\r\n\r\n", "bad chunk size line"),
+        (b"5\r\nhello\r\n0\r\nX-T v\r\n\r\n", "bad trailer line"),
+        (b"5\r\nhello\r\r\n", "missing CRLF after chunk data"),
+    ],
+)
+def test_refusal_says_what_is_wrong_for_the_log(body: bytes, reason: str) -> None:
+    with pytest.raises(BodyError, match=reason):
+        BodyFramer.chunked().feed(body)
+
+
+def test_refusal_comes_at_the_first_wrong_byte_after_data() -> None:
+    # A CR CR after data is refused at the second CR, before any later byte arrives.
+    framer = BodyFramer.chunked()
+    assert framer.feed(b"5\r\nhello\r") == 9
+    with pytest.raises(BodyError):
+        framer.feed(b"\r")
+
+
+def test_a_broken_framer_stays_broken() -> None:
+    framer = BodyFramer.chunked()
+    with pytest.raises(BodyError):
+        framer.feed(b"5\nhello\r\n0\r\n\r\n")
+    with pytest.raises(BodyError):
+        framer.feed(b"0\r\n\r\n")
+    with pytest.raises(BodyError):
+        framer.eof()
+    assert framer.broken
+
+
+ACCEPTED = {
+    "bws-around-equals": b"5;a = b\r\nhello\r\n0\r\n\r\n",
+    "tab-bws": b"5\t;\ta\t=\tb\r\nhello\r\n0\r\n\r\n",
+    "several-extensions": b'5;a;b=c;d="e f"\r\nhello\r\n0;z\r\n\r\n',
+    "quoted-pair": b'5;a="x\\"y\\\\"\r\nhello\r\n0\r\n\r\n',
+    "obs-text-in-quoted": b'5;a="\xe9"\r\nhello\r\n0\r\n\r\n',
+    "empty-quoted": b'5;a=""\r\nhello\r\n0\r\n\r\n',
+    "trailer-empty-value": b"5\r\nhello\r\n0\r\nX-T:\r\n\r\n",
+    "trailer-tab-in-value": b"5\r\nhello\r\n0\r\nX-T:\ta\tb\r\n\r\n",
+    "sixteen-digit-size": b"0" * 15 + b"5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("body", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_framing_inside_the_rfc_grammar_is_accepted(body: bytes) -> None:
+    assert_frames(BodyFramer.chunked, body)
+
+
+def test_consumed_counts_body_bytes_with_their_framing() -> None:
+    framer = BodyFramer.chunked()
+    assert framer.consumed == 0
+    framer.feed(b"5\r\nhel")
+    assert framer.consumed == 6
+    framer.feed(b"lo\r\n0\r\n\r\n" + NEXT_MESSAGE)
+    assert framer.consumed == 15
+    length = BodyFramer.length(10)
+    length.feed(b"abcd")
+    assert (length.consumed, length.known_remaining) == (4, 6)
+    assert BodyFramer.chunked().known_remaining is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"5\r\nhello\r\n0\r\n\r\n", *HAND_WRITTEN.values()],
+)
+def test_relayed_bytes_are_exactly_the_input(body: bytes) -> None:
+    # Verbatim: the framer says where the body ends and never alters a byte.
+    for pieces in splittings(body + NEXT_MESSAGE, trials=5):
+        framer = BodyFramer.chunked()
+        relayed = bytearray()
+        for piece in pieces:
+            if framer.done:
+                break
+            relayed += piece[: framer.feed(piece)]
+        assert bytes(relayed) == body

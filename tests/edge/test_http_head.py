@@ -1,4 +1,8 @@
-"""HeadReader and the request/response head parsers (h11 underneath)."""
+"""HeadReader and the request/response head parsers (h11 underneath).
+
+The parsers report facts (framing, persistence); what the edge does with them
+(framers, HEAD, reuse) is tested through the Exchange in test_exchange.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ from collections.abc import Sequence
 import h11
 import pytest
 
-from edge.proto.body import BodyFramer
 from edge.proto.http_head import (
     MAX_HEAD,
     HeadError,
@@ -60,9 +63,9 @@ def _request_error(head: bytes) -> HeadError:
     return info.value
 
 
-def _response_error(head: bytes, method: bytes = b"GET") -> HeadError:
+def _response_error(head: bytes) -> HeadError:
     with pytest.raises(HeadError) as info:
-        parse_response_head(head, method)
+        parse_response_head(head)
     return info.value
 
 
@@ -99,11 +102,38 @@ def test_head_reader_finds_the_terminator_split_across_feeds() -> None:
         assert reader.feed(GET_HEAD[-cut:] + b"rest") == (GET_HEAD, b"rest")
 
 
-def test_head_reader_does_not_take_a_lone_crlf_or_lf_pairs() -> None:
+def test_head_reader_does_not_take_lf_pairs_as_the_end() -> None:
     reader = HeadReader()
     assert reader.feed(b"GET / HTTP/1.1\r\nHost: x\r\n") is None
-    assert reader.feed(b"\n\n") is None  # LF LF is not CRLF CRLF
-    assert reader.pending > 0
+    # LF LF is not CRLF CRLF, and a bare LF is refused as soon as it arrives.
+    with pytest.raises(HeadError) as info:
+        reader.feed(b"\n\n")
+    assert info.value.http_status == 400
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\nHost: x\n\n",
+        b"GET / HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: y\n\r\n",
+        b"GET / HTTP/1.1\n\r\n\r\n",
+        b"\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ],
+)
+def test_head_with_a_bare_lf_is_400_in_every_split(head: bytes) -> None:
+    # h11 alone takes these (RFC 9112 2.2 lets a recipient); a proxy must not.
+    for pieces in _splits(head):
+        reader = HeadReader()
+        with pytest.raises(HeadError) as info:
+            _read(reader, pieces)
+        assert info.value.http_status == 400
+
+
+def test_bare_lf_after_the_head_belongs_to_the_body() -> None:
+    # Only the head is checked: the bytes after it are not the reader's business.
+    for pieces in _splits(GET_HEAD + b"\nbody\n"):
+        assert _read(HeadReader(), pieces) == (GET_HEAD, b"\nbody\n")
 
 
 def test_head_reader_reads_pipelined_heads_one_after_another() -> None:
@@ -193,21 +223,14 @@ def test_request_head_header_returns_the_first_value() -> None:
 
 def test_request_with_content_length_is_length_framed() -> None:
     head = parse_request_head(POST_HEAD)
-    assert (head.framer_kind, head.content_length) == ("length", 11)
-    framer = head.new_body_framer()
-    assert framer.feed(POST_BODY + GET_HEAD) == len(POST_BODY)
-    assert framer.done
+    assert (head.framing, head.content_length) == ("length", 11)
 
 
 def test_request_with_chunked_transfer_encoding_is_chunked() -> None:
     head = parse_request_head(
         b"POST /a/b.git/git-receive-pack HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
-    assert head.framer_kind == "chunked"
-    framer = head.new_body_framer()
-    assert not framer.done
-    assert framer.feed(b"5\r\nhello\r\n0\r\n\r\nGET") == 15
-    assert framer.done
+    assert head.framing == "chunked"
 
 
 @pytest.mark.parametrize(
@@ -218,12 +241,9 @@ def test_request_with_chunked_transfer_encoding_is_chunked() -> None:
         b"GET / HTTP/1.0\r\n\r\n",
     ],
 )
-def test_request_without_framing_has_an_empty_body(raw: bytes) -> None:
+def test_request_without_framing_says_so(raw: bytes) -> None:
     head = parse_request_head(raw)
-    assert (head.framer_kind, head.content_length) == ("length", 0)
-    framer = head.new_body_framer()
-    assert framer.done
-    assert framer.feed(GET_HEAD) == 0
+    assert (head.framing, head.content_length) == ("none", 0)
 
 
 @pytest.mark.parametrize(
@@ -240,8 +260,8 @@ def test_request_without_framing_has_an_empty_body(raw: bytes) -> None:
         (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", False),
     ],
 )
-def test_request_keep_alive(raw: bytes, keep_alive: bool) -> None:
-    assert parse_request_head(raw).keep_alive is keep_alive
+def test_request_persistent(raw: bytes, keep_alive: bool) -> None:
+    assert parse_request_head(raw).persistent is keep_alive
 
 
 def test_request_with_content_length_and_chunked_is_refused_or_closes() -> None:
@@ -257,8 +277,8 @@ def test_request_with_content_length_and_chunked_is_refused_or_closes() -> None:
     except HeadError as exc:
         assert exc.http_status == 400
         return
-    assert head.framer_kind == "chunked"  # Transfer-Encoding wins over Content-Length
-    assert not head.keep_alive
+    assert head.framing == "chunked"  # Transfer-Encoding wins over Content-Length
+    assert not head.persistent
 
 
 @pytest.mark.parametrize(
@@ -299,21 +319,6 @@ def test_head_error_carries_a_message() -> None:
     assert error.message.startswith("bad request")
 
 
-def test_reader_and_parser_handle_a_pipelined_stream() -> None:
-    stream = POST_HEAD + POST_BODY + GET_HEAD
-    for pieces in _splits(stream, trials=10):
-        reader = HeadReader()
-        raw, rest = _read(reader, pieces)
-        head = parse_request_head(raw)
-        framer = head.new_body_framer()
-        used = framer.feed(rest)
-        assert framer.done
-        assert rest[:used] == POST_BODY
-        raw2, rest2 = _read(HeadReader(), [rest[used:]])
-        assert parse_request_head(raw2).method == b"GET"
-        assert rest2 == b""
-
-
 # -- parse_response_head ---------------------------------------------------------
 
 
@@ -327,65 +332,29 @@ def _h11_response(headers: list[tuple[str, str]], status: int = 200) -> bytes:
 
 def test_chunked_response() -> None:
     raw = _h11_response([("Transfer-Encoding", "chunked"), ("Content-Type", "x/y")])
-    head, framer = parse_response_head(raw, b"GET")
+    head = parse_response_head(raw)
     assert (head.status, head.reason, head.http_version) == (200, b"", b"1.1")
     assert head.header(b"content-type") == b"x/y"
-    assert head.keep_alive
-    assert not framer.done
-    assert not framer.close_delimited
-    assert framer.feed(b"3\r\nabc\r\n0\r\n\r\nHTTP/1.1") == 13
-    assert framer.done
+    assert head.persistent
+    assert head.framing == "chunked"
 
 
 def test_content_length_response() -> None:
-    head, framer = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", b"GET")
+    head = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n")
     assert (head.status, head.reason) == (200, b"OK")
-    assert head.keep_alive
-    assert framer.feed(b"x" * 12 + b"next") == 12
-    assert framer.done
+    assert head.persistent
+    assert (head.framing, head.content_length) == ("length", 12)
 
 
-def test_close_delimited_response() -> None:
-    head, framer = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n", b"POST")
-    assert framer.close_delimited
-    assert not head.keep_alive  # the body ends only when the node closes
-    assert framer.feed(b"x" * 100) == 100
-    assert not framer.done
-    framer.eof()
-    assert framer.done
+def test_unframed_response_says_so() -> None:
+    # What that means (a body until close, or none for HEAD/204/304) is the exchange's call.
+    head = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert head.framing == "none"
+    assert head.persistent
 
 
 @pytest.mark.parametrize(
-    "raw",
-    [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\n\r\n",
-    ],
-)
-def test_response_to_head_request_has_no_body(raw: bytes) -> None:
-    head, framer = parse_response_head(raw, b"HEAD")
-    assert framer.done
-    assert framer.feed(b"HTTP/1.1 200 OK\r\n") == 0
-    assert head.keep_alive
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        b"HTTP/1.1 204 No Content\r\n\r\n",
-        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 12\r\n\r\n",
-    ],
-)
-def test_204_and_304_have_no_body(raw: bytes) -> None:
-    head, framer = parse_response_head(raw, b"GET")
-    assert framer.done
-    assert not framer.close_delimited
-    assert head.keep_alive
-
-
-@pytest.mark.parametrize(
-    ("raw", "keep_alive"),
+    ("raw", "persistent"),
     [
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", True),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", False),
@@ -393,17 +362,13 @@ def test_204_and_304_have_no_body(raw: bytes) -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n", False),
     ],
 )
-def test_response_keep_alive(raw: bytes, keep_alive: bool) -> None:
-    head, _ = parse_response_head(raw, b"GET")
-    assert head.keep_alive is keep_alive
+def test_response_persistent(raw: bytes, persistent: bool) -> None:
+    assert parse_response_head(raw).persistent is persistent
 
 
 def test_response_status_and_reason_are_kept() -> None:
-    head, framer = parse_response_head(
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n", b"GET"
-    )
+    head = parse_response_head(b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n")
     assert (head.status, head.reason) == (404, b"Not Found")
-    assert isinstance(framer, BodyFramer)
 
 
 @pytest.mark.parametrize(
@@ -429,7 +394,5 @@ def test_response_reader_in_every_split() -> None:
     raw = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
     for pieces in _splits(raw + b"hello", trials=10):
         head_bytes, rest = _read(HeadReader(), pieces)
-        head, framer = parse_response_head(head_bytes, b"GET")
-        assert head.status == 200
-        assert framer.feed(rest) == 5
-        assert framer.done
+        assert parse_response_head(head_bytes).status == 200
+        assert rest == b"hello"

@@ -54,6 +54,7 @@ def test_the_proto_package_has_the_modules_we_expect() -> None:
     # Guards the checks below against silently checking nothing.
     assert {
         "edge.proto.body",
+        "edge.proto.exchange",
         "edge.proto.http_head",
         "edge.proto.http_route",
         "gitproto.protocol",
