@@ -178,6 +178,7 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             node_pool,
             state.requests,
             node_open_timeout=2 * config.node_connect_timeout,
+            region=config.region,
         )
         state.ssh_front = front
         try:

@@ -23,7 +23,10 @@ import trio
 
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.git_http import GitHttpServer
+from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
+from node.repl_api import ReplApi
+from node.replication import Replicator
 from node.repos import RepoStore
 from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
 from node.tls import CertFileError, NodeTls, load_node_tls
@@ -65,14 +68,25 @@ async def run_node(
         tls = await trio.to_thread.run_sync(load_node_tls, config.tls, config.node_id)
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
-    server = GitHttpServer(store, config.admin_secret, keepalive_timeout=config.keepalive_timeout)
-    handler = (
-        server.handle_connection if tls is None else partial(tls.serve, server.handle_connection)
-    )
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
+        replicator = Replicator(etcd, config.keys, store, volume.volume_id, config.admin_secret)
+        # The replication hooks run inside receive-pack and call back here.
+        store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
+        server = GitHttpServer(
+            store,
+            config.admin_secret,
+            keepalive_timeout=config.keepalive_timeout,
+            repl=ReplApi(replicator, store.root),
+        )
+        handler = (
+            server.handle_connection
+            if tls is None
+            else partial(tls.serve, server.handle_connection)
+        )
         registration: Registration | None = None
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(replicator.run)
                 await nursery.start(partial(trio.serve_listeners, handler, listeners))
                 log.info("node %s listening on %s", config.node_id, http_url)
                 ssh: SshListening | None = None

@@ -21,6 +21,7 @@ from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.http_conn import HttpConn, header
+from node.repl_api import ReplApi, is_repl_target
 from node.repos import RepoStore
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,18 @@ _CLIENT_GONE = (
 
 
 class GitHttpServer:
-    def __init__(self, store: RepoStore, admin_secret: str, *, keepalive_timeout: float) -> None:
+    def __init__(
+        self,
+        store: RepoStore,
+        admin_secret: str,
+        *,
+        keepalive_timeout: float,
+        repl: ReplApi | None = None,
+    ) -> None:
         self._store = store
         self._auth = EdgeAuth(admin_secret)
         self._admin = AdminApi(store)
+        self._repl = repl
         self._keepalive_timeout = keepalive_timeout
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -91,6 +100,8 @@ class GitHttpServer:
             return
         if is_admin_target(request.target):
             await self._admin.handle(conn, request)
+        elif self._repl is not None and is_repl_target(request.target):
+            await self._repl.handle(conn, request)
         elif isinstance(route, RouteError):
             allow = [("allow", route.allow)] if route.allow else []
             await conn.respond_text(route.http_status, route.message, allow)

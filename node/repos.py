@@ -11,12 +11,14 @@ import errno
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import trio
 
 from node.git_proto import child_env
+from node.refhook import hook_script
 from routing.model import RepoName
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class RepoStore:
         self.tmp_dir = self.root / ".gitedge-tmp"
         # git's HOME: an empty dir, so no user's ~/.gitconfig applies to served repos.
         self.home_dir = self.root / ".gitedge-home"
+        # Set by the node once it listens: how the replication hooks reach it.
+        self.hook_env: dict[str, str] = {}
 
     def prepare(self) -> None:
         """Create the volume's own dirs and drop temp dirs left by a crash (blocking)."""
@@ -54,7 +58,7 @@ class RepoStore:
         return path if path.is_dir() else None
 
     def env(self, git_protocol: str | None = None) -> dict[str, str]:
-        return child_env(os.environ, self.home_dir, git_protocol)
+        return {**child_env(os.environ, self.home_dir, git_protocol), **self.hook_env}
 
     async def create(self, repo: RepoName, *, replicated: bool = False) -> bool:
         """`git init --bare` the repo unless it exists; True if this call created it.
@@ -87,6 +91,8 @@ class RepoStore:
                     f"git init for {repo} failed ({result.returncode}): "
                     + result.stderr.decode("utf-8", "replace").strip()
                 )
+            if replicated:
+                await trio.to_thread.run_sync(install_replication_hooks, tmp)
             return await trio.to_thread.run_sync(_move_into_place, tmp, final)
         finally:
             with trio.move_on_after(10, shield=True):
@@ -105,6 +111,19 @@ class RepoStore:
         finally:
             with trio.move_on_after(30, shield=True):
                 await trio.to_thread.run_sync(_remove, trash.parent)
+
+
+def install_replication_hooks(git_dir: Path) -> None:
+    """pre-receive votes, post-receive ends the push (node/refhook.py); clients
+    never see the node's in-flight objects under refs/gitedge/ (uploadpack.hideRefs)."""
+    hooks = git_dir / "hooks"
+    hooks.mkdir(exist_ok=True)
+    for hook in ("pre-receive", "post-receive"):
+        path = hooks / hook
+        path.write_text(hook_script(sys.executable, hook))
+        path.chmod(0o755)
+    with (git_dir / "config").open("a") as config:
+        config.write("[uploadpack]\n\thideRefs = refs/gitedge/\n")
 
 
 def _move_into_place(tmp: Path, final: Path) -> bool:

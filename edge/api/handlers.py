@@ -79,7 +79,7 @@ async def read_json_body(reply: Reply, timeout: float) -> Any:
 MAX_REPLICAS = 9
 # Flipped on by the commit that makes replicated pushes work end to end: until
 # then a factor > 1 is refused rather than half-served.
-REPLICATION_AVAILABLE = False
+REPLICATION_AVAILABLE = True
 
 
 @dataclass(frozen=True)

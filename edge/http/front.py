@@ -156,7 +156,9 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
     user = await http_user(state.cache, head.header(b"authorization"))
     await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
     with routing_errors():
-        location = await state.cache.resolve(route.repo)
+        # Reads and pushes of a replicated repository go to the in-sync replica
+        # nearest this edge (any in-sync replica can be a push's primary).
+        location = await state.cache.resolve_read(route.repo, state.config.region)
     cfg = state.config
     result = await proxy_git(
         reply.client,

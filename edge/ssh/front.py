@@ -34,7 +34,7 @@ from edge.state import RequestTracker
 from gitproto.ssh_command import GitCommand
 from plumbing.sshkeys import load_or_create_key
 from routing.cache import RoutingCache, StoreUnavailable
-from routing.model import NodeRecord
+from routing.model import NodeRecord, Region
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,11 @@ class SshFront:
         requests: RequestTracker,
         *,
         node_open_timeout: float = 6.0,
+        region: str = "",
     ) -> None:
         self._config = config
+        # A replicated repository is served by its in-sync replica nearest this region.
+        self._region = Region(region)
         self._cache = cache
         self._pool = pool
         self._requests = requests
@@ -193,7 +196,7 @@ class SshFront:
                 self._cache, command.repo, user, write=command.service.writes, anonymous_401=False
             )
             with routing_errors():
-                location = await self._cache.resolve(command.repo)
+                location = await self._cache.resolve_read(command.repo, self._region)
         node = self._cache.nodes.get(location.node_id)
         if node is None or not node.ssh_address or not node.ssh_host_key:
             raise NodeUnavailable(f"{location.node_id}: no SSH listener registered")

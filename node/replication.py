@@ -1,0 +1,408 @@
+"""The node's side of replicated repositories: vote, transfer, apply.
+
+docs/replication.md is the design. In short, for a push to a replicated
+repository whose primary is this node (its pre-receive hook calls `vote`):
+lock the repository, check this replica equals the consensus and the
+push's old values, `git push` the new objects (from the quarantine) to the
+other replicas' nodes until W-1 acked, then one fenced etcd txn. git then
+updates the refs; post-receive calls `done`: unlock, reconcile if git did
+not do all it was told, tell the peers to `apply`.
+
+`apply` moves this replica's refs to the consensus (fold the log, one
+`update-ref --stdin` transaction, old values checked) and publishes its
+applied generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import trio
+
+from node.repos import RepoStore
+from routing import consensus as cons
+from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
+from routing.model import NodeRecord, RepoName, RepoRecord, VolumeId
+from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_volume
+
+log = logging.getLogger(__name__)
+
+TRANSFER_TIMEOUT = 60.0  # one git push of a push's objects to one peer
+HOLD_TIMEOUT = 60.0  # the lock from vote to post-receive, should post-receive never come
+GIT_TIMEOUT = 60.0
+NOTIFY_TIMEOUT = 5.0
+INCOMING = "refs/gitedge/incoming/"
+
+
+@dataclass(frozen=True)
+class HookCall:
+    name: RepoName
+    git_dir: Path
+    push_id: str
+    updates: tuple[cons.RefUpdate, ...]
+    quarantine: str
+
+
+class Replicator:
+    def __init__(
+        self,
+        etcd: EtcdClient,
+        keys: Keys,
+        store: RepoStore,
+        volume_id: VolumeId,
+        admin_secret: str,
+    ) -> None:
+        self._etcd = etcd
+        self._keys = keys
+        self._store = store
+        self._volume_id = volume_id
+        self._secret = admin_secret
+        self._locks: dict[RepoName, trio.Semaphore] = {}
+        self._holds: dict[tuple[str, str], tuple[trio.CancelScope, str]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._http = httpx.AsyncClient(timeout=NOTIFY_TIMEOUT, trust_env=False)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background nursery for holds, late transfers and notifications."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(2, shield=True):
+                await self._http.aclose()
+
+    def _lock(self, name: RepoName) -> trio.Semaphore:
+        # A semaphore, not a Lock: the vote takes it, `done` (another request) gives it back.
+        return self._locks.setdefault(name, trio.Semaphore(1))
+
+    # -- vote (pre-receive) ------------------------------------------------------
+
+    async def vote(self, call: HookCall) -> None:
+        """Accept the push (return) or refuse it (PushRefused, its text for the pusher)."""
+        if all(u.ref.startswith(INCOMING) for u in call.updates):
+            return  # a peer's transfer into the hidden namespace: objects only
+        record, record_rev = await self._record(call.name)
+        if not record.replicated:
+            return
+        lock = self._lock(call.name)
+        with trio.fail_after(HOLD_TIMEOUT):
+            await lock.acquire()
+        try:
+            await self._vote_locked(call, record, record_rev)
+        except BaseException:
+            lock.release()
+            raise
+        self._hold(call, lock)
+
+    async def _vote_locked(self, call: HookCall, record: RepoRecord, record_rev: int) -> None:
+        state = await self._state(call.name)
+        local = await self._local_refs(call.git_dir)
+        new_checksum = cons.check_push(local, state, call.updates)
+        txid = secrets.token_hex(8)
+        await self._transfer(call, record, txid)
+        compares, ops, _new = cons.vote_txn(
+            self._keys,
+            call.name,
+            record_rev,
+            state,
+            new_checksum,
+            self._volume_id,
+            txid,
+            call.updates,
+        )
+        try:
+            result = await self._etcd.txn(compares, ops)
+            won = result.succeeded
+        except EtcdUnavailable as exc:
+            # Unknown outcome: read back. Consensus wins; our txid says whether it is ours.
+            log.warning("vote txn for %s ambiguous (%s): reading back", call.name, exc)
+            try:
+                won = (await self._state(call.name)).txid == txid
+            except EtcdError as again:
+                raise cons.PushRefused(f"the consensus store is unreachable ({again})") from None
+        except EtcdError as exc:
+            raise cons.PushRefused(f"the consensus store refused the push ({exc})") from None
+        if not won:
+            raise cons.PushRefused(
+                "another push changed these refs meanwhile: fetch first (git pull), then push again"
+            )
+        log.info(
+            "%s: generation %d by %s (%s)", call.name, state.generation + 1, txid, self._volume_id
+        )
+
+    def _hold(self, call: HookCall, lock: trio.Semaphore) -> None:
+        """Keep the lock until post-receive (`done`), or HOLD_TIMEOUT should it never come."""
+        scope = trio.CancelScope()
+        key = (str(call.git_dir), call.push_id)
+        self._holds[key] = (scope, call.name.path)
+
+        async def hold() -> None:
+            try:
+                with scope:
+                    await trio.sleep(HOLD_TIMEOUT)
+                    log.warning("%s: no post-receive within %ss", call.name, HOLD_TIMEOUT)
+            finally:
+                self._holds.pop(key, None)
+                lock.release()
+                await self._after_push(call.name, call.git_dir)
+
+        assert self._nursery is not None
+        self._nursery.start_soon(hold)
+
+    async def done(self, call: HookCall) -> None:
+        held = self._holds.get((str(call.git_dir), call.push_id))
+        if held is not None:
+            held[0].cancel()
+
+    async def _after_push(self, name: RepoName, git_dir: Path) -> None:
+        """git has updated its refs: make sure they are the consensus, then tell the peers."""
+        with trio.move_on_after(GIT_TIMEOUT, shield=True):
+            try:
+                await self.apply(name)
+            except (EtcdError, SchemaError, OSError, ApplyError) as exc:
+                log.error("%s: reconcile after push failed: %s", name, exc)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._notify_peers, name)
+
+    # -- transfer ------------------------------------------------------------------
+
+    async def _transfer(self, call: HookCall, record: RepoRecord, txid: str) -> None:
+        """The push's new objects onto W-1 other replicas, or PushRefused."""
+        need = record.sync_replicas - 1
+        peers = [v for v in record.replica_volumes if v != self._volume_id]
+        nodes = [n for n in [await self._live_node(v) for v in peers] if n is not None]
+        if len(nodes) < need:
+            raise cons.PushRefused(
+                f"only {len(nodes) + 1} of the {record.sync_replicas} replicas this push must"
+                " reach are up; nothing was changed, try again later"
+            )
+        oids = sorted({u.new for u in call.updates if u.new != cons.ZERO_OID})
+        if need <= 0 or not oids:
+            return
+        acked = 0
+        failures: list[str] = []
+        enough = trio.Event()
+
+        async def one(node: NodeRecord) -> None:
+            nonlocal acked
+            try:
+                await self._push_objects(call, node, txid, oids)
+            except (OSError, trio.TooSlowError, GitFailed) as exc:
+                failures.append(f"{node.node_id}: {exc}")
+            else:
+                acked += 1
+                if acked >= need:
+                    enough.set()
+            if len(failures) > len(nodes) - need:
+                enough.set()  # quorum can no longer be reached
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(one, node)
+            await enough.wait()
+            nursery.cancel_scope.cancel()  # a straggler catches up after the vote
+        if acked < need:
+            log.warning("%s: transfer failed: %s", call.name, "; ".join(failures))
+            raise cons.PushRefused(
+                f"the push reached {acked + 1} of {record.sync_replicas} replicas;"
+                " nothing was changed, try again later"
+            )
+
+    async def _push_objects(
+        self, call: HookCall, node: NodeRecord, txid: str, oids: list[str]
+    ) -> None:
+        env = self._store.env()
+        if call.quarantine:
+            # Where receive-pack keeps the pack until pre-receive said yes (githooks(5)).
+            env["GIT_OBJECT_DIRECTORY"] = call.quarantine
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(call.git_dir / "objects")
+        url = f"{node.http_url}/{call.name.path}.git"
+        refspecs = [f"{oid}:{INCOMING}{txid}/{i}" for i, oid in enumerate(oids)]
+        await self._git(
+            [
+                "-c",
+                f"http.extraHeader=Authorization: Bearer {self._secret}",
+                "push",
+                "--quiet",
+                "--no-verify",
+                url,
+                *refspecs,
+            ],
+            call.git_dir,
+            env,
+            TRANSFER_TIMEOUT,
+        )
+
+    # -- apply ---------------------------------------------------------------------
+
+    async def apply(self, name: RepoName) -> int:
+        """Move this replica's refs to the consensus; publish and return its generation."""
+        git_dir = self._store.existing(name)
+        if git_dir is None:
+            raise ApplyError(f"{name} is not on this volume")
+        async with self._lock(name):
+            state = await self._state(name)
+            local = await self._local_refs(git_dir)
+            if cons.checksum(local) != state.checksum:
+                target = await self._consensus_refs(name)
+                if cons.checksum(target) != state.checksum:
+                    raise ApplyError(f"{name}: the log does not add up to the consensus checksum")
+                script = cons.update_ref_script(local, target)
+                await self._git(
+                    ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
+                )
+                log.info("%s: applied generation %d", name, state.generation)
+            await self._drop_incoming(git_dir)
+            await self._etcd.put(
+                self._keys.repl_applied(name, self._volume_id),
+                cons.encode_applied(state.generation),
+            )
+            return state.generation
+
+    async def _update_refs(self, git_dir: Path, script: bytes) -> None:
+        await self._git(
+            ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
+        )
+
+    async def _fetch_from_in_sync(self, name: RepoName, git_dir: Path, generation: int) -> None:
+        record, _ = await self._record(name)
+        for volume in record.replica_volumes:
+            if volume == self._volume_id:
+                continue
+            kv = await self._etcd.get(self._keys.repl_applied(name, volume))
+            node = await self._live_node(volume)
+            if kv is None or node is None or cons.decode_applied(kv.value) != generation:
+                continue
+            try:
+                await self._git(
+                    [
+                        "-c",
+                        f"http.extraHeader=Authorization: Bearer {self._secret}",
+                        "fetch",
+                        "--quiet",
+                        "--no-tags",
+                        "--no-write-fetch-head",
+                        f"{node.http_url}/{name.path}.git",
+                        f"+refs/*:{INCOMING}catchup/*",
+                    ],
+                    git_dir,
+                    self._store.env(),
+                    TRANSFER_TIMEOUT,
+                )
+                return
+            except (GitFailed, trio.TooSlowError) as exc:
+                log.warning("%s: fetch from %s failed: %s", name, node.node_id, exc)
+        raise ApplyError(f"{name}: no in-sync replica to fetch generation {generation} from")
+
+    async def _consensus_refs(self, name: RepoName) -> dict[str, str]:
+        listed = await self._etcd.range(self._keys.refs_log(name), prefix=True)
+        groups = cons.group_log_chunks(self._keys, name, ((kv.key, kv.value) for kv in listed.kvs))
+        return cons.fold_log(cons.decode_log_entry(chunks) for chunks in groups)
+
+    async def _drop_incoming(self, git_dir: Path) -> None:
+        refs = await self._refs(git_dir, INCOMING)
+        if refs:
+            script = "".join(f"delete {ref}\0\0" for ref in refs).encode()
+            await self._git(
+                ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
+            )
+
+    async def _notify_peers(self, name: RepoName) -> None:
+        try:
+            record, _ = await self._record(name)
+        except (EtcdError, SchemaError, ApplyError):
+            return
+        for volume in record.replica_volumes:
+            if volume == self._volume_id:
+                continue
+            node = await self._live_node(volume)
+            if node is None:
+                continue
+            try:
+                with trio.fail_after(NOTIFY_TIMEOUT):
+                    await self._http.post(
+                        f"{node.http_url}/_gitedge/repl/apply",
+                        json={"name": name.path},
+                        headers={"authorization": f"Bearer {self._secret}"},
+                    )
+            except (httpx.HTTPError, trio.TooSlowError) as exc:
+                log.info("%s: telling %s to apply failed: %r", name, node.node_id, exc)
+
+    # -- etcd and git --------------------------------------------------------------
+
+    async def _record(self, name: RepoName) -> tuple[RepoRecord, int]:
+        kv = await self._etcd.get(self._keys.repo(name))
+        if kv is None:
+            raise ApplyError(f"{name} has no record")
+        return decode_repo(kv.value), kv.mod_revision
+
+    async def _state(self, name: RepoName) -> cons.ConsensusState:
+        kv = await self._etcd.get(self._keys.repl_state(name))
+        return cons.ConsensusState() if kv is None else cons.decode_state(kv.value, kv.mod_revision)
+
+    async def _live_node(self, volume_id: VolumeId) -> NodeRecord | None:
+        kv = await self._etcd.get(self._keys.volume(volume_id))
+        if kv is None:
+            return None
+        node_kv = await self._etcd.get(self._keys.node(decode_volume(kv.value).node_id))
+        if node_kv is None:
+            return None
+        node = decode_node(node_kv.value)
+        return node if any(v.volume_id == volume_id for v in node.volumes) else None
+
+    async def _local_refs(self, git_dir: Path) -> dict[str, str]:
+        refs = await self._refs(git_dir, "refs/")
+        return {r: o for r, o in refs.items() if not r.startswith(cons.INTERNAL_REFS)}
+
+    async def _refs(self, git_dir: Path, prefix: str) -> Mapping[str, str]:
+        out = await self._git(
+            ["for-each-ref", "--format=%(objectname) %(refname)", prefix],
+            git_dir,
+            self._store.env(),
+            GIT_TIMEOUT,
+        )
+        refs: dict[str, str] = {}
+        for line in out.decode().splitlines():
+            oid, _, ref = line.partition(" ")
+            refs[ref] = oid
+        return refs
+
+    async def _git(
+        self,
+        args: list[str],
+        git_dir: Path,
+        env: dict[str, str],
+        timeout: float,
+        stdin: bytes = b"",
+    ) -> bytes:
+        with trio.fail_after(timeout):
+            result = await trio.run_process(
+                ["git", *args],
+                cwd=git_dir,
+                env={**env, "GIT_DIR": str(git_dir)},
+                stdin=stdin,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise GitFailed(
+                f"git {args[0] if args[0] != '-c' else args[2]} exited {result.returncode}: "
+                + result.stderr.decode("utf-8", "replace").strip()[:500]
+            )
+        return bytes(result.stdout)
+
+
+class GitFailed(Exception):
+    pass
+
+
+class ApplyError(Exception):
+    pass

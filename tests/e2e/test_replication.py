@@ -1,0 +1,155 @@
+"""Replicated repositories end to end: three regions, one node and one edge each,
+real etcd, real git through the edges (docs/replication.md)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devnet.network import Devnet, EdgeHandle, start_devnet
+from routing.consensus import checksum
+from tests.e2e.conftest import Git, gitedge, poll, repo_url, tls
+
+REGIONS = ("fra", "lax", "syd")
+
+
+@pytest.fixture(scope="module")
+def net3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+    with start_devnet(
+        tmp_path_factory.mktemp("net3"), REGIONS, lease_ttl=3, edge_per_region=True
+    ) as network:
+        yield network
+
+
+@pytest.fixture
+def git(tmp_path: Path, net3: Devnet) -> Git:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Git(home, net3.ca_file)
+
+
+def edge(net: Devnet, region: str) -> EdgeHandle:
+    return next(e for e in net.edges if e.region == region)
+
+
+def create(net: Devnet, name: str, region: str, replicas: int) -> httpx.Response:
+    return httpx.post(
+        f"{edge(net, region).https_url}/api/repos",
+        json={"name": name, "replicas": replicas},
+        auth=("alice", net.user_token("alice")),
+        verify=tls(net),
+        timeout=30,
+    )
+
+
+def where(net: Devnet, name: str) -> dict[str, Any]:
+    shown = gitedge(
+        net.edge.https_url,
+        net.ca_file,
+        "repo",
+        "where",
+        name,
+        GITEDGE_USER="alice",
+        GITEDGE_TOKEN=net.user_token("alice"),
+    )
+    assert shown.returncode == 0, shown.stderr
+    answer: dict[str, Any] = json.loads(shown.stdout)
+    return answer
+
+
+def replica_refs(net: Devnet, git: Git, name: str) -> dict[str, dict[str, str]]:
+    """Each node's refs of `name`, read from its volume (not through any edge)."""
+    found = {}
+    for node in net.nodes.values():
+        repo = node.volume_dir / f"{name}.git"
+        if repo.is_dir():
+            out = git.run(
+                "for-each-ref",
+                "--format=%(objectname) %(refname)",
+                "refs/heads",
+                "refs/tags",
+                cwd=repo,
+            ).stdout
+            found[node.node_id] = {line.split()[1]: line.split()[0] for line in out.splitlines()}
+    return found
+
+
+def in_sync(net: Devnet, name: str, count: int) -> bool:
+    shown = where(net, name)
+    return sum(r["state"] == "in-sync" for r in shown["replicas"]) == count
+
+
+def test_push_through_lax_then_clone_through_fra_sees_it(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    made = create(net3, "alice/story", "lax", 3)
+    assert made.status_code == 201, made.text
+    shown = where(net3, "alice/story")
+    assert shown["region"] == "lax" and shown["sync_replicas"] == 2
+    assert sorted(r["region"] for r in shown["replicas"]) == sorted(REGIONS)
+    assert all(r["state"] == "in-sync" for r in shown["replicas"])
+
+    work = git.new_worktree(tmp_path / "w")
+    head = git.commit(work, "a.txt", b"one\n")
+    lax_url = repo_url(net3, "alice/story", edge_url=edge(net3, "lax").https_url)
+    git.run("push", "-q", lax_url, "main", cwd=work)
+    # At once, through another region's edge: the clone has the push.
+    fra_url = repo_url(net3, "alice/story", edge_url=edge(net3, "fra").https_url)
+    git.run("clone", "-q", fra_url, str(tmp_path / "c"))
+    assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
+    assert where(net3, "alice/story")["generation"] == 1
+    # Every replica converges on the consensus by itself (the primary tells the others).
+    poll(20, lambda: in_sync(net3, "alice/story", 3), "all three replicas in sync")
+    refs = replica_refs(net3, git, "alice/story")
+    assert len(refs) == 3 and all(r == {"refs/heads/main": head} for r in refs.values())
+    # Forced updates and deletes are changes like any other.
+    git.run("tag", "v1", cwd=work)
+    git.run("push", "-q", lax_url, "v1", cwd=work)
+    git.run("push", "-q", fra_url, ":refs/tags/v1", cwd=work)
+    poll(20, lambda: in_sync(net3, "alice/story", 3), "all three in sync after the delete")
+    assert where(net3, "alice/story")["generation"] == 3
+    assert all(
+        r == {"refs/heads/main": head} for r in replica_refs(net3, git, "alice/story").values()
+    )
+
+
+def test_two_concurrent_pushes_to_main_one_wins_none_diverges(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    assert create(net3, "alice/race", "fra", 3).status_code == 201
+    base = git.new_worktree(tmp_path / "base")
+    git.commit(base, "a.txt", b"base\n")
+    url = {r: repo_url(net3, "alice/race", edge_url=edge(net3, r).https_url) for r in REGIONS}
+    git.run("push", "-q", url["fra"], "main", cwd=base)
+    poll(20, lambda: in_sync(net3, "alice/race", 3), "in sync before the race")
+    works = {}
+    for region in ("fra", "syd"):
+        works[region] = tmp_path / f"w-{region}"
+        git.run("clone", "-q", url[region], str(works[region]))
+        git.commit(works[region], f"{region}.txt", region.encode())
+    results: dict[str, Any] = {}
+
+    def push(region: str) -> None:
+        results[region] = git.run("push", url[region], "main", cwd=works[region], check=False)
+
+    threads = [threading.Thread(target=push, args=(r,)) for r in works]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    codes = sorted(r.returncode for r in results.values())
+    assert codes[0] == 0 and codes[1] != 0, {k: v.stderr for k, v in results.items()}
+    loser = next(r for r in results.values() if r.returncode != 0)
+    assert "fetch first" in loser.stderr, loser.stderr
+    winner = next(region for region, r in results.items() if r.returncode == 0)
+    want = git.run("rev-parse", "HEAD", cwd=works[winner]).stdout.strip()
+    poll(20, lambda: in_sync(net3, "alice/race", 3), "in sync after the race")
+    refs = replica_refs(net3, git, "alice/race")
+    assert all(r == {"refs/heads/main": want} for r in refs.values()), refs
+    assert where(net3, "alice/race")["generation"] == 2
