@@ -209,6 +209,21 @@ class Devnet:
         self.nodes[node_id] = handle
         return handle
 
+    def restart_node(self, node: NodeHandle, *, timeout: float = 30.0) -> NodeHandle:
+        """Start a stopped (or killed) node again from its own config file."""
+        node.process.stop()
+        proc, info = _start_and_wait(
+            f"node-{node.node_id}",
+            ["node", "--config", str(node.config_path)],
+            self.work_dir,
+            timeout,
+        )
+        handle = NodeHandle(
+            node.node_id, node.region, node.volume_dir, node.config_path, proc, info
+        )
+        self.nodes[node.node_id] = handle
+        return handle
+
     def _node_tls_table(self, node_id: str) -> list[str]:
         tls_dir = self.work_dir / "tls"
         return [

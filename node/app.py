@@ -31,10 +31,12 @@ from node.repos import RepoStore
 from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
 from node.tls import CertFileError, NodeTls, load_node_tls
 from plumbing.runtime import setup_logging, write_ready_file
-from routing.etcd import EtcdClient
+from routing.etcd import EtcdClient, EtcdError
 from routing.model import NodeId, Region, VolumeId
 
 log = logging.getLogger(__name__)
+
+STARTUP_CATCH_UP_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,14 @@ async def run_node(
                     ssh_host_key=ssh.host_key if ssh else None,
                     tls_cert_sha256=tls.cert_sha256 if tls else None,
                 )
+                # Reconcile before serving (a crash may have left refs behind the
+                # consensus this replica already published), then follow the watch.
+                with trio.move_on_after(STARTUP_CATCH_UP_TIMEOUT):
+                    try:
+                        await replicator.catch_up_all()
+                    except EtcdError as exc:
+                        log.warning("startup catch-up skipped: %s", exc)
+                nursery.start_soon(replicator.follow)
                 await nursery.start(registration.run)
                 task_status.started(
                     NodeRuntime(

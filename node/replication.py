@@ -171,6 +171,43 @@ class Replicator:
         assert self._nursery is not None
         self._nursery.start_soon(self._notify_peers, name)
 
+    # -- catch-up (the watch) --------------------------------------------------------
+
+    async def catch_up_all(self) -> int:
+        """Apply every replicated repository of this volume once; the etcd revision read."""
+        listed = await self._etcd.range(self._keys.repl, prefix=True)
+        for kv in listed.kvs:
+            await self._catch_up(kv.key, kv.value)
+        return listed.revision
+
+    async def follow(self) -> None:
+        """Forever: watch the consensus keys, apply what moved (relist after any break)."""
+        delay = 0.2
+        while True:
+            try:
+                revision = await self.catch_up_all()
+                async with self._etcd.open_watch(self._keys.repl, revision + 1) as watch:
+                    delay = 0.2
+                    async for batch in watch:
+                        for event in batch.events:
+                            if event.kind == "PUT":
+                                await self._catch_up(event.kv.key, event.kv.value)
+            except (EtcdError, OSError) as exc:
+                log.info("replication watch: %s; again in %.1fs", exc, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _catch_up(self, key: str, value: bytes) -> None:
+        parsed = self._keys.parse_repl_key(key)
+        if parsed is None or parsed[1] is not None or self._store.existing(parsed[0]) is None:
+            return
+        try:
+            if cons.decode_state(value, 0).volume == self._volume_id:
+                return  # our own push: `done` reconciles it
+            await self.apply(parsed[0])
+        except (ApplyError, GitFailed, SchemaError, EtcdError, trio.TooSlowError) as exc:
+            log.warning("%s: catch-up failed: %s", parsed[0], exc)
+
     # -- transfer ------------------------------------------------------------------
 
     async def _transfer(self, call: HookCall, record: RepoRecord, txid: str) -> None:
@@ -255,9 +292,13 @@ class Replicator:
                 if cons.checksum(target) != state.checksum:
                     raise ApplyError(f"{name}: the log does not add up to the consensus checksum")
                 script = cons.update_ref_script(local, target)
-                await self._git(
-                    ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
-                )
+                try:
+                    await self._update_refs(git_dir, script)
+                except GitFailed:
+                    # Objects missing (this replica missed a transfer): take them from
+                    # a replica that is in sync, then try once more.
+                    await self._fetch_from_in_sync(name, git_dir, state.generation)
+                    await self._update_refs(git_dir, script)
                 log.info("%s: applied generation %d", name, state.generation)
             await self._drop_incoming(git_dir)
             await self._etcd.put(
@@ -296,6 +337,7 @@ class Replicator:
                     self._store.env(),
                     TRANSFER_TIMEOUT,
                 )
+                log.info("%s: fetched generation %d from %s", name, generation, node.node_id)
                 return
             except (GitFailed, trio.TooSlowError) as exc:
                 log.warning("%s: fetch from %s failed: %s", name, node.node_id, exc)
@@ -310,9 +352,7 @@ class Replicator:
         refs = await self._refs(git_dir, INCOMING)
         if refs:
             script = "".join(f"delete {ref}\0\0" for ref in refs).encode()
-            await self._git(
-                ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
-            )
+            await self._update_refs(git_dir, script)
 
     async def _notify_peers(self, name: RepoName) -> None:
         try:

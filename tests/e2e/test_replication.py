@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from devnet.network import Devnet, EdgeHandle, start_devnet
-from routing.consensus import checksum
 from tests.e2e.conftest import Git, gitedge, poll, repo_url, tls
 
 REGIONS = ("fra", "lax", "syd")
@@ -81,8 +80,10 @@ def replica_refs(net: Devnet, git: Git, name: str) -> dict[str, dict[str, str]]:
 
 
 def in_sync(net: Devnet, name: str, count: int) -> bool:
+    """`repo where` shows exactly `count` replicas in sync."""
     shown = where(net, name)
-    return sum(r["state"] == "in-sync" for r in shown["replicas"]) == count
+    states: list[str] = [str(r["state"]) for r in shown["replicas"]]
+    return states.count("in-sync") == count
 
 
 def test_push_through_lax_then_clone_through_fra_sees_it(
@@ -153,3 +154,40 @@ def test_two_concurrent_pushes_to_main_one_wins_none_diverges(
     refs = replica_refs(net3, git, "alice/race")
     assert all(r == {"refs/heads/main": want} for r in refs.values()), refs
     assert where(net3, "alice/race")["generation"] == 2
+
+
+def test_a_replica_down_the_push_still_lands_on_two_and_it_catches_up(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    assert create(net3, "alice/down", "lax", 3).status_code == 201
+    work = git.new_worktree(tmp_path / "w")
+    head = git.commit(work, "a.txt", b"one\n")
+    url = repo_url(net3, "alice/down", edge_url=edge(net3, "lax").https_url)
+    syd = net3.nodes["syd-1"]
+    syd.process.kill()
+    try:
+        poll(20, lambda: any(r["state"] == "down" for r in where(net3, "alice/down")["replicas"]))
+        git.run("push", "-q", url, "main", cwd=work)
+        shown = where(net3, "alice/down")
+        states = {r["node"] or r["region"]: (r["state"], r["behind"]) for r in shown["replicas"]}
+        assert states["syd"] == ("down", 1), states
+        # Fewer than W reachable: refused at once, with the reason, and nothing changed.
+        net3.nodes["fra-1"].process.kill()
+        poll(
+            20,
+            lambda: sum(r["state"] == "down" for r in where(net3, "alice/down")["replicas"]) == 2,
+        )
+        git.commit(work, "b.txt", b"two\n")
+        refused = git.run("push", url, "main", cwd=work, check=False, timeout=30)
+        assert refused.returncode != 0
+        assert "of the 2 replicas this push must reach are up" in refused.stderr, refused.stderr
+        assert where(net3, "alice/down")["generation"] == 1
+    finally:
+        for node_id in ("fra-1", "syd-1"):
+            node = net3.nodes[node_id]
+            if not node.process.alive():
+                net3.restart_node(node)
+    # Back: each catches up by itself, without another push.
+    poll(30, lambda: in_sync(net3, "alice/down", 3), "the restarted replicas to catch up")
+    refs = replica_refs(net3, git, "alice/down")
+    assert all(r == {"refs/heads/main": head} for r in refs.values()), refs
