@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import trio
 
+from node.repl_git import GIT_TIMEOUT, GitFailed, list_refs, run_git
 from node.repos import RepoStore
 from routing import consensus as cons
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 
 TRANSFER_TIMEOUT = 60.0  # one git push of a push's objects to one peer
 HOLD_TIMEOUT = 60.0  # the lock from vote to post-receive, should post-receive never come
-GIT_TIMEOUT = 60.0
 NOTIFY_TIMEOUT = 5.0
 INCOMING = "refs/gitedge/incoming/"
 
@@ -262,7 +261,7 @@ class Replicator:
             env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(call.git_dir / "objects")
         url = f"{node.http_url}/{call.name.path}.git"
         refspecs = [f"{oid}:{INCOMING}{txid}/{i}" for i, oid in enumerate(oids)]
-        await self._git(
+        await run_git(
             [
                 "-c",
                 f"http.extraHeader=Authorization: Bearer {self._secret}",
@@ -308,7 +307,7 @@ class Replicator:
             return state.generation
 
     async def _update_refs(self, git_dir: Path, script: bytes) -> None:
-        await self._git(
+        await run_git(
             ["update-ref", "--stdin", "-z"], git_dir, self._store.env(), GIT_TIMEOUT, script
         )
 
@@ -322,7 +321,7 @@ class Replicator:
             if kv is None or node is None or cons.decode_applied(kv.value) != generation:
                 continue
             try:
-                await self._git(
+                await run_git(
                     [
                         "-c",
                         f"http.extraHeader=Authorization: Bearer {self._secret}",
@@ -349,7 +348,7 @@ class Replicator:
         return cons.fold_log(cons.decode_log_entry(chunks) for chunks in groups)
 
     async def _drop_incoming(self, git_dir: Path) -> None:
-        refs = await self._refs(git_dir, INCOMING)
+        refs = await list_refs(self._store.env(), git_dir, INCOMING)
         if refs:
             script = "".join(f"delete {ref}\0\0" for ref in refs).encode()
             await self._update_refs(git_dir, script)
@@ -398,50 +397,8 @@ class Replicator:
         return node if any(v.volume_id == volume_id for v in node.volumes) else None
 
     async def _local_refs(self, git_dir: Path) -> dict[str, str]:
-        refs = await self._refs(git_dir, "refs/")
+        refs = await list_refs(self._store.env(), git_dir, "refs/")
         return {r: o for r, o in refs.items() if not r.startswith(cons.INTERNAL_REFS)}
-
-    async def _refs(self, git_dir: Path, prefix: str) -> Mapping[str, str]:
-        out = await self._git(
-            ["for-each-ref", "--format=%(objectname) %(refname)", prefix],
-            git_dir,
-            self._store.env(),
-            GIT_TIMEOUT,
-        )
-        refs: dict[str, str] = {}
-        for line in out.decode().splitlines():
-            oid, _, ref = line.partition(" ")
-            refs[ref] = oid
-        return refs
-
-    async def _git(
-        self,
-        args: list[str],
-        git_dir: Path,
-        env: dict[str, str],
-        timeout: float,
-        stdin: bytes = b"",
-    ) -> bytes:
-        with trio.fail_after(timeout):
-            result = await trio.run_process(
-                ["git", *args],
-                cwd=git_dir,
-                env={**env, "GIT_DIR": str(git_dir)},
-                stdin=stdin,
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-            )
-        if result.returncode != 0:
-            raise GitFailed(
-                f"git {args[0] if args[0] != '-c' else args[2]} exited {result.returncode}: "
-                + result.stderr.decode("utf-8", "replace").strip()[:500]
-            )
-        return bytes(result.stdout)
-
-
-class GitFailed(Exception):
-    pass
 
 
 class ApplyError(Exception):

@@ -1,0 +1,48 @@
+"""The git commands replication runs on a replica (refs, update-ref, push, fetch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+GIT_TIMEOUT = 60.0
+
+
+class GitFailed(Exception):
+    """git exited non-zero; the message has its stderr (for the node's log only)."""
+
+
+async def run_git(
+    args: list[str], git_dir: Path, env: dict[str, str], timeout: float, stdin: bytes = b""
+) -> bytes:
+    """`git <args>` in `git_dir`, within `timeout`; its stdout, or GitFailed."""
+    with trio.fail_after(timeout):
+        result = await trio.run_process(
+            ["git", *args],
+            cwd=git_dir,
+            env={**env, "GIT_DIR": str(git_dir)},
+            stdin=stdin,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        verb = args[2] if args[0] == "-c" else args[0]
+        raise GitFailed(
+            f"git {verb} exited {result.returncode}: "
+            + result.stderr.decode("utf-8", "replace").strip()[:500]
+        )
+    return bytes(result.stdout)
+
+
+async def list_refs(env: dict[str, str], git_dir: Path, prefix: str) -> dict[str, str]:
+    """ref -> oid of every ref under `prefix`."""
+    out = await run_git(
+        ["for-each-ref", "--format=%(objectname) %(refname)", prefix], git_dir, env, GIT_TIMEOUT
+    )
+    refs: dict[str, str] = {}
+    for line in out.decode().splitlines():
+        oid, _, ref = line.partition(" ")
+        refs[ref] = oid
+    return refs
