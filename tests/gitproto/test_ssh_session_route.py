@@ -7,8 +7,8 @@ import pytest
 from edge.proto.http_route import Unrouted, parse_route
 from gitproto.protocol import Service
 from gitproto.routes import (
-    Rpc,
     RouteError,
+    Rpc,
     SshSession,
     parse_git_route,
     ssh_session_target,
