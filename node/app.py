@@ -2,10 +2,10 @@
 
     gitedge node --config node.toml [--ready-file PATH]
 
-Startup: volume identity -> listen (HTTP, and SSH if `[ssh]`) -> register in
-etcd (waiting while etcd is down) -> ready. SIGTERM/SIGINT: stop accepting,
-kill running git children (every request's and session's `finally`), revoke
-the lease, exit 0.
+Startup: volume identity -> listen (HTTP: smart HTTP and the SSH sessions
+edges carry over it) -> register in etcd (waiting while etcd is down) -> ready.
+SIGTERM/SIGINT: stop accepting, kill running git children (every request's
+`finally`), revoke the lease, exit 0.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from node.config import ConfigError, NodeConfig, load_node_config
 from node.git_http import GitHttpServer
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repos import RepoStore
-from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient
 from routing.model import NodeId, Region, VolumeId
@@ -41,7 +40,6 @@ class NodeRuntime:
     region: Region
     volume_id: VolumeId
     http_url: str
-    ssh_address: str | None = None
 
     def ready_info(self) -> dict[str, str]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -54,10 +52,6 @@ async def run_node(
     volume = await trio.to_thread.run_sync(load_or_create_volume, config.volume_dir, config.region)
     store = RepoStore(config.volume_dir)
     await trio.to_thread.run_sync(store.prepare)
-    ssh_server = None
-    if config.ssh is not None:
-        keys = await trio.to_thread.run_sync(load_ssh_keys, config.ssh)
-        ssh_server = NodeSshServer(config.ssh, keys, store)
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     http_url = config.advertise_url or _bound_url(listeners[0])
     server = GitHttpServer(store, config.admin_secret, keepalive_timeout=config.keepalive_timeout)
@@ -69,9 +63,6 @@ async def run_node(
                     partial(trio.serve_listeners, server.handle_connection, listeners)
                 )
                 log.info("node %s listening on %s", config.node_id, http_url)
-                ssh: SshListening | None = None
-                if ssh_server is not None:
-                    ssh = await nursery.start(ssh_server.serve)
                 registration = Registration(
                     etcd,
                     config.keys,
@@ -80,18 +71,10 @@ async def run_node(
                     volume_dir=config.volume_dir,
                     http_url=http_url,
                     lease_ttl=config.lease_ttl,
-                    ssh_address=ssh.address if ssh else None,
-                    ssh_host_key=ssh.host_key if ssh else None,
                 )
                 await nursery.start(registration.run)
                 task_status.started(
-                    NodeRuntime(
-                        config.node_id,
-                        config.region,
-                        volume.volume_id,
-                        http_url,
-                        ssh.address if ssh else None,
-                    )
+                    NodeRuntime(config.node_id, config.region, volume.volume_id, http_url)
                 )
         finally:
             # Cancelled (shutdown) or failed: leave routing now, not after the TTL.
@@ -130,9 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    # asyncssh logs every connection, auth and channel at INFO: several lines per
-    # git request from an edge. Our own session log line says what happened.
-    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.root.level))
     try:
         config = load_node_config(args.config)
     except ConfigError as exc:
@@ -141,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         trio.run(_serve_until_signalled, config, args.ready_file)
-    except* (VolumeError, SshSetupError, OSError) as group:
-        # A volume of another region, a port in use, an unreadable key file:
+    except* (VolumeError, OSError) as group:
+        # A volume of another region, a port in use:
         # say so in one line, no traceback.
         for error in _leaves(group):
             print(f"gitedge node: {error}", file=sys.stderr)

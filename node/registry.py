@@ -113,19 +113,13 @@ class Registration:
         http_url: str,
         lease_ttl: int,
         refresh_interval: float = REFRESH_INTERVAL,
-        ssh_address: str | None = None,
-        ssh_host_key: str | None = None,
     ) -> None:
-        if (ssh_address is None) != (ssh_host_key is None):
-            raise ValueError("ssh_address and ssh_host_key go together")
         self._etcd = etcd
         self._keys = keys
         self._node_id = node_id
         self._volume = volume
         self._volume_dir = volume_dir
         self._http_url = http_url
-        self._ssh_address = ssh_address
-        self._ssh_host_key = ssh_host_key
         self._ttl = lease_ttl
         self._refresh_interval = refresh_interval
         # A hung etcd must not stall the loop for a whole TTL: by then the lease
@@ -218,7 +212,5 @@ class Registration:
             self._volume.region,
             self._http_url,
             (VolumeInfo(self._volume.volume_id, free),),
-            ssh_address=self._ssh_address,
-            ssh_host_key=self._ssh_host_key,
         )
         await self._etcd.put(self._keys.node(self._node_id), encode_node(record), lease=lease)

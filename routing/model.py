@@ -94,10 +94,6 @@ class NodeRecord:
     region: Region
     http_url: str
     volumes: tuple[VolumeInfo, ...]
-    ssh_address: str | None = None
-    """`host:port` of the node's edge-only SSH listener, if it has one."""
-    ssh_host_key: str | None = None
-    """Its host public key (OpenSSH line): edges verify nodes against etcd."""
 
 
 @dataclass(frozen=True)
