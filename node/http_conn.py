@@ -149,6 +149,21 @@ class HttpConn:
                 with trio.fail_after(self._io_timeout):
                     await self.stream.send_all(data)
 
+    async def send_body(self, *pieces: bytes) -> None:
+        """Send `pieces` of the response body in one write, copying them once.
+
+        `send(h11.Data(header + chunk))` copies a CHUNK twice (the caller's
+        concatenation, then h11 joining its chunk framing around it): measured
+        here as a third of the node's own CPU on an SSH clone. One write, not
+        one per piece: small segments would wake the reader once each.
+        """
+        async with self._send_lock:
+            parts: list[bytes] = []
+            for piece in pieces:
+                parts += self.h11.send_with_data_passthrough(h11.Data(data=piece)) or []
+            with trio.fail_after(self._io_timeout):
+                await self.stream.send_all(b"".join(parts))
+
     async def respond(
         self,
         status: int,
