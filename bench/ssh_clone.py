@@ -17,14 +17,14 @@ SSH fronts) in a temp dir, and:
    `ForceCommand git-shell -c "$SSH_ORIGINAL_COMMAND"`, HOME set to an empty
    dir so the login shell reads no rc file) serving the same bare repo
    directory on the node's volume;
-3. clones --rounds times through the edge (client -SSH-> edge -pooled SSH->
+3. clones --rounds times through the edge (client -SSH-> edge -pooled HTTP->
    node) and as often straight from that sshd, interleaved (direct, edge,
    ...) after one untimed warm-up clone of each, each into a fresh dir,
    reading the edge's, node's and sshd's CPU around every clone (psutil);
 4. times --ls-remotes `git ls-remote` runs each way, interleaved, after one
    warm-up each (so the edge's connection to the node is warm);
 5. reads the edge's counters (`GET /_gitedge/stats`) before and after the
-   timed runs: `ssh_node_connects` must not move (no new edge->node handshake);
+   timed runs: `ssh_pool_connects` must not move (no new edge->node handshake);
 6. prints a table and writes bench/results/ssh_clone.{json,md}.
 
 Timings vary by about +-30 % between runs here: compare the interleaved
@@ -639,8 +639,8 @@ def summarise(
         "clone_packs_max": max(s.packs for s in timed),
         "clone_loose_objects_max": max(s.loose_objects for s in timed),
         "edge_stats_delta_timed": timed_delta,
-        "ssh_node_connects_during_timed": timed_delta.get("ssh_node_connects"),
-        "ssh_node_reuses_during_timed": timed_delta.get("ssh_node_reuses"),
+        "ssh_pool_connects_during_timed": timed_delta.get("ssh_pool_connects"),
+        "ssh_pool_reuses_during_timed": timed_delta.get("ssh_pool_reuses"),
     }
     same = [s for s in ls if not s.warmup and s.series == "same-kex"]
     if same:
@@ -664,11 +664,11 @@ def summarise(
             "pass": added_ms <= TARGET_ADDED_LS_REMOTE_MS,
         },
         "no_new_node_connection_when_warm": {
-            "target": "ssh_node_connects += 0",
-            "value": out["ssh_node_connects_during_timed"],
+            "target": "ssh_pool_connects += 0",
+            "value": out["ssh_pool_connects_during_timed"],
             "pass": None
-            if out["ssh_node_connects_during_timed"] is None
-            else out["ssh_node_connects_during_timed"] == 0,
+            if out["ssh_pool_connects_during_timed"] is None
+            else out["ssh_pool_connects_during_timed"] == 0,
         },
     }
     return out
@@ -687,8 +687,8 @@ def render_table(result: dict[str, Any]) -> str:
         f"at default), {a['rounds']} interleaved clone rounds + 1 warm-up per path, "
         f"clone{' --no-checkout' if a['no_checkout'] else ' with checkout'}, "
         f"{a['ls_remotes']} interleaved ls-remotes + 1 warm-up per path",
-        "edge: client -SSH-> edge (asyncssh on trio-asyncio) -pooled SSH-> node fra-1 "
-        "(asyncssh); direct: client -SSH-> OpenSSH sshd (ForceCommand git-shell, "
+        "edge: client -SSH-> edge (asyncssh on trio-asyncio) -pooled HTTP-> node fra-1 "
+        "(one request per session); direct: client -SSH-> OpenSSH sshd (ForceCommand git-shell, "
         "login shell reads no rc file) on the same bare repo directory",
         *(
             [f"client ssh options on both paths: {' '.join(a['ssh_option'])}"]
@@ -711,7 +711,7 @@ def render_table(result: dict[str, Any]) -> str:
         "| metric | value | target | result |",
         "| --- | ---: | ---: | --- |",
         f"| median clone, direct (OpenSSH sshd) | {s['median_direct_s']:.3f} s | | |",
-        f"| median clone, edge (SSH -> edge -> SSH -> node) | {s['median_edge_s']:.3f} s | | |",
+        f"| median clone, edge (SSH -> edge -> HTTP -> node) | {s['median_edge_s']:.3f} s | | |",
         f"| ratio edge/direct (of medians) | {s['ratio_edge_direct']:.3f} | "
         f"<= {TARGET_RATIO} | {verdict(t['ratio_edge_direct']['pass'])} |",
         f"| median of per-round ratios | {s['median_pair_ratio']:.3f} | | |",
@@ -741,8 +741,8 @@ def render_table(result: dict[str, Any]) -> str:
     lines += [
         f"| for scale: `ssh -J` ls-remote ratio; direct OpenSSH ls-remote (issue 3) | "
         f"{JUMP_HOST_LS_REMOTE_RATIO}; ~{DIRECT_LS_REMOTE_MS_ANCHOR:.0f} ms | | |",
-        f"| new edge->node SSH connections during timed runs | "
-        f"{s['ssh_node_connects_during_timed']} (reuses +{s['ssh_node_reuses_during_timed']}) "
+        f"| new edge->node connections for SSH sessions during timed runs | "
+        f"{s['ssh_pool_connects_during_timed']} (reuses +{s['ssh_pool_reuses_during_timed']}) "
         f"| 0 | {verdict(t['no_new_node_connection_when_warm']['pass'])} |",
         f"| edge CPU per clone (median) | {s['edge_cpu_s_per_clone']:.3f} s | | |",
         f"| edge CPU per ls-remote (median, no settle) | {s['ls_remote_edge_cpu_ms']:.1f} ms | | |",
