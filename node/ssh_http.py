@@ -23,6 +23,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import socket
 from pathlib import Path
 
 import h11
@@ -56,6 +57,13 @@ EXIT_TIMEOUT = 30.0
 # After the exit status the edge ends its request body at once; reading that end
 # is what lets this connection carry the next request.
 BODY_DRAIN_TIMEOUT = 10.0
+# TCP keepalive for session connections: first probe after 30 s idle, then 3
+# probes 10 s apart (Linux names; the defaults, 2 h, would leave git running).
+KEEPALIVE = (
+    (socket.TCP_KEEPIDLE, 30),
+    (socket.TCP_KEEPINTVL, 10),
+    (socket.TCP_KEEPCNT, 3),
+)
 COALESCE_DELAY = 0.001
 """After a short read of git's stdout, how long the pipe may fill before the next."""
 
@@ -70,6 +78,7 @@ class SshSessions:
     async def serve(self, conn: HttpConn, request: h11.Request, route: SshSession) -> None:
         if not await self._authorized(conn, request):
             return
+        _detect_dead_peer(conn.stream)
         repo_dir = self._store.existing(route.repo)
         user = _user_name(header(request, b"gitedge-user"))
         what = f"ssh {route.service} {route.repo} for {user or '-'}"
@@ -135,6 +144,19 @@ async def _drain_body(conn: HttpConn) -> None:
                     return
         except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             return  # not reusable: the server closes it
+
+
+def _detect_dead_peer(stream: trio.abc.Stream) -> None:
+    """TCP keepalive on a session's connection: an edge that vanished without a FIN
+    (a partition, a dead host) fails a receive within ~60 s, and git is killed. A
+    session's stdin may be silent for as long as its client likes, so nothing else
+    would notice (the SSH listener this replaces sent SSH keepalives for the same
+    reason)."""
+    if not isinstance(stream, trio.SocketStream):
+        return  # TLS wraps a socket stream of its own: its owner sets this
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+    for option, value in KEEPALIVE:
+        stream.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 def _user_name(raw: bytes | None) -> str | None:

@@ -3,7 +3,7 @@
 asyncssh runs on the trio-asyncio loop of `run_edge`. Authentication is by
 public key only: the key's SHA256 fingerprint names its user in the routing
 cache (etcd on a miss), and any SSH user name is accepted (git uses `git`).
-A session may exec one git service (`ssh_session.vet_session` decides); pty,
+A session may exec one git service (`edge.ssh.session.vet_session` decides); pty,
 subsystems, port, agent and X11 forwarding are refused.
 
 Each session is a trio task in the `sessions` nursery the front is given:

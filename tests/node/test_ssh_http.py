@@ -13,6 +13,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ import trio
 from gitproto.protocol import Service
 from gitproto.routes import ssh_session_target
 from gitproto.ssh_frame import CONTENT_TYPE, FrameDecoder, Stderr, Stdout
+from node import ssh_http
 from node.app import run_node
 from node.config import ConfigError, load_node_config
 from routing.etcd import EtcdClient
@@ -395,3 +397,22 @@ def test_an_ssh_table_is_refused_naming_it(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"node\.toml: \[ssh\]: removed: the node has no SSH"):
         load_node_config(path)
+
+
+async def test_session_connections_probe_for_a_vanished_edge() -> None:
+    """An edge gone without a FIN (a partition) is found by TCP keepalive within a
+    minute, not the kernel's two hours: until then git would wait on its stdin."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with await trio.open_tcp_stream("127.0.0.1", port):
+        server = await listeners[0].accept()
+        ssh_http._detect_dead_peer(server)
+        sock = server.socket
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        idle, interval, count = (
+            sock.getsockopt(socket.IPPROTO_TCP, option)
+            for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+        )
+        assert idle + interval * count <= 60
+        await server.aclose()
+    await listeners[0].aclose()
