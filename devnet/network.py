@@ -5,8 +5,8 @@ run the same processes the same way. Every server is a real child process
 started with its own TOML config in the work dir, on free loopback ports, and
 is waited for through the ready file it writes once it serves.
 
-Nodes and edges speak SSH too: the edges share one host key (pinned by clients
-through `Devnet.known_hosts`) and one node client key, which every node trusts.
+Edges speak SSH too: they share one host key (pinned by clients through
+`Devnet.known_hosts`) and carry sessions to the nodes over HTTP.
 
 Nodes serve plain HTTP unless started with `tls` (or in `tls_regions`): then
 HTTPS with a certificate they make, which edges pin from etcd. Edges are
@@ -49,12 +49,6 @@ class NodeHandle:
     @property
     def volume_id(self) -> str:
         return str(self.ready["volume_id"])
-
-    @property
-    def ssh_address(self) -> str | None:
-        """`host:port` of the node's edge-only SSH listener."""
-        value = self.ready.get("ssh_address")
-        return str(value) if value else None
 
     @property
     def tls_cert_sha256(self) -> str | None:
@@ -145,25 +139,19 @@ class Devnet:
         return self.edges[0]
 
     # Every edge of the network shares one host key (clients pin it, whichever
-    # edge they reach) and one node client key (nodes trust it).
+    # edge they reach).
     @property
     def edge_host_key_file(self) -> Path:
         return self.work_dir / "ssh" / "edge_host_ed25519_key"
-
-    @property
-    def edge_node_client_key_file(self) -> Path:
-        return self.work_dir / "ssh" / "edge_node_client_ed25519_key"
 
     @property
     def known_hosts(self) -> Path:
         """An OpenSSH known_hosts file with every edge's host key line."""
         return self.work_dir / "ssh" / "known_hosts"
 
-    def _edge_keys(self) -> tuple[str, str]:
-        """The edges' host and node-client public key lines, made on first use."""
-        host = load_or_create_key(self.edge_host_key_file)
-        client = load_or_create_key(self.edge_node_client_key_file)
-        return public_key_line(host), public_key_line(client)
+    def _edge_host_key(self) -> str:
+        """The edges' host public key line, made on first use."""
+        return public_key_line(load_or_create_key(self.edge_host_key_file))
 
     def start_node(
         self,
@@ -178,9 +166,6 @@ class Devnet:
         makes in the work dir (kept across restarts of the same node id)."""
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
-        trusted_edges = self.work_dir / "ssh" / "trusted_edge_keys"
-        trusted_edges.parent.mkdir(parents=True, exist_ok=True)
-        trusted_edges.write_text(self._edge_keys()[1] + " gitedge-edges\n")
         config_path.write_text(
             "\n".join(
                 [
@@ -193,10 +178,6 @@ class Devnet:
                     f"lease_ttl = {lease_ttl}",
                     "[etcd]",
                     f"endpoints = {_toml([self.etcd.url])}",
-                    "[ssh]",
-                    'listen = "127.0.0.1:0"',
-                    f"host_key_file = {_toml(str(self.work_dir / 'ssh' / f'node-{node_id}_key'))}",
-                    f"trusted_edge_keys_file = {_toml(str(trusted_edges))}",
                     *(self._node_tls_table(node_id) if tls else []),
                     "",
                 ]
@@ -265,13 +246,12 @@ class Devnet:
         ]
         if http:
             lines += ["[http]", 'listen = "127.0.0.1:0"']
-        host_key = self._edge_keys()[0] if ssh else ""
+        host_key = self._edge_host_key() if ssh else ""
         if ssh:
             lines += [
                 "[ssh]",
                 'listen = "127.0.0.1:0"',
                 f"host_key_files = {_toml([str(self.edge_host_key_file)])}",
-                f"node_client_key_file = {_toml(str(self.edge_node_client_key_file))}",
             ]
         lines += [
             "[nodes]",
@@ -304,7 +284,7 @@ class Devnet:
         self.edges[self.edges.index(edge)] = handle
         if handle.ready.get("ssh_address"):
             with self.known_hosts.open("a") as known_hosts:
-                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_keys()[0]}\n")
+                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_host_key()}\n")
         return handle
 
     def stop(self) -> None:

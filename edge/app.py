@@ -24,7 +24,7 @@ from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
-from edge.ssh.nodes import NodeSSHPool
+from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
@@ -101,7 +101,7 @@ async def run_edge(
             config.node_connect_timeout,
             config.node_idle_timeout,
             config.max_idle_per_node,
-            dial={node: d.http for node, d in dial.items() if d.http},
+            dial={node: d.http for node, d in dial.items()},
             credential=config.node_admin_secret,
             # TLS pins and node regions, from the watch-fed mirror of etcd.
             nodes=lambda node_id: cache.nodes.get(node_id),
@@ -157,34 +157,27 @@ async def run_edge(
 async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshFront | None]:
     """The SSH front on its trio-asyncio loop, when `[ssh]` is configured.
 
-    On the way out it closes its client connections and node pool while the
-    loop still runs.
+    Its sessions live in a nursery of their own, outside the listeners', so a
+    drain lets them finish; they reach nodes over `state.pool`, the HTTPS
+    front's pool. On the way out it disconnects its clients while the loop
+    still runs.
     """
     if config.ssh is None:
         yield None
         return
-    async with open_aio_loop():
-        node_pool = NodeSSHPool(
-            config.ssh.node_client_key_file,
-            window=config.ssh.window,
-            near_window=config.ssh.near_window,
-            region=config.region,
-            connect_timeout=config.node_connect_timeout,
-            dial={node: d.ssh for node, d in config.dial_overrides().items() if d.ssh},
-        )
+    async with open_aio_loop(), trio.open_nursery() as sessions:
+        # The node answers a session's request before git runs: an answer that
+        # takes longer than this means a node in trouble (as a connect does).
+        nodes = NodeSessions(state.pool, head_timeout=2 * config.node_connect_timeout)
         front = SshFront(
-            config.ssh,
-            state.cache,
-            node_pool,
-            state.requests,
-            node_open_timeout=2 * config.node_connect_timeout,
-            region=config.region,
+            config.ssh, state.cache, nodes, state.requests, sessions, region=config.region
         )
         state.ssh_front = front
         try:
             yield front
         finally:
             await front.aclose()
+            sessions.cancel_scope.cancel()
 
 
 async def _main(config: EdgeConfig, ready_file: Path | None) -> None:

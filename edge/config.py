@@ -28,10 +28,13 @@ class Listener:
 # DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
 # transfer at ~10 MB/s; 16 MiB gave 61 MB/s on the same path.
 DEFAULT_SSH_WINDOW = 16 * 2**20
-# Edge -> node channels to a node in the edge's own region (~1 ms RTT): 2 MiB
-# (asyncssh's default) still allows ~2 GB/s there, and it is what a session may
-# buffer at the edge when its client reads slower than the node sends.
-DEFAULT_SSH_NEAR_WINDOW = 2 * 2**20
+# Keys of [ssh] that configured the edge's SSH connections to nodes, which are
+# gone (sessions ride the pooled HTTP connections): refused, naming the key, so
+# an operator does not keep tuning something that does nothing.
+REMOVED_SSH_KEYS = {
+    "node_client_key_file": "nodes no longer run SSH; sessions reach them over HTTP",
+    "near_window": "there are no edge -> node SSH channels any more; TCP sizes that hop",
+}
 
 
 @dataclass(frozen=True)
@@ -41,17 +44,13 @@ class SshFrontConfig:
     listen: Listener
     host_key_files: tuple[Path, ...]
     """Private host keys offered to clients; made (ed25519, 0600) when missing."""
-    node_client_key_file: Path
-    """The edge's own key, which nodes trust; made when missing."""
     login_grace_time: float = 60.0
     idle_timeout: float = 600.0
     """A connection that moves no git data for this long is closed."""
     max_sessions: int = 10
     """Concurrent sessions (channels) per client connection, like OpenSSH's MaxSessions."""
     window: int = DEFAULT_SSH_WINDOW
-    """Client channels, and edge -> node channels to nodes in other regions."""
-    near_window: int = DEFAULT_SSH_NEAR_WINDOW
-    """Edge -> node channels to nodes in the edge's own region."""
+    """The receive window of client channels (what a push may have in flight)."""
 
 
 class NodeTlsPolicy(StrEnum):
@@ -75,16 +74,16 @@ class NodeTlsPolicy(StrEnum):
 
 @dataclass(frozen=True)
 class NodeDial:
-    """Where the edge dials one node instead of the addresses it advertises in etcd.
+    """Where the edge dials one node instead of the address it advertises in etcd.
 
     `[nodes.dial]` in the config. For networks where the advertised address is
     not the route from this edge (the cross-region benchmark puts a latency
-    relay per region pair in front of each node). Host keys and TLS certificate
-    pins are still checked against the node's record in etcd.
+    relay per region pair in front of each node). HTTPS requests and SSH
+    sessions both use it: both ride the same pooled HTTP connections. TLS
+    certificate pins are still checked against the node's record in etcd.
     """
 
-    http: tuple[str, int] | None = None
-    ssh: tuple[str, int] | None = None
+    http: tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -214,49 +213,49 @@ def _tls_policy(nodes: Table) -> NodeTlsPolicy:
 
 
 def _node_dial(dial: Table) -> tuple[tuple[str, NodeDial], ...]:
-    """`[nodes.dial]`: `<node-id> = { http = "host:port", ssh = "host:port" }`."""
+    """`[nodes.dial]`: `<node-id> = { http = "host:port" }`."""
     overrides = []
     # Table has no public key listing (plumbing/tomlconf.py); the keys are the data here.
     for node_id in list(dial._data):
         if not _NODE_ID.fullmatch(node_id):
             raise dial.error(node_id, "not a node id")
         entry = dial.table(node_id)
+        if entry.has("ssh"):
+            # Nodes have no SSH listener any more; SSH sessions go where `http` says.
+            raise entry.error("ssh", "removed: SSH sessions reach nodes over http; delete it")
         http = entry.host_port("http") if entry.has("http") else None
-        ssh = entry.host_port("ssh") if entry.has("ssh") else None
         entry.check_unknown()
-        if http is None and ssh is None:
-            raise dial.error(node_id, "give http = 'host:port', ssh = 'host:port' or both")
-        for name, address in (("http", http), ("ssh", ssh)):
-            if address is not None and address[1] == 0:
-                raise entry.error(name, "port 0 cannot be dialled")
-        overrides.append((node_id, NodeDial(http, ssh)))
+        if http is None:
+            raise dial.error(node_id, "give http = 'host:port'")
+        if http[1] == 0:
+            raise entry.error("http", "port 0 cannot be dialled")
+        overrides.append((node_id, NodeDial(http)))
     return tuple(overrides)
 
 
 def _ssh(ssh: Table) -> SshFrontConfig:
+    for key, why in REMOVED_SSH_KEYS.items():
+        if ssh.has(key):
+            raise ssh.error(key, f"removed: {why}; delete it")
     host, port = ssh.host_port("listen")
     host_keys = tuple(Path(p) for p in ssh.str_list("host_key_files"))
     if not host_keys:
         raise ssh.error("host_key_files", "needs at least one key file")
-    client_key = Path(ssh.str("node_client_key_file"))
     # Made here, on first start, so that a restart keeps them: clients pin the
-    # host key, nodes trust the client key. Read again by the SSH front.
-    for key, paths in (("host_key_files", host_keys), ("node_client_key_file", (client_key,))):
-        for path in paths:
-            try:
-                load_or_create_key(path)
-            except KeyFileError as exc:
-                raise ssh.error(key, str(exc)) from None
+    # host key. Read again by the SSH front.
+    for path in host_keys:
+        try:
+            load_or_create_key(path)
+        except KeyFileError as exc:
+            raise ssh.error("host_key_files", str(exc)) from None
     return SshFrontConfig(
         listen=Listener(host, port),
         host_key_files=host_keys,
-        node_client_key_file=client_key,
         login_grace_time=ssh.float("login_grace_time", 60.0, 1, 3600),
         idle_timeout=ssh.float("idle_timeout", 600.0, 1, 86400),
         max_sessions=ssh.int("max_sessions", 10, 1, 1000),
         # Below 64 KiB a window costs a round trip per packet; above 1 GiB is a typo.
         window=ssh.int("window", DEFAULT_SSH_WINDOW, 64 * 1024, 2**30),
-        near_window=ssh.int("near_window", DEFAULT_SSH_NEAR_WINDOW, 64 * 1024, 2**30),
     )
 
 

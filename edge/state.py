@@ -58,8 +58,8 @@ class EdgeState:
     ssh_front: StatsSource | None = None
 
     def stats(self) -> dict[str, object]:
-        """Counters for operators and benchmarks: warm requests should move none
-        of `node_connects` or `lookup_etcd_reads`."""
+        """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
+        move none of `node_connects` or `lookup_etcd_reads`."""
         return {
             "requests_active": self.requests.active,
             "node_connects": self.pool.stats.connects,
@@ -71,7 +71,7 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
-            # SSH front (when configured): connections, sessions, and the pooled
-            # edge-to-node SSH connections (warm sessions move only ssh_node_reuses).
+            # SSH front (when configured): connections, sessions, and their share of
+            # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),
         }

@@ -3,7 +3,11 @@
 Sans-IO: pure functions from (method, target) to a route or a `RouteError`
 that knows its HTTP status. Shared by the edge and the reference node, so the
 two agree on what a git URL is (gitprotocol-http: `$GIT_URL/info/refs?service=`
-and `$GIT_URL/git-upload-pack`, `$GIT_URL/git-receive-pack`).
+and `$GIT_URL/git-upload-pack`, `$GIT_URL/git-receive-pack`), and on the one
+URL that is not git's own: `POST $GIT_URL/ssh-upload-pack` (`-receive-pack`,
+`-upload-archive`), an SSH session the edge carries to the node over HTTP
+(`SshSession`). Only nodes serve that one; the edge's own grammar
+(`git_route`) does not know it, so a client cannot ask the edge for it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,18 @@ class InfoRefs:
 @dataclass(frozen=True)
 class Rpc:
     """`POST $GIT_URL/git-upload-pack` or `.../git-receive-pack`."""
+
+    repo: RepoName
+    service: Service
+
+
+@dataclass(frozen=True)
+class SshSession:
+    """`POST $GIT_URL/ssh-<verb>`: one interactive git session, as over SSH.
+
+    The request body is the client's stdin, the response body its stdout,
+    stderr and exit status (`gitproto.ssh_frame`). Edge to node only.
+    """
 
     repo: RepoName
     service: Service
@@ -94,10 +110,37 @@ def git_route(method: bytes, path: str, query: str) -> GitRoute | None:
     return None
 
 
-def parse_git_route(method: bytes, target: bytes) -> GitRoute | Health | None:
-    """What a node serves: health checks and smart HTTP; None for anything else."""
+def parse_git_route(method: bytes, target: bytes) -> GitRoute | SshSession | Health | None:
+    """What a node serves: health checks, smart HTTP and SSH sessions; None otherwise."""
     path, query = split_target(target)
-    return health_route(method, path) or git_route(method, path, query)
+    return (
+        health_route(method, path)
+        or ssh_session_route(method, path)
+        or git_route(method, path, query)
+    )
+
+
+_SSH_PREFIX = "/ssh-"
+
+
+def ssh_session_target(repo: RepoName, service: Service) -> bytes:
+    """The request target of an SSH session: `/<owner>/<name>.git/ssh-upload-pack`."""
+    return f"/{repo.bare_dir}{_SSH_PREFIX}{service.verb}".encode()
+
+
+def ssh_session_route(method: bytes, path: str) -> SshSession | None:
+    """`POST /<owner>/<name>.git/ssh-<verb>` as an SshSession; None if it is not one."""
+    repo_path, sep, verb = path.rpartition(_SSH_PREFIX)
+    # Always `.git`: the edge builds these targets (ssh_session_target) from a RepoName.
+    if not sep or "/" in verb or not repo_path.endswith(".git"):
+        return None
+    try:
+        service = Service(f"git-{verb}")
+    except ValueError:
+        return None
+    repo = repo_in_path(repo_path[1:])
+    require(method, b"POST")
+    return SshSession(repo, service)
 
 
 def repo_in_path(raw: str) -> RepoName:

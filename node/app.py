@@ -2,10 +2,10 @@
 
     gitedge node --config node.toml [--ready-file PATH]
 
-Startup: volume identity -> listen (HTTP, HTTPS with `[tls]`, SSH if `[ssh]`) -> register in
-etcd (waiting while etcd is down) -> ready. SIGTERM/SIGINT: stop accepting,
-kill running git children (every request's and session's `finally`), revoke
-the lease, exit 0.
+Startup: volume identity -> listen (HTTP, or HTTPS with `[tls]`: smart HTTP and
+the SSH sessions edges carry over it) -> register in etcd (waiting while etcd is
+down) -> ready. SIGTERM/SIGINT: stop accepting, kill running git children (every
+request's `finally`), revoke the lease, exit 0.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repl_api import ReplApi
 from node.replication import Replicator
 from node.repos import RepoStore
-from node.ssh_server import NodeSshServer, SshListening, SshSetupError, load_ssh_keys
 from node.tls import CertFileError, NodeTls, load_node_tls
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient, EtcdError
@@ -47,7 +46,6 @@ class NodeRuntime:
     region: Region
     volume_id: VolumeId
     http_url: str
-    ssh_address: str | None = None
     tls_cert_sha256: str | None = None
 
     def ready_info(self) -> dict[str, str]:
@@ -61,10 +59,6 @@ async def run_node(
     volume = await trio.to_thread.run_sync(load_or_create_volume, config.volume_dir, config.region)
     store = RepoStore(config.volume_dir)
     await trio.to_thread.run_sync(store.prepare)
-    ssh_server = None
-    if config.ssh is not None:
-        keys = await trio.to_thread.run_sync(load_ssh_keys, config.ssh)
-        ssh_server = NodeSshServer(config.ssh, keys, store)
     tls: NodeTls | None = None
     if config.tls is not None:
         tls = await trio.to_thread.run_sync(load_node_tls, config.tls, config.node_id)
@@ -91,9 +85,6 @@ async def run_node(
                 await nursery.start(replicator.run)
                 await nursery.start(partial(trio.serve_listeners, handler, listeners))
                 log.info("node %s listening on %s", config.node_id, http_url)
-                ssh: SshListening | None = None
-                if ssh_server is not None:
-                    ssh = await nursery.start(ssh_server.serve)
                 registration = Registration(
                     etcd,
                     config.keys,
@@ -102,8 +93,6 @@ async def run_node(
                     volume_dir=config.volume_dir,
                     http_url=http_url,
                     lease_ttl=config.lease_ttl,
-                    ssh_address=ssh.address if ssh else None,
-                    ssh_host_key=ssh.host_key if ssh else None,
                     tls_cert_sha256=tls.cert_sha256 if tls else None,
                 )
                 # Reconcile before serving (a crash may have left refs behind the
@@ -121,7 +110,6 @@ async def run_node(
                         config.region,
                         volume.volume_id,
                         http_url,
-                        ssh.address if ssh else None,
                         tls_cert_sha256=tls.cert_sha256 if tls else None,
                     )
                 )
@@ -162,9 +150,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    # asyncssh logs every connection, auth and channel at INFO: several lines per
-    # git request from an edge. Our own session log line says what happened.
-    logging.getLogger("asyncssh").setLevel(max(logging.WARNING, logging.root.level))
     try:
         config = load_node_config(args.config)
     except ConfigError as exc:
@@ -173,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         trio.run(_serve_until_signalled, config, args.ready_file)
-    except* (VolumeError, SshSetupError, CertFileError, OSError) as group:
-        # A volume of another region, a port in use, an unreadable key file:
+    except* (VolumeError, CertFileError, OSError) as group:
+        # A volume of another region, a port in use, an unreadable certificate:
         # say so in one line, no traceback.
         for error in _leaves(group):
             print(f"gitedge node: {error}", file=sys.stderr)

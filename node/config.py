@@ -1,5 +1,10 @@
 """The node's TOML config: `[node]` and `[etcd]`, every key checked and named on error.
 
+There is no `[ssh]` any more: edges carry SSH sessions to the node over its
+HTTP listener (`node.ssh_http`). A config that still has the table is refused,
+so an operator learns that its listener is gone instead of finding out from
+a firewall rule.
+
 ```toml
 [node]
 id = "fra-1"                  # required, [a-z0-9-]
@@ -13,13 +18,6 @@ keepalive_timeout = 75        # idle seconds on a client connection
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
 prefix = "/gitedge/"
-[ssh]                         # optional: without it the node serves no SSH
-listen = "127.0.0.1:0"        # host:port of the edge-only SSH listener
-advertise = "10.0.0.5:2222"   # optional; default the bound host:port
-host_key_file = "/var/lib/gitedge/ssh_host_ed25519_key"   # made (0600) if missing
-trusted_edge_keys_file = "/etc/gitedge/edge_keys"   # authorized_keys format
-window = 16777216             # SSH channel window, bytes (cross-region BDP)
-max_sessions = 64             # concurrent sessions per edge connection
 [tls]                         # optional: without it the node serves plain HTTP
 cert_file = "/var/lib/gitedge/node-tls-cert.pem"   # both missing: a self-signed pair is made
 key_file = "/var/lib/gitedge/node-tls-key.pem"     # (0600) and kept; edges pin the cert
@@ -37,26 +35,10 @@ from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, NodeId, Region, parse_region
 from routing.schema import DEFAULT_PREFIX, Keys
 
-__all__ = ["ConfigError", "NodeConfig", "SshConfig", "TlsConfig", "load_node_config"]
+__all__ = ["ConfigError", "NodeConfig", "TlsConfig", "load_node_config"]
 
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_ETCD = "http://127.0.0.1:2379"
-# DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
-# transfer at ~10 MB/s; 16 MiB gave 61 MB/s on the same path.
-DEFAULT_SSH_WINDOW = 16 * 2**20
-
-
-@dataclass(frozen=True)
-class SshConfig:
-    """The node's SSH listener, which only edges may use."""
-
-    listen_host: str
-    listen_port: int
-    advertise: str | None
-    host_key_file: Path
-    trusted_edge_keys_file: Path
-    window: int = DEFAULT_SSH_WINDOW
-    max_sessions: int = 64
 
 
 @dataclass(frozen=True)
@@ -82,7 +64,6 @@ class NodeConfig:
     keepalive_timeout: float = 75.0
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
-    ssh: SshConfig | None = None
     tls: TlsConfig | None = None
 
     @property
@@ -95,7 +76,12 @@ def load_node_config(path: Path) -> NodeConfig:
     root = Table.load(Path(path))
     node = root.table("node")
     etcd = root.table("etcd")
-    ssh = root.table("ssh") if root.has("ssh") else None
+    if root.has("ssh"):
+        raise root.error(
+            "[ssh]",
+            "removed: the node has no SSH listener; edges carry SSH sessions over"
+            " its HTTP listener (delete the table, and the node's SSH firewall rule)",
+        )
     tls = root.table("tls") if root.has("tls") else None
 
     node_id = node.str("id")
@@ -130,32 +116,11 @@ def load_node_config(path: Path) -> NodeConfig:
         keepalive_timeout=node.float("keepalive_timeout", 75.0, lo=1.0, hi=3600.0),
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
-        ssh=_ssh(ssh) if ssh is not None else None,
         tls=_tls(tls) if tls is not None else None,
     )
-    for table in (root, node, etcd, *(t for t in (ssh, tls) if t is not None)):
+    for table in (root, node, etcd, *(t for t in (tls,) if t is not None)):
         table.check_unknown()
     return config
-
-
-def _ssh(ssh: Table) -> SshConfig:
-    host, port = ssh.host_port("listen", "127.0.0.1:0")
-    advertise = ssh.optional_str("advertise")
-    if advertise is not None:
-        if ssh.host_port("advertise")[1] == 0:
-            raise ssh.error("advertise", f"needs a real port, got {advertise!r}")
-    elif _is_wildcard(host):
-        raise ssh.error("advertise", f"is required when listening on {host!r}")
-    return SshConfig(
-        listen_host=host,
-        listen_port=port,
-        advertise=advertise,
-        host_key_file=Path(ssh.str("host_key_file")),
-        trusted_edge_keys_file=Path(ssh.str("trusted_edge_keys_file")),
-        # Below 64 KiB a window costs a round trip per packet; above 1 GiB is a typo.
-        window=ssh.int("window", DEFAULT_SSH_WINDOW, lo=64 * 1024, hi=2**30),
-        max_sessions=ssh.int("max_sessions", 64, lo=1, hi=10_000),
-    )
 
 
 def _tls(tls: Table) -> TlsConfig:

@@ -1,10 +1,10 @@
-"""The node's HTTP server: git smart HTTP, `/healthz`, and the internal API.
+"""The node's HTTP server: git smart HTTP, SSH sessions, `/healthz`, the internal API.
 
-Plain HTTP/1.1 for a private network (the edge terminates TLS); only the edge
-may use it (node/edge_auth.py). Git URLs are classified by `gitproto.routes`,
-the grammar the edge uses too, so both agree on what a git URL is; each
+Plain HTTP/1.1 for a private network, or HTTPS with `[tls]`; only edges may use
+it (node/edge_auth.py). Git URLs are classified by `gitproto.routes`, the same
+grammar the edge uses, so both agree on what a git URL is; each smart-HTTP
 request then runs the git service the way git's own `http-backend` would (see
-`node.git_proto`).
+`node.git_proto`), and each SSH session the way git-shell would (`node.ssh_http`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,15 @@ import h11
 import trio
 
 from gitproto.protocol import accept_git_protocol
-from gitproto.routes import GitRoute, Health, InfoRefs, RouteError, Rpc, parse_git_route
+from gitproto.routes import (
+    GitRoute,
+    Health,
+    InfoRefs,
+    RouteError,
+    Rpc,
+    SshSession,
+    parse_git_route,
+)
 from node import git_proto
 from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
@@ -23,6 +31,7 @@ from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.http_conn import HttpConn, header
 from node.repl_api import ReplApi, is_repl_target
 from node.repos import RepoStore
+from node.ssh_http import SshSessions
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,7 @@ class GitHttpServer:
         self._auth = EdgeAuth(admin_secret)
         self._admin = AdminApi(store)
         self._repl = repl
+        self._ssh = SshSessions(store)
         self._keepalive_timeout = keepalive_timeout
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
@@ -86,7 +96,7 @@ class GitHttpServer:
                 return
 
     async def _dispatch(self, conn: HttpConn, request: h11.Request) -> None:
-        route: GitRoute | Health | RouteError | None
+        route: GitRoute | SshSession | Health | RouteError | None
         try:
             route = parse_git_route(request.method, request.target)
         except RouteError as exc:
@@ -109,6 +119,8 @@ class GitHttpServer:
             await self._info_refs(conn, request, route)
         elif isinstance(route, Rpc):
             await self._rpc(conn, request, route)
+        elif isinstance(route, SshSession):
+            await self._ssh.serve(conn, request, route)
         else:  # not a git URL (the edge's own /api/ routes among them)
             await conn.respond_text(404, "not found")
 

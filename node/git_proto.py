@@ -2,7 +2,8 @@
 
 What git's own `http-backend.c` (git 2.39) decides, as pure functions: the argv
 of each service, the `# service=` line before a v0/v1 advertisement, the child's
-environment, and request bodies decoded from gzip in bounded pieces. No trio here.
+environment, and request bodies decoded from gzip in bounded pieces; and, for
+SSH sessions, git's stderr with the volume's path rewritten out. No trio here.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ def info_refs_argv(service: Service, repo_dir: Path) -> list[str]:
 def rpc_argv(service: Service, repo_dir: Path) -> list[str]:
     # http-backend.c's service_rpc().
     return ["git", service.verb, "--stateless-rpc", str(repo_dir)]
+
+
+def session_argv(service: Service, repo_dir: Path) -> list[str]:
+    """An SSH-style session: what git-shell runs for `git-upload-pack '<repo>'`.
+
+    Not --stateless-rpc: one git process serves the whole interactive session
+    (v0 negotiation rounds, v2 commands) on one stdin and stdout.
+    """
+    return ["git", service.verb, str(repo_dir)]
 
 
 def advertisement_type(service: Service) -> str:
@@ -154,4 +164,40 @@ class StderrTail:
         text = self._kept.decode("utf-8", "replace").strip()
         if self.dropped:
             text += f"\n[{self.dropped} more bytes of stderr dropped]"
+        return text
+
+
+class PathScrubber:
+    """Rewrites the volume's path out of git's stderr.
+
+    git names the repository by its path on the node (`fatal: '/srv/vol/a/b.git'
+    ...`); the client asked for `a/b.git` and learns nothing about our disks.
+    Text is held back to the last line end so a path split across two reads is
+    still found, but never more than `hold` bytes.
+    """
+
+    def __init__(self, volume: Path, hold: int = 4096) -> None:
+        root = str(volume).rstrip("/").encode()
+        self._replacements = [(root + b"/", b""), (root, b"<volume>")]
+        self._pending = b""
+        self._hold = hold
+
+    def feed(self, data: bytes) -> bytes:
+        text = self._pending + data
+        cut = max(text.rfind(b"\n"), text.rfind(b"\r")) + 1
+        if cut == 0 and len(text) < self._hold:
+            self._pending = text
+            return b""
+        if cut == 0:
+            cut = len(text)
+        self._pending = text[cut:]
+        return self._scrub(text[:cut])
+
+    def finish(self) -> bytes:
+        text, self._pending = self._pending, b""
+        return self._scrub(text)
+
+    def _scrub(self, text: bytes) -> bytes:
+        for old, new in self._replacements:
+            text = text.replace(old, new)
         return text

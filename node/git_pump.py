@@ -149,16 +149,7 @@ async def serve_git(
     decoder: BodyDecoder | None = None,
 ) -> None:
     """Run `argv`, feed it the request body (if `decoder`), stream its stdout back."""
-    proc = await trio.lowlevel.open_process(
-        list(argv),
-        stdin=subprocess.PIPE if decoder is not None else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        start_new_session=True,
-    )
-    if isinstance(proc.stdout, trio.lowlevel.FdStream):
-        _grow_pipe(proc.stdout.fileno())
+    proc = await spawn_git(argv, env=env, stdin=decoder is not None)
     exchange = GitExchange(conn, proc, content_type=content_type, prefix=prefix, decoder=decoder)
     try:
         await exchange.run()
@@ -169,6 +160,22 @@ async def serve_git(
         if conn.response_started:
             raise RequestAborted(str(exchange.body_error))
         await conn.respond_text(400, str(exchange.body_error))
+
+
+async def spawn_git(argv: Sequence[str], *, env: dict[str, str], stdin: bool) -> trio.Process:
+    """Start git in its own process group (so `reap_git` can kill its helpers too),
+    with pipes for stdout, stderr and, if `stdin`, stdin. Raises OSError."""
+    proc = await trio.lowlevel.open_process(
+        list(argv),
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+    )
+    if isinstance(proc.stdout, trio.lowlevel.FdStream):
+        _grow_pipe(proc.stdout.fileno())
+    return proc
 
 
 async def reap_git(proc: trio.Process, *, exited: bool) -> None:

@@ -87,8 +87,13 @@ class HttpConn:
                 return None  # ConnectionClosed
         return None  # head not complete within head_timeout
 
-    async def next_body_piece(self) -> bytes | None:
-        """The next piece of the request body; None at its end."""
+    async def next_body_piece(self, timeout: float | None = None) -> bytes | None:
+        """The next piece of the request body; None at its end.
+
+        `timeout`: the longest wait for more of it (default `io_timeout`);
+        `math.inf` for a body that may rightly pause for as long as its sender
+        likes (an SSH session's stdin, whose liveness the edge watches).
+        """
         while True:
             event = self.h11.next_event()
             if isinstance(event, h11.Data):
@@ -99,7 +104,7 @@ class HttpConn:
                 raise h11.RemoteProtocolError(f"unexpected {event!r} in a request body")
             if self.h11.they_are_waiting_for_100_continue:
                 await self.send(h11.InformationalResponse(status_code=100, headers=[]))
-            with trio.fail_after(self._io_timeout):
+            with trio.fail_after(self._io_timeout if timeout is None else timeout):
                 await self._receive()
 
     async def read_body(self, limit: int) -> bytes:
@@ -143,6 +148,21 @@ class HttpConn:
             if data:
                 with trio.fail_after(self._io_timeout):
                     await self.stream.send_all(data)
+
+    async def send_body(self, *pieces: bytes) -> None:
+        """Send `pieces` of the response body in one write, copying them once.
+
+        `send(h11.Data(header + chunk))` copies a CHUNK twice (the caller's
+        concatenation, then h11 joining its chunk framing around it): measured
+        here as a third of the node's own CPU on an SSH clone. One write, not
+        one per piece: small segments would wake the reader once each.
+        """
+        async with self._send_lock:
+            parts: list[bytes] = []
+            for piece in pieces:
+                parts += self.h11.send_with_data_passthrough(h11.Data(data=piece)) or []
+            with trio.fail_after(self._io_timeout):
+                await self.stream.send_all(b"".join(parts))
 
     async def respond(
         self,

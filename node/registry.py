@@ -115,12 +115,8 @@ class Registration:
         http_url: str,
         lease_ttl: int,
         refresh_interval: float = REFRESH_INTERVAL,
-        ssh_address: str | None = None,
-        ssh_host_key: str | None = None,
         tls_cert_sha256: str | None = None,
     ) -> None:
-        if (ssh_address is None) != (ssh_host_key is None):
-            raise ValueError("ssh_address and ssh_host_key go together")
         if http_url.startswith("https://") != (tls_cert_sha256 is not None):
             # An https node without a pin is one no edge can verify, so none would use it.
             raise ValueError("an https:// http_url and tls_cert_sha256 go together")
@@ -130,8 +126,6 @@ class Registration:
         self._volume = volume
         self._volume_dir = volume_dir
         self._http_url = http_url
-        self._ssh_address = ssh_address
-        self._ssh_host_key = ssh_host_key
         self._tls_cert_sha256 = tls_cert_sha256
         self._ttl = lease_ttl
         self._refresh_interval = refresh_interval
@@ -225,8 +219,6 @@ class Registration:
             self._volume.region,
             self._http_url,
             (VolumeInfo(self._volume.volume_id, free),),
-            ssh_address=self._ssh_address,
-            ssh_host_key=self._ssh_host_key,
             tls_cert_sha256=self._tls_cert_sha256,
         )
         await self._etcd.put(self._keys.node(self._node_id), encode_node(record), lease=lease)

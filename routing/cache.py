@@ -52,9 +52,7 @@ from routing.schema import (
     decode_volume,
 )
 
-# NotFound, StoreUnavailable and Unroutable are what lookups raise; they live in
-# routing.errors and are named here too for the modules that import them from the cache.
-__all__ = ["CacheStats", "NotFound", "RoutingCache", "StoreUnavailable", "Unroutable"]
+__all__ = ["CacheStats", "RoutingCache"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

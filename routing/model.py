@@ -94,10 +94,6 @@ class NodeRecord:
     region: Region
     http_url: str
     volumes: tuple[VolumeInfo, ...]
-    ssh_address: str | None = None
-    """`host:port` of the node's edge-only SSH listener, if it has one."""
-    ssh_host_key: str | None = None
-    """Its host public key (OpenSSH line): edges verify nodes against etcd."""
     tls_cert_sha256: str | None = None
     """With an https `http_url`: the SHA-256 (lowercase hex) of the DER certificate
     the node serves. Edges pin it: no CA, no host name (edge/http/pool.py)."""

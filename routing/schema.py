@@ -205,15 +205,15 @@ def encode_node(node: NodeRecord) -> bytes:
         "http_url": node.http_url,
         "volumes": [{"volume_id": v.volume_id, "free_bytes": v.free_bytes} for v in node.volumes],
     }
-    if node.ssh_address:
-        obj["ssh_address"] = node.ssh_address
-        obj["ssh_host_key"] = node.ssh_host_key
     if node.tls_cert_sha256:
         obj["tls_cert_sha256"] = node.tls_cert_sha256
     return _dump(obj)
 
 
 def decode_node(raw: bytes) -> NodeRecord:
+    """A node record. Records from nodes that still ran an SSH listener carry
+    `ssh_address` and `ssh_host_key`; edges no longer use them, so they are
+    ignored, whatever their values, until those nodes re-register."""
     obj = _load(raw)
     volumes = obj.get("volumes")
     if not isinstance(volumes, list):
@@ -228,8 +228,6 @@ def decode_node(raw: bytes) -> NodeRecord:
                 for v in volumes
                 if isinstance(v, dict)
             ),
-            ssh_address=_opt_str(obj, "ssh_address"),
-            ssh_host_key=_opt_str(obj, "ssh_host_key"),
             # Records from before node TLS have none: those nodes serve plain http.
             tls_cert_sha256=_opt_sha256(obj, "tls_cert_sha256"),
         )

@@ -1,8 +1,7 @@
-"""asyncio inside trio, for the two SSH modules (asyncssh runs only on asyncio).
+"""asyncio inside trio, for the SSH front (asyncssh runs only on asyncio).
 
-The SSH front, the edge's node pool and the node's SSH listener run asyncssh on
-a trio-asyncio loop in the same thread as everything else. Only those modules
-import this one; `edge/proto` never does.
+The SSH front runs asyncssh on a trio-asyncio loop in the same thread as
+everything else. Only edge/ssh imports this module; `edge/proto` never does.
 
 Why a wrapper around `trio_asyncio.open_loop()`: trio-asyncio's default loop
 exception handler re-raises every "exception was never retrieved" / "Task was
@@ -64,8 +63,7 @@ def trio_as_aio(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     return cast(Callable[P, Awaitable[T]], trio_asyncio.trio_as_aio(fn))
 
 
-# What both SSH servers (the edge's front and the node's edge-only listener)
-# refuse at the SSH layer: anything but public-key auth, ptys, forwarding, scp.
+# What the SSH front refuses at the SSH layer: anything but public-key auth, ptys, forwarding, scp.
 # Data is bytes (pack data breaks asyncssh's default text mode).
 GIT_ONLY_SSH_SERVER: dict[str, Any] = {
     "public_key_auth": True,

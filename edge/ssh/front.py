@@ -3,12 +3,14 @@
 asyncssh runs on the trio-asyncio loop of `run_edge`. Authentication is by
 public key only: the key's SHA256 fingerprint names its user in the routing
 cache (etcd on a miss), and any SSH user name is accepted (git uses `git`).
-A session may exec one git service (`ssh_session.vet_session` decides); pty,
+A session may exec one git service (`edge.ssh.session.vet_session` decides); pty,
 subsystems, port, agent and X11 forwarding are refused.
 
-The routing and access checks are trio code (the routing cache) called from
-asyncssh's callbacks through `trio_as_aio`; the byte relay stays on asyncio
-(see ssh_session).
+Each session is a trio task in the `sessions` nursery the front is given:
+asyncssh's callbacks only start it (edge/ssh/channel.py); routing, access and
+the relay to the node (edge/ssh/relay.py, over the HTTPS front's node pool)
+are trio code. Only the key check runs inside an asyncssh callback, reaching
+the routing cache through `trio_as_aio`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Protocol
 
 import asyncssh
 import trio
@@ -28,12 +29,15 @@ from edge.auth import authorize, routing_errors
 from edge.config import SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
 from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
-from edge.ssh.nodes import NodeSSHUnavailable, PoolStats
-from edge.ssh.session import Activity, GitRequest, GitSession, NodeChannel, subsystem_refusal
+from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
+from edge.ssh.channel import Activity, ClientChannel
+from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionRequest
+from edge.ssh.session import GitSession
 from edge.state import RequestTracker
 from gitproto.ssh_command import GitCommand
 from plumbing.sshkeys import load_or_create_key
-from routing.cache import RoutingCache, StoreUnavailable
+from routing.cache import RoutingCache
+from routing.errors import StoreUnavailable
 from routing.model import NodeRecord, Region
 
 log = logging.getLogger(__name__)
@@ -43,18 +47,6 @@ LOOKUP_TIMEOUT = 10.0
 SHUTDOWN_GRACE = 5.0
 CLOSE_GRACE = 5.0
 """How long a finished session waits for the client to close its channel."""
-
-
-class NodeGitPool(Protocol):
-    """`edge.ssh.nodes.NodeSSHPool`, as the front uses it (asyncio coroutines)."""
-
-    stats: PoolStats
-
-    async def open_git(
-        self, node: NodeRecord, command: GitCommand, *, user: str, git_protocol: str | None
-    ) -> NodeChannel: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass
@@ -68,33 +60,42 @@ class SshStats:
 
 
 class SshFront:
-    """Listens for SSH clients and serves their git sessions."""
+    """Listens for SSH clients and serves their git sessions.
+
+    Sessions run in `sessions`, a nursery the caller keeps open beyond `serve()`:
+    a draining edge stops listening and lets them finish.
+    """
 
     def __init__(
         self,
         config: SshFrontConfig,
         cache: RoutingCache,
-        pool: NodeGitPool,
+        nodes: NodeSessions,
         requests: RequestTracker,
+        sessions: trio.Nursery,
         *,
-        node_open_timeout: float = 6.0,
-        region: str = "",
+        region: Region,
     ) -> None:
         self._config = config
-        # A replicated repository is served by its in-sync replica nearest this region.
-        self._region = Region(region)
+        # A replicated repository is served by its in-sync replica nearest this
+        # edge's region (`RoutingCache.resolve_read`), as on the HTTPS front.
+        self._region = region
         self._cache = cache
-        self._pool = pool
+        self._nodes = nodes
         self._requests = requests
-        self._node_open_timeout = node_open_timeout
+        self._sessions = sessions
         self._connections: set[asyncssh.SSHServerConnection] = set()
-        self._sessions: set[asyncio.Task[None]] = set()
+        self._idle = trio.Event()
+        self._idle.set()
         self.stats = SshStats()
 
     def stats_dict(self) -> dict[str, int]:
         counters = {f"ssh_{key}": value for key, value in asdict(self.stats).items()}
-        counters["ssh_node_connects"] = self._pool.stats.connects
-        counters["ssh_node_reuses"] = self._pool.stats.reuses
+        # The sessions' share of the shared node pool (node_connects / node_reuses
+        # count all of it): a warm edge moves only ssh_pool_reuses.
+        counters["ssh_pool_connects"] = self._nodes.stats.connects
+        counters["ssh_pool_reuses"] = self._nodes.stats.reuses
+        counters["ssh_pool_retries"] = self._nodes.stats.retries
         return counters
 
     async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -132,16 +133,11 @@ class SshFront:
             acceptor.close()  # new connections only: open ones are closed by aclose()
 
     async def aclose(self) -> None:
-        """Disconnect every client (their sessions close their node channels), then the pool."""
+        """Disconnect every client; their sessions end (and close their node connections)."""
         with trio.move_on_after(SHUTDOWN_GRACE, shield=True):
             for conn in list(self._connections):
                 conn.close()
-            await aio_as_trio(self._wait_sessions)()
-            await aio_as_trio(self._pool.close)()
-
-    async def _wait_sessions(self) -> None:
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=SHUTDOWN_GRACE - 1)
+            await self._idle.wait()
 
     # -- called from asyncssh (asyncio) ------------------------------------------
 
@@ -157,40 +153,39 @@ class SshFront:
         with trio.fail_after(LOOKUP_TIMEOUT):
             return await self._cache.key_owner(fingerprint)
 
-    def start_session(
-        self, process: asyncssh.SSHServerProcess[bytes], user: str, activity: Activity
-    ) -> None:
-        assert isinstance(process, _GitSessionProcess)
-        task = asyncio.ensure_future(self._serve_session(process, user, activity))
-        self._sessions.add(task)
-        task.add_done_callback(self._sessions.discard)
-
-    async def _serve_session(
-        self, process: _GitSessionProcess, user: str, activity: Activity
-    ) -> None:
+    def start_session(self, channel: ClientChannel, user: str) -> None:
+        """asyncssh's session_started callback: hand the session over to trio."""
+        try:
+            self._sessions.start_soon(self._serve_session, channel, user)
+        except RuntimeError:  # the nursery is closed: we are shutting down
+            channel.abort()
+            return
         self.stats.sessions += 1
         self.stats.sessions_active += 1
-        session = GitSession(process, user, self, activity)
+        self._idle = trio.Event() if self._idle.is_set() else self._idle
+
+    # -- trio -----------------------------------------------------------------------
+
+    async def _serve_session(self, channel: ClientChannel, user: str) -> None:
+        session = GitSession(channel, user, self)
         try:
             with self._requests.track():  # a draining edge waits for SSH sessions too
                 await session.run()
                 # Until the client has closed its end too: a drain that disconnects
                 # right after the exit status makes OpenSSH exit 255 instead of 0.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_GRACE):
-                        await process.channel.wait_closed()
+                with trio.move_on_after(CLOSE_GRACE):
+                    await channel.wait_closed()
         except Exception:
             # One broken session must not take the front down; its client sees EOF.
             log.exception("SSH session for %s failed", user)
-            process.channel.abort()
+            channel.abort()
         finally:
             self.stats.sessions_active -= 1
             self.stats.sessions_refused += session.outcome.refused
+            if self.stats.sessions_active == 0:
+                self._idle.set()
 
     async def route(self, command: GitCommand, user: str) -> NodeRecord:
-        return await trio_as_aio(self._route)(command, user)
-
-    async def _route(self, command: GitCommand, user: str) -> NodeRecord:
         with _lookup_deadline():
             await authorize(
                 self._cache, command.repo, user, write=command.service.writes, anonymous_401=False
@@ -198,18 +193,14 @@ class SshFront:
             with routing_errors():
                 location = await self._cache.resolve_read(command.repo, self._region)
         node = self._cache.nodes.get(location.node_id)
-        if node is None or not node.ssh_address or not node.ssh_host_key:
-            raise NodeUnavailable(f"{location.node_id}: no SSH listener registered")
+        if node is None:
+            raise NodeUnavailable(f"{location.node_id}: not registered")
         return node
 
-    async def open_git(self, node: NodeRecord, request: GitRequest, user: str) -> NodeChannel:
-        try:
-            async with asyncio.timeout(self._node_open_timeout):
-                return await self._pool.open_git(
-                    node, request.command, user=user, git_protocol=request.git_protocol
-                )
-        except (NodeSSHUnavailable, TimeoutError, asyncssh.Error, OSError) as exc:
-            raise NodeUnavailable(f"{node.node_id} {node.ssh_address}: {exc!r}") from None
+    async def carry(
+        self, node: NodeRecord, request: SessionRequest, client: ClientStream
+    ) -> RelayResult:
+        return await self._nodes.carry(node, request, client)
 
 
 @contextlib.contextmanager
@@ -234,6 +225,9 @@ class _ClientConnection(asyncssh.SSHServer):
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        # Before key exchange: no empty SSH_MSG_IGNORE before every packet (1.2-1.3x
+        # the CPU per byte sent, measured; see asyncssh_gap).
+        skip_empty_ignore_packets(conn)
         self._conn = conn
         self._front._connections.add(conn)
         self._front.stats.connections += 1
@@ -297,10 +291,11 @@ class _ClientConnection(asyncssh.SSHServer):
             )
         self._open_sessions += 1
         channel = self._conn.create_server_channel(encoding=None, window=self._config.window)
-        user, activity, front = self._user, self._activity, self._front
-        return channel, _GitSessionProcess(
-            lambda process: front.start_session(process, user, activity),
+        user, front = self._user, self._front
+        return channel, ClientChannel(
+            lambda session: front.start_session(session, user),
             self._session_closed,
+            self._activity,
         )
 
     def _session_closed(self) -> None:
@@ -324,38 +319,3 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def unix_server_requested(self, listen_path: str) -> bool:
         return False
-
-
-class _GitSessionProcess(asyncssh.SSHServerProcess[bytes]):
-    """A session channel: exec and shell go to `GitSession`, subsystems get one line.
-
-    A subsystem is accepted only to be answered with a sentence and exit status
-    1 (a bare channel failure reads as "subsystem request failed" and 255).
-    """
-
-    def __init__(
-        self,
-        start: asyncssh.SSHServerProcessFactory[bytes],
-        on_close: Callable[[], None],
-    ) -> None:
-        super().__init__(start, None, 0, False)
-        self._on_close = on_close
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return True
-
-    def session_started(self) -> None:
-        subsystem = self._chan.get_subsystem()
-        if subsystem is None:
-            super().session_started()
-            return
-        # Not through super(): asyncssh would start its own SFTP server for "sftp".
-        refusal = subsystem_refusal(subsystem)
-        log.info("SSH subsystem %r refused", subsystem)
-        with contextlib.suppress(asyncssh.Error, OSError):
-            self._chan.write_stderr(f"{refusal.line}\n".encode())
-            self._chan.exit(refusal.status)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._on_close()

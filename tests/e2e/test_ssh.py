@@ -218,6 +218,31 @@ def test_scp_form_through_a_host_alias(
     assert f"{head}\trefs/heads/main" in _refs(git, repo_url(net, "alice/scp"))
 
 
+def _edge_stats(net: Devnet) -> dict[str, int]:
+    response = httpx.get(f"{net.edge.https_url}/_gitedge/stats", verify=tls(net), timeout=10)
+    response.raise_for_status()
+    return {k: v for k, v in response.json().items() if isinstance(v, int)}
+
+
+def test_warm_ssh_clones_open_no_new_node_connections(
+    net: Devnet, git: Git, sgit: SshGit, shared_repo: str, tmp_path: Path
+) -> None:
+    """Sessions ride the edge's pooled HTTP connections to the node: once warm, a
+    clone costs the edge no connection (no TCP handshake across regions)."""
+    work = git.new_worktree(tmp_path / "w")
+    git.commit(work, "warm.txt", b"warm\n")
+    git.run("push", "-q", "-f", repo_url(net, shared_repo), "main:warm", cwd=work)
+    ssh_url = f"{net.edge.ssh_url}/{shared_repo}.git"
+    sgit.run("clone", "-q", ssh_url, str(tmp_path / "warm-up"))
+    before = _edge_stats(net)
+    for i in range(2):
+        sgit.run("clone", "-q", ssh_url, str(tmp_path / f"clone-{i}"))
+    delta = {k: v - before.get(k, 0) for k, v in _edge_stats(net).items()}
+    assert (delta["node_connects"], delta["ssh_pool_connects"]) == (0, 0)
+    assert delta["ssh_pool_reuses"] == 2 and delta["ssh_sessions"] == 2
+    assert delta["lookup_etcd_reads"] == 0
+
+
 def test_ssh_dash_T_greets_the_key_owner_and_exits_1(alice: SshClient) -> None:
     proc = alice.run("-T", "git@127.0.0.1")
     assert proc.returncode == 1

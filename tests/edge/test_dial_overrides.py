@@ -34,16 +34,22 @@ def test_no_table_means_no_overrides(tmp_path: Path) -> None:
     assert _load(tmp_path, "") == {}
 
 
-def test_http_and_ssh_overrides_per_node(tmp_path: Path) -> None:
+def test_http_overrides_per_node(tmp_path: Path) -> None:
     dial = _load(
         tmp_path,
-        '[nodes.dial]\n"syd-1" = { http = "127.0.0.1:7001", ssh = "127.0.0.1:7002" }\n'
-        '"lax-1" = { ssh = "[::1]:22" }\n',
+        '[nodes.dial]\n"syd-1" = { http = "127.0.0.1:7001" }\n"lax-1" = { http = "[::1]:80" }\n',
     )
     assert dial == {
-        "syd-1": NodeDial(http=("127.0.0.1", 7001), ssh=("127.0.0.1", 7002)),
-        "lax-1": NodeDial(http=None, ssh=("::1", 22)),
+        "syd-1": NodeDial(http=("127.0.0.1", 7001)),
+        "lax-1": NodeDial(http=("::1", 80)),
     }
+
+
+def test_an_ssh_override_is_refused_now_that_nodes_have_no_ssh(tmp_path: Path) -> None:
+    message = _error(
+        tmp_path, '[nodes.dial]\n"syd-1" = { http = "127.0.0.1:7001", ssh = "127.0.0.1:7002" }\n'
+    )
+    assert "[syd-1]: ssh: removed: SSH sessions reach nodes over http" in message, message
 
 
 @pytest.mark.parametrize(
@@ -54,7 +60,7 @@ def test_http_and_ssh_overrides_per_node(tmp_path: Path) -> None:
         ('"syd-1" = { htp = "127.0.0.1:1" }', "htp"),
         ('"syd-1" = {}', "syd-1"),
         ('"syd-1" = "127.0.0.1:1"', "syd-1"),
-        ('"-x" = { ssh = "127.0.0.1:1" }', "-x"),
+        ('"-x" = { http = "127.0.0.1:1" }', "-x"),
     ],
 )
 def test_bad_entries_name_the_key(tmp_path: Path, entry: str, named: str) -> None:

@@ -1,9 +1,10 @@
 """The SSH front without a network: its session rules, its config, and the front
-itself in-process with asyncssh clients and a scripted node pool.
+itself in-process with asyncssh clients and a scripted node.
 
-Routing comes from an in-memory routing cache (no etcd); the node pool is a
-fake whose git processes the test drives. The end-to-end behaviour with
-OpenSSH, git and real nodes is in tests/e2e/test_ssh.py.
+Routing comes from an in-memory routing cache (no etcd); the node is a
+loopback HTTP server scripted here, reached through a real NodePool as in
+production. The end-to-end behaviour with OpenSSH, git and real nodes is in
+tests/e2e/test_ssh.py; the relay's own cases in tests/edge/test_ssh_relay.py.
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ import asyncio
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import asyncssh
+import h11
 import pytest
 import trio
 
 from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
+from edge.http.pool import NodePool
 from edge.ssh.aio import aio_as_trio, open_aio_loop
+from edge.ssh.channel import ClientChannel
 from edge.ssh.front import SshFront, SshStats
-from edge.ssh.nodes import NodeSSHUnavailable, PoolStats
-from edge.ssh.session import NodeChannel, SessionRefused, shell_greeting, vet_session
+from edge.ssh.relay import NodeSessions
+from edge.ssh.session import SessionRefused, shell_greeting, vet_session
 from edge.state import RequestTracker
-from gitproto.protocol import Service
-from gitproto.ssh_command import GitCommand
+from gitproto.ssh_frame import CONTENT_TYPE, encode_exit, encode_stderr, encode_stdout
 from plumbing.sshkeys import KeyFileError, load_or_create_key, public_key_line
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient, KeyValue
+from routing.etcd_codec import WatchEvent
 from routing.model import (
     KeyRecord,
     NodeId,
@@ -136,10 +141,7 @@ def _config(tmp_path: Path, ssh: str) -> Path:
 
 
 def _ssh_table(tmp_path: Path, extra: str = "") -> str:
-    return (
-        f'[ssh]\nlisten = "127.0.0.1:0"\nhost_key_files = ["{tmp_path}/keys/host"]\n'
-        f'node_client_key_file = "{tmp_path}/keys/client"\n{extra}'
-    )
+    return f'[ssh]\nlisten = "127.0.0.1:0"\nhost_key_files = ["{tmp_path}/keys/host"]\n{extra}'
 
 
 def test_no_ssh_table_no_ssh_front(tmp_path: Path) -> None:
@@ -151,7 +153,6 @@ def test_ssh_defaults_and_keys_made_once(tmp_path: Path) -> None:
     assert config.ssh == SshFrontConfig(
         listen=Listener("127.0.0.1", 0),
         host_key_files=(tmp_path / "keys" / "host",),
-        node_client_key_file=tmp_path / "keys" / "client",
         login_grace_time=60.0,
         idle_timeout=600.0,
         max_sessions=10,
@@ -166,14 +167,25 @@ def test_ssh_defaults_and_keys_made_once(tmp_path: Path) -> None:
 
 
 def test_ssh_settings(tmp_path: Path) -> None:
-    extra = (
-        "login_grace_time = 5\nidle_timeout = 30\nmax_sessions = 2\n"
-        "window = 1048576\nnear_window = 524288\n"
-    )
+    extra = "login_grace_time = 5\nidle_timeout = 30\nmax_sessions = 2\nwindow = 1048576\n"
     config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
     assert config.ssh is not None
     assert (config.ssh.login_grace_time, config.ssh.idle_timeout) == (5.0, 30.0)
-    assert (config.ssh.max_sessions, config.ssh.window, config.ssh.near_window) == (2, 2**20, 2**19)
+    assert (config.ssh.max_sessions, config.ssh.window) == (2, 2**20)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ('node_client_key_file = "/k"\n', "node_client_key_file"),
+        ("near_window = 2097152\n", "near_window"),
+    ],
+)
+def test_keys_of_the_removed_node_ssh_hop_are_refused_by_name(
+    tmp_path: Path, extra: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"\[ssh\]: {key}: removed: .*delete it"):
+        load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
 
 
 @pytest.mark.parametrize(
@@ -181,7 +193,6 @@ def test_ssh_settings(tmp_path: Path) -> None:
     [
         ("max_sessions = 0\n", "max_sessions"),
         ("window = 1024\n", "window"),
-        ("near_window = 1024\n", "near_window"),
         ("idle_timeout = 'long'\n", "idle_timeout"),
         ("login_grace_time = -1\n", "login_grace_time"),
         ("max_session = 3\n", "max_session: unknown key"),
@@ -207,81 +218,60 @@ def test_unusable_key_files_name_the_key(tmp_path: Path) -> None:
 # -- the front in-process ---------------------------------------------------------------------
 
 ALICE_REPO = RepoName("alice", "x")
-NODE = NodeRecord(
-    NodeId("n1"),
-    Region("fra"),
-    "http://127.0.0.1:1",
-    (VolumeInfo(VolumeId("v1"), 0),),
-    ssh_address="127.0.0.1:1",
-    ssh_host_key="ssh-ed25519 AAAA-unused-by-the-fake-pool",
-)
+NODE_SECRET = "front-test-secret"
 
 
 @dataclass
-class FakeGit:
-    """A git process on a fake node: echoes stdin once it ends, then exits."""
+class ScriptedNode:
+    """A node's HTTP listener that runs no git: it echoes a session's stdin once it
+    ends (then a stderr line and exit status 7), or with `hang` answers nothing
+    until the edge closes the connection."""
 
-    status: int = 0
     hang: bool = False
-    stdin: bytearray = field(default_factory=bytearray)
-    eof: asyncio.Event = field(default_factory=asyncio.Event)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    _stderr_sent: bool = False
+    requests: list[tuple[bytes, dict[bytes, bytes]]] = field(default_factory=list)
+    connections: int = 0
+    closed: trio.Event = field(default_factory=trio.Event)
 
-    async def read_stdout(self, n: int) -> bytes:
-        if self.hang:
-            await self.closed.wait()
-            raise NodeSSHUnavailable("closed")
-        await self.eof.wait()
-        data, self.stdin = bytes(self.stdin[:n]), self.stdin[n:]
-        return data
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        http = h11.Connection(h11.SERVER)
 
-    async def read_stderr(self, n: int) -> bytes:
-        if self._stderr_sent:
-            return b""
-        self._stderr_sent = True
-        return b"remote: hello from the node\n"
+        async def event() -> h11.Event | type[h11.PAUSED]:
+            while (ev := http.next_event()) is h11.NEED_DATA:
+                http.receive_data(bytes(await stream.receive_some(65536)))
+            return ev  # type: ignore[return-value]
 
-    async def write_stdin(self, data: bytes) -> None:
-        self.stdin += data
-
-    def write_eof(self) -> None:
-        self.eof.set()
-
-    async def wait(self) -> int:
-        return self.status
-
-    def close(self) -> None:
-        self.closed.set()
-
-
-@dataclass
-class FakePool:
-    gits: list[FakeGit] = field(default_factory=list)
-    opened: list[tuple[GitCommand, str, str | None]] = field(default_factory=list)
-    unavailable: bool = False
-    hang: bool = False
-    stats: PoolStats = field(default_factory=PoolStats)
-
-    async def open_git(
-        self, node: NodeRecord, command: GitCommand, *, user: str, git_protocol: str | None
-    ) -> NodeChannel:
-        if self.unavailable:
-            raise NodeSSHUnavailable("node down")
-        self.opened.append((command, user, git_protocol))
-        git = FakeGit(status=7, hang=self.hang)
-        self.gits.append(git)
-        return git
-
-    async def close(self) -> None:
-        pass
+        try:
+            while True:
+                request = await event()
+                if not isinstance(request, h11.Request):
+                    return
+                self.requests.append((request.target, dict(request.headers)))
+                head = h11.Response(status_code=200, headers=[("content-type", CONTENT_TYPE)])
+                await stream.send_all(http.send(head) or b"")
+                stdin = bytearray()
+                while isinstance(piece := await event(), h11.Data):
+                    if not self.hang:
+                        stdin += piece.data
+                frames = b"".join(
+                    encode_stdout(bytes(stdin[i : i + 65536])) for i in range(0, len(stdin), 65536)
+                )
+                frames += encode_stderr(b"remote: hello from the node\n") + encode_exit(7)
+                await stream.send_all(http.send(h11.Data(data=frames)) or b"")
+                await stream.send_all(http.send(h11.EndOfMessage()) or b"")
+                http.start_next_cycle()
+        except (h11.RemoteProtocolError, trio.BrokenResourceError):
+            pass  # the edge closed the connection
+        finally:
+            self.closed.set()
 
 
 @dataclass
 class Front:
     address: tuple[str, int]
-    pool: FakePool
+    node: ScriptedNode
     front: SshFront
+    cache: RoutingCache
     client_key: asyncssh.SSHKey
     host_key_line: str
 
@@ -322,6 +312,10 @@ class Front:
         )
 
 
+def _node_record(url: str) -> NodeRecord:
+    return NodeRecord(NodeId("n1"), Region("fra"), url, (VolumeInfo(VolumeId("v1"), 0),))
+
+
 @pytest.fixture
 async def front(tmp_path: Path) -> AsyncIterator[Front]:
     client_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -329,7 +323,6 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
     config = SshFrontConfig(
         listen=Listener("127.0.0.1", 0),
         host_key_files=(tmp_path / "host",),
-        node_client_key_file=tmp_path / "client",
         login_grace_time=1.0,
         idle_timeout=1.0,
         max_sessions=2,
@@ -337,26 +330,33 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
     etcd = EtcdClient("http://127.0.0.1:9")  # never reached: everything is cached
     keys = Keys("/t/")
     cache = RoutingCache(keys, etcd)
-    # As the watch would deliver them: the cache's tables change only through it.
     fra = Region("fra")
     ssh_key = KeyRecord(fingerprint, "alice", "t", public_key_line(client_key), 0.0)
     repo = RepoRecord(ALICE_REPO, VolumeId("v1"), fra, 0.0, "alice")
-    records = [
-        (keys.key(fingerprint), encode_key_record(ssh_key)),
-        (keys.repo(ALICE_REPO), encode_repo(repo)),
-        (keys.volume("v1"), encode_volume(VolumeRecord(VolumeId("v1"), fra, NodeId("n1")))),
-        (keys.node("n1"), encode_node(NODE)),
-    ]
-    cache.reset([KeyValue(key, value, 1, 1, 1, 0) for key, value in records], revision=1)
-    pool = FakePool()
+    node = ScriptedNode()
+    pool = NodePool(3.0, 30.0, 4, credential=NODE_SECRET)
     async with open_aio_loop(), trio.open_nursery() as nursery:
-        ssh_front = SshFront(config, cache, pool, RequestTracker())
-        address = await nursery.start(ssh_front.serve)
-        host, _, port = address.rpartition(":")
-        host_key = public_key_line(load_or_create_key(tmp_path / "host"))
-        yield Front((host, int(port)), pool, ssh_front, client_key, host_key)
-        await ssh_front.aclose()
+        listeners = await nursery.start(partial(trio.serve_tcp, node.handle, 0, host="127.0.0.1"))
+        node_url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+        # As the watch would deliver them: the cache's tables change only through it.
+        records = [
+            (keys.key(fingerprint), encode_key_record(ssh_key)),
+            (keys.repo(ALICE_REPO), encode_repo(repo)),
+            (keys.volume("v1"), encode_volume(VolumeRecord(VolumeId("v1"), fra, NodeId("n1")))),
+            (keys.node("n1"), encode_node(_node_record(node_url))),
+        ]
+        cache.reset([KeyValue(key, value, 1, 1, 1, 0) for key, value in records], revision=1)
+        async with trio.open_nursery() as sessions:
+            nodes = NodeSessions(pool, head_timeout=5.0)
+            ssh_front = SshFront(config, cache, nodes, RequestTracker(), sessions, region=fra)
+            address = await nursery.start(ssh_front.serve)
+            host, _, port = address.rpartition(":")
+            host_key = public_key_line(load_or_create_key(tmp_path / "host"))
+            yield Front((host, int(port)), node, ssh_front, cache, client_key, host_key)
+            await ssh_front.aclose()
+            sessions.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
+    await pool.aclose()
     await etcd.aclose()
 
 
@@ -375,6 +375,13 @@ async def _run(
     return Ran(result.exit_status, result.stdout, result.stderr)
 
 
+def test_the_session_is_asyncssh_public_api() -> None:
+    """An SSHServerSession subclass (asyncssh's documented callbacks), not an
+    SSHServerProcess built through its private constructor."""
+    assert issubclass(ClientChannel, asyncssh.SSHServerSession)
+    assert not issubclass(ClientChannel, asyncssh.SSHServerProcess)
+
+
 async def test_exec_relays_bytes_eof_stderr_and_exit_status(front: Front) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB, every byte value: binary-clean both ways
 
@@ -383,20 +390,38 @@ async def test_exec_relays_bytes_eof_stderr_and_exit_status(front: Front) -> Non
             conn, "git-upload-pack '/alice/x.git'", payload, env={"GIT_PROTOCOL": "version=2"}
         )
 
-    ran = await front.call(clone)
-    # The fake echoes stdin only after the client's EOF reached it as write_eof().
+    with trio.fail_after(20):
+        ran = await front.call(clone)
+    # The node echoes stdin only after the client's EOF ended the request body.
     assert (ran.status, ran.stdout, ran.stderr) == (7, payload, b"remote: hello from the node\n")
-    assert front.pool.opened == [
-        (GitCommand(Service.UPLOAD_PACK, ALICE_REPO), "alice", "version=2")
-    ]
-    assert front.pool.gits[0].closed.is_set()
+    ((target, headers),) = front.node.requests
+    assert target == b"/alice/x.git/ssh-upload-pack"
+    assert headers[b"git-protocol"] == b"version=2"
+    assert headers[b"gitedge-user"] == b"alice"
+    assert headers[b"authorization"] == b"Bearer " + NODE_SECRET.encode()
     stats = await front.settled()
     assert (stats.sessions, stats.sessions_active, stats.sessions_refused) == (1, 0, 0)
 
 
+async def test_warm_sessions_reuse_the_pooled_node_connection(front: Front) -> None:
+    async def twice(conn: asyncssh.SSHClientConnection) -> list[Ran]:
+        return [await _run(conn, "git-upload-pack 'alice/x.git'", b"hi") for _ in range(2)]
+
+    with trio.fail_after(20):
+        runs = await front.call(twice)
+        runs += await front.call(twice)  # and from another client connection
+    assert [r.stdout for r in runs] == [b"hi"] * 4
+    await front.settled()
+    counters = front.front.stats_dict()
+    assert (counters["ssh_pool_connects"], counters["ssh_pool_reuses"]) == (1, 3)
+    assert front.node.connections == 1
+    assert not [key for key in counters if key.startswith("ssh_node_")]
+
+
 async def test_shell_greets_and_forwarding_and_pty_are_refused(front: Front) -> None:
-    async def probe(conn: asyncssh.SSHClientConnection) -> tuple[Ran, list[int]]:
+    async def probe(conn: asyncssh.SSHClientConnection) -> tuple[Ran, Ran, list[int]]:
         greeting = await _run(conn, None)
+        sftp = await _run(conn, None, subsystem="sftp")
         codes = []
         for attempt in (
             conn.run("git-upload-pack 'alice/x.git'", term_type="xterm", request_pty="force"),
@@ -409,16 +434,21 @@ async def test_shell_greets_and_forwarding_and_pty_are_refused(front: Front) -> 
                 codes.append(exc.code)
             except asyncssh.ChannelListenError:
                 codes.append(-1)
-        return greeting, codes
+        return greeting, sftp, codes
 
-    greeting, codes = await front.call(probe)
+    with trio.fail_after(20):
+        greeting, sftp, codes = await front.call(probe)
     assert (greeting.status, greeting.stderr) == (1, shell_greeting("alice").encode() + b"\n")
+    assert (sftp.status, sftp.stderr) == (
+        1,
+        b"gitedge: subsystem sftp is not supported (no sftp or scp, only git)\n",
+    )
     assert codes == [
         asyncssh.OPEN_REQUEST_PTY_FAILED,
         asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
         -1,  # remote forwarding: the tcpip-forward request refused
     ]
-    assert front.pool.opened == []
+    assert front.node.requests == []
 
 
 async def test_unknown_key_is_rejected_at_auth(front: Front) -> None:
@@ -431,36 +461,45 @@ async def test_unknown_key_is_rejected_at_auth(front: Front) -> None:
 
 
 async def test_node_down_is_one_line_and_exit_1(front: Front) -> None:
-    front.pool.unavailable = True
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there any more
+    # The node re-registers at an address where nothing listens (as the watch delivers it).
+    moved = _node_record(f"http://127.0.0.1:{port}")
+    event = WatchEvent("PUT", KeyValue(front.cache.keys.node("n1"), encode_node(moved), 1, 2, 2, 0))
+    front.cache.apply([event], revision=2)
 
     async def clone(conn: asyncssh.SSHClientConnection) -> Ran:
         return await _run(conn, "git-upload-pack 'alice/x.git'")
 
-    ran = await front.call(clone)
+    with trio.fail_after(10):
+        ran = await front.call(clone)
     assert (ran.status, ran.stdout) == (1, b"")
     assert ran.stderr == b"ERROR: Repository temporarily unavailable, try again later.\n"
     assert (await front.settled()).sessions_refused == 1
 
 
-async def test_client_gone_closes_the_node_channel(front: Front) -> None:
-    front.pool.hang = True
+async def test_client_gone_closes_the_node_connection(front: Front) -> None:
+    front.node.hang = True
 
     async def vanish() -> None:
         conn = await front.connect(front.client_key)
         process = await conn.create_process("git-upload-pack 'alice/x.git'", encoding=None)
         process.stdin.write(b"0000")
         await process.stdin.drain()
-        while not front.pool.gits:
+        while not front.node.requests:
             await asyncio.sleep(0.01)
         conn.abort()  # no EOF, no close: the client just goes away
 
-    await aio_as_trio(vanish)()
-    with trio.fail_after(5):
-        await aio_as_trio(front.pool.gits[0].closed.wait)()
+    with trio.fail_after(10):
+        await aio_as_trio(vanish)()
+        await front.node.closed.wait()  # and so the node would kill its git
+    assert (await front.settled()).sessions_active == 0
 
 
 async def test_sessions_per_connection_are_limited(front: Front) -> None:
-    front.pool.hang = True
+    front.node.hang = True
 
     async def three(conn: asyncssh.SSHClientConnection) -> list[str]:
         outcomes = []
@@ -472,7 +511,9 @@ async def test_sessions_per_connection_are_limited(front: Front) -> None:
                 outcomes.append(exc.reason)
         return outcomes
 
-    assert await front.call(three) == ["open", "open", "gitedge: at most 2 sessions per connection"]
+    with trio.fail_after(10):
+        outcomes = await front.call(three)
+    assert outcomes == ["open", "open", "gitedge: at most 2 sessions per connection"]
 
 
 async def test_idle_connection_is_closed(front: Front) -> None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncssh
 import pytest
 import trio
 
@@ -21,16 +20,6 @@ ADMIN_SECRET = "test-secret-" + secrets.token_hex(8)
 # What an edge sends on every request (node/edge_auth.py).
 EDGE_AUTH = {"authorization": f"Bearer {ADMIN_SECRET}"}
 ConfigFactory = Callable[..., NodeConfig]
-EDGE_KEY = "edge_key"
-
-
-def make_ssh_key(path: Path) -> asyncssh.SSHKey:
-    """An ed25519 key pair at `path` and `path.pub`, usable by OpenSSH (mode 0600)."""
-    key = asyncssh.generate_private_key("ssh-ed25519", comment=path.name)
-    path.write_bytes(key.export_private_key())
-    path.chmod(0o600)
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
-    return key
 
 
 @pytest.fixture(scope="session")
@@ -61,15 +50,10 @@ def make_config(tmp_path: Path, etcd_server: EtcdServer) -> ConfigFactory:
         volume: str = "vol",
         lease_ttl: int = 10,
         endpoints: str | None = None,
-        ssh: bool = False,
-        ssh_listen: str = "127.0.0.1:0",
-        ssh_max_sessions: int = 64,
         tls: bool = False,
     ) -> NodeConfig:
         path = tmp_path / f"{node_id}-{volume}.toml"
-        ssh_table = _ssh_table(tmp_path, node_id, ssh_listen, ssh_max_sessions) if ssh else ""
-        if tls:
-            ssh_table += tls_table(tmp_path, node_id)
+        tls_toml = tls_table(tmp_path, node_id) if tls else ""
         path.write_text(
             f"""
 [node]
@@ -82,7 +66,7 @@ lease_ttl = {lease_ttl}
 [etcd]
 endpoints = ["{endpoints or etcd_server.url}"]
 prefix = "{prefix}"
-{ssh_table}"""
+{tls_toml}"""
         )
         return load_node_config(path)
 
@@ -94,21 +78,6 @@ def tls_table(tmp_path: Path, node_id: str) -> str:
     return f"""[tls]
 cert_file = "{tmp_path / f"{node_id}-tls-cert.pem"}"
 key_file = "{tmp_path / f"{node_id}-tls-key.pem"}"
-"""
-
-
-def _ssh_table(tmp_path: Path, node_id: str, listen: str, max_sessions: int) -> str:
-    """`[ssh]` trusting the edge key at tmp_path/EDGE_KEY (made on first use)."""
-    edge_key = tmp_path / EDGE_KEY
-    if not edge_key.exists():
-        make_ssh_key(edge_key)
-    trusted = tmp_path / "trusted_edge_keys"
-    trusted.write_text("# edges\n" + edge_key.with_name(EDGE_KEY + ".pub").read_text())
-    return f"""[ssh]
-listen = "{listen}"
-host_key_file = "{tmp_path / f"{node_id}-ssh-host-key"}"
-trusted_edge_keys_file = "{trusted}"
-max_sessions = {max_sessions}
 """
 
 
@@ -124,36 +93,11 @@ class RunningNode:
     def repo_url(self, name: str) -> str:
         return f"{self.url}/{name}.git"
 
-    @property
-    def ssh_port(self) -> int:
-        assert self.runtime.ssh_address is not None, "started without ssh=True"
-        return int(self.runtime.ssh_address.rpartition(":")[2])
-
 
 @pytest.fixture
 async def node(make_config: ConfigFactory, nursery: trio.Nursery) -> RunningNode:
     """A node serving on a free port until the test ends."""
     config = make_config()
-    with trio.fail_after(10):
-        runtime: NodeRuntime = await nursery.start(run_node, config)
-    return RunningNode(runtime, config)
-
-
-@pytest.fixture
-def edge_key(tmp_path: Path) -> Path:
-    """The private key a node made with `make_config(ssh=True)` trusts."""
-    path = tmp_path / EDGE_KEY
-    if not path.exists():
-        make_ssh_key(path)
-    return path
-
-
-@pytest.fixture
-async def ssh_node(
-    make_config: ConfigFactory, edge_key: Path, nursery: trio.Nursery
-) -> RunningNode:
-    """A node with its SSH listener on, trusting `edge_key`."""
-    config = make_config(ssh=True)
     with trio.fail_after(10):
         runtime: NodeRuntime = await nursery.start(run_node, config)
     return RunningNode(runtime, config)

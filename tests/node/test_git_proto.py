@@ -1,4 +1,4 @@
-"""The sans-IO half of the node's smart HTTP: argv, prefixes, env, gzip bodies."""
+"""The sans-IO half of the node's git serving: argv, prefixes, env, gzip bodies, scrubbing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from gitproto.protocol import CHUNK, Service, accept_git_protocol
 from node import git_proto
-from node.git_proto import BodyDecodeError, GzipBodyDecoder, StderrTail
+from node.git_proto import BodyDecodeError, GzipBodyDecoder, PathScrubber, StderrTail, session_argv
 
 
 def test_info_refs_argv_is_http_backends() -> None:
@@ -132,3 +132,26 @@ def test_stderr_tail_keeps_a_bounded_head() -> None:
     tail.feed(b"fatal: ")
     tail.feed(b"bad object deadbeef")
     assert tail.text() == "fatal: bad\n[16 more bytes of stderr dropped]"
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_path_scrubber_finds_paths_split_across_reads(step: int) -> None:
+    scrubber = PathScrubber(Path("/srv/vol"))
+    text = b"fatal: '/srv/vol/a/b.git' does not appear to be a git repository\nremote: 50%\r"
+    out = b"".join(scrubber.feed(text[i : i + step]) for i in range(0, len(text), step))
+    out += scrubber.finish()
+    assert out == b"fatal: 'a/b.git' does not appear to be a git repository\nremote: 50%\r"
+
+
+def test_path_scrubber_names_the_volume_root_itself_vaguely() -> None:
+    scrubber = PathScrubber(Path("/srv/vol/"))
+    out = scrubber.feed(b"error: cannot lock /srv/vol\n") + scrubber.finish()
+    assert out == b"error: cannot lock <volume>\n"
+
+
+def test_session_argv_is_git_shells_not_stateless_rpc() -> None:
+    assert session_argv(Service.UPLOAD_ARCHIVE, Path("/v/a/b.git")) == [
+        "git",
+        "upload-archive",
+        "/v/a/b.git",
+    ]

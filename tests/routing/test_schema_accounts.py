@@ -56,14 +56,6 @@ SHARED_REPO = RepoRecord(
     readers=("rita", "ron"),
     writers=("walt",),
 )
-SSH_NODE = NodeRecord(
-    NodeId("node-a"),
-    Region("iad"),
-    "http://10.0.0.1:8080",
-    (VolumeInfo(VolumeId("vol-1"), 123),),
-    ssh_address="10.0.0.1:2222",
-    ssh_host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyHostKeyHostKeyHostKeyHostKey",
-)
 PLAIN_NODE = NodeRecord(
     NodeId("node-b"), Region("ord"), "http://10.0.0.2:8080", (VolumeInfo(VolumeId("v2"), 1),)
 )
@@ -188,30 +180,32 @@ def test_repo_public_must_be_literally_true(public: Any) -> None:
     assert decode_repo(_changed(encode_repo(SHARED_REPO), public=public)).public is False
 
 
-def test_node_with_ssh_round_trips() -> None:
-    assert decode_node(encode_node(SSH_NODE)) == SSH_NODE
-
-
-def test_node_without_ssh_round_trips_without_ssh_fields() -> None:
+def test_node_records_carry_no_ssh_fields() -> None:
     raw = encode_node(PLAIN_NODE)
     obj = json.loads(raw)
     assert "ssh_address" not in obj
     assert "ssh_host_key" not in obj
-    node = decode_node(raw)
-    assert node == PLAIN_NODE
-    assert node.ssh_address is None and node.ssh_host_key is None
-
-
-def test_node_with_ssh_address_but_no_host_key_round_trips() -> None:
-    node = NodeRecord(
-        NodeId("n"), Region("iad"), "http://n", (), ssh_address="n:22", ssh_host_key=None
-    )
-    assert decode_node(encode_node(node)) == node
-
-
-def test_node_ssh_fields_null_decode_as_absent() -> None:
-    raw = _changed(encode_node(PLAIN_NODE), ssh_address=None, ssh_host_key=None)
     assert decode_node(raw) == PLAIN_NODE
+
+
+@pytest.mark.parametrize(
+    "old_fields",
+    [
+        # What nodes that still ran an SSH listener published: ignored now.
+        {
+            "ssh_address": "10.0.0.1:2222",
+            "ssh_host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyHostKeyHostKeyHost",
+        },
+        {"ssh_address": "n:22"},
+        {"ssh_address": None, "ssh_host_key": None},
+        # Whatever their values: edges no longer read them.
+        {"ssh_address": 2222},
+        {"ssh_address": ["10.0.0.1", 2222]},
+        {"ssh_host_key": {"type": "ssh-ed25519"}},
+    ],
+)
+def test_old_node_records_with_ssh_fields_still_decode(old_fields: dict[str, Any]) -> None:
+    assert decode_node(_changed(encode_node(PLAIN_NODE), **old_fields)) == PLAIN_NODE
 
 
 # -- malformed -------------------------------------------------------------------------
@@ -307,19 +301,3 @@ def test_malformed_token(raw: bytes) -> None:
 def test_malformed_repo_access_fields(change: dict[str, Any]) -> None:
     with pytest.raises(SchemaError):
         decode_repo(_changed(encode_repo(SHARED_REPO), **change))
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        {"ssh_address": 2222},
-        {"ssh_address": ["10.0.0.1", 2222]},
-        {"ssh_address": {"host": "h"}},
-        {"ssh_address": True},
-        {"ssh_host_key": 5},
-        {"ssh_host_key": ["ssh-ed25519", "AAAA"]},
-    ],
-)
-def test_malformed_node_ssh_fields(change: dict[str, Any]) -> None:
-    with pytest.raises(SchemaError):
-        decode_node(_changed(encode_node(SSH_NODE), **change))
