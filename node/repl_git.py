@@ -9,6 +9,22 @@ import trio
 GIT_TIMEOUT = 60.0
 
 
+def with_node_credential(env: dict[str, str], secret: str) -> dict[str, str]:
+    """`env` for a git push to or fetch from a peer node: the node credential as
+    http.extraHeader, which the peer's EdgeAuth admits as it admits an edge.
+
+    In the environment, not `-c` in argv: any local user can read a command
+    line (/proc/<pid>/cmdline), an environment only the node's own user.
+    GIT_CONFIG_COUNT needs git >= 2.31.
+    """
+    return {
+        **env,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {secret}",
+    }
+
+
 class GitFailed(Exception):
     """git exited non-zero; the message has its stderr (for the node's log only)."""
 
@@ -28,9 +44,8 @@ async def run_git(
             check=False,
         )
     if result.returncode != 0:
-        verb = args[2] if args[0] == "-c" else args[0]
         raise GitFailed(
-            f"git {verb} exited {result.returncode}: "
+            f"git {args[0]} exited {result.returncode}: "
             + result.stderr.decode("utf-8", "replace").strip()[:500]
         )
     return bytes(result.stdout)

@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from node.repl_git import GIT_TIMEOUT, GitFailed, list_refs, run_git
+from node.repl_git import GIT_TIMEOUT, GitFailed, list_refs, run_git, with_node_credential
 from node.repos import RepoStore
 from routing import consensus as cons
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
@@ -254,7 +254,7 @@ class Replicator:
     async def _push_objects(
         self, call: HookCall, node: NodeRecord, txid: str, oids: list[str]
     ) -> None:
-        env = self._store.env()
+        env = with_node_credential(self._store.env(), self._secret)
         if call.quarantine:
             # Where receive-pack keeps the pack until pre-receive said yes (githooks(5)).
             env["GIT_OBJECT_DIRECTORY"] = call.quarantine
@@ -262,15 +262,7 @@ class Replicator:
         url = f"{node.http_url}/{call.name.path}.git"
         refspecs = [f"{oid}:{INCOMING}{txid}/{i}" for i, oid in enumerate(oids)]
         await run_git(
-            [
-                "-c",
-                f"http.extraHeader=Authorization: Bearer {self._secret}",
-                "push",
-                "--quiet",
-                "--no-verify",
-                url,
-                *refspecs,
-            ],
+            ["push", "--quiet", "--no-verify", url, *refspecs],
             call.git_dir,
             env,
             TRANSFER_TIMEOUT,
@@ -323,8 +315,6 @@ class Replicator:
             try:
                 await run_git(
                     [
-                        "-c",
-                        f"http.extraHeader=Authorization: Bearer {self._secret}",
                         "fetch",
                         "--quiet",
                         "--no-tags",
@@ -333,7 +323,7 @@ class Replicator:
                         f"+refs/*:{INCOMING}catchup/*",
                     ],
                     git_dir,
-                    self._store.env(),
+                    with_node_credential(self._store.env(), self._secret),
                     TRANSFER_TIMEOUT,
                 )
                 log.info("%s: fetched generation %d from %s", name, generation, node.node_id)
