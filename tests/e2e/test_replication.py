@@ -4,6 +4,8 @@ real etcd, real git through the edges (docs/replication.md)."""
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +193,63 @@ def test_a_replica_down_the_push_still_lands_on_two_and_it_catches_up(
     poll(30, lambda: in_sync(net3, "alice/down", 3), "the restarted replicas to catch up")
     refs = replica_refs(net3, git, "alice/down")
     assert all(r == {"refs/heads/main": head} for r in refs.values()), refs
+
+
+def lax_state(net: Devnet, name: str) -> str:
+    return next(str(r["state"]) for r in where(net, name)["replicas"] if r["region"] == "lax")
+
+
+@pytest.fixture(scope="module")
+def alice_ssh(net3: Devnet, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """GIT_SSH_COMMAND for stock OpenSSH with a key of alice's, the edges' host key pinned."""
+    key = tmp_path_factory.mktemp("alice-ssh") / "id_ed25519"
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f", str(key)]
+    subprocess.run(keygen, check=True)
+    added = httpx.post(
+        f"{net3.edge.https_url}/api/user/keys",
+        json={"title": "laptop", "key": key.with_suffix(".pub").read_text()},
+        auth=("alice", net3.user_token("alice")),
+        verify=tls(net3),
+        timeout=30,
+    )
+    assert added.status_code == 201, added.text
+    return shlex.join(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={net3.known_hosts}",
+        ]
+    )  # fmt: skip
+
+
+def test_a_push_over_ssh_replicates_and_ssh_reads_follow_the_in_sync_replicas(
+    net3: Devnet, git: Git, alice_ssh: str, tmp_path: Path
+) -> None:
+    # The SSH session reaches the node over HTTP (node/ssh_http.py): its
+    # receive-pack must run the replication hooks with the node's URL and
+    # credential, or the vote is refused and this push fails.
+    assert create(net3, "alice/ssh-story", "lax", 3).status_code == 201
+    ssh_url = {r: f"{edge(net3, r).ssh_url}/alice/ssh-story.git" for r in REGIONS}
+    work = git.new_worktree(tmp_path / "w")
+    head = git.commit(work, "a.txt", b"over ssh\n")
+    git.run("push", "-q", ssh_url["lax"], "main", cwd=work, GIT_SSH_COMMAND=alice_ssh)
+    assert where(net3, "alice/ssh-story")["generation"] == 1
+    # At once, over SSH through another region's edge: the clone has the push.
+    git.run("clone", "-q", ssh_url["fra"], str(tmp_path / "c"), GIT_SSH_COMMAND=alice_ssh)
+    assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
+    poll(20, lambda: in_sync(net3, "alice/ssh-story", 3), "all three replicas in sync")
+    refs = replica_refs(net3, git, "alice/ssh-story")
+    assert len(refs) == 3 and all(r == {"refs/heads/main": head} for r in refs.values())
+
+    # With the home stopped (its lease revoked), the SSH front still serves the
+    # read from an in-sync replica: it routes with resolve_read, not to the home.
+    lax = net3.nodes["lax-1"]
+    lax.process.stop()
+    try:
+        poll(20, lambda: lax_state(net3, "alice/ssh-story") == "down", "lax-1 down")
+        clone = tmp_path / "c-syd"
+        git.run("clone", "-q", ssh_url["syd"], str(clone), GIT_SSH_COMMAND=alice_ssh)
+        assert git.run("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
+    finally:
+        net3.restart_node(lax)
+    poll(30, lambda: in_sync(net3, "alice/ssh-story", 3), "the restarted home in sync")
