@@ -73,7 +73,7 @@ class _NodeStoppedReading(Exception):
     """Sending the request body to the node failed (it may be answering already)."""
 
 
-class ClientGone(EdgeError):
+class RequestBodyBroken(EdgeError):
     """The client's connection broke while it sent its body: nobody is left to answer."""
 
     http_status = 400
@@ -271,7 +271,7 @@ def _client_error(exc: BaseException) -> BaseException:
     if isinstance(exc, trio.TooSlowError):
         return BodyTimeout("client stalled in its request body")
     if isinstance(exc, _STREAM_ERRORS):
-        return ClientGone(f"client connection broke in its request body: {exc!r}")
+        return RequestBodyBroken(f"client connection broke in its request body: {exc!r}")
     return exc  # a bug: the front logs it
 
 
