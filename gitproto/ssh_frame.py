@@ -117,11 +117,6 @@ class FrameDecoder:
     def done(self) -> bool:
         return self.status is not None
 
-    @property
-    def mid_frame(self) -> bool:
-        """Part of a frame (header or payload) was fed and the rest is still to come."""
-        return self._kind is not None or bool(self._header)
-
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """The events in `data`; raises FrameError on a malformed stream."""
         view = memoryview(data)

@@ -46,14 +46,6 @@ connection is given up instead of pooled."""
 
 _NODE_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
-PACKET = 32 * 1024
-"""Stdout goes to the client in writes that are multiples of this. asyncssh cuts each
-`write()` into packets of the peer's maximum packet size on its own, so a 65,483-byte
-piece costs three packets, and a packet costs the same cipher set-up, MAC and `send()`
-whatever its size. OpenSSH, Go's x/crypto/ssh and libssh2 advertise 32 KiB, PuTTY
-16 KiB: a multiple of 32 KiB fills their packets (a larger maximum still works,
-with one half-full packet per write)."""
-
 
 class ClientStream(Protocol):
     """The client's side of a session, as the relay uses it (edge.ssh.channel.ClientChannel)."""
@@ -154,37 +146,6 @@ async def relay_session(
     return await _Exchange(conn, client).run(request, head_timeout)
 
 
-class PacketCoalescer:
-    """Cuts a byte stream into writes of whole `unit`s, holding back less than one.
-
-    Sans-IO: `take(piece)` returns what may be written now (b"" if nothing),
-    `flush()` the held-back rest.
-    """
-
-    def __init__(self, unit: int) -> None:
-        self._unit = unit
-        self._rest = bytearray()
-
-    def take(self, piece: bytes) -> bytes:
-        held = len(self._rest)
-        cut = (held + len(piece)) // self._unit * self._unit - held
-        if cut < 0:  # still less than a unit in all
-            self._rest += piece
-            return b""
-        if held:
-            out = bytes(self._rest) + piece[:cut]
-            self._rest.clear()
-        else:
-            out = piece if cut == len(piece) else piece[:cut]
-        self._rest += piece[cut:]
-        return out
-
-    def flush(self) -> bytes:
-        out = bytes(self._rest)
-        self._rest.clear()
-        return out
-
-
 def request_head(conn: NodeConn, request: SessionRequest) -> h11.Request:
     headers = [(b"host", conn.host_header)]
     if conn.auth_line:
@@ -257,30 +218,22 @@ class _Exchange:
 
     async def _next_event(self) -> h11.Event:
         """The next event from the node, reading as needed."""
-        while (event := self._buffered_event()) is None:
-            await self._read_more()
-        return event
-
-    def _buffered_event(self) -> h11.Event | None:
-        """The next event in what was read; None if it needs more data."""
-        try:
-            event = self._http.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise self._lost_early(f"bad response: {exc}") from None
-        if isinstance(event, h11.ConnectionClosed):
-            raise self._lost_early("connection closed")
-        if isinstance(event, h11.Event):
-            return event
-        if event is h11.PAUSED:  # a client is paused only after a whole response
-            raise NodeLost(f"node {self._conn.address}: data after its response")
-        return None
-
-    async def _read_more(self) -> None:
-        try:
-            data = await self._stream.receive()
-        except _NODE_IO_ERRORS as exc:
-            raise self._lost_early(f"receive: {exc!r}") from None
-        self._http.receive_data(data)  # b"" is EOF: next_event() then says so
+        while True:
+            try:
+                event = self._http.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise self._lost_early(f"bad response: {exc}") from None
+            if isinstance(event, h11.ConnectionClosed):
+                raise self._lost_early("connection closed")
+            if isinstance(event, h11.Event):
+                return event
+            if event is h11.PAUSED:  # a client is paused only after a whole response
+                raise NodeLost(f"node {self._conn.address}: data after its response")
+            try:
+                data = await self._stream.receive()
+            except _NODE_IO_ERRORS as exc:
+                raise self._lost_early(f"receive: {exc!r}") from None
+            self._http.receive_data(data)  # b"" is EOF: next_event() then says so
 
     async def _response_head(self, timeout: float) -> None:
         with trio.move_on_after(timeout):
@@ -299,22 +252,10 @@ class _Exchange:
         raise NodeLost(f"node {self._conn.address}: no answer in {timeout}s")
 
     async def _download(self) -> None:
-        """Frames to the client until the response ends; NodeLost if it ends badly.
-
-        Stdout is written in whole packets (PACKET); the rest of a piece waits only
-        while more of its frame is due, or more of the response is already here:
-        once the node has nothing more in flight, everything it sent is written, so
-        a short message of a negotiation goes out at once.
-        """
+        """Frames to the client until the response ends; NodeLost if it ends badly."""
         client = self._client
-        stdout = PacketCoalescer(PACKET)
         while True:
-            event = self._buffered_event()
-            if event is None:
-                if not self._frames.mid_frame and (rest := stdout.flush()):
-                    await client.send(rest)
-                await self._read_more()
-                continue
+            event = await self._next_event()
             if isinstance(event, h11.EndOfMessage):
                 break
             if not isinstance(event, h11.Data):
@@ -326,14 +267,9 @@ class _Exchange:
             for frame in frames:
                 if isinstance(frame, Stdout):
                     self.result.bytes_down += len(frame.data)
-                    if whole := stdout.take(frame.data):
-                        await client.send(whole)
+                    await client.send(frame.data)
                 elif isinstance(frame, Stderr):
-                    if rest := stdout.flush():  # keep what git wrote in its order
-                        await client.send(rest)
                     await client.send_stderr(frame.data)
-        if rest := stdout.flush():
-            await client.send(rest)
         try:
             self._frames.finish()
         except FrameError as exc:

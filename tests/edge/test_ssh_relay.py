@@ -26,14 +26,7 @@ from edge.errors import NodeUnavailable
 from edge.http.pool import NodeConn, NodePool
 from edge.http.stream import BufferedStream
 from edge.ssh.channel import ClientGone
-from edge.ssh.relay import (
-    PACKET,
-    NodeLost,
-    NodeSessions,
-    PacketCoalescer,
-    SessionRequest,
-    relay_session,
-)
+from edge.ssh.relay import NodeLost, NodeSessions, SessionRequest, relay_session
 from gitproto.protocol import CHUNK
 from gitproto.ssh_command import parse_command
 from gitproto.ssh_frame import (
@@ -59,8 +52,6 @@ class FakeClient:
         self.stdin, self._stdin = trio.open_memory_channel[bytes](64)
         self.stdout = bytearray()
         self.stderr = bytearray()
-        self.writes: list[int] = []
-        """The size of every stdout write the relay made."""
         self.received = 0
         """How many times the relay took client data."""
         self.gate: trio.Event | None = None
@@ -82,7 +73,6 @@ class FakeClient:
         if self._closed.is_set():
             raise ClientGone()
         self.stdout += data
-        self.writes.append(len(data))
         self._changed.set()
 
     async def send_stderr(self, data: bytes) -> None:
@@ -265,62 +255,6 @@ async def test_stdout_of_every_size_and_split_arrives_whole() -> None:
             result = await relay_session(conn, UPLOAD, client, head_timeout=HEAD_TIMEOUT)
     assert client.stdout == pack
     assert (result.status, result.bytes_down) == (0, len(pack))
-
-
-async def test_stdout_goes_out_in_whole_packets_while_more_is_in_flight() -> None:
-    # asyncssh makes a packet of every write's remainder: pieces cut anywhere by TCP
-    # and by frames must reach the client as multiples of PACKET, but for the tail.
-    pack = os.urandom(3 * CHUNK + 123)
-    frames = b"".join(
-        encode_stdout(pack[i : i + 100_000]) for i in range(0, len(pack), 100_000)
-    ) + encode_exit(0)
-
-    async def node(peer: ScriptedNode) -> None:
-        await peer.request()
-        await peer.head()
-        await peer.frames(frames)  # all in flight at once
-        await peer.end()
-
-    client = FakeClient()
-    with trio.fail_after(5):
-        async with scripted(node) as conn:
-            await client.stdin.aclose()
-            await relay_session(conn, UPLOAD, client, head_timeout=HEAD_TIMEOUT)
-    assert client.stdout == pack
-    assert all(size % PACKET == 0 for size in client.writes[:-1])
-
-
-async def test_a_short_message_is_not_held_back_for_a_whole_packet() -> None:
-    async def node(peer: ScriptedNode) -> None:
-        await peer.request()
-        await peer.head()
-        await peer.frames(encode_stdout(b"0008NAK\n"))
-        # Nothing more until the client answered: a held-back message would hang here.
-        assert await peer.body_piece() == b"done"
-        await peer.frames(encode_exit(0))
-        await peer.end()
-
-    client = FakeClient()
-    with trio.fail_after(5):
-        async with scripted(node) as conn, trio.open_nursery() as nursery:
-
-            async def answer() -> None:
-                await client.wait_stdout(b"NAK\n")
-                await client.stdin.send(b"done")
-                await client.stdin.aclose()
-
-            nursery.start_soon(answer)
-            result = await relay_session(conn, UPLOAD, client, head_timeout=HEAD_TIMEOUT)
-    assert (client.stdout, result.status) == (b"0008NAK\n", 0)
-
-
-def test_the_coalescer_holds_back_less_than_a_unit_and_loses_nothing() -> None:
-    coalescer = PacketCoalescer(8)
-    out = [coalescer.take(piece) for piece in (b"abc", b"defgh", b"ijklmnopqrstu", b"", b"vw")]
-    assert out == [b"", b"abcdefgh", b"ijklmnop", b"", b""]
-    assert coalescer.flush() == b"qrstuvw" and coalescer.flush() == b""
-    whole = b"x" * 16
-    assert coalescer.take(whole) is whole  # a whole number of units: no copy
 
 
 # -- a node that breaks off or answers something else -------------------------------------

@@ -113,21 +113,6 @@ def test_a_whole_frame_in_one_read_is_passed_through_without_a_copy() -> None:
     assert isinstance(event, Stdout) and event.data is PACK
 
 
-def test_mid_frame_says_whether_a_frame_is_still_being_fed() -> None:
-    decoder = FrameDecoder()
-    frame = encode_stdout(b"abc")
-    seen = []
-    for i in range(len(frame)):
-        decoder.feed(frame[i : i + 1])
-        seen.append(decoder.mid_frame)
-    # Inside the header, inside the payload, then done with the frame.
-    assert seen == [True] * (len(frame) - 1) + [False]
-    decoder.feed(encode_exit(0)[:7])
-    assert decoder.mid_frame
-    decoder.feed(encode_exit(0)[7:])
-    assert not decoder.mid_frame and decoder.done
-
-
 def test_header_overhead_is_five_bytes_per_frame() -> None:
     assert HEADER_SIZE == 5
     assert len(encode_stdout(PACK)) == MAX_PAYLOAD + 5 and MAX_PAYLOAD == CHUNK
