@@ -22,7 +22,7 @@ import h11
 import pytest
 import trio
 
-from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
+from edge.config import SSH_CIPHERS, ConfigError, Listener, SshFrontConfig, load_edge_config
 from edge.http.pool import NodePool
 from edge.ssh.aio import aio_as_trio, open_aio_loop
 from edge.ssh.channel import ClientChannel
@@ -196,11 +196,32 @@ def test_keys_of_the_removed_node_ssh_hop_are_refused_by_name(
         ("idle_timeout = 'long'\n", "idle_timeout"),
         ("login_grace_time = -1\n", "login_grace_time"),
         ("max_session = 3\n", "max_session: unknown key"),
+        ("ciphers = []\n", "ciphers: needs at least one"),
+        ('ciphers = ["aes128-cbc"]\n', "ciphers: 'aes128-cbc' is not one of"),
+        ('ciphers = ["aes128-gcm@openssh.com", "aes128-gcm@openssh.com"]\n', "ciphers: .*twice"),
     ],
 )
 def test_bad_ssh_settings_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"\[ssh\]: {key}"):
         load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+
+
+def test_ciphers_default_to_asyncssh_s_and_may_be_narrowed(tmp_path: Path) -> None:
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))
+    assert config.ssh is not None and config.ssh.ciphers == ()
+    extra = 'ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]\n'
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+    assert config.ssh is not None
+    assert config.ssh.ciphers == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def test_the_ciphers_allowed_are_asyncssh_s_defaults_and_none_is_cbc() -> None:
+    # If asyncssh changes its defaults, SSH_CIPHERS must be looked at again: a CBC
+    # cipher would need the IGNORE packets asyncssh_gap drops.
+    from asyncssh.encryption import get_default_encryption_algs
+
+    assert [name.encode() for name in SSH_CIPHERS] == get_default_encryption_algs()
+    assert not [name for name in SSH_CIPHERS if "cbc" in name]
 
 
 def test_unusable_key_files_name_the_key(tmp_path: Path) -> None:
