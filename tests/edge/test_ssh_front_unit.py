@@ -338,7 +338,13 @@ def _node_record(url: str) -> NodeRecord:
 
 
 @pytest.fixture
-async def front(tmp_path: Path) -> AsyncIterator[Front]:
+def ciphers() -> tuple[str, ...]:
+    """`[ssh] ciphers` of the front (a test parametrizes it to change it)."""
+    return ()
+
+
+@pytest.fixture
+async def front(tmp_path: Path, ciphers: tuple[str, ...]) -> AsyncIterator[Front]:
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     fingerprint = client_key.get_fingerprint("sha256")
     config = SshFrontConfig(
@@ -347,6 +353,7 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
         login_grace_time=1.0,
         idle_timeout=1.0,
         max_sessions=2,
+        ciphers=ciphers,
     )
     etcd = EtcdClient("http://127.0.0.1:9")  # never reached: everything is cached
     keys = Keys("/t/")
@@ -559,3 +566,37 @@ async def test_login_grace_time_drops_a_client_that_never_authenticates(front: F
             pass  # the server's kex init; we never answer it
     assert trio.current_time() - started > 0.8  # login_grace_time = 1 s
     await stream.aclose()
+
+
+@pytest.mark.parametrize("ciphers", [("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")])
+async def test_configured_ciphers_are_all_the_front_offers(front: Front) -> None:
+    async def negotiated(conn: asyncssh.SSHClientConnection) -> object:
+        return conn.get_extra_info("send_cipher")
+
+    # The client's order decides among what both have (RFC 4253 section 7.1):
+    # asyncssh's is chacha20, aes256-gcm, aes128-gcm.
+    assert await front.call(negotiated) == "aes256-gcm@openssh.com"
+
+    async def chacha_only() -> None:
+        host, port = front.address
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username="git",
+            client_keys=[front.client_key],
+            known_hosts=None,
+            config=None,
+            agent_path=None,
+            encryption_algs=["chacha20-poly1305@openssh.com"],
+        )
+        conn.close()
+
+    with pytest.raises(asyncssh.KeyExchangeFailed):
+        await aio_as_trio(chacha_only)()
+
+
+async def test_by_default_the_front_offers_asyncssh_s_ciphers(front: Front) -> None:
+    async def negotiated(conn: asyncssh.SSHClientConnection) -> object:
+        return conn.get_extra_info("send_cipher")
+
+    assert await front.call(negotiated) == "chacha20-poly1305@openssh.com"
