@@ -37,6 +37,19 @@ REMOVED_SSH_KEYS = {
 }
 
 
+# `[ssh] ciphers` may name only these: asyncssh's default ciphers (a test checks
+# they still are). No CBC among them, which is what lets the edge skip the empty
+# SSH_MSG_IGNORE before each packet (edge/ssh/asyncssh_gap.py).
+SSH_CIPHERS = (
+    "chacha20-poly1305@openssh.com",
+    "aes256-gcm@openssh.com",
+    "aes128-gcm@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+
+
 @dataclass(frozen=True)
 class SshFrontConfig:
     """The client-facing SSH listener (`[ssh]`); absent: no SSH front."""
@@ -51,6 +64,8 @@ class SshFrontConfig:
     """Concurrent sessions (channels) per client connection, like OpenSSH's MaxSessions."""
     window: int = DEFAULT_SSH_WINDOW
     """The receive window of client channels (what a push may have in flight)."""
+    ciphers: tuple[str, ...] = ()
+    """The ciphers offered to clients, in order; empty: asyncssh's defaults (SSH_CIPHERS)."""
 
 
 class NodeTlsPolicy(StrEnum):
@@ -256,7 +271,22 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         max_sessions=ssh.int("max_sessions", 10, 1, 1000),
         # Below 64 KiB a window costs a round trip per packet; above 1 GiB is a typo.
         window=ssh.int("window", DEFAULT_SSH_WINDOW, 64 * 1024, 2**30),
+        ciphers=_ciphers(ssh),
     )
+
+
+def _ciphers(ssh: Table) -> tuple[str, ...]:
+    if not ssh.has("ciphers"):
+        return ()
+    ciphers = tuple(ssh.str_list("ciphers"))
+    if not ciphers:
+        raise ssh.error("ciphers", "needs at least one cipher (or leave it out for the defaults)")
+    for name in ciphers:
+        if name not in SSH_CIPHERS:
+            raise ssh.error("ciphers", f"{name!r} is not one of {', '.join(SSH_CIPHERS)}")
+    if len(set(ciphers)) != len(ciphers):
+        raise ssh.error("ciphers", "names a cipher twice")
+    return ciphers
 
 
 __all__ = [

@@ -121,6 +121,7 @@ class SshFront:
             # in a terminal (pty requested, not required) still gets the greeting.
             **GIT_ONLY_SSH_SERVER,
             window=cfg.window,
+            encryption_algs=cfg.ciphers,  # () is asyncssh's defaults
             login_timeout=cfg.login_grace_time,
         )
         try:

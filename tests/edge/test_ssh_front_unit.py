@@ -22,7 +22,7 @@ import h11
 import pytest
 import trio
 
-from edge.config import ConfigError, Listener, SshFrontConfig, load_edge_config
+from edge.config import SSH_CIPHERS, ConfigError, Listener, SshFrontConfig, load_edge_config
 from edge.http.pool import NodePool
 from edge.ssh.aio import aio_as_trio, open_aio_loop
 from edge.ssh.channel import ClientChannel
@@ -196,11 +196,32 @@ def test_keys_of_the_removed_node_ssh_hop_are_refused_by_name(
         ("idle_timeout = 'long'\n", "idle_timeout"),
         ("login_grace_time = -1\n", "login_grace_time"),
         ("max_session = 3\n", "max_session: unknown key"),
+        ("ciphers = []\n", "ciphers: needs at least one"),
+        ('ciphers = ["aes128-cbc"]\n', "ciphers: 'aes128-cbc' is not one of"),
+        ('ciphers = ["aes128-gcm@openssh.com", "aes128-gcm@openssh.com"]\n', "ciphers: .*twice"),
     ],
 )
 def test_bad_ssh_settings_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
     with pytest.raises(ConfigError, match=rf"\[ssh\]: {key}"):
         load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+
+
+def test_ciphers_default_to_asyncssh_s_and_may_be_narrowed(tmp_path: Path) -> None:
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))
+    assert config.ssh is not None and config.ssh.ciphers == ()
+    extra = 'ciphers = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]\n'
+    config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path, extra)))
+    assert config.ssh is not None
+    assert config.ssh.ciphers == ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def test_the_ciphers_allowed_are_asyncssh_s_defaults_and_none_is_cbc() -> None:
+    # If asyncssh changes its defaults, SSH_CIPHERS must be looked at again: a CBC
+    # cipher would need the IGNORE packets asyncssh_gap drops.
+    from asyncssh.encryption import get_default_encryption_algs
+
+    assert [name.encode() for name in SSH_CIPHERS] == get_default_encryption_algs()
+    assert not [name for name in SSH_CIPHERS if "cbc" in name]
 
 
 def test_unusable_key_files_name_the_key(tmp_path: Path) -> None:
@@ -317,7 +338,13 @@ def _node_record(url: str) -> NodeRecord:
 
 
 @pytest.fixture
-async def front(tmp_path: Path) -> AsyncIterator[Front]:
+def ciphers() -> tuple[str, ...]:
+    """`[ssh] ciphers` of the front (a test parametrizes it to change it)."""
+    return ()
+
+
+@pytest.fixture
+async def front(tmp_path: Path, ciphers: tuple[str, ...]) -> AsyncIterator[Front]:
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     fingerprint = client_key.get_fingerprint("sha256")
     config = SshFrontConfig(
@@ -326,6 +353,7 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
         login_grace_time=1.0,
         idle_timeout=1.0,
         max_sessions=2,
+        ciphers=ciphers,
     )
     etcd = EtcdClient("http://127.0.0.1:9")  # never reached: everything is cached
     keys = Keys("/t/")
@@ -538,3 +566,37 @@ async def test_login_grace_time_drops_a_client_that_never_authenticates(front: F
             pass  # the server's kex init; we never answer it
     assert trio.current_time() - started > 0.8  # login_grace_time = 1 s
     await stream.aclose()
+
+
+@pytest.mark.parametrize("ciphers", [("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")])
+async def test_configured_ciphers_are_all_the_front_offers(front: Front) -> None:
+    async def negotiated(conn: asyncssh.SSHClientConnection) -> object:
+        return conn.get_extra_info("send_cipher")
+
+    # The client's order decides among what both have (RFC 4253 section 7.1):
+    # asyncssh's is chacha20, aes256-gcm, aes128-gcm.
+    assert await front.call(negotiated) == "aes256-gcm@openssh.com"
+
+    async def chacha_only() -> None:
+        host, port = front.address
+        conn = await asyncssh.connect(
+            host,
+            port,
+            username="git",
+            client_keys=[front.client_key],
+            known_hosts=None,
+            config=None,
+            agent_path=None,
+            encryption_algs=["chacha20-poly1305@openssh.com"],
+        )
+        conn.close()
+
+    with pytest.raises(asyncssh.KeyExchangeFailed):
+        await aio_as_trio(chacha_only)()
+
+
+async def test_by_default_the_front_offers_asyncssh_s_ciphers(front: Front) -> None:
+    async def negotiated(conn: asyncssh.SSHClientConnection) -> object:
+        return conn.get_extra_info("send_cipher")
+
+    assert await front.call(negotiated) == "chacha20-poly1305@openssh.com"
