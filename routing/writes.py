@@ -27,7 +27,15 @@ import trio
 from routing.cache import RoutingCache
 from routing.errors import AlreadyExists, StoreUnavailable
 from routing.etcd import EtcdClient, EtcdError
-from routing.model import NodeRecord, Region, RepoLocation, RepoName, RepoRecord
+from routing.model import (
+    NodeRecord,
+    Region,
+    RepoLocation,
+    RepoName,
+    RepoRecord,
+    VolumeId,
+    VolumeRecord,
+)
 from routing.schema import encode_repo
 
 log = logging.getLogger(__name__)
@@ -87,29 +95,14 @@ async def create_repo(
             etcd, cache, new, region, fallback, init_replica, drop_replica
         )
     volume, node = cache.place(region, fallback)  # PlacementError propagates
-    record = RepoRecord(
-        new.name,
-        volume.volume_id,
-        volume.region,
-        round(time.time(), 3),
-        owner=new.owner,
-        public=new.public,
-        readers=new.readers,
-        writers=new.writers,
-    )
-    key = cache.keys.repo(new.name)
-    try:
-        txn = await etcd.create(key, encode_repo(record))
-    except EtcdError as exc:
-        raise StoreUnavailable(f"create {key}: {exc}") from exc
-    if not txn.succeeded:
-        raise AlreadyExists(f"repository {new.name} already exists")
+    record = _record(new, volume)
+    key, revision = await _write_record(etcd, cache, record)
     try:
         await init_on_node(node, new.name)
     except BaseException as exc:
         # BaseException: a create cancelled mid-init (client gone, edge draining)
         # must not leave a record that routes to a repository no node has.
-        rolled_back = await _roll_back(etcd, key, txn.revision)
+        rolled_back = await _roll_back(etcd, key, revision)
         log.warning(
             "init of %s on %s failed (%r); record rolled back: %s",
             new.name,
@@ -134,25 +127,13 @@ async def _create_replicated(
     quorum = new.write_quorum()
     placed = cache.place_replicas(region, new.replicas, fallback)  # PlacementError propagates
     home, home_node = placed[0]
-    record = RepoRecord(
-        new.name,
-        home.volume_id,
-        home.region,
-        round(time.time(), 3),
-        owner=new.owner,
-        public=new.public,
-        readers=new.readers,
-        writers=new.writers,
+    record = _record(
+        new,
+        home,
         replicas=tuple(volume.volume_id for volume, _ in placed),
         sync_replicas=quorum,
     )
-    key = cache.keys.repo(new.name)
-    try:
-        txn = await etcd.create(key, encode_repo(record))
-    except EtcdError as exc:
-        raise StoreUnavailable(f"create {key}: {exc}") from exc
-    if not txn.succeeded:
-        raise AlreadyExists(f"repository {new.name} already exists")
+    key, revision = await _write_record(etcd, cache, record)
     made: list[NodeRecord] = []
     failures: list[Exception] = []
 
@@ -171,7 +152,7 @@ async def _create_replicated(
         if failures:
             raise failures[0]
     except BaseException as exc:
-        rolled_back = await _roll_back(etcd, key, txn.revision)
+        rolled_back = await _roll_back(etcd, key, revision)
         with trio.move_on_after(ROLLBACK_TIMEOUT, shield=True):
             for node in made:
                 try:
@@ -188,6 +169,41 @@ async def _create_replicated(
     return RepoLocation(
         new.name, home.region, home.volume_id, home_node.node_id, home_node.http_url
     )
+
+
+def _record(
+    new: NewRepo,
+    home: VolumeRecord,
+    *,
+    replicas: tuple[VolumeId, ...] = (),
+    sync_replicas: int = 0,
+) -> RepoRecord:
+    return RepoRecord(
+        new.name,
+        home.volume_id,
+        home.region,
+        round(time.time(), 3),
+        owner=new.owner,
+        public=new.public,
+        readers=new.readers,
+        writers=new.writers,
+        replicas=replicas,
+        sync_replicas=sync_replicas,
+    )
+
+
+async def _write_record(
+    etcd: EtcdClient, cache: RoutingCache, record: RepoRecord
+) -> tuple[str, int]:
+    """The create-if-absent txn: (key, the revision it was written at)."""
+    key = cache.keys.repo(record.name)
+    try:
+        txn = await etcd.create(key, encode_repo(record))
+    except EtcdError as exc:
+        raise StoreUnavailable(f"create {key}: {exc}") from exc
+    if not txn.succeeded:
+        raise AlreadyExists(f"repository {record.name} already exists")
+    return key, txn.revision
 
 
 async def _roll_back(etcd: EtcdClient, key: str, created_revision: int) -> bool:
