@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
 from pathlib import Path
 
 import h11
@@ -42,6 +41,7 @@ from node.git_proto import PathScrubber, StderrTail, session_argv
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
+from plumbing.tcp import enable_keepalive
 from routing.model import InvalidRepoName, parse_user_name
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ EXIT_TIMEOUT = 30.0
 # After the exit status the edge ends its request body at once; reading that end
 # is what lets this connection carry the next request.
 BODY_DRAIN_TIMEOUT = 10.0
-# TCP keepalive for session connections: first probe after 30 s idle, then 3
-# probes 10 s apart (Linux names; the defaults, 2 h, would leave git running).
-KEEPALIVE = (
-    (socket.TCP_KEEPIDLE, 30),
-    (socket.TCP_KEEPINTVL, 10),
-    (socket.TCP_KEEPCNT, 3),
-)
 COALESCE_DELAY = 0.001
 """After a short read of git's stdout, how long the pipe may fill before the next."""
 
@@ -139,9 +132,7 @@ def _detect_dead_peer(stream: trio.abc.Stream) -> None:
     reason)."""
     if not isinstance(stream, trio.SocketStream):
         return  # TLS wraps a socket stream of its own: its owner sets this
-    stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
-    for option, value in KEEPALIVE:
-        stream.setsockopt(socket.IPPROTO_TCP, option, value)
+    enable_keepalive(stream)
 
 
 def _user_name(raw: bytes | None) -> str | None:

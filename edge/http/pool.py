@@ -30,6 +30,7 @@ import trio
 from edge.config import NodeTlsPolicy
 from edge.errors import NodeUnavailable
 from edge.http.stream import BufferedStream
+from plumbing.tcp import enable_keepalive
 from plumbing.tls import SocketTLSStream
 from plumbing.tlscerts import cert_sha256
 from routing.model import NodeId, NodeRecord
@@ -199,6 +200,8 @@ class NodePool:
         tcp = await trio.open_tcp_stream(*address)
         try:
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+            # A partition mid-session must not wait for the client's idle timeout.
+            enable_keepalive(tcp)
             if pin is None:
                 return tcp
             # Takes the fd over (closing tcp again is harmless).

@@ -7,6 +7,7 @@ time runs on trio's MockClock, moved by hand.
 
 from __future__ import annotations
 
+import socket
 from functools import partial
 
 import pytest
@@ -172,6 +173,19 @@ async def test_every_connection_carries_the_credential_line(listener: Listener) 
     pool = NodePool(1.0, 30.0, 4, credential="s3cret")
     conn = await pool.acquire(listener.url)
     assert conn.auth_line == b"authorization: Bearer s3cret"
+    await conn.stream.aclose()
+
+
+async def test_node_connections_probe_a_silent_peer(listener: Listener) -> None:
+    """An SSH session may idle for minutes: TCP keepalive, not the client's 600 s idle
+    timeout, must notice a node that vanished without a FIN."""
+    pool = NodePool(1.0, 30.0, 4)
+    conn = await pool.acquire(listener.url)
+    sock = conn.stream.stream
+    assert isinstance(sock, trio.SocketStream)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 30
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
     await conn.stream.aclose()
 
 
