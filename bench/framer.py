@@ -33,17 +33,21 @@ RESULTS = ROOT / "bench" / "results"
 CHUNK_SIZES = (1 * MiB, 65520, 8 * 1024, 1024)  # 65520: git's LARGE_PACKET_MAX
 
 
-def load_framer_module(ref: str) -> types.ModuleType:
-    """`edge/proto/body.py` as it was at `ref`, as a module of its own."""
-    source = subprocess.run(
-        ["git", "show", f"{ref}:edge/proto/body.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType(f"body_at_{ref}")
-    exec(compile(source, f"{ref}:edge/proto/body.py", "exec"), module.__dict__)
+def load_framer_module(ref: str | None) -> types.ModuleType:
+    """`edge/proto/body.py` as it was at `ref` (None: as it is in this tree), as a
+    module of its own: bench runs the edge's code, it does not import `edge`."""
+    if ref is None:
+        source = (ROOT / "edge" / "proto" / "body.py").read_text()
+    else:
+        source = subprocess.run(
+            ["git", "show", f"{ref}:edge/proto/body.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    module = types.ModuleType(f"body_at_{ref or 'worktree'}")
+    exec(compile(source, f"{ref or 'worktree'}:edge/proto/body.py", "exec"), module.__dict__)
     return module
 
 
@@ -89,8 +93,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=100)
     args = parser.parse_args()
 
-    import edge.proto.body as new
-
+    new = load_framer_module(None)
     old = load_framer_module(args.baseline)
     total = args.mib * MiB
     cases: list[tuple[str, list[bytes], Callable[[Any], Callable[[], Any]]]] = []
