@@ -320,7 +320,10 @@ class RoutingCache:
 
     async def resolve(self, name: RepoName) -> RepoLocation:
         """Where to send git traffic for `name` right now."""
-        record = await self.record(name)
+        return self._home(await self.record(name))
+
+    def _home(self, record: RepoRecord) -> RepoLocation:
+        name = record.name
         volume = self._volumes.get(record.volume_id)
         node = self._nodes.get(volume.node_id) if volume else None
         if volume is None or node is None:
@@ -352,7 +355,7 @@ class RoutingCache:
         """
         record = await self.record(name)
         if not record.replicated:
-            return await self.resolve(name)
+            return self._home(record)
         chosen = choose_read_replica(self.replica_statuses(record), region)
         if chosen is None or chosen.node is None or chosen.region is None:
             raise Unroutable(f"{name}: no replica is in sync with the consensus")
