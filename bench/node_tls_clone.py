@@ -19,32 +19,21 @@ import json
 import ssl
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import MiB, machine_info, median, rmtree
+from bench.clones import USER, CloneSample, Variant, clone_once
+from bench.common import MiB, log, machine_info, median
 from bench.meters import ProcMeter
-from bench.repos import clean_git_env, make_random_repo, run_git, timed_git
+from bench.repos import clean_git_env, make_random_repo, timed_git
 from devnet.network import Devnet, start_devnet
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-USER = "bench"
-SETTLE_S = 0.2  # after a clone, before reading CPU: lets both servers finish up
 PATHS = {"plain": ("fra", "fra-1"), "tls": ("lax", "lax-1")}
-
-
-@dataclass
-class Sample:
-    path: str
-    round: int
-    wall_s: float
-    edge_cpu_s: float
-    node_cpu_s: float
 
 
 def _create(net: Devnet, name: str, region: str) -> None:
@@ -60,30 +49,8 @@ def _create(net: Devnet, name: str, region: str) -> None:
         raise RuntimeError(f"create {name}: HTTP {response.status_code} {response.text[:300]}")
 
 
-def _clone(
-    net: Devnet, path: str, url: str, round_no: int, work: Path, env: dict[str, str], head: str
-) -> Sample:
-    edge = ProcMeter(net.edge.process.popen.pid)
-    node = ProcMeter(net.nodes[PATHS[path][1]].process.popen.pid)
-    dest = Path(tempfile.mkdtemp(prefix=f"clone-{path}-", dir=work)) / "repo"
-    try:
-        edge0, node0 = edge.cpu()[0], node.cpu()[0]
-        timed = timed_git(["clone", "--quiet", "--no-checkout", url, str(dest)], env, timeout=900)
-        time.sleep(SETTLE_S)
-        edge1, node1 = edge.cpu()[0], node.cpu()[0]
-        got = run_git(["-C", str(dest), "rev-parse", "HEAD"], env).strip()
-        if got != head:
-            raise RuntimeError(f"{path} clone has HEAD {got}, expected {head}")
-        return Sample(path, round_no, timed.wall_s, edge1 - edge0, node1 - node0)
-    finally:
-        rmtree(dest.parent)
-
-
 def run(size_mb: int, rounds: int) -> dict[str, Any]:
-    def log(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    samples: list[Sample] = []
+    samples: list[CloneSample] = []
     with tempfile.TemporaryDirectory(prefix="gitedge-bench-") as tmp:
         work = Path(tmp)
         env = clean_git_env(work / "home")
@@ -92,15 +59,18 @@ def run(size_mb: int, rounds: int) -> dict[str, Any]:
             base = net.edge.https_url.replace("://", f"://{USER}:{net.user_token(USER)}@", 1)
             log(f"generating {size_mb} MiB repo ...")
             repo = make_random_repo(work / "src", size_mb * MiB, env)
-            urls = {}
-            for path, (region, _) in PATHS.items():
+            edge = ProcMeter(net.edge.process.popen.pid)
+            variants = {}
+            for path, (region, node_id) in PATHS.items():
                 _create(net, f"bench/{path}", region)
-                urls[path] = f"{base}/bench/{path}.git"
-                log(f"pushing to {path} ({net.nodes[PATHS[path][1]].http_url}) ...")
-                timed_git(["push", "--quiet", urls[path], "main:main"], env, cwd=repo.path)
+                url = f"{base}/bench/{path}.git"
+                log(f"pushing to {path} ({net.nodes[node_id].http_url}) ...")
+                timed_git(["push", "--quiet", url, "main:main"], env, cwd=repo.path)
+                node = ProcMeter(net.nodes[node_id].process.popen.pid)
+                variants[path] = Variant(path, url, env, edge, node)
             for round_no in range(rounds + 1):  # round 0: warm-up, not counted
-                for path in PATHS:
-                    sample = _clone(net, path, urls[path], round_no, work, env, repo.commit)
+                for path, variant in variants.items():
+                    sample = clone_once(variant, round_no, not round_no, work, repo.commit, True)
                     log(
                         f"round {round_no} {path}: {sample.wall_s:.2f}s, edge"
                         f" {sample.edge_cpu_s:.3f} CPU-s, node {sample.node_cpu_s:.3f} CPU-s"
@@ -114,6 +84,7 @@ def run(size_mb: int, rounds: int) -> dict[str, Any]:
         summary[path] = {
             "wall_s": median([s.wall_s for s in mine]),
             "edge_cpu_s_per_100mib": median([s.edge_cpu_s for s in mine]) * per_100,
+            # The node's own CPU, as this benchmark always counted it (git children apart).
             "node_cpu_s_per_100mib": median([s.node_cpu_s for s in mine]) * per_100,
         }
     summary["ratio_wall_tls_over_plain"] = summary["tls"]["wall_s"] / summary["plain"]["wall_s"]
