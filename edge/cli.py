@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "--replicas", type=int, help="replication factor (default: the edge's default_replicas)"
     )
     create.add_argument("--sync-replicas", type=int, help="W: replicas a push must reach")
+    create.add_argument(
+        "--replica-regions",
+        help="comma-separated regions for the replicas after the home, in order (default: "
+        "placement's choice, distinct regions first)",
+    )
     where = repo_sub.add_parser("where", help="print where OWNER/NAME lives (JSON)")
     where.add_argument("name")
 
@@ -178,6 +183,8 @@ def api_command(args: argparse.Namespace) -> int:
                         payload["replicas"] = args.replicas
                     if args.sync_replicas is not None:
                         payload["sync_replicas"] = args.sync_replicas
+                    if args.replica_regions:
+                        payload["replica_regions"] = args.replica_regions.split(",")
                     response = client.post("/api/repos", json=payload, headers=region)
                 case "repo", _:
                     response = client.get(f"/api/repos/{args.name}")

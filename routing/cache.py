@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
@@ -370,10 +370,21 @@ class RoutingCache:
         return volume, self._nodes[volume.node_id]
 
     def place_replicas(
-        self, region: Region, factor: int, fallback: Region | None
+        self,
+        region: Region,
+        factor: int,
+        fallback: Region | None,
+        regions: Sequence[Region] = (),
     ) -> list[tuple[VolumeRecord, NodeRecord]]:
-        """`factor` live volumes on distinct nodes, home first (raises PlacementError)."""
+        """`factor` live volumes on distinct nodes, home first, then one in each of
+        `regions` (raises PlacementError)."""
         chosen = choose_replicas(
-            region, factor, self._volumes.values(), self._nodes, self._repo_counts, fallback
+            region,
+            factor,
+            self._volumes.values(),
+            self._nodes,
+            self._repo_counts,
+            fallback,
+            regions,
         )
         return [(volume, self._nodes[volume.node_id]) for volume in chosen]

@@ -7,7 +7,7 @@ free space, then the volume id (so equal inputs give equal answers).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from routing.model import NodeId, NodeRecord, Region, VolumeId, VolumeRecord
 
@@ -67,19 +67,34 @@ def choose_replicas(
     nodes: Mapping[NodeId, NodeRecord],
     repo_counts: Mapping[VolumeId, int],
     fallback: Region | None = None,
+    regions: Sequence[Region] = (),
 ) -> list[VolumeRecord]:
     """`factor` live volumes on distinct nodes, the home (as `choose_volume`) first.
 
-    The others go to regions not used yet first (a region down must not take
+    `regions` names where the next replicas must go, in order (the creator's
+    choice; PlacementError if one has no live volume on a node not used yet).
+    The rest go to regions not used yet first (a region down must not take
     two replicas with it), then to other nodes of used regions; two replicas
     on one node would survive nothing, so that is never chosen.
     """
     volumes = list(volumes)
     home = choose_volume(region, volumes, nodes, repo_counts, fallback)
+    if len(regions) > factor - 1:
+        raise PlacementError(f"{len(regions)} replica regions named for {factor - 1} replicas")
     if factor <= 1:
         return [home]
     live = live_volumes(volumes, nodes)
     chosen = [home]
+    for wanted in regions:
+        used_nodes = {v.node_id for v in chosen}
+        here = [
+            v
+            for v in volumes
+            if v.region == wanted and v.volume_id in live and v.node_id not in used_nodes
+        ]
+        if not here:
+            raise PlacementError(f"no live volume for a replica in region {wanted!r}")
+        chosen.append(min(here, key=lambda v: (repo_counts.get(v.volume_id, 0), v.volume_id)))
     while len(chosen) < factor:
         used_regions = {v.region for v in chosen}
         used_nodes = {v.node_id for v in chosen}

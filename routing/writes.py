@@ -62,6 +62,8 @@ class NewRepo:
     replicas: int = 1
     sync_replicas: int | None = None
     """W; None: 2 when replicated (a push durable on two replicas), else 1."""
+    replica_regions: tuple[Region, ...] = ()
+    """Where the replicas after the home must go, in order (the rest: placement's choice)."""
 
     def write_quorum(self) -> int:
         if self.replicas <= 1:
@@ -125,7 +127,8 @@ async def _create_replicated(
     drop_replica: DropOnNode,
 ) -> RepoLocation:
     quorum = new.write_quorum()
-    placed = cache.place_replicas(region, new.replicas, fallback)  # PlacementError propagates
+    # PlacementError propagates
+    placed = cache.place_replicas(region, new.replicas, fallback, new.replica_regions)
     home, home_node = placed[0]
     record = _record(
         new,
