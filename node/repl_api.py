@@ -3,6 +3,8 @@
     POST /_gitedge/repl/vote   {"git_dir", "updates", "quarantine", "push_id"}  (pre-receive)
     POST /_gitedge/repl/done   the same body                                   (post-receive)
     POST /_gitedge/repl/apply  {"name": "owner/name"}                          (a peer's primary)
+    /_gitedge/repl/git/<owner>/<name>.git/...  receive-pack of a push's objects (a peer's primary;
+                               served by node/git_http.py with the store's transfer hooks)
 
 All behind EdgeAuth (the node credential). A refused vote is 409 with the
 sentence the pusher sees.
@@ -18,6 +20,7 @@ from typing import Any
 import h11
 
 from node.http_conn import BodyTooLarge, HttpConn
+from node.repl_git import REPL_PATH, TRANSFER_PATH
 from node.replication import ApplyError, HookCall, Replicator
 from routing.consensus import PushRefused, RefUpdate
 from routing.etcd import EtcdError
@@ -26,12 +29,20 @@ from routing.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
-REPL_PATH = b"/_gitedge/repl/"
 MAX_BODY = 64 * 1024 * 1024  # a 10,000-ref push's updates are ~1 MB
 
 
 def is_repl_target(target: bytes) -> bool:
     return target.partition(b"?")[0].startswith(REPL_PATH)
+
+
+def transfer_git_target(target: bytes) -> bytes | None:
+    """`/_gitedge/repl/git/<owner>/<name>.git/...` -> `/<owner>/<name>.git/...`; None if
+    `target` is not a transfer. Only nodes send these: an edge routes only git URLs,
+    whose owner names cannot start with `_`, and EdgeAuth admits only the node credential."""
+    if not target.startswith(TRANSFER_PATH + b"/"):
+        return None
+    return target[len(TRANSFER_PATH) :]
 
 
 class ReplApi:

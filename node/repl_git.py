@@ -6,7 +6,17 @@ from pathlib import Path
 
 import trio
 
+from routing.model import RepoName
+
 GIT_TIMEOUT = 60.0
+REPL_PATH = b"/_gitedge/repl/"
+TRANSFER_PATH = REPL_PATH + b"git"
+
+
+def transfer_url(node_url: str, repo: RepoName) -> str:
+    """Where a primary pushes a push's objects on a peer: receive-pack without the
+    peer's vote (node/repl_api.py, transfer_git_target)."""
+    return f"{node_url}{TRANSFER_PATH.decode()}/{repo.bare_dir}"
 
 
 def with_node_credential(env: dict[str, str], secret: str) -> dict[str, str]:

@@ -23,7 +23,14 @@ from pathlib import Path
 import httpx
 import trio
 
-from node.repl_git import GIT_TIMEOUT, GitFailed, list_refs, run_git, with_node_credential
+from node.repl_git import (
+    GIT_TIMEOUT,
+    GitFailed,
+    list_refs,
+    run_git,
+    transfer_url,
+    with_node_credential,
+)
 from node.repos import RepoStore
 from routing import consensus as cons
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
@@ -259,7 +266,7 @@ class Replicator:
             # Where receive-pack keeps the pack until pre-receive said yes (githooks(5)).
             env["GIT_OBJECT_DIRECTORY"] = call.quarantine
             env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(call.git_dir / "objects")
-        url = f"{node.http_url}/{call.name.path}.git"
+        url = transfer_url(node.http_url, call.name)  # receive-pack without the peer's vote
         refspecs = [f"{oid}:{INCOMING}{txid}/{i}" for i, oid in enumerate(oids)]
         await run_git(
             ["push", "--quiet", "--no-verify", url, *refspecs],

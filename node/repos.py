@@ -29,6 +29,18 @@ DEFAULT_BRANCH = "main"
 INIT_TIMEOUT = 30.0
 
 
+TRANSFER_PRE_RECEIVE = """#!/bin/sh
+# gitedge: a peer node's transfer of a push's objects writes only the hidden
+# namespace, and needs no vote (the primary's own push is being voted on).
+while read -r old new ref; do
+  case "$ref" in
+    refs/gitedge/incoming/*) ;;
+    *) echo "gitedge: a transfer may only write refs/gitedge/incoming/, not $ref" >&2; exit 1 ;;
+  esac
+done
+"""
+
+
 class RepoStoreError(Exception):
     """Creating or deleting a repository failed on this node (an operator problem)."""
 
@@ -42,11 +54,17 @@ class RepoStore:
         self.home_dir = self.root / ".gitedge-home"
         # Set by the node once it listens: how the replication hooks reach it.
         self.hook_env: dict[str, str] = {}
+        # core.hooksPath of a peer node's transfer push (node/repl_api.py): no vote.
+        self.transfer_hooks = self.root / ".gitedge-transfer-hooks"
 
     def prepare(self) -> None:
         """Create the volume's own dirs and drop temp dirs left by a crash (blocking)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.home_dir.mkdir(exist_ok=True)
+        self.transfer_hooks.mkdir(exist_ok=True)
+        hook = self.transfer_hooks / "pre-receive"
+        hook.write_text(TRANSFER_PRE_RECEIVE)
+        hook.chmod(0o755)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir()
 

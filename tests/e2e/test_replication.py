@@ -158,6 +158,37 @@ def test_two_concurrent_pushes_to_main_one_wins_none_diverges(
     assert where(net3, "alice/race")["generation"] == 2
 
 
+def test_a_peer_transfer_writes_only_the_hidden_namespace_and_only_for_a_node(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    """The endpoint a primary pushes a push's objects to (node/repl_git.transfer_url):
+    receive-pack with the store's transfer hook instead of the repository's vote."""
+    assert create(net3, "alice/xfer", "fra", 2).status_code == 201
+    node = net3.nodes["fra-1"]
+    url = f"{node.http_url}/_gitedge/repl/git/alice/xfer.git"
+    work = git.new_worktree(tmp_path / "w")
+    git.commit(work, "a.txt", b"one\n")
+    secret = net3.admin_secret_file.read_text().strip()
+    as_node = {
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.extraHeader",
+        "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {secret}",
+    }
+    git.run("push", "-q", url, "HEAD:refs/gitedge/incoming/t/0", cwd=work, **as_node)
+    outside = git.run("push", url, "HEAD:refs/heads/main", cwd=work, check=False, **as_node)
+    assert outside.returncode != 0
+    assert "a transfer may only write refs/gitedge/incoming/" in outside.stderr, outside.stderr
+    bare = node.volume_dir / "alice/xfer.git"
+    heads = git.run("for-each-ref", "refs/heads", cwd=bare).stdout
+    assert heads == ""  # nothing but the hidden ref was written, and no vote ran
+    assert where(net3, "alice/xfer")["generation"] == 0
+    # Not a way to read, and not for anyone without the node credential.
+    assert git.run("ls-remote", url, check=False, **as_node).returncode != 0
+    stranger = git.run("push", url, "HEAD:refs/gitedge/incoming/t/1", cwd=work, check=False)
+    assert stranger.returncode != 0
+    assert "refs/gitedge/incoming/t/1" not in git.run("for-each-ref", cwd=bare).stdout
+
+
 def test_a_replica_down_the_push_still_lands_on_two_and_it_catches_up(
     net3: Devnet, git: Git, tmp_path: Path
 ) -> None:
