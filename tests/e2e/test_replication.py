@@ -169,13 +169,9 @@ def test_a_peer_transfer_writes_only_the_hidden_namespace_and_only_for_a_node(
     work = git.new_worktree(tmp_path / "w")
     git.commit(work, "a.txt", b"one\n")
     secret = net3.admin_secret_file.read_text().strip()
-    as_node = {
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {secret}",
-    }
-    git.run("push", "-q", url, "HEAD:refs/gitedge/incoming/t/0", cwd=work, **as_node)
-    outside = git.run("push", url, "HEAD:refs/heads/main", cwd=work, check=False, **as_node)
+    header = f"http.extraHeader=Authorization: Bearer {secret}"
+    git.run("-c", header, "push", "-q", url, "HEAD:refs/gitedge/incoming/t/0", cwd=work)
+    outside = git.run("-c", header, "push", url, "HEAD:refs/heads/main", cwd=work, check=False)
     assert outside.returncode != 0
     assert "a transfer may only write refs/gitedge/incoming/" in outside.stderr, outside.stderr
     bare = node.volume_dir / "alice/xfer.git"
@@ -183,7 +179,7 @@ def test_a_peer_transfer_writes_only_the_hidden_namespace_and_only_for_a_node(
     assert heads == ""  # nothing but the hidden ref was written, and no vote ran
     assert where(net3, "alice/xfer")["generation"] == 0
     # Not a way to read, and not for anyone without the node credential.
-    assert git.run("ls-remote", url, check=False, **as_node).returncode != 0
+    assert git.run("-c", header, "ls-remote", url, check=False).returncode != 0
     stranger = git.run("push", url, "HEAD:refs/gitedge/incoming/t/1", cwd=work, check=False)
     assert stranger.returncode != 0
     assert "refs/gitedge/incoming/t/1" not in git.run("for-each-ref", cwd=bare).stdout
