@@ -65,7 +65,14 @@ async def run_node(
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
-        replicator = Replicator(etcd, config.keys, store, volume.volume_id, config.admin_secret)
+        replicator = Replicator(
+            etcd,
+            config.keys,
+            store,
+            volume.volume_id,
+            config.admin_secret,
+            snapshot_after=config.snapshot_after,
+        )
         # The replication hooks run inside receive-pack and call back here.
         store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
         server = GitHttpServer(

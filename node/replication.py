@@ -33,6 +33,7 @@ from node.repl_git import (
 )
 from node.repos import RepoStore
 from routing import consensus as cons
+from routing import snapshots
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from routing.model import NodeRecord, RepoName, RepoRecord, VolumeId
 from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_volume
@@ -62,7 +63,10 @@ class Replicator:
         store: RepoStore,
         volume_id: VolumeId,
         admin_secret: str,
+        *,
+        snapshot_after: int = snapshots.SNAPSHOT_AFTER,
     ) -> None:
+        self._snapshot_after = snapshot_after
         self._etcd = etcd
         self._keys = keys
         self._store = store
@@ -285,10 +289,15 @@ class Replicator:
         async with self._lock(name):
             state = await self._state(name)
             local = await self._local_refs(git_dir)
+            snapshot: tuple[int, dict[str, str]] | None = None
             if cons.checksum(local) != state.checksum:
-                target = await self._consensus_refs(name)
+                history = await self._history(name)
+                target = history.refs()
                 if cons.checksum(target) != state.checksum:
                     raise ApplyError(f"{name}: the log does not add up to the consensus checksum")
+                due = history.wants_snapshot(self._snapshot_after)
+                if due and history.generation == state.generation:
+                    snapshot = (history.generation, target)
                 script = cons.update_ref_script(local, target)
                 try:
                     await self._update_refs(git_dir, script)
@@ -303,7 +312,9 @@ class Replicator:
                 self._keys.repl_applied(name, self._volume_id),
                 cons.encode_applied(state.generation),
             )
-            return state.generation
+        if snapshot is not None:
+            await self._write_snapshot(name, *snapshot)
+        return state.generation
 
     async def _update_refs(self, git_dir: Path, script: bytes) -> None:
         await run_git(
@@ -339,10 +350,34 @@ class Replicator:
                 log.warning("%s: fetch from %s failed: %s", name, node.node_id, exc)
         raise ApplyError(f"{name}: no in-sync replica to fetch generation {generation} from")
 
+    async def _history(self, name: RepoName) -> snapshots.RefsHistory:
+        """The newest snapshot and the log after it, read at one etcd revision."""
+        listed = await self._etcd.range(self._keys.refs_repo(name), prefix=True)
+        return snapshots.parse_history(self._keys, name, ((kv.key, kv.value) for kv in listed.kvs))
+
     async def _consensus_refs(self, name: RepoName) -> dict[str, str]:
-        listed = await self._etcd.range(self._keys.refs_log(name), prefix=True)
-        groups = cons.group_log_chunks(self._keys, name, ((kv.key, kv.value) for kv in listed.kvs))
-        return cons.fold_log(cons.decode_log_entry(chunks) for chunks in groups)
+        return (await self._history(name)).refs()
+
+    async def _write_snapshot(self, name: RepoName, generation: int, refs: dict[str, str]) -> None:
+        """Snapshot `refs` as generation `generation` and trim the log below it
+        (routing/snapshots.py says why that is safe at any moment). Best effort:
+        a failure leaves the log as it was, and the next fold tries again."""
+        chunks = snapshots.encode_snapshot(generation, refs)
+        if len(chunks) > snapshots.MAX_SNAPSHOT_CHUNKS:
+            log.warning(
+                "%s: %d refs are too many to snapshot; the log keeps growing", name, len(refs)
+            )
+            return
+        try:
+            for index, chunk in enumerate(chunks):
+                await self._etcd.put(self._keys.refs_snap_chunk(name, generation, index), chunk)
+            compares, ops = snapshots.snapshot_txn(self._keys, name, generation)
+            result = await self._etcd.txn(compares, ops)
+        except EtcdError as exc:
+            log.warning("%s: snapshot of generation %d not written: %s", name, generation, exc)
+            return
+        if result.succeeded:
+            log.info("%s: snapshot of generation %d; log trimmed to it", name, generation)
 
     async def _drop_incoming(self, git_dir: Path) -> None:
         refs = await list_refs(self._store.env(), git_dir, INCOMING)

@@ -244,6 +244,22 @@ def put_op(key: str, value: bytes) -> dict[str, Any]:
     return {"request_put": put_request(key, value)}
 
 
+def compare_exists(key: str) -> dict[str, Any]:
+    """Holds while `key` exists (its create revision is above 0)."""
+    return {
+        "target": "CREATE",
+        "result": "GREATER",
+        "key": encode_etcd_key(key),
+        "create_revision": "0",
+    }
+
+
+def delete_range_op(key: str, range_end: str) -> dict[str, Any]:
+    """Delete every key in [key, range_end)."""
+    body = {"key": encode_etcd_key(key), "range_end": encode_etcd_key(range_end)}
+    return {"request_delete_range": body}
+
+
 def txn_request(compares: list[dict[str, Any]], success: list[dict[str, Any]]) -> dict[str, Any]:
     return {"compare": compares, "success": success, "failure": []}
 

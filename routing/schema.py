@@ -27,6 +27,12 @@ Replicated repositories (issue 8; docs/replication.md has the whole design):
                             chunks of at most 512 KiB: a 10,000-ref push is one entry.
                             A second root because edges mirror all of <prefix>;
                             only nodes read the log.
+    <prefix minus "/">.refs/<owner>/<name>/snap/<G:012d>/<chunk:03d>, .../snap/<G>/done
+                            a snapshot: zlib(JSON) of all consensus refs at generation G
+                            (routing/snapshots.py). Chunks are written one request each;
+                            `done` is put by the one txn that also deletes the log up to
+                            G and every older snapshot. The consensus refs are the newest
+                            done snapshot folded with the log entries after it.
 
 A push's vote is one txn: compare state mod_revision (and the repo record's)
 unchanged, then put state G+1, its log chunks and the primary's applied G+1.
@@ -139,6 +145,24 @@ class Keys:
 
     def refs_log_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
         return f"{self.refs_log(name)}{generation:012d}/{chunk:03d}"
+
+    def refs_log_generation(self, name: RepoName, generation: int) -> str:
+        """The prefix of one generation's chunks (a range end for trimming below it)."""
+        return f"{self.refs_log(name)}{generation:012d}/"
+
+    def refs_repo(self, name: RepoName) -> str:
+        """Everything of one repository under refs_root: its log and its snapshots."""
+        return f"{self.refs_root}{name.path}/"
+
+    def refs_snap(self, name: RepoName) -> str:
+        return f"{self.refs_repo(name)}snap/"
+
+    def refs_snap_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
+        return f"{self.refs_snap(name)}{generation:012d}/{chunk:03d}"
+
+    def refs_snap_done(self, name: RepoName, generation: int) -> str:
+        """Written last, in the txn that trims the log: a snapshot counts only with it."""
+        return f"{self.refs_snap(name)}{generation:012d}/done"
 
     def parse_repl_key(self, key: str) -> tuple[RepoName, str | None] | None:
         """`(repo, None)` for a state key, `(repo, volume_id)` for an applied key."""
