@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import trio
 
+from node.peer_tls import PeerCerts, PeerTlsError
 from node.repl_git import (
     GIT_TIMEOUT,
     GitFailed,
@@ -76,6 +77,7 @@ class Replicator:
         self._holds: dict[tuple[str, str], tuple[trio.CancelScope, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._http = httpx.AsyncClient(timeout=NOTIFY_TIMEOUT, trust_env=False)
+        self._peers = PeerCerts()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background nursery for holds, late transfers and notifications."""
@@ -241,7 +243,7 @@ class Replicator:
             nonlocal acked
             try:
                 await self._push_objects(call, node, txid, oids)
-            except (OSError, trio.TooSlowError, GitFailed) as exc:
+            except (OSError, trio.TooSlowError, GitFailed, PeerTlsError) as exc:
                 failures.append(f"{node.node_id}: {exc}")
             else:
                 acked += 1
@@ -265,7 +267,7 @@ class Replicator:
     async def _push_objects(
         self, call: HookCall, node: NodeRecord, txid: str, oids: list[str]
     ) -> None:
-        env = with_node_credential(self._store.env(), self._secret)
+        env = with_node_credential(self._store.env(), self._secret, await self._peers.get(node))
         if call.quarantine:
             # Where receive-pack keeps the pack until pre-receive said yes (githooks(5)).
             env["GIT_OBJECT_DIRECTORY"] = call.quarantine
@@ -341,12 +343,14 @@ class Replicator:
                         f"+refs/*:{INCOMING}catchup/*",
                     ],
                     git_dir,
-                    with_node_credential(self._store.env(), self._secret),
+                    with_node_credential(
+                        self._store.env(), self._secret, await self._peers.get(node)
+                    ),
                     TRANSFER_TIMEOUT,
                 )
                 log.info("%s: fetched generation %d from %s", name, generation, node.node_id)
                 return
-            except (GitFailed, trio.TooSlowError) as exc:
+            except (GitFailed, trio.TooSlowError, PeerTlsError) as exc:
                 log.warning("%s: fetch from %s failed: %s", name, node.node_id, exc)
         raise ApplyError(f"{name}: no in-sync replica to fetch generation {generation} from")
 
@@ -398,13 +402,22 @@ class Replicator:
                 continue
             try:
                 with trio.fail_after(NOTIFY_TIMEOUT):
-                    await self._http.post(
-                        f"{node.http_url}/_gitedge/repl/apply",
-                        json={"name": name.path},
-                        headers={"authorization": f"Bearer {self._secret}"},
-                    )
-            except (httpx.HTTPError, trio.TooSlowError) as exc:
+                    await self._notify(node, name)
+            except (httpx.HTTPError, trio.TooSlowError, PeerTlsError, OSError) as exc:
                 log.info("%s: telling %s to apply failed: %r", name, node.node_id, exc)
+
+    async def _notify(self, node: NodeRecord, name: RepoName) -> None:
+        url = f"{node.http_url}/_gitedge/repl/apply"
+        body, headers = {"name": name.path}, {"authorization": f"Bearer {self._secret}"}
+        peer = await self._peers.get(node)
+        if peer is None:
+            await self._http.post(url, json=body, headers=headers)
+            return
+        # Trusting exactly the pinned certificate: the credential goes to no one else.
+        async with httpx.AsyncClient(
+            timeout=NOTIFY_TIMEOUT, trust_env=False, verify=peer.ssl_context()
+        ) as client:
+            await client.post(url, json=body, headers=headers)
 
     # -- etcd and git --------------------------------------------------------------
 
