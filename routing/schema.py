@@ -123,19 +123,30 @@ class Keys:
     def repl(self) -> str:
         return self.prefix + "repl/"
 
+    def repl_repo(self, name: RepoName) -> str:
+        """Every consensus key of one repository (state and applied/*)."""
+        return f"{self.repl}{name.path}/"
+
     def repl_state(self, name: RepoName) -> str:
-        return f"{self.repl}{name.path}/state"
+        return f"{self.repl_repo(name)}state"
+
+    def repl_applied_prefix(self, name: RepoName) -> str:
+        return f"{self.repl_repo(name)}applied/"
 
     def repl_applied(self, name: RepoName, volume_id: str) -> str:
-        return f"{self.repl}{name.path}/applied/{volume_id}"
+        return f"{self.repl_applied_prefix(name)}{volume_id}"
 
     @property
     def refs_root(self) -> str:
         """Outside `prefix`: edges mirror all of `prefix`, and only nodes read ref logs."""
         return self.prefix.rstrip("/") + ".refs/"
 
+    def refs_repo(self, name: RepoName) -> str:
+        """Everything under the second root for one repository (its log)."""
+        return f"{self.refs_root}{name.path}/"
+
     def refs_log(self, name: RepoName) -> str:
-        return f"{self.refs_root}{name.path}/log/"
+        return f"{self.refs_repo(name)}log/"
 
     def refs_log_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
         return f"{self.refs_log(name)}{generation:012d}/{chunk:03d}"
