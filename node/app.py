@@ -26,6 +26,7 @@ from node.git_http import GitHttpServer
 from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repl_api import ReplApi
+from node.repl_ops import ReplicaOps
 from node.replication import Replicator
 from node.repos import RepoStore
 from node.tls import CertFileError, NodeTls, load_node_tls
@@ -79,7 +80,11 @@ async def run_node(
             store,
             config.admin_secret,
             keepalive_timeout=config.keepalive_timeout,
-            repl=ReplApi(replicator, store.root),
+            repl=ReplApi(
+                replicator,
+                ReplicaOps(replicator, store, config.keys, volume.volume_id),
+                store.root,
+            ),
         )
         handler = (
             server.handle_connection

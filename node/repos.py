@@ -131,17 +131,41 @@ class RepoStore:
                 await trio.to_thread.run_sync(_remove, trash.parent)
 
 
+REPLICATION_HOOKS = ("pre-receive", "post-receive")
+_HIDE_INTERNAL_REFS = "[uploadpack]\n\thideRefs = refs/gitedge/\n"
+
+
 def install_replication_hooks(git_dir: Path) -> None:
     """pre-receive votes, post-receive ends the push (node/refhook.py); clients
-    never see the node's in-flight objects under refs/gitedge/ (uploadpack.hideRefs)."""
+    never see the node's in-flight objects under refs/gitedge/ (uploadpack.hideRefs).
+    Idempotent (blocking)."""
     hooks = git_dir / "hooks"
     hooks.mkdir(exist_ok=True)
-    for hook in ("pre-receive", "post-receive"):
+    for hook in REPLICATION_HOOKS:
         path = hooks / hook
         path.write_text(hook_script(sys.executable, hook))
         path.chmod(0o755)
-    with (git_dir / "config").open("a") as config:
-        config.write("[uploadpack]\n\thideRefs = refs/gitedge/\n")
+    config = git_dir / "config"
+    if _HIDE_INTERNAL_REFS not in config.read_text():
+        with config.open("a") as out:
+            out.write(_HIDE_INTERNAL_REFS)
+
+
+def replication_hooks_installed(git_dir: Path) -> bool:
+    return all((git_dir / "hooks" / hook).is_file() for hook in REPLICATION_HOOKS)
+
+
+def remove_replication_hooks(git_dir: Path) -> None:
+    """Back to a plain repository (factor 1 again, after a move): no hooks, no hideRefs
+    (blocking). Replaced by rename, so a receive-pack never reads a half-written config."""
+    for hook in REPLICATION_HOOKS:
+        (git_dir / "hooks" / hook).unlink(missing_ok=True)
+    config = git_dir / "config"
+    text = config.read_text()
+    if _HIDE_INTERNAL_REFS in text:
+        tmp = config.with_name("config.gitedge-tmp")
+        tmp.write_text(text.replace(_HIDE_INTERNAL_REFS, ""))
+        os.replace(tmp, config)
 
 
 def _move_into_place(tmp: Path, final: Path) -> bool:

@@ -115,3 +115,38 @@ def choose_replicas(
             )
         )
     return chosen
+
+
+def choose_added_replica(
+    region: Region,
+    replica_volumes: Iterable[VolumeId],
+    volumes: Iterable[VolumeRecord],
+    nodes: Mapping[NodeId, NodeRecord],
+    repo_counts: Mapping[VolumeId, int],
+) -> VolumeRecord:
+    """A live volume in `region` for one more replica, on a node holding none yet.
+
+    A node holds at most one replica of a repository (two on one node survive
+    nothing more than one); among the candidates, the order of `choose_volume`.
+    """
+    volumes = list(volumes)
+    by_id = {v.volume_id: v for v in volumes}
+    held = set(replica_volumes)
+    used_nodes = {by_id[v].node_id for v in held if v in by_id}
+    live = live_volumes(volumes, nodes)
+    in_region = [v for v in volumes if v.region == region]
+    if not in_region:
+        raise PlacementError(f"unknown region {region!r}")
+    candidates = [
+        v
+        for v in in_region
+        if v.volume_id in live and v.volume_id not in held and v.node_id not in used_nodes
+    ]
+    if not candidates:
+        raise PlacementError(
+            f"no live volume in region {region!r} on a node that holds no replica yet"
+        )
+    return min(
+        candidates,
+        key=lambda v: (repo_counts.get(v.volume_id, 0), -live[v.volume_id], v.volume_id),
+    )

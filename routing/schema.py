@@ -21,7 +21,10 @@ Replicated repositories (issue 8; docs/replication.md has the whole design):
                             over all refs of sha1("<oid> <ref>") (Gitaly's), refs
                             under refs/gitedge/ excluded. Absent = generation 0, no refs.
     repl/<owner>/<name>/applied/<volume-id>
-                            {"generation": g}: that replica's refs equal generation g
+                            {"generation": g}: that replica's refs equal generation g.
+                            The create txn writes 0 for every replica; a replica
+                            with no key (being added) is never in sync. Written
+                            by a node only if the record is unchanged since it read it.
     <prefix minus "/">.refs/<owner>/<name>/log/<G:012d>/<chunk:03d>
                             zlib(JSON) of the ref changes of generation G, cut in
                             chunks of at most 512 KiB: a 10,000-ref push is one entry.
@@ -36,6 +39,11 @@ Replicated repositories (issue 8; docs/replication.md has the whole design):
 
 A push's vote is one txn: compare state mod_revision (and the repo record's)
 unchanged, then put state G+1, its log chunks and the primary's applied G+1.
+A repair or the seed of a repository becoming replicated is the same txn
+(whose entry moves every ref to one replica's value; the seed also puts the
+record). Every replica-set change compares the record's mod_revision; going
+back to factor 1 deletes `repl/<owner>/<name>/` and the repository's log
+(routing/replica_changes.py).
 
 Values are compact JSON objects. Decoders raise `SchemaError` on anything
 malformed so one bad key cannot take the routing cache down.
@@ -129,11 +137,18 @@ class Keys:
     def repl(self) -> str:
         return self.prefix + "repl/"
 
+    def repl_repo(self, name: RepoName) -> str:
+        """Every consensus key of one repository (state and applied/*)."""
+        return f"{self.repl}{name.path}/"
+
     def repl_state(self, name: RepoName) -> str:
-        return f"{self.repl}{name.path}/state"
+        return f"{self.repl_repo(name)}state"
+
+    def repl_applied_prefix(self, name: RepoName) -> str:
+        return f"{self.repl_repo(name)}applied/"
 
     def repl_applied(self, name: RepoName, volume_id: str) -> str:
-        return f"{self.repl}{name.path}/applied/{volume_id}"
+        return f"{self.repl_applied_prefix(name)}{volume_id}"
 
     @property
     def refs_root(self) -> str:
@@ -141,7 +156,7 @@ class Keys:
         return self.prefix.rstrip("/") + ".refs/"
 
     def refs_log(self, name: RepoName) -> str:
-        return f"{self.refs_root}{name.path}/log/"
+        return f"{self.refs_repo(name)}log/"
 
     def refs_log_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
         return f"{self.refs_log(name)}{generation:012d}/{chunk:03d}"

@@ -186,7 +186,7 @@ async def handle_api(state: EdgeState, reply: Reply, route: ApiRoute, info: Clie
     match route:
         case GetRepo(repo=name):
             user = None if admin else await http_user(state.cache, authorization)
-            record = await _readable(state, name, user, admin)
+            record = await readable_record(state, name, user, admin)
             volume = state.cache.volumes.get(record.volume_id)
             body: dict[str, Any] = {
                 "repo": name.path,
@@ -278,7 +278,9 @@ async def _signed_in(state: EdgeState, authorization: bytes | None, what: str) -
     return user
 
 
-async def _readable(state: EdgeState, name: RepoName, user: str | None, admin: bool) -> RepoRecord:
+async def readable_record(
+    state: EdgeState, name: RepoName, user: str | None, admin: bool
+) -> RepoRecord:
     if admin:
         try:
             return await state.cache.record(name)
