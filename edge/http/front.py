@@ -158,7 +158,12 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
     with routing_errors():
         # Reads and pushes of a replicated repository go to the in-sync replica
         # nearest this edge (any in-sync replica can be a push's primary).
-        location = await state.cache.resolve_read(route.repo, state.config.region)
+        location = await state.cache.resolve_read(
+            route.repo,
+            state.config.region,
+            wait=state.config.replica_read_wait,
+            push=route.service.writes,
+        )
     cfg = state.config
     result = await proxy_git(
         reply.client,
