@@ -124,6 +124,13 @@ class GitHttpServer:
         else:  # not a git URL (the edge's own /api/ routes among them)
             await conn.respond_text(404, "not found")
 
+    def _env(self, request: h11.Request) -> dict[str, str]:
+        """git's environment for one request: the client's checked GIT_PROTOCOL, and
+        for an edge's request on a user's behalf the hidden refs/gitedge/."""
+        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
+        user = git_proto.user_from_header(header(request, b"gitedge-user"))
+        return git_proto.on_behalf_of(self._store.env(git_protocol), user)
+
     async def _info_refs(self, conn: HttpConn, request: h11.Request, route: InfoRefs) -> None:
         repo_dir = self._store.existing(route.repo)
         if repo_dir is None:
@@ -137,7 +144,7 @@ class GitHttpServer:
         await serve_git(
             conn,
             git_proto.info_refs_argv(route.service, repo_dir),
-            env=self._store.env(git_protocol),
+            env=self._env(request),
             content_type=content_type,
             prefix=git_proto.advertisement_prefix(route.service, git_protocol),
         )
@@ -157,11 +164,10 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
-        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
         await serve_git(
             conn,
             git_proto.rpc_argv(route.service, repo_dir),
-            env=self._store.env(git_protocol),
+            env=self._env(request),
             content_type=git_proto.result_type(route.service),
             decoder=decoder,
         )

@@ -69,7 +69,15 @@ class ReplApi:
             log.info("%s: push refused: %s", call.name, exc)
             await conn.respond_text(409, str(exc))
             return
-        except (ApplyError, EtcdError, SchemaError, OSError) as exc:
+        except EtcdError as exc:
+            log.warning("%s: vote failed, etcd: %r", call.name, exc)
+            await conn.respond_text(
+                503,
+                "the consensus store is unreachable: pushes to replicated repositories are"
+                " refused until it is back; nothing was changed",
+            )
+            return
+        except (ApplyError, SchemaError, OSError) as exc:
             log.warning("%s: vote failed: %r", call.name, exc)
             await conn.respond_text(503, "the replica could not take part in the vote; try again")
             return

@@ -10,7 +10,7 @@ consensus (docs/replication.md, "Read path").
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +95,20 @@ def choose_read_replica(
         return far, index  # unknown links tie at inf: then record order, home first
 
     return min(in_sync, key=distance)[1]
+
+
+def regions_needed(sync_replicas: int, set_regions: Collection[Region]) -> int:
+    """How many regions a push's W copies must span: 2 where the set spans 2 or
+    more (and W >= 2), else what the set has. A region lost must not take every
+    acknowledged copy with it (issue 8: "in at least 2 regions")."""
+    return min(2, sync_replicas, len(set(set_regions)))
+
+
+def durable_enough(
+    primary: Region, acked: Collection[Region], sync_replicas: int, set_regions: Collection[Region]
+) -> bool:
+    """Whether the primary plus the peers that acked (their regions, one per ack)
+    make the W copies a push needs, in enough regions."""
+    copies = 1 + len(acked)
+    spanned = len({primary, *acked})
+    return copies >= sync_replicas and spanned >= regions_needed(sync_replicas, set_regions)

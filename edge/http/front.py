@@ -8,6 +8,7 @@ request is the exchange's answer alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import suppress
 
@@ -170,7 +171,7 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
         reply.exchange,
         route,
         location,
-        info,
+        dataclasses.replace(info, user=user),
         state.pool,
         Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
     )
