@@ -1,6 +1,7 @@
 """The node's replication endpoints, called by its own hooks and by peer nodes.
 
-    POST /_gitedge/repl/vote   {"git_dir", "updates", "quarantine", "push_id"}  (pre-receive)
+    POST /_gitedge/repl/vote   {"git_dir", "updates", "quarantine", "push_id", "user"}
+                                                                               (pre-receive)
     POST /_gitedge/repl/done   the same body                                   (post-receive)
     POST /_gitedge/repl/apply  {"name": "owner/name"}                          (a peer's primary)
 
@@ -96,4 +97,5 @@ class ReplApi:
             str(body.get("push_id", "")),
             tuple(RefUpdate.parse(str(line)) for line in updates if line),
             str(body.get("quarantine", "")),
+            str(body.get("user", "")),
         )

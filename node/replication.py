@@ -15,6 +15,7 @@ applied generation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class HookCall:
     push_id: str
     updates: tuple[cons.RefUpdate, ...]
     quarantine: str
+    user: str = ""
+    """The user an edge pushed for (GITEDGE_USER); empty for the node's own transfers."""
 
 
 class Replicator:
@@ -86,7 +89,15 @@ class Replicator:
 
     async def vote(self, call: HookCall) -> None:
         """Accept the push (return) or refuse it (PushRefused, its text for the pusher)."""
-        if all(u.ref.startswith(INCOMING) for u in call.updates):
+        if call.user:
+            # A user's push: git itself rejects its refs/gitedge/ updates ("deny
+            # updating a hidden ref", transfer.hideRefs, node/git_proto.on_behalf_of)
+            # but still lists them here; only the rest is voted on.
+            kept = tuple(u for u in call.updates if not u.ref.startswith(cons.INTERNAL_REFS))
+            if not kept:
+                return
+            call = dataclasses.replace(call, updates=kept)
+        elif all(u.ref.startswith(INCOMING) for u in call.updates):
             return  # a peer's transfer into the hidden namespace: objects only
         record, record_rev = await self._record(call.name)
         if not record.replicated:
