@@ -31,6 +31,12 @@ import trustme
 
 from devnet.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
 from plumbing.sshkeys import load_or_create_key, public_key_line
+from routing.regions import RttTable, parse_rtt_table
+
+DEVNET_RTT = parse_rtt_table({"fra": {"lax": 140, "syd": 260}, "lax": {"syd": 150}})
+"""The round trips every devnet edge is configured with (`[regions.rtt]`): Frankfurt,
+Los Angeles and Sydney's real ones, roughly; twice the one-way delays the regions
+benchmark emulates (configs/regions.toml)."""
 
 
 @dataclass
@@ -224,6 +230,7 @@ class Devnet:
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
+        rtt: RttTable = DEVNET_RTT,
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
 
@@ -231,6 +238,7 @@ class Devnet:
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
         (the regions benchmark reaches etcd through a latency relay).
         `require_tls` is its `[nodes] require_tls` (None: the edge's default).
+        `rtt` is its `[regions.rtt]`, which ranks in-sync replicas for reads.
         """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
@@ -259,6 +267,7 @@ class Devnet:
             f"require_tls = {_toml(require_tls)}" if require_tls else "",
             "[etcd]",
             f"endpoints = {_toml(etcd_endpoints or [self.etcd.url])}",
+            rtt.to_toml() if rtt.links else "",
             extra,
             "",
         ]

@@ -95,7 +95,7 @@ async def run_edge(
 ) -> None:
     keys = Keys(config.etcd_prefix)
     async with EtcdClient(config.etcd_endpoints) as etcd:
-        cache = RoutingCache(keys, etcd)
+        cache = RoutingCache(keys, etcd, rtt=config.rtt)
         dial = config.dial_overrides()
         pool = NodePool(
             config.node_connect_timeout,
@@ -170,7 +170,13 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
         # takes longer than this means a node in trouble (as a connect does).
         nodes = NodeSessions(state.pool, head_timeout=2 * config.node_connect_timeout)
         front = SshFront(
-            config.ssh, state.cache, nodes, state.requests, sessions, region=config.region
+            config.ssh,
+            state.cache,
+            nodes,
+            state.requests,
+            sessions,
+            region=config.region,
+            read_wait=config.replica_read_wait,
         )
         state.ssh_front = front
         try:

@@ -13,15 +13,18 @@ from contextlib import contextmanager
 
 from edge.errors import (
     AuthRequired,
+    ConsensusUnavailable,
     Forbidden,
     NodeUnavailable,
+    NoReplicaInSync,
     RepoNotFound,
     RoutingUnavailable,
 )
 from edge.proto.basic_auth import hash_secret, parse_basic, parse_bearer, split_token
+from routing import errors
 from routing.access import can_read, can_write
 from routing.cache import RoutingCache
-from routing.errors import NotFound, StoreUnavailable, Unroutable
+from routing.errors import NotFound, StoreUnavailable
 from routing.model import RepoName, RepoRecord
 
 
@@ -106,9 +109,13 @@ def routing_errors() -> Iterator[None]:
     """Cache outcomes in their wire form."""
     try:
         yield
-    except NotFound as exc:
+    except errors.NotFound as exc:
         raise RepoNotFound(str(exc)) from None
-    except StoreUnavailable as exc:
+    except errors.StoreUnavailable as exc:
         raise RoutingUnavailable(str(exc)) from None
-    except Unroutable as exc:
+    except errors.NoReplicaInSync as exc:
+        raise NoReplicaInSync(str(exc)) from None
+    except errors.ConsensusUnavailable as exc:
+        raise ConsensusUnavailable(str(exc)) from None
+    except errors.Unroutable as exc:
         raise NodeUnavailable(str(exc)) from None

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from plumbing.sshkeys import KeyFileError, load_or_create_key
 from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, Region, parse_region
+from routing.regions import RttTable, RttTableError, parse_rtt_table
 from routing.schema import DEFAULT_PREFIX
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -118,6 +119,11 @@ class EdgeConfig:
     fallback_region: Region | None = None
     default_replicas: int = 1
     """`[edge] default_replicas`: the replication factor of a create that names none."""
+    replica_read_wait: float = 3.0
+    """`[edge] replica_read_wait`: how long a read of a replicated repository with no
+    replica in sync waits for one to catch up before it fails (503 / SSH exit 75)."""
+    rtt: RttTable = field(default_factory=RttTable)
+    """`[regions.rtt]`: round trips between regions, which rank in-sync replicas for reads."""
     node_admin_secret: str = ""
     node_connect_timeout: float = 3.0
     node_idle_timeout: float = 30.0
@@ -150,7 +156,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
     root = Table.load(path)
     edge, etcd, nodes = root.table("edge"), root.table("etcd"), root.table("nodes")
     limits, https, http = root.table("limits"), root.table("https"), root.table("http")
-    ssh = root.table("ssh")
+    ssh, regions = root.table("ssh"), root.table("regions")
 
     def region(table: Table, key: str, default: str | None = None) -> Region:
         try:
@@ -189,6 +195,8 @@ def load_edge_config(path: Path) -> EdgeConfig:
         trusted_proxies=edge.networks("trusted_proxies", ["127.0.0.0/8", "::1/128"]),
         fallback_region=fallback,
         default_replicas=edge.int("default_replicas", 1, 1, 9),
+        replica_read_wait=edge.float("replica_read_wait", 3.0, 0, 60),
+        rtt=_rtt(regions),
         node_admin_secret=nodes.secret("admin_secret"),
         node_connect_timeout=nodes.float("connect_timeout", 3.0, 0.1, 60),
         node_idle_timeout=nodes.float("idle_timeout", 30.0, 1, 3600),
@@ -210,9 +218,19 @@ def load_edge_config(path: Path) -> EdgeConfig:
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
-    for table in (root, edge, etcd, nodes, limits, https, http, ssh):
+    for table in (root, edge, etcd, nodes, limits, https, http, ssh, regions):
         table.check_unknown()
     return config
+
+
+def _rtt(regions: Table) -> RttTable:
+    """`[regions.rtt]`: `fra.lax = 140` (ms), each link once (routing/regions.py)."""
+    if not regions.has("rtt"):
+        return RttTable()
+    try:
+        return parse_rtt_table(regions.table("rtt").entries())
+    except RttTableError as exc:
+        raise regions.error("rtt", str(exc)) from None
 
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -11,6 +11,8 @@ class EdgeError(Exception):
     http_status = 500
     public_message = "internal error"
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    ssh_exit_status = 1
+    """The exit status an SSH client gets with `ssh_message` (git shows neither's cause)."""
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail or self.public_message)
@@ -84,6 +86,28 @@ class NoCapacity(EdgeError):
 class NodeUnavailable(EdgeError):
     http_status = 503
     public_message = "repository temporarily unavailable, try again later"
+
+
+class NoReplicaInSync(EdgeError):
+    """No replica of a replicated repository is at its latest push, even after the wait."""
+
+    http_status = 503
+    public_message = (
+        "no replica of this repository is in sync with its latest push yet; try again in a moment"
+    )
+    headers = ((b"retry-after", b"5"),)
+    ssh_exit_status = 75  # EX_TEMPFAIL (sysexits.h): try again later
+
+
+class ConsensusUnavailable(EdgeError):
+    """A push to a replicated repository while etcd (the consensus) is unreachable."""
+
+    http_status = 503
+    public_message = (
+        "the consensus store is unreachable: pushes to replicated repositories are refused"
+        " until it is back (reads still work); nothing was changed"
+    )
+    ssh_exit_status = 75
 
 
 class RoutingUnavailable(EdgeError):

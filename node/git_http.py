@@ -135,6 +135,13 @@ class GitHttpServer:
             return argv
         return [argv[0], "-c", f"core.hooksPath={self._store.transfer_hooks}", *argv[1:]]
 
+    def _env(self, request: h11.Request) -> dict[str, str]:
+        """git's environment for one request: the client's checked GIT_PROTOCOL, and
+        for an edge's request on a user's behalf the hidden refs/gitedge/."""
+        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
+        user = git_proto.user_from_header(header(request, b"gitedge-user"))
+        return git_proto.on_behalf_of(self._store.env(git_protocol), user)
+
     async def _info_refs(
         self, conn: HttpConn, request: h11.Request, route: InfoRefs, transfer: bool = False
     ) -> None:
@@ -150,7 +157,7 @@ class GitHttpServer:
         await serve_git(
             conn,
             self._argv(git_proto.info_refs_argv(route.service, repo_dir), transfer),
-            env=self._store.env(git_protocol),
+            env=self._env(request),
             content_type=content_type,
             prefix=git_proto.advertisement_prefix(route.service, git_protocol),
         )
@@ -172,11 +179,10 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
-        git_protocol = accept_git_protocol(header(request, b"git-protocol"))
         await serve_git(
             conn,
             self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),
-            env=self._store.env(git_protocol),
+            env=self._env(request),
             content_type=git_proto.result_type(route.service),
             decoder=decoder,
         )

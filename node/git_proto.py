@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from gitproto.protocol import CHUNK, Service, wants_v2
+from routing.model import InvalidRepoName, parse_user_name
 
 MAX_STDERR = 64 * 1024
 
@@ -93,6 +94,41 @@ def child_env(base: Mapping[str, str], home: Path, git_protocol: str | None) -> 
     if git_protocol:
         env["GIT_PROTOCOL"] = git_protocol
     return env
+
+
+HIDDEN_REFS = "refs/gitedge/"
+"""The node's own refs (replication's objects in flight): no user sees or moves them."""
+
+
+def user_from_header(raw: bytes | None) -> str | None:
+    """The `gitedge-user` an edge sends with a request made on a user's behalf."""
+    if raw is None:
+        return None
+    try:
+        return parse_user_name(raw.decode("ascii"))
+    except (UnicodeDecodeError, InvalidRepoName):
+        return None
+
+
+def on_behalf_of(env: Mapping[str, str], user: str | None) -> dict[str, str]:
+    """`env` for git serving a user through an edge: GITEDGE_USER for hooks, and
+    refs/gitedge/ hidden (`transfer.hideRefs`): not advertised, and receive-pack
+    rejects any update of it with git's own "deny updating a hidden ref", before
+    the pre-receive vote sees the push. The node's own transfers between replicas
+    carry no user, so they still write there (node/replication.py).
+
+    As config in the environment (GIT_CONFIG_COUNT, git >= 2.31), appended to
+    any already there.
+    """
+    out = dict(env)
+    if user is None:
+        return out
+    out["GITEDGE_USER"] = user
+    index = int(out.get("GIT_CONFIG_COUNT", "0"))
+    out[f"GIT_CONFIG_KEY_{index}"] = "transfer.hideRefs"
+    out[f"GIT_CONFIG_VALUE_{index}"] = HIDDEN_REFS
+    out["GIT_CONFIG_COUNT"] = str(index + 1)
+    return out
 
 
 class BodyDecoder:

@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
             "updates": sys.stdin.read().splitlines(),
             "quarantine": os.environ.get("GIT_QUARANTINE_PATH", ""),
             "push_id": str(os.getppid()),  # receive-pack: the same for both hooks of a push
+            # Set by the node for a push through an edge on a user's behalf only.
+            "user": os.environ.get("GITEDGE_USER", ""),
         }
     ).encode()
     action = "vote" if hook == "pre-receive" else "done"

@@ -1,6 +1,7 @@
 """The node's replication endpoints, called by its own hooks, peer nodes and edges.
 
-    POST /_gitedge/repl/vote    {"git_dir", "updates", "quarantine", "push_id"}  (pre-receive)
+    POST /_gitedge/repl/vote    {"git_dir", "updates", "quarantine", "push_id", "user"}
+                                                                       (pre-receive)
     POST /_gitedge/repl/done    the same body                                   (post-receive)
     POST /_gitedge/repl/apply   {"name": "owner/name"}        -> {"generation"}  (a peer, an edge)
     POST /_gitedge/repl/seed    {"name", "add": volume, "sync_replicas": W} -> {"generation"}
@@ -88,7 +89,15 @@ class ReplApi:
             log.info("%s: push refused: %s", call.name, exc)
             await conn.respond_text(409, str(exc))
             return
-        except (ApplyError, EtcdError, SchemaError, OSError) as exc:
+        except EtcdError as exc:
+            log.warning("%s: vote failed, etcd: %r", call.name, exc)
+            await conn.respond_text(
+                503,
+                "the consensus store is unreachable: pushes to replicated repositories are"
+                " refused until it is back; nothing was changed",
+            )
+            return
+        except (ApplyError, SchemaError, OSError) as exc:
             log.warning("%s: vote failed: %r", call.name, exc)
             await conn.respond_text(503, "the replica could not take part in the vote; try again")
             return
@@ -143,4 +152,5 @@ class ReplApi:
             str(body.get("push_id", "")),
             tuple(RefUpdate.parse(str(line)) for line in updates if line),
             str(body.get("quarantine", "")),
+            str(body.get("user", "")),
         )

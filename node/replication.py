@@ -15,6 +15,7 @@ applied generation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from routing import consensus as cons
 from routing import etcd_codec as codec
 from routing import snapshots
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
-from routing.model import NodeRecord, RepoName, RepoRecord, VolumeId
+from routing.model import NodeRecord, Region, RepoName, RepoRecord, VolumeId
+from routing.replicas import durable_enough, regions_needed
 from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_volume
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class HookCall:
     push_id: str
     updates: tuple[cons.RefUpdate, ...]
     quarantine: str
+    user: str = ""
+    """The user an edge pushed for (GITEDGE_USER); empty for the node's own transfers."""
 
 
 class Replicator:
@@ -109,7 +113,15 @@ class Replicator:
         hooks still installed (during and after a move) is not voted, but its
         push holds the lock too, so a seed never reads refs a push is changing.
         """
-        if all(u.ref.startswith(INCOMING) for u in call.updates):
+        if call.user:
+            # A user's push: git itself rejects its refs/gitedge/ updates ("deny
+            # updating a hidden ref", transfer.hideRefs, node/git_proto.on_behalf_of)
+            # but still lists them here; only the rest is voted on.
+            kept = tuple(u for u in call.updates if not u.ref.startswith(cons.INTERNAL_REFS))
+            if not kept:
+                return
+            call = dataclasses.replace(call, updates=kept)
+        elif all(u.ref.startswith(INCOMING) for u in call.updates):
             return  # a peer's transfer into the hidden namespace: objects only
         lock = self.lock(call.name)
         with trio.fail_after(HOLD_TIMEOUT):
@@ -245,44 +257,66 @@ class Replicator:
     # -- transfer ------------------------------------------------------------------
 
     async def _transfer(self, call: HookCall, record: RepoRecord, txid: str) -> None:
-        """The push's new objects onto W-1 other replicas, or PushRefused."""
-        need = record.sync_replicas - 1
-        peers = [v for v in record.replica_volumes if v != self._volume_id]
-        nodes = [n for n in [await self.live_node(v) for v in peers] if n is not None]
-        if len(nodes) < need:
+        """The push's new objects onto W-1 other replicas, or PushRefused.
+
+        The W copies (this one and W-1 acks) must span 2 regions where the
+        replica set does (`routing.replicas.durable_enough`): an ack from this
+        region's other replica alone is not enough while another region's
+        replica has not acked.
+        """
+        copies = record.sync_replicas
+        places = {v: await self._place(v) for v in record.replica_volumes}
+        set_regions = [region for region, _ in places.values() if region is not None]
+        here = places.get(self._volume_id, (None, None))[0] or Region("")
+        peers = {
+            volume: (region, node)
+            for volume, (region, node) in places.items()
+            if volume != self._volume_id and region is not None and node is not None
+        }
+        up = [r for r, _ in peers.values()]
+        if len(up) + 1 < copies:
             raise cons.PushRefused(
-                f"only {len(nodes) + 1} of the {record.sync_replicas} replicas this push must"
-                " reach are up; nothing was changed, try again later"
+                f"only {len(up) + 1} of the {copies} replicas this push must reach are up;"
+                " nothing was changed, try again later"
+            )
+        if not durable_enough(here, up, copies, set_regions):
+            raise cons.PushRefused(
+                f"this push must reach replicas in {regions_needed(copies, set_regions)}"
+                f" regions and no replica outside {here} is up; nothing was changed,"
+                " try again later"
             )
         oids = sorted({u.new for u in call.updates if u.new != cons.ZERO_OID})
-        if need <= 0 or not oids:
+        if copies <= 1 or not oids:
             return
-        acked = 0
+        acked: list[Region] = []
+        pending = dict(peers)
         failures: list[str] = []
-        enough = trio.Event()
+        settled = trio.Event()
 
-        async def one(node: NodeRecord) -> None:
-            nonlocal acked
+        async def one(volume: VolumeId, region: Region, node: NodeRecord) -> None:
             try:
                 await self._push_objects(call, node, txid, oids)
             except (OSError, trio.TooSlowError, GitFailed, PeerTlsError) as exc:
                 failures.append(f"{node.node_id}: {exc}")
             else:
-                acked += 1
-                if acked >= need:
-                    enough.set()
-            if len(failures) > len(nodes) - need:
-                enough.set()  # quorum can no longer be reached
+                acked.append(region)
+            del pending[volume]
+            still = [r for r, _ in pending.values()]
+            if durable_enough(here, acked, copies, set_regions) or not durable_enough(
+                here, acked + still, copies, set_regions
+            ):
+                settled.set()  # enough, or it can no longer be
 
         async with trio.open_nursery() as nursery:
-            for node in nodes:
-                nursery.start_soon(one, node)
-            await enough.wait()
+            for volume, (region, node) in peers.items():
+                nursery.start_soon(one, volume, region, node)
+            await settled.wait()
             nursery.cancel_scope.cancel()  # a straggler catches up after the vote
-        if acked < need:
+        if not durable_enough(here, acked, copies, set_regions):
             log.warning("%s: transfer failed: %s", call.name, "; ".join(failures))
             raise cons.PushRefused(
-                f"the push reached {acked + 1} of {record.sync_replicas} replicas;"
+                f"the push reached {len(acked) + 1} replicas in {len({here, *acked})} regions,"
+                f" not the {copies} in {regions_needed(copies, set_regions)} regions it needs;"
                 " nothing was changed, try again later"
             )
 
@@ -482,14 +516,20 @@ class Replicator:
         return cons.ConsensusState() if kv is None else cons.decode_state(kv.value, kv.mod_revision)
 
     async def live_node(self, volume_id: VolumeId) -> NodeRecord | None:
+        return (await self._place(volume_id))[1]
+
+    async def _place(self, volume_id: VolumeId) -> tuple[Region | None, NodeRecord | None]:
+        """The volume's region (None: no such volume) and its live node (None: down)."""
         kv = await self._etcd.get(self._keys.volume(volume_id))
         if kv is None:
-            return None
-        node_kv = await self._etcd.get(self._keys.node(decode_volume(kv.value).node_id))
+            return None, None
+        volume = decode_volume(kv.value)
+        node_kv = await self._etcd.get(self._keys.node(volume.node_id))
         if node_kv is None:
-            return None
+            return volume.region, None
         node = decode_node(node_kv.value)
-        return node if any(v.volume_id == volume_id for v in node.volumes) else None
+        serves = any(v.volume_id == volume_id for v in node.volumes)
+        return volume.region, node if serves else None
 
     async def local_refs(self, git_dir: Path) -> dict[str, str]:
         refs = await list_refs(self._store.env(), git_dir, "refs/")

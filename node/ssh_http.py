@@ -37,12 +37,11 @@ from gitproto.ssh_frame import (
     encode_stderr,
     frame_header,
 )
-from node.git_proto import PathScrubber, StderrTail, session_argv
+from node.git_proto import PathScrubber, StderrTail, on_behalf_of, session_argv, user_from_header
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
 from plumbing.tcp import enable_keepalive
-from routing.model import InvalidRepoName, parse_user_name
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +70,15 @@ class SshSessions:
         as a user it vouches for."""
         _detect_dead_peer(conn.stream)
         repo_dir = self._store.existing(route.repo)
-        user = _user_name(header(request, b"gitedge-user"))
+        user = user_from_header(header(request, b"gitedge-user"))
         what = f"ssh {route.service} {route.repo} for {user or '-'}"
         if repo_dir is None:
             log.info("%s: no such repository here", what)
             await _respond_frames(conn, encode_stderr(NOT_FOUND) + encode_exit(NOT_FOUND_STATUS))
         else:
-            env = self._store.env(accept_git_protocol(header(request, b"git-protocol")))
-            if user is not None:
-                env["GITEDGE_USER"] = user
+            env = on_behalf_of(
+                self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
+            )
             await run_session(
                 conn, session_argv(route.service, repo_dir), env, self._store.root, what
             )
@@ -133,15 +132,6 @@ def _detect_dead_peer(stream: trio.abc.Stream) -> None:
     if not isinstance(stream, trio.SocketStream):
         return  # TLS wraps a socket stream of its own: its owner sets this
     enable_keepalive(stream)
-
-
-def _user_name(raw: bytes | None) -> str | None:
-    if raw is None:
-        return None
-    try:
-        return parse_user_name(raw.decode("ascii"))
-    except (UnicodeDecodeError, InvalidRepoName):
-        return None
 
 
 class _Session:

@@ -55,6 +55,11 @@ class Table:
             raise self.error(key, "must be a table")
         return Table(value, f"{self._where}: [{key}]")
 
+    def entries(self) -> dict[_Str, Any]:
+        """Every key and its raw value, all counted as read: for tables whose keys are data."""
+        self._seen.update(self._data)
+        return dict(self._data)
+
     def has(self, key: _Str) -> _Bool:
         return key in self._data
 

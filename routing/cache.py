@@ -24,7 +24,13 @@ from typing import Any, Final, TypeVar
 import trio
 
 from routing.consensus import ConsensusState, decode_applied, decode_state
-from routing.errors import NotFound, StoreUnavailable, Unroutable
+from routing.errors import (
+    ConsensusUnavailable,
+    NoReplicaInSync,
+    NotFound,
+    StoreUnavailable,
+    Unroutable,
+)
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
     KeyRecord,
@@ -40,6 +46,7 @@ from routing.model import (
     VolumeRecord,
 )
 from routing.placement import choose_replicas, choose_volume
+from routing.regions import RttTable
 from routing.replicas import ReplicaStatus, choose_read_replica, replica_statuses
 from routing.schema import (
     Keys,
@@ -87,8 +94,9 @@ class TokenBucket:
 
 
 class RoutingCache:
-    def __init__(self, keys: Keys, etcd: EtcdClient) -> None:
+    def __init__(self, keys: Keys, etcd: EtcdClient, *, rtt: RttTable | None = None) -> None:
         self.keys: Final = keys
+        self._rtt = rtt or RttTable()
         self._etcd = etcd
         self._repos: dict[RepoName, RepoRecord] = {}
         self._volumes: dict[VolumeId, VolumeRecord] = {}
@@ -111,7 +119,11 @@ class RoutingCache:
         self.tokens: Final[Mapping[str, TokenRecord]] = MappingProxyType(self._tokens)
         self.stats: Final = CacheStats()
         self._synced = False
+        self._ever_synced = False
         self._revision = 0
+        # Set (and replaced) on every change the mirror applies: what a read
+        # waiting for a replica to catch up sleeps on (no polling).
+        self._changed = trio.Event()
         self._miss_budget = TokenBucket(MISS_READS_PER_S, MISS_READ_BURST)
 
     @property
@@ -134,6 +146,7 @@ class RoutingCache:
             self._put(kv.key, kv.value)
         self._revision = revision
         self.stats.resets += 1
+        self._notify_changed()
 
     def apply(self, events: list[WatchEvent], revision: int) -> None:
         for event in events:
@@ -143,10 +156,34 @@ class RoutingCache:
                 self._delete(event.kv.key)
         self._revision = max(self._revision, revision)
         self.stats.events += len(events)
+        self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def set_synced(self, synced: bool) -> None:
-        if synced != self._synced:
-            log.info("routing cache %s", "in sync" if synced else "OUT OF SYNC (watch down)")
+        """The mirror's watch is up (True) or down; one log line per transition.
+
+        Losing it after a first sync is the edge's degraded mode (etcd without
+        quorum or unreachable): reads go on from what is mirrored here, pushes
+        to replicated repositories are refused (`DEGRADED`, then `RECOVERED`).
+        """
+        if synced == self._synced:
+            return
+        if synced and not self._ever_synced:
+            log.info("routing cache in sync")
+        elif synced:
+            log.warning(
+                "edge RECOVERED: etcd reachable again; pushes to replicated repositories"
+                " are accepted again"
+            )
+        else:
+            log.warning(
+                "edge DEGRADED: etcd unreachable (watch down); reads are served from the"
+                " replicas last known in sync, pushes to replicated repositories are refused"
+            )
+        self._ever_synced = self._ever_synced or synced
         self._synced = synced
 
     def _put(self, key: str, value: bytes) -> None:
@@ -347,20 +384,36 @@ class RoutingCache:
             self._nodes,
         )
 
-    async def resolve_read(self, name: RepoName, region: Region) -> RepoLocation:
-        """Where to send a clone, fetch or ls-remote from a client in `region`.
+    async def resolve_read(
+        self, name: RepoName, region: Region, *, wait: float = 0.0, push: bool = False
+    ) -> RepoLocation:
+        """Where to send a clone, fetch, ls-remote (or push) from a client in `region`.
 
-        Unreplicated: the home, as `resolve`. Replicated: the nearest replica
-        whose applied generation equals the consensus; none: Unroutable.
+        Unreplicated: the home, as `resolve`. Replicated: the in-sync replica
+        nearest `region` (routing/replicas.py). With none in sync, wait up to
+        `wait` seconds for one, woken by each change the watch applies; then
+        NoReplicaInSync. Never a replica behind the consensus.
+
+        A `push` to a replicated repository needs etcd for its vote: while the
+        watch is down (etcd unreachable or without quorum) it is refused here at
+        once (ConsensusUnavailable) rather than after the node's etcd timeouts.
         """
         record = await self.record(name)
         if not record.replicated:
             return self._home(record)
-        chosen = choose_read_replica(self.replica_statuses(record), region)
-        if chosen is None or chosen.node is None or chosen.region is None:
-            raise Unroutable(f"{name}: no replica is in sync with the consensus")
-        node = chosen.node
-        return RepoLocation(name, chosen.region, chosen.volume_id, node.node_id, node.http_url)
+        if push and not self._synced:
+            raise ConsensusUnavailable(f"{name}: push while the etcd watch is down")
+        with trio.move_on_after(wait):
+            while True:
+                record = self._repos.get(name, record)
+                chosen = choose_read_replica(self.replica_statuses(record), region, self._rtt)
+                if chosen is not None and chosen.node is not None and chosen.region is not None:
+                    node = chosen.node
+                    return RepoLocation(
+                        name, chosen.region, chosen.volume_id, node.node_id, node.http_url
+                    )
+                await self._changed.wait()
+        raise NoReplicaInSync(f"{name}: no replica in sync with the consensus within {wait}s")
 
     def place(self, region: Region, fallback: Region | None) -> tuple[VolumeRecord, NodeRecord]:
         """A live volume for a new repository (raises PlacementError)."""

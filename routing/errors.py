@@ -16,6 +16,15 @@ class Unroutable(Exception):
     """The repository exists but its volume's node is not live."""
 
 
+class NoReplicaInSync(Unroutable):
+    """A replicated repository none of whose live replicas is at the consensus
+    generation, after the bounded wait for one to catch up."""
+
+
+class ConsensusUnavailable(Exception):
+    """A push to a replicated repository while this edge cannot reach etcd."""
+
+
 class StoreUnavailable(Exception):
     """etcd could not be reached to check a miss or to make a write."""
 

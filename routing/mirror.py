@@ -153,7 +153,11 @@ async def mirror_prefix(
         except EtcdUnavailable as exc:
             state.set_synced(False)
             delay = state.backoff.next_delay()
-            log.warning("mirror of %s: etcd unavailable (%s); retry in %.2fs", prefix, exc, delay)
+            # The cache logs the outage once (DEGRADED); each retry after the first is detail.
+            level = logging.WARNING if state.backoff.failures == 1 else logging.DEBUG
+            log.log(
+                level, "mirror of %s: etcd unavailable (%s); retry in %.2fs", prefix, exc, delay
+            )
             await trio.sleep(delay)
         except EtcdError as exc:
             # Something this client cannot follow (e.g. an oversized message): start

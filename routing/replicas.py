@@ -11,11 +11,13 @@ a replica behind the consensus (docs/replication.md, "Read path").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from routing.model import NodeId, NodeRecord, Region, RepoRecord, VolumeId, VolumeRecord
+from routing.regions import RttTable
 
 IN_SYNC, CATCHING_UP, DOWN = "in-sync", "catching-up", "down"
 
@@ -74,13 +76,41 @@ def replica_statuses(
     return statuses
 
 
-def choose_read_replica(statuses: list[ReplicaStatus], region: Region) -> ReplicaStatus | None:
-    """The in-sync replica nearest `region`: in it, else the home, else the first listed.
+def choose_read_replica(
+    statuses: list[ReplicaStatus], region: Region, rtt: RttTable | None = None
+) -> ReplicaStatus | None:
+    """The in-sync replica nearest `region`; None when no replica is in sync.
 
-    Distance is region equality for now; the RTT table is designed, not built.
+    In `region` itself, else the nearest by the RTT table, else the home (the
+    record lists it first), else the first listed. Deterministic: the same
+    statuses give the same replica, so the requests of one smart-HTTP exchange
+    go to one replica while nothing changes (docs/replication.md, "Read path").
     """
-    in_sync = [s for s in statuses if s.state == IN_SYNC]
-    for status in in_sync:
-        if status.region == region:
-            return status
-    return in_sync[0] if in_sync else None
+    table = rtt or RttTable()
+    in_sync = [(index, s) for index, s in enumerate(statuses) if s.state == IN_SYNC]
+    if not in_sync:
+        return None
+
+    def distance(item: tuple[int, ReplicaStatus]) -> tuple[float, int]:
+        index, status = item
+        far = math.inf if status.region is None else table.rtt_ms(region, status.region)
+        return far, index  # unknown links tie at inf: then record order, home first
+
+    return min(in_sync, key=distance)[1]
+
+
+def regions_needed(sync_replicas: int, set_regions: Collection[Region]) -> int:
+    """How many regions a push's W copies must span: 2 where the set spans 2 or
+    more (and W >= 2), else what the set has. A region lost must not take every
+    acknowledged copy with it (issue 8: "in at least 2 regions")."""
+    return min(2, sync_replicas, len(set(set_regions)))
+
+
+def durable_enough(
+    primary: Region, acked: Collection[Region], sync_replicas: int, set_regions: Collection[Region]
+) -> bool:
+    """Whether the primary plus the peers that acked (their regions, one per ack)
+    make the W copies a push needs, in enough regions."""
+    copies = 1 + len(acked)
+    spanned = len({primary, *acked})
+    return copies >= sync_replicas and spanned >= regions_needed(sync_replicas, set_regions)

@@ -11,6 +11,7 @@ import pytest
 
 from edge.config import load_edge_config
 from node.config import load_node_config
+from routing.model import Region
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -36,6 +37,8 @@ def test_edge_dev_config_loads(dev_dir: Path) -> None:
     assert config.region == "fra"
     assert config.https is not None and config.https.port == 8443
     assert config.admin_token == "secret-or-pem"
+    assert config.rtt.rtt_ms(Region("syd"), Region("fra")) == 260
+    assert config.replica_read_wait == 3.0
 
 
 def test_node_dev_config_loads(dev_dir: Path) -> None:

@@ -8,6 +8,7 @@ request is the exchange's answer alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from contextlib import suppress
 
@@ -162,14 +163,19 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
     with routing_errors():
         # Reads and pushes of a replicated repository go to the in-sync replica
         # nearest this edge (any in-sync replica can be a push's primary).
-        location = await state.cache.resolve_read(route.repo, state.config.region)
+        location = await state.cache.resolve_read(
+            route.repo,
+            state.config.region,
+            wait=state.config.replica_read_wait,
+            push=route.service.writes,
+        )
     cfg = state.config
     result = await proxy_git(
         reply.client,
         reply.exchange,
         route,
         location,
-        info,
+        dataclasses.replace(info, user=user),
         state.pool,
         Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
     )

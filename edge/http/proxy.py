@@ -57,6 +57,10 @@ class ClientInfo:
     peer_ip: str
     scheme: str
     trusted_proxy: bool
+    user: str | None = None
+    """The authenticated user of this request: sent to the node as `gitedge-user`,
+    which marks a request made on a user's behalf (the node then hides and refuses
+    refs/gitedge/); anonymous reads send none."""
 
 
 @dataclass
@@ -107,6 +111,8 @@ def build_node_request(
             lines.append(name + b": " + value)
         elif name == b"x-forwarded-for" and client.trusted_proxy:
             forwarded_for = value + b", " + forwarded_for
+    if client.user is not None:
+        lines.append(b"gitedge-user: " + client.user.encode())
     host = head.header(b"host") or b""
     lines += [
         b"x-forwarded-for: " + forwarded_for,

@@ -75,11 +75,13 @@ class SshFront:
         sessions: trio.Nursery,
         *,
         region: Region,
+        read_wait: float = 0.0,
     ) -> None:
         self._config = config
         # A replicated repository is served by its in-sync replica nearest this
         # edge's region (`RoutingCache.resolve_read`), as on the HTTPS front.
         self._region = region
+        self._read_wait = read_wait
         self._cache = cache
         self._nodes = nodes
         self._requests = requests
@@ -187,12 +189,13 @@ class SshFront:
                 self._idle.set()
 
     async def route(self, command: GitCommand, user: str) -> NodeRecord:
-        with _lookup_deadline():
-            await authorize(
-                self._cache, command.repo, user, write=command.service.writes, anonymous_401=False
-            )
+        writes = command.service.writes
+        with _lookup_deadline(LOOKUP_TIMEOUT + self._read_wait):
+            await authorize(self._cache, command.repo, user, write=writes, anonymous_401=False)
             with routing_errors():
-                location = await self._cache.resolve_read(command.repo, self._region)
+                location = await self._cache.resolve_read(
+                    command.repo, self._region, wait=self._read_wait, push=writes
+                )
         node = self._cache.nodes.get(location.node_id)
         if node is None:
             raise NodeUnavailable(f"{location.node_id}: not registered")
@@ -205,12 +208,12 @@ class SshFront:
 
 
 @contextlib.contextmanager
-def _lookup_deadline() -> Iterator[None]:
+def _lookup_deadline(seconds: float) -> Iterator[None]:
     try:
-        with trio.fail_after(LOOKUP_TIMEOUT):
+        with trio.fail_after(seconds):
             yield
     except trio.TooSlowError:
-        raise RoutingUnavailable(f"lookup took over {LOOKUP_TIMEOUT}s") from None
+        raise RoutingUnavailable(f"lookup took over {seconds}s") from None
 
 
 class _ClientConnection(asyncssh.SSHServer):

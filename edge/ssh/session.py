@@ -160,7 +160,7 @@ class GitSession:
             # Access, routing, or no connection to the node: nothing ran.
             outcome.refused = True
             outcome.note = exc.detail
-            self._finish(exc.ssh_message, 1)
+            self._finish(exc.ssh_message, exc.ssh_exit_status)
         except NodeLost as exc:
             outcome.note = f"node lost: {exc}"
             self._finish(NodeUnavailable().ssh_message, 1)

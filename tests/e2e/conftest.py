@@ -7,6 +7,7 @@ when the module ends.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import ssl
 import subprocess
@@ -171,6 +172,29 @@ def gitedge(
         text=True,
         timeout=60,
     )
+
+
+def ssh_git_command(net: Devnet, key_dir: Path, user: str = "alice") -> str:
+    """GIT_SSH_COMMAND for stock OpenSSH with a new key of `user`'s (added through
+    the API), the edges' host key pinned."""
+    key = key_dir / "id_ed25519"
+    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", user, "-f", str(key)]
+    subprocess.run(keygen, check=True)
+    added = httpx.post(
+        f"{net.edge.https_url}/api/user/keys",
+        json={"title": "laptop", "key": key.with_suffix(".pub").read_text()},
+        auth=(user, net.user_token(user)),
+        verify=tls(net),
+        timeout=30,
+    )
+    assert added.status_code == 201, added.text
+    return shlex.join(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", f"UserKnownHostsFile={net.known_hosts}",
+        ]
+    )  # fmt: skip
 
 
 def poll(deadline_s: float, check: Callable[[], T | None], what: str = "the condition") -> T:

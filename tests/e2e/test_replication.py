@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shlex
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 from devnet.network import Devnet, EdgeHandle, start_devnet
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, gitedge, poll, repo_url, tls
+from tests.e2e.conftest import Git, gitedge, poll, repo_url, ssh_git_command, tls
 
 REGIONS = ("fra", "lax", "syd")
 
@@ -298,25 +296,7 @@ def lax_state(net: Devnet, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def alice_ssh(net3: Devnet, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """GIT_SSH_COMMAND for stock OpenSSH with a key of alice's, the edges' host key pinned."""
-    key = tmp_path_factory.mktemp("alice-ssh") / "id_ed25519"
-    keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f", str(key)]
-    subprocess.run(keygen, check=True)
-    added = httpx.post(
-        f"{net3.edge.https_url}/api/user/keys",
-        json={"title": "laptop", "key": key.with_suffix(".pub").read_text()},
-        auth=("alice", net3.user_token("alice")),
-        verify=tls(net3),
-        timeout=30,
-    )
-    assert added.status_code == 201, added.text
-    return shlex.join(
-        [
-            "ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={net3.known_hosts}",
-        ]
-    )  # fmt: skip
+    return ssh_git_command(net3, tmp_path_factory.mktemp("alice-ssh"))
 
 
 def test_a_push_over_ssh_replicates_and_ssh_reads_follow_the_in_sync_replicas(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import ConfigError, EdgeConfig, Listener, load_edge_config
+from routing.model import Region
 from routing.schema import DEFAULT_PREFIX
 
 EDGE = '[edge]\nregion = "iad"\n'
@@ -381,3 +382,43 @@ def test_empty_trusted_proxies_trusts_nobody(tmp_path: Path) -> None:
     config = _load(tmp_path, text)
     assert config.trusted_proxies == ()
     assert not config.is_trusted_proxy("127.0.0.1")
+
+
+# -- replication: the RTT table and the read wait ------------------------------------
+
+
+def test_rtt_table_in_either_toml_spelling(tmp_path: Path) -> None:
+    dotted = _load(tmp_path, MINIMAL + "[regions.rtt]\nfra.lax = 140\nlax.syd = 150.5\n")
+    per_region = _load(
+        tmp_path, MINIMAL + "[regions.rtt.fra]\nlax = 140\n[regions.rtt.syd]\nlax = 150.5\n"
+    )
+    assert dotted.rtt == per_region.rtt
+    assert dotted.rtt.rtt_ms(Region("lax"), Region("fra")) == 140
+    assert dotted.rtt.rtt_ms(Region("syd"), Region("lax")) == 150.5
+    assert _load(tmp_path, MINIMAL).rtt.links == {}
+    assert _load(tmp_path, MINIMAL).replica_read_wait == 3.0
+    assert (
+        _load(
+            tmp_path, MINIMAL.replace('"iad"\n', '"iad"\nreplica_read_wait = 0\n')
+        ).replica_read_wait
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[regions.rtt]\nfra.lax = 'far'\n", "[regions]: rtt: fra.lax: must be a number"),
+        ("[regions.rtt]\nfra.lax = 1\nlax.fra = 2\n", "give each link once"),
+        ("[regions.rtt]\nFra.lax = 1\n", "bad region name"),
+        ("[regions]\nrtt = 5\n", "[regions]: rtt: must be a table"),
+        ("[regions]\nrt = {}\n", "[regions]: rt: unknown key"),
+    ],
+)
+def test_a_bad_rtt_table_names_its_entry(tmp_path: Path, text: str, where: str) -> None:
+    assert where in _error(tmp_path, MINIMAL + text)
+
+
+def test_a_negative_read_wait_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace('"iad"\n', '"iad"\nreplica_read_wait = -1\n')
+    assert "replica_read_wait" in _error(tmp_path, text)

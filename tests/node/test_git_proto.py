@@ -155,3 +155,30 @@ def test_session_argv_is_git_shells_not_stateless_rpc() -> None:
         "upload-archive",
         "/v/a/b.git",
     ]
+
+
+def test_a_users_request_hides_refs_gitedge_and_names_the_user() -> None:
+    env = git_proto.on_behalf_of({"PATH": "/bin"}, "alice")
+    assert env["GITEDGE_USER"] == "alice"
+    assert (env["GIT_CONFIG_COUNT"], env["GIT_CONFIG_KEY_0"], env["GIT_CONFIG_VALUE_0"]) == (
+        "1",
+        "transfer.hideRefs",
+        "refs/gitedge/",
+    )
+    # Appended after config already in the environment, never overwriting it.
+    more = git_proto.on_behalf_of({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "a.b"}, "bob")
+    assert more["GIT_CONFIG_COUNT"] == "2" and more["GIT_CONFIG_KEY_0"] == "a.b"
+    assert more["GIT_CONFIG_KEY_1"] == "transfer.hideRefs"
+
+
+def test_the_nodes_own_requests_carry_no_user_and_change_nothing() -> None:
+    assert git_proto.on_behalf_of({"PATH": "/bin"}, None) == {"PATH": "/bin"}
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"-rf", b"al ice", b"\xff", b"a" * 200])
+def test_a_missing_or_bad_user_header_is_no_user(raw: bytes | None) -> None:
+    assert git_proto.user_from_header(raw) is None
+
+
+def test_a_good_user_header_is_the_user() -> None:
+    assert git_proto.user_from_header(b"alice") == "alice"
