@@ -3,17 +3,18 @@ real etcd, real git through the edges (docs/replication.md)."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
-from tests.e2e.conftest import Git, gitedge, poll, repo_url, ssh_git_command, tls
+from devnet.network import Devnet, start_devnet
+from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command
+from tests.e2e.conftest import create_replicated as create
+from tests.e2e.conftest import region_edge as edge
+from tests.e2e.conftest import repo_where as where
 
 REGIONS = ("fra", "lax", "syd")
 
@@ -31,35 +32,6 @@ def git(tmp_path: Path, net3: Devnet) -> Git:
     home = tmp_path / "home"
     home.mkdir()
     return Git(home, net3.ca_file)
-
-
-def edge(net: Devnet, region: str) -> EdgeHandle:
-    return next(e for e in net.edges if e.region == region)
-
-
-def create(net: Devnet, name: str, region: str, replicas: int) -> httpx.Response:
-    return httpx.post(
-        f"{edge(net, region).https_url}/api/repos",
-        json={"name": name, "replicas": replicas},
-        auth=("alice", net.user_token("alice")),
-        verify=tls(net),
-        timeout=30,
-    )
-
-
-def where(net: Devnet, name: str) -> dict[str, Any]:
-    shown = gitedge(
-        net.edge.https_url,
-        net.ca_file,
-        "repo",
-        "where",
-        name,
-        GITEDGE_USER="alice",
-        GITEDGE_TOKEN=net.user_token("alice"),
-    )
-    assert shown.returncode == 0, shown.stderr
-    answer: dict[str, Any] = json.loads(shown.stdout)
-    return answer
 
 
 def replica_refs(net: Devnet, git: Git, name: str) -> dict[str, dict[str, str]]:
