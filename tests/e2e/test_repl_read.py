@@ -1,6 +1,6 @@
 """Replicated repositories: the read path, failures, and write guarantees, end to end.
 
-Three regions (fra has two nodes), an edge per region with a 5 s replica read
+Three regions (fra has two nodes), an edge per region with an 8 s replica read
 wait, real etcd (stopped with SIGSTOP in one test), real git and OpenSSH.
 """
 
@@ -24,7 +24,7 @@ from tests.e2e.conftest import Git, create_replicated, poll, repo_url, ssh_git_c
 from tests.e2e.conftest import region_edge as edge
 from tests.e2e.conftest import repo_where as where
 
-READ_WAIT = 5.0
+READ_WAIT = 8.0
 
 
 @pytest.fixture(scope="module")
