@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 
+from bench import regions_replicated
 from bench.common import MiB, machine_info, median, rmtree, sigterm_as_interrupt
 from bench.openssh import DirectSshd, ensure_sshd, git_ssh_command, keygen, login_user, start_sshd
 from bench.regions_net import RegionsConfig, RelayHost, ensure_nginx, load_regions_config
@@ -391,6 +392,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-cold", action="store_true", help="skip the cold (edge restarted) runs")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--keep-work", action="store_true", help="keep the temp work dir")
+    p.add_argument("--no-replicated", action="store_true", help="skip the replicated scenario")
+    p.add_argument("--only-replicated", action="store_true",
+                   help="only the replicated scenario (bench/regions_replicated.py)")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -471,12 +475,15 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
                     checkouts = Checkouts(work / "checkouts")
                     samples: list[Sample] = []
                     try:
-                        warm_runs(world, samples, checkouts, log)
-                        result["traces"] = trace_round_trips(world, checkouts, log)
-                        if cfg.cold:
-                            cold_runs(world, samples, checkouts, log)
+                        if not args.only_replicated:
+                            warm_runs(world, samples, checkouts, log)
+                            result["traces"] = trace_round_trips(world, checkouts, log)
+                            if cfg.cold:
+                                cold_runs(world, samples, checkouts, log)
                     finally:
                         result["samples"] = [asdict(s) for s in samples]
+                    if not args.no_replicated:
+                        result["replicated"] = regions_replicated.run(world, log)
                 finally:
                     sshd.stop()
     finally:
@@ -489,14 +496,30 @@ def run(args: argparse.Namespace, log: Log) -> dict[str, Any]:
 
 
 def write_results(result: dict[str, Any], results_dir: Path, plots: bool, log: Log) -> None:
+    """regions.{json,md} and plots for the matrix; regions_replicated.{json,md,png} for the
+    replicated scenario (a run of only that one leaves the matrix's files alone)."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    markdown = render_markdown(result)
-    if plots:
-        result["plots"] = render_plots(result, results_dir)
-    (results_dir / "regions.json").write_text(json.dumps(result, indent=1) + "\n")
-    (results_dir / "regions.md").write_text(markdown)
-    log(f"wrote {results_dir / 'regions.json'} and regions.md")
-    print(markdown)
+    regions = result["config"]["regions"]
+    written = []
+    if result["samples"]:
+        markdown = render_markdown(result)
+        if plots:
+            result["plots"] = render_plots(result, results_dir)
+        (results_dir / "regions.json").write_text(json.dumps(result, indent=1) + "\n")
+        (results_dir / "regions.md").write_text(markdown)
+        written.append("regions.{json,md}")
+        print(markdown)
+    if "replicated" in result:
+        section = result["replicated"]
+        markdown = regions_replicated.render_markdown(section, regions, result)
+        if plots:
+            section["plot"] = regions_replicated.render_plot(section, regions, results_dir)
+        whole = {k: v for k, v in result.items() if k != "samples"}
+        (results_dir / "regions_replicated.json").write_text(json.dumps(whole, indent=1) + "\n")
+        (results_dir / "regions_replicated.md").write_text(markdown)
+        written.append("regions_replicated.{json,md}")
+        print(markdown)
+    log(f"wrote {', '.join(written)} to {results_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

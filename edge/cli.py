@@ -74,8 +74,36 @@ def _parser() -> argparse.ArgumentParser:
         "--replicas", type=int, help="replication factor (default: the edge's default_replicas)"
     )
     create.add_argument("--sync-replicas", type=int, help="W: replicas a push must reach")
+    create.add_argument(
+        "--replica-regions",
+        help="comma-separated regions for the replicas after the home, in order (default: "
+        "placement's choice, distinct regions first)",
+    )
     where = repo_sub.add_parser("where", help="print where OWNER/NAME lives (JSON)")
     where.add_argument("name")
+    replicas = repo_sub.add_parser("replicas", help="change OWNER/NAME's replica set online")
+    replicas_sub = replicas.add_subparsers(dest="replicas_command", required=True)
+    for verb, text in (
+        ("add", "a new replica in REGION; it serves reads once it has caught up"),
+        ("remove", "take the replica in REGION (or on volume REGION) out, then off its disk"),
+    ):
+        change = replicas_sub.add_parser(verb, help=text)
+        change.add_argument("name")
+        change.add_argument("region")
+    move = repo_sub.add_parser("move", help="move an unreplicated OWNER/NAME to another region")
+    move.add_argument("name")
+    move.add_argument("--to", required=True, dest="to_region", metavar="REGION")
+    repair = repo_sub.add_parser(
+        "repair", help="make replica VOLUME's refs the agreed ones (needs --yes)"
+    )
+    repair.add_argument("name")
+    repair.add_argument("--from", required=True, dest="from_volume", metavar="VOLUME")
+    repair.add_argument("--yes", action="store_true", help="yes, replace the agreed refs")
+    repo_sub.add_parser(
+        "verify",
+        help="compare every replica's refs with the agreed ones (exit 1: one differs,"
+        " 3: one could not be asked)",
+    ).add_argument("name")
 
     user = sub.add_parser("user", help="manage users (admin token)")
     user_sub = user.add_subparsers(dest="user_command", required=True)
@@ -178,7 +206,14 @@ def api_command(args: argparse.Namespace) -> int:
                         payload["replicas"] = args.replicas
                     if args.sync_replicas is not None:
                         payload["sync_replicas"] = args.sync_replicas
+                    if args.replica_regions:
+                        payload["replica_regions"] = args.replica_regions.split(",")
                     response = client.post("/api/repos", json=payload, headers=region)
+                case "repo", "replicas" | "move" | "repair" | "verify":
+                    if action == "repair" and not args.yes:
+                        print(f"gitedge: {REPAIR_WARNING}", file=sys.stderr)
+                        return 2
+                    response = _repo_op(client, args)
                 case "repo", _:
                     response = client.get(f"/api/repos/{args.name}")
                 case "user", _:
@@ -209,11 +244,63 @@ def api_command(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print(f"gitedge: cannot reach the edge at {base}: {exc}", file=sys.stderr)
         return 1
+    if response.is_success and action == "verify":
+        return print_verify(response.json())
     if response.is_success:
         print(json.dumps(response.json(), indent=2, sort_keys=True))
         return 0
     print(f"gitedge: {response.status_code}: {response.text.strip()}", file=sys.stderr)
     return 1
+
+
+REPAIR_WARNING = (
+    "repair replaces the agreed refs with the chosen replica's refs; pushes it does not hold"
+    " are dropped from the consensus. Run again with --yes to do it."
+)
+# A change waits for the new replica to catch up (the edge gives up after a minute or so).
+LONG_TIMEOUT = 330.0
+
+
+def _repo_op(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    path = f"/api/repos/{args.name}"
+    match args.repo_command:
+        case "replicas" if args.replicas_command == "add":
+            body = {"region": args.region}
+            return client.post(f"{path}/replicas", json=body, timeout=LONG_TIMEOUT)
+        case "replicas":
+            where = quote(args.region, safe="")
+            return client.delete(f"{path}/replicas/{where}", timeout=LONG_TIMEOUT)
+        case "move":
+            return client.post(
+                f"{path}/move", json={"region": args.to_region}, timeout=LONG_TIMEOUT
+            )
+        case "repair":
+            return client.post(f"{path}/repair", json={"volume": args.from_volume, "confirm": True})
+    return client.get(f"{path}/verify", timeout=LONG_TIMEOUT)
+
+
+def print_verify(report: dict[str, object]) -> int:
+    """One line per replica; 1 if any differs (or the log does not match its checksum),
+    else 3 if any could not be asked, else 0."""
+    rows = report.get("replicas")
+    rows = rows if isinstance(rows, list) else []
+    print(f"{report.get('repo')}: generation {report.get('generation')},"
+          f" {report.get('consensus_refs')} agreed refs")  # fmt: skip
+    if report.get("log_matches_checksum") is not True:
+        print("  the consensus log does NOT add up to the consensus checksum")
+    print(f"  {'VOLUME':<34} {'REGION':<8} {'NODE':<12} STATE")
+    for row in rows:
+        verdict = str(row.get("verdict"))
+        state = {
+            "differs": f"differs: {row.get('differing_refs')} refs",
+            "behind": f"behind (catching up, applied {row.get('applied')})",
+        }.get(verdict, verdict)
+        node = row.get("node") or "-"
+        print(f"  {row.get('volume')!s:<34} {row.get('region')!s:<8} {node:<12} {state}")
+    verdicts = [row.get("verdict") for row in rows]
+    if "differs" in verdicts or report.get("log_matches_checksum") is not True:
+        return 1
+    return 3 if "unreachable" in verdicts else 0
 
 
 def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:

@@ -61,6 +61,17 @@ class RepoExists(EdgeError):
     public_message = "repository already exists"
 
 
+class Conflict(EdgeError):
+    """A replica-set change, repair or verify that does not apply now; the reason
+    names only the repository, its regions and volumes, which the caller may see."""
+
+    http_status = 409
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.public_message = reason
+
+
 class NoCapacity(EdgeError):
     """No live volume to place a new repository on."""
 

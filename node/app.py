@@ -26,6 +26,7 @@ from node.git_http import GitHttpServer
 from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repl_api import ReplApi
+from node.repl_ops import ReplicaOps
 from node.replication import Replicator
 from node.repos import RepoStore
 from node.tls import CertFileError, NodeTls, load_node_tls
@@ -65,14 +66,25 @@ async def run_node(
     listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
-        replicator = Replicator(etcd, config.keys, store, volume.volume_id, config.admin_secret)
+        replicator = Replicator(
+            etcd,
+            config.keys,
+            store,
+            volume.volume_id,
+            config.admin_secret,
+            snapshot_after=config.snapshot_after,
+        )
         # The replication hooks run inside receive-pack and call back here.
         store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
         server = GitHttpServer(
             store,
             config.admin_secret,
             keepalive_timeout=config.keepalive_timeout,
-            repl=ReplApi(replicator, store.root),
+            repl=ReplApi(
+                replicator,
+                ReplicaOps(replicator, store, config.keys, volume.volume_id),
+                store.root,
+            ),
         )
         handler = (
             server.handle_connection

@@ -34,6 +34,7 @@ from pathlib import Path
 from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, NodeId, Region, parse_region
 from routing.schema import DEFAULT_PREFIX, Keys
+from routing.snapshots import SNAPSHOT_AFTER
 
 __all__ = ["ConfigError", "NodeConfig", "TlsConfig", "load_node_config"]
 
@@ -65,6 +66,8 @@ class NodeConfig:
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
     tls: TlsConfig | None = None
+    snapshot_after: int = SNAPSHOT_AFTER
+    """Ref-log entries past the newest snapshot that make this node write one."""
 
     @property
     def keys(self) -> Keys:
@@ -117,6 +120,7 @@ def load_node_config(path: Path) -> NodeConfig:
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
         tls=_tls(tls) if tls is not None else None,
+        snapshot_after=node.int("snapshot_after", SNAPSHOT_AFTER, lo=1, hi=1_000_000),
     )
     for table in (root, node, etcd, *(t for t in (tls,) if t is not None)):
         table.check_unknown()

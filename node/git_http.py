@@ -14,7 +14,7 @@ import logging
 import h11
 import trio
 
-from gitproto.protocol import accept_git_protocol
+from gitproto.protocol import Service, accept_git_protocol
 from gitproto.routes import (
     GitRoute,
     Health,
@@ -29,7 +29,7 @@ from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.http_conn import HttpConn, header
-from node.repl_api import ReplApi, is_repl_target
+from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
 from node.ssh_http import SshSessions
 
@@ -97,10 +97,15 @@ class GitHttpServer:
 
     async def _dispatch(self, conn: HttpConn, request: h11.Request) -> None:
         route: GitRoute | SshSession | Health | RouteError | None
+        transfer = transfer_git_target(request.target) if self._repl is not None else None
         try:
-            route = parse_git_route(request.method, request.target)
+            route = parse_git_route(request.method, transfer or request.target)
         except RouteError as exc:
             route = exc
+        if transfer is not None and not (
+            isinstance(route, InfoRefs | Rpc) and route.service is Service.RECEIVE_PACK
+        ):
+            route = None  # a transfer is a receive-pack, nothing else
         if isinstance(route, Health):
             await conn.respond_text(200, "ok")
             return
@@ -110,19 +115,25 @@ class GitHttpServer:
             return
         if is_admin_target(request.target):
             await self._admin.handle(conn, request)
-        elif self._repl is not None and is_repl_target(request.target):
+        elif self._repl is not None and is_repl_target(request.target) and transfer is None:
             await self._repl.handle(conn, request)
         elif isinstance(route, RouteError):
             allow = [("allow", route.allow)] if route.allow else []
             await conn.respond_text(route.http_status, route.message, allow)
         elif isinstance(route, InfoRefs):
-            await self._info_refs(conn, request, route)
+            await self._info_refs(conn, request, route, transfer is not None)
         elif isinstance(route, Rpc):
-            await self._rpc(conn, request, route)
+            await self._rpc(conn, request, route, transfer is not None)
         elif isinstance(route, SshSession):
             await self._ssh.serve(conn, request, route)
         else:  # not a git URL (the edge's own /api/ routes among them)
             await conn.respond_text(404, "not found")
+
+    def _argv(self, argv: list[str], transfer: bool) -> list[str]:
+        """A peer's transfer runs the store's transfer hooks instead of the repo's (the vote)."""
+        if not transfer:
+            return argv
+        return [argv[0], "-c", f"core.hooksPath={self._store.transfer_hooks}", *argv[1:]]
 
     def _env(self, request: h11.Request) -> dict[str, str]:
         """git's environment for one request: the client's checked GIT_PROTOCOL, and
@@ -131,7 +142,9 @@ class GitHttpServer:
         user = git_proto.user_from_header(header(request, b"gitedge-user"))
         return git_proto.on_behalf_of(self._store.env(git_protocol), user)
 
-    async def _info_refs(self, conn: HttpConn, request: h11.Request, route: InfoRefs) -> None:
+    async def _info_refs(
+        self, conn: HttpConn, request: h11.Request, route: InfoRefs, transfer: bool = False
+    ) -> None:
         repo_dir = self._store.existing(route.repo)
         if repo_dir is None:
             await conn.respond_text(404, "repository not found")
@@ -143,13 +156,15 @@ class GitHttpServer:
         git_protocol = accept_git_protocol(header(request, b"git-protocol"))
         await serve_git(
             conn,
-            git_proto.info_refs_argv(route.service, repo_dir),
+            self._argv(git_proto.info_refs_argv(route.service, repo_dir), transfer),
             env=self._env(request),
             content_type=content_type,
             prefix=git_proto.advertisement_prefix(route.service, git_protocol),
         )
 
-    async def _rpc(self, conn: HttpConn, request: h11.Request, route: Rpc) -> None:
+    async def _rpc(
+        self, conn: HttpConn, request: h11.Request, route: Rpc, transfer: bool = False
+    ) -> None:
         repo_dir = self._store.existing(route.repo)
         if repo_dir is None:
             await conn.respond_text(404, "repository not found")
@@ -166,7 +181,7 @@ class GitHttpServer:
             return
         await serve_git(
             conn,
-            git_proto.rpc_argv(route.service, repo_dir),
+            self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),
             env=self._env(request),
             content_type=git_proto.result_type(route.service),
             decoder=decoder,

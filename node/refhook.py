@@ -37,9 +37,16 @@ def main(argv: list[str]) -> int:
     if not url or not secret:
         print("gitedge: this replica cannot reach its node; push refused", file=sys.stderr)
         return 1
+    try:
+        git_dir = os.path.abspath(os.environ.get("GIT_DIR", "."))
+    except OSError:
+        # The directory went away under receive-pack: a removed replica or the old
+        # home of a moved repository (its copy is deleted once it left the set).
+        print("gitedge: this copy of the repository was removed; push again", file=sys.stderr)
+        return 1
     body = json.dumps(
         {
-            "git_dir": os.path.abspath(os.environ.get("GIT_DIR", ".")),
+            "git_dir": git_dir,
             "updates": sys.stdin.read().splitlines(),
             "quarantine": os.environ.get("GIT_QUARANTINE_PATH", ""),
             "push_id": str(os.getppid()),  # receive-pack: the same for both hooks of a push

@@ -1,12 +1,18 @@
-"""The node's replication endpoints, called by its own hooks and by peer nodes.
+"""The node's replication endpoints, called by its own hooks, peer nodes and edges.
 
-    POST /_gitedge/repl/vote   {"git_dir", "updates", "quarantine", "push_id", "user"}
-                                                                               (pre-receive)
-    POST /_gitedge/repl/done   the same body                                   (post-receive)
-    POST /_gitedge/repl/apply  {"name": "owner/name"}                          (a peer's primary)
+    POST /_gitedge/repl/vote    {"git_dir", "updates", "quarantine", "push_id", "user"}
+                                                                       (pre-receive)
+    POST /_gitedge/repl/done    the same body                                   (post-receive)
+    POST /_gitedge/repl/apply   {"name": "owner/name"}        -> {"generation"}  (a peer, an edge)
+    POST /_gitedge/repl/seed    {"name", "add": volume, "sync_replicas": W} -> {"generation"}
+    POST /_gitedge/repl/repair  {"name", "by": who}           -> {"generation", "moved"}
+    POST /_gitedge/repl/unhook  {"name"}                      -> {}
+    POST /_gitedge/repl/refs    {"name"}                      -> {"refs", "checksum"}
+    /_gitedge/repl/git/<owner>/<name>.git/...  receive-pack of a push's objects (a peer's
+                                primary; served by node/git_http.py with the transfer hooks)
 
 All behind EdgeAuth (the node credential). A refused vote is 409 with the
-sentence the pusher sees.
+sentence the pusher sees; so is an operation that does not apply (OpRefused).
 """
 
 from __future__ import annotations
@@ -17,49 +23,62 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import trio
 
 from node.http_conn import BodyTooLarge, HttpConn
-from node.replication import ApplyError, HookCall, Replicator
+from node.repl_git import REPL_PATH, TRANSFER_PATH, GitFailed
+from node.repl_ops import OpRefused, ReplicaOps
+from node.replication import ApplyError, HookCall, NotAReplica, Replicator
 from routing.consensus import PushRefused, RefUpdate
 from routing.etcd import EtcdError
-from routing.model import InvalidRepoName, RepoName
+from routing.model import InvalidRepoName, RepoName, VolumeId
 from routing.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
-REPL_PATH = b"/_gitedge/repl/"
 MAX_BODY = 64 * 1024 * 1024  # a 10,000-ref push's updates are ~1 MB
+HOOK_ACTIONS = (b"vote", b"done")
+OPS = (b"apply", b"seed", b"repair", b"unhook", b"refs")
+_FAILED = (ApplyError, EtcdError, SchemaError, OSError, GitFailed, trio.TooSlowError)
 
 
 def is_repl_target(target: bytes) -> bool:
     return target.partition(b"?")[0].startswith(REPL_PATH)
 
 
+def transfer_git_target(target: bytes) -> bytes | None:
+    """`/_gitedge/repl/git/<owner>/<name>.git/...` -> `/<owner>/<name>.git/...`; None if
+    `target` is not a transfer. Only nodes send these: an edge routes only git URLs,
+    whose owner names cannot start with `_`, and EdgeAuth admits only the node credential."""
+    if not target.startswith(TRANSFER_PATH + b"/"):
+        return None
+    return target[len(TRANSFER_PATH) :]
+
+
 class ReplApi:
-    def __init__(self, replicator: Replicator, volume_root: Path) -> None:
+    def __init__(self, replicator: Replicator, ops: ReplicaOps, volume_root: Path) -> None:
         self._replicator = replicator
+        self._ops = ops
         self._root = volume_root
 
     async def handle(self, conn: HttpConn, request: h11.Request) -> None:
         action = request.target.partition(b"?")[0].removeprefix(REPL_PATH)
-        if request.method != b"POST" or action not in (b"vote", b"done", b"apply"):
+        if request.method != b"POST" or action not in HOOK_ACTIONS + OPS:
             await conn.respond_text(404, "not found")
             return
         try:
             body = json.loads(await conn.read_body(MAX_BODY))
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
-            if action == b"apply":
-                generation = await self._replicator.apply(RepoName.parse(str(body.get("name"))))
-                await conn.respond(200, json.dumps({"generation": generation}).encode())
-                return
-            call = self._hook_call(body)
+            if action in OPS:
+                name = RepoName.parse(str(body.get("name")))
+            else:
+                call = self._hook_call(body)
         except (BodyTooLarge, ValueError, InvalidRepoName) as exc:
             await conn.respond_text(400, f"bad request: {exc}")
             return
-        except (ApplyError, EtcdError, SchemaError, OSError) as exc:
-            log.warning("apply failed: %s", exc)
-            await conn.respond_text(503, "apply failed")
+        if action in OPS:
+            await self._op(conn, action, name, body)
             return
         try:
             if action == b"vote":
@@ -83,6 +102,42 @@ class ReplApi:
             await conn.respond_text(503, "the replica could not take part in the vote; try again")
             return
         await conn.respond_text(200, "ok")
+
+    async def _op(
+        self, conn: HttpConn, action: bytes, name: RepoName, body: dict[str, Any]
+    ) -> None:
+        try:
+            answer = await self._run_op(action, name, body)
+        except ValueError as exc:
+            await conn.respond_text(400, f"bad request: {exc}")
+            return
+        except (OpRefused, NotAReplica) as exc:
+            await conn.respond_text(409, str(exc))
+            return
+        except _FAILED as exc:
+            log.warning("%s: %s failed: %r", name, action.decode(), exc)
+            await conn.respond_text(503, f"{action.decode()} failed; try again")
+            return
+        await conn.respond(200, json.dumps(answer).encode(), content_type="application/json")
+
+    async def _run_op(self, action: bytes, name: RepoName, body: dict[str, Any]) -> dict[str, Any]:
+        if action == b"apply":
+            return {"generation": await self._replicator.apply(name)}
+        if action == b"seed":
+            sync = body.get("sync_replicas")
+            if not isinstance(sync, int) or isinstance(sync, bool):
+                raise ValueError("sync_replicas must be a whole number")
+            added = VolumeId(str(body.get("add") or ""))
+            if not added:
+                raise ValueError("add must name a volume")
+            return {"generation": await self._ops.seed(name, added, sync)}
+        if action == b"repair":
+            generation, moved = await self._ops.repair(name, str(body.get("by") or "?")[:100])
+            return {"generation": generation, "moved": moved}
+        if action == b"unhook":
+            await self._ops.unhook(name)
+            return {}
+        return await self._ops.refs(name)
 
     def _hook_call(self, body: dict[str, Any]) -> HookCall:
         git_dir = Path(str(body.get("git_dir", ""))).resolve()

@@ -6,23 +6,37 @@ from pathlib import Path
 
 import trio
 
+from node.peer_tls import PeerCert, git_config
+from routing.model import RepoName
+
 GIT_TIMEOUT = 60.0
+REPL_PATH = b"/_gitedge/repl/"
+TRANSFER_PATH = REPL_PATH + b"git"
 
 
-def with_node_credential(env: dict[str, str], secret: str) -> dict[str, str]:
+def transfer_url(node_url: str, repo: RepoName) -> str:
+    """Where a primary pushes a push's objects on a peer: receive-pack without the
+    peer's vote (node/repl_api.py, transfer_git_target)."""
+    return f"{node_url}{TRANSFER_PATH.decode()}/{repo.bare_dir}"
+
+
+def with_node_credential(
+    env: dict[str, str], secret: str, peer: PeerCert | None = None
+) -> dict[str, str]:
     """`env` for a git push to or fetch from a peer node: the node credential as
-    http.extraHeader, which the peer's EdgeAuth admits as it admits an edge.
+    http.extraHeader, which the peer's EdgeAuth admits as it admits an edge, and
+    for an HTTPS peer its pinned key (node/peer_tls.py).
 
     In the environment, not `-c` in argv: any local user can read a command
     line (/proc/<pid>/cmdline), an environment only the node's own user.
     GIT_CONFIG_COUNT needs git >= 2.31.
     """
-    return {
-        **env,
-        "GIT_CONFIG_COUNT": "1",
-        "GIT_CONFIG_KEY_0": "http.extraHeader",
-        "GIT_CONFIG_VALUE_0": f"Authorization: Bearer {secret}",
-    }
+    settings = [("http.extraHeader", f"Authorization: Bearer {secret}"), *git_config(peer)]
+    config = {"GIT_CONFIG_COUNT": str(len(settings))}
+    for i, (key, value) in enumerate(settings):
+        config[f"GIT_CONFIG_KEY_{i}"] = key
+        config[f"GIT_CONFIG_VALUE_{i}"] = value
+    return {**env, **config}
 
 
 class GitFailed(Exception):

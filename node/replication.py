@@ -20,13 +20,24 @@ import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
-from node.repl_git import GIT_TIMEOUT, GitFailed, list_refs, run_git, with_node_credential
+from node.peer_tls import PeerCerts, PeerTlsError
+from node.repl_git import (
+    GIT_TIMEOUT,
+    GitFailed,
+    list_refs,
+    run_git,
+    transfer_url,
+    with_node_credential,
+)
 from node.repos import RepoStore
 from routing import consensus as cons
+from routing import etcd_codec as codec
+from routing import snapshots
 from routing.etcd import EtcdClient, EtcdError, EtcdUnavailable
 from routing.model import NodeRecord, Region, RepoName, RepoRecord, VolumeId
 from routing.replicas import durable_enough, regions_needed
@@ -35,9 +46,11 @@ from routing.schema import Keys, SchemaError, decode_node, decode_repo, decode_v
 log = logging.getLogger(__name__)
 
 TRANSFER_TIMEOUT = 60.0  # one git push of a push's objects to one peer
-HOLD_TIMEOUT = 60.0  # the lock from vote to post-receive, should post-receive never come
+HOLD_TIMEOUT = 60.0
+PUBLISH_ATTEMPTS = 3  # the lock from vote to post-receive, should post-receive never come
 NOTIFY_TIMEOUT = 5.0
 INCOMING = "refs/gitedge/incoming/"
+MOVED = "this copy of the repository is no longer one of its replicas (it moved): push again"
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,10 @@ class Replicator:
         store: RepoStore,
         volume_id: VolumeId,
         admin_secret: str,
+        *,
+        snapshot_after: int = snapshots.SNAPSHOT_AFTER,
     ) -> None:
+        self._snapshot_after = snapshot_after
         self._etcd = etcd
         self._keys = keys
         self._store = store
@@ -69,6 +85,7 @@ class Replicator:
         self._holds: dict[tuple[str, str], tuple[trio.CancelScope, str]] = {}
         self._nursery: trio.Nursery | None = None
         self._http = httpx.AsyncClient(timeout=NOTIFY_TIMEOUT, trust_env=False)
+        self._peers = PeerCerts()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The background nursery for holds, late transfers and notifications."""
@@ -81,14 +98,21 @@ class Replicator:
             with trio.move_on_after(2, shield=True):
                 await self._http.aclose()
 
-    def _lock(self, name: RepoName) -> trio.Semaphore:
+    def lock(self, name: RepoName) -> trio.Semaphore:
         # A semaphore, not a Lock: the vote takes it, `done` (another request) gives it back.
         return self._locks.setdefault(name, trio.Semaphore(1))
 
     # -- vote (pre-receive) ------------------------------------------------------
 
     async def vote(self, call: HookCall) -> None:
-        """Accept the push (return) or refuse it (PushRefused, its text for the pusher)."""
+        """Accept the push (return) or refuse it (PushRefused, its text for the pusher).
+
+        The record is read under the lock: a replica-set change made on this node
+        (node/repl_ops.py's seed and unhook take the same lock) is either wholly
+        before this push or wholly after it. An unreplicated repository with the
+        hooks still installed (during and after a move) is not voted, but its
+        push holds the lock too, so a seed never reads refs a push is changing.
+        """
         if call.user:
             # A user's push: git itself rejects its refs/gitedge/ updates ("deny
             # updating a hidden ref", transfer.hideRefs, node/git_proto.on_behalf_of)
@@ -99,22 +123,26 @@ class Replicator:
             call = dataclasses.replace(call, updates=kept)
         elif all(u.ref.startswith(INCOMING) for u in call.updates):
             return  # a peer's transfer into the hidden namespace: objects only
-        record, record_rev = await self._record(call.name)
-        if not record.replicated:
-            return
-        lock = self._lock(call.name)
+        lock = self.lock(call.name)
         with trio.fail_after(HOLD_TIMEOUT):
             await lock.acquire()
         try:
-            await self._vote_locked(call, record, record_rev)
+            record, record_rev = await self.record(call.name)
+            if not record.replicated:
+                if record.volume_id != self._volume_id:
+                    raise cons.PushRefused(MOVED)
+            elif self._volume_id not in record.replicas:
+                raise cons.PushRefused(MOVED)
+            else:
+                await self._vote_locked(call, record, record_rev)
         except BaseException:
             lock.release()
             raise
-        self._hold(call, lock)
+        self._hold(call, lock, voted=record.replicated)
 
     async def _vote_locked(self, call: HookCall, record: RepoRecord, record_rev: int) -> None:
-        state = await self._state(call.name)
-        local = await self._local_refs(call.git_dir)
+        state = await self.state(call.name)
+        local = await self.local_refs(call.git_dir)
         new_checksum = cons.check_push(local, state, call.updates)
         txid = secrets.token_hex(8)
         await self._transfer(call, record, txid)
@@ -129,26 +157,30 @@ class Replicator:
             call.updates,
         )
         try:
-            result = await self._etcd.txn(compares, ops)
-            won = result.succeeded
-        except EtcdUnavailable as exc:
-            # Unknown outcome: read back. Consensus wins; our txid says whether it is ours.
-            log.warning("vote txn for %s ambiguous (%s): reading back", call.name, exc)
-            try:
-                won = (await self._state(call.name)).txid == txid
-            except EtcdError as again:
-                raise cons.PushRefused(f"the consensus store is unreachable ({again})") from None
+            won = await self.commit(call.name, compares, ops, txid)
         except EtcdError as exc:
-            raise cons.PushRefused(f"the consensus store refused the push ({exc})") from None
+            raise cons.PushRefused(f"the consensus store is unreachable ({exc})") from None
         if not won:
             raise cons.PushRefused(
-                "another push changed these refs meanwhile: fetch first (git pull), then push again"
+                "another push (or a replica-set change) came first: fetch first (git pull),"
+                " then push again"
             )
         log.info(
             "%s: generation %d by %s (%s)", call.name, state.generation + 1, txid, self._volume_id
         )
 
-    def _hold(self, call: HookCall, lock: trio.Semaphore) -> None:
+    async def commit(
+        self, name: RepoName, compares: list[dict[str, Any]], ops: list[dict[str, Any]], txid: str
+    ) -> bool:
+        """One generation's fenced txn: True if it committed. An unknown outcome (a
+        timed-out request) is read back: consensus wins, our txid says whether it is ours."""
+        try:
+            return (await self._etcd.txn(compares, ops)).succeeded
+        except EtcdUnavailable as exc:
+            log.warning("txn for %s ambiguous (%s): reading back", name, exc)
+            return (await self.state(name)).txid == txid
+
+    def _hold(self, call: HookCall, lock: trio.Semaphore, *, voted: bool) -> None:
         """Keep the lock until post-receive (`done`), or HOLD_TIMEOUT should it never come."""
         scope = trio.CancelScope()
         key = (str(call.git_dir), call.push_id)
@@ -162,7 +194,8 @@ class Replicator:
             finally:
                 self._holds.pop(key, None)
                 lock.release()
-                await self._after_push(call.name, call.git_dir)
+                if voted:
+                    await self._after_push(call.name, call.git_dir)
 
         assert self._nursery is not None
         self._nursery.start_soon(hold)
@@ -216,6 +249,8 @@ class Replicator:
             if cons.decode_state(value, 0).volume == self._volume_id:
                 return  # our own push: `done` reconciles it
             await self.apply(parsed[0])
+        except NotAReplica as exc:
+            log.debug("%s", exc)  # an orphan copy (removed while this node was down)
         except (ApplyError, GitFailed, SchemaError, EtcdError, trio.TooSlowError) as exc:
             log.warning("%s: catch-up failed: %s", parsed[0], exc)
 
@@ -261,7 +296,7 @@ class Replicator:
         async def one(volume: VolumeId, region: Region, node: NodeRecord) -> None:
             try:
                 await self._push_objects(call, node, txid, oids)
-            except (OSError, trio.TooSlowError, GitFailed) as exc:
+            except (OSError, trio.TooSlowError, GitFailed, PeerTlsError) as exc:
                 failures.append(f"{node.node_id}: {exc}")
             else:
                 acked.append(region)
@@ -288,12 +323,12 @@ class Replicator:
     async def _push_objects(
         self, call: HookCall, node: NodeRecord, txid: str, oids: list[str]
     ) -> None:
-        env = with_node_credential(self._store.env(), self._secret)
+        env = with_node_credential(self._store.env(), self._secret, await self._peers.get(node))
         if call.quarantine:
             # Where receive-pack keeps the pack until pre-receive said yes (githooks(5)).
             env["GIT_OBJECT_DIRECTORY"] = call.quarantine
             env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(call.git_dir / "objects")
-        url = f"{node.http_url}/{call.name.path}.git"
+        url = transfer_url(node.http_url, call.name)  # receive-pack without the peer's vote
         refspecs = [f"{oid}:{INCOMING}{txid}/{i}" for i, oid in enumerate(oids)]
         await run_git(
             ["push", "--quiet", "--no-verify", url, *refspecs],
@@ -309,28 +344,63 @@ class Replicator:
         git_dir = self._store.existing(name)
         if git_dir is None:
             raise ApplyError(f"{name} is not on this volume")
-        async with self._lock(name):
-            state = await self._state(name)
-            local = await self._local_refs(git_dir)
-            if cons.checksum(local) != state.checksum:
-                target = await self._consensus_refs(name)
-                if cons.checksum(target) != state.checksum:
-                    raise ApplyError(f"{name}: the log does not add up to the consensus checksum")
-                script = cons.update_ref_script(local, target)
-                try:
-                    await self._update_refs(git_dir, script)
-                except GitFailed:
-                    # Objects missing (this replica missed a transfer): take them from
-                    # a replica that is in sync, then try once more.
-                    await self._fetch_from_in_sync(name, git_dir, state.generation)
-                    await self._update_refs(git_dir, script)
-                log.info("%s: applied generation %d", name, state.generation)
-            await self._drop_incoming(git_dir)
-            await self._etcd.put(
-                self._keys.repl_applied(name, self._volume_id),
-                cons.encode_applied(state.generation),
-            )
-            return state.generation
+        async with self.lock(name):
+            for _attempt in range(PUBLISH_ATTEMPTS):
+                applied = await self._apply_locked(name, git_dir)
+                if applied is not None:
+                    break
+            else:
+                raise ApplyError(f"{name}: its replica set kept changing; applied nothing")
+        generation, snapshot = applied
+        if snapshot is not None:
+            await self._write_snapshot(name, *snapshot)
+        return generation
+
+    async def _apply_locked(
+        self, name: RepoName, git_dir: Path
+    ) -> tuple[int, tuple[int, dict[str, str]] | None] | None:
+        """One apply: the generation and, when one is due, a snapshot to write; None
+        if the replica set changed before it could publish.
+
+        The publish compares the record's mod_revision: a replica removed (and
+        maybe added again, empty) meanwhile must not get an applied key that
+        claims refs it no longer has. And without a consensus (factor 1) there is
+        nothing to move to: moving to "no refs" would delete every ref.
+        """
+        record, record_rev = await self.record(name)
+        if not record.replicated or self._volume_id not in record.replicas:
+            raise NotAReplica(f"{name}: this volume holds no replica of it")
+        state = await self.state(name)
+        local = await self.local_refs(git_dir)
+        snapshot: tuple[int, dict[str, str]] | None = None
+        if cons.checksum(local) != state.checksum:
+            history = await self.history(name)
+            target = history.refs()
+            if cons.checksum(target) != state.checksum:
+                raise ApplyError(f"{name}: the log does not add up to the consensus checksum")
+            due = history.wants_snapshot(self._snapshot_after)
+            if due and history.generation == state.generation:
+                snapshot = (history.generation, target)
+            script = cons.update_ref_script(local, target)
+            try:
+                await self._update_refs(git_dir, script)
+            except GitFailed:
+                # Objects missing (this replica missed a transfer): take them from
+                # a replica that is in sync, then try once more.
+                await self._fetch_from_in_sync(name, git_dir, state.generation)
+                await self._update_refs(git_dir, script)
+            log.info("%s: applied generation %d", name, state.generation)
+        await self.drop_hidden_refs(git_dir)
+        published = await self._etcd.txn(
+            [codec.compare_mod_revision(self._keys.repo(name), record_rev)],
+            [
+                codec.put_op(
+                    self._keys.repl_applied(name, self._volume_id),
+                    cons.encode_applied(state.generation),
+                )
+            ],
+        )
+        return (state.generation, snapshot) if published.succeeded else None
 
     async def _update_refs(self, git_dir: Path, script: bytes) -> None:
         await run_git(
@@ -338,12 +408,12 @@ class Replicator:
         )
 
     async def _fetch_from_in_sync(self, name: RepoName, git_dir: Path, generation: int) -> None:
-        record, _ = await self._record(name)
+        record, _ = await self.record(name)
         for volume in record.replica_volumes:
             if volume == self._volume_id:
                 continue
             kv = await self._etcd.get(self._keys.repl_applied(name, volume))
-            node = await self._live_node(volume)
+            node = await self.live_node(volume)
             if kv is None or node is None or cons.decode_applied(kv.value) != generation:
                 continue
             try:
@@ -357,21 +427,47 @@ class Replicator:
                         f"+refs/*:{INCOMING}catchup/*",
                     ],
                     git_dir,
-                    with_node_credential(self._store.env(), self._secret),
+                    with_node_credential(
+                        self._store.env(), self._secret, await self._peers.get(node)
+                    ),
                     TRANSFER_TIMEOUT,
                 )
                 log.info("%s: fetched generation %d from %s", name, generation, node.node_id)
                 return
-            except (GitFailed, trio.TooSlowError) as exc:
+            except (GitFailed, trio.TooSlowError, PeerTlsError) as exc:
                 log.warning("%s: fetch from %s failed: %s", name, node.node_id, exc)
         raise ApplyError(f"{name}: no in-sync replica to fetch generation {generation} from")
 
-    async def _consensus_refs(self, name: RepoName) -> dict[str, str]:
-        listed = await self._etcd.range(self._keys.refs_log(name), prefix=True)
-        groups = cons.group_log_chunks(self._keys, name, ((kv.key, kv.value) for kv in listed.kvs))
-        return cons.fold_log(cons.decode_log_entry(chunks) for chunks in groups)
+    async def history(self, name: RepoName) -> snapshots.RefsHistory:
+        """The newest snapshot and the log after it, read at one etcd revision."""
+        listed = await self._etcd.range(self._keys.refs_repo(name), prefix=True)
+        return snapshots.parse_history(self._keys, name, ((kv.key, kv.value) for kv in listed.kvs))
 
-    async def _drop_incoming(self, git_dir: Path) -> None:
+    async def consensus_refs(self, name: RepoName) -> dict[str, str]:
+        return (await self.history(name)).refs()
+
+    async def _write_snapshot(self, name: RepoName, generation: int, refs: dict[str, str]) -> None:
+        """Snapshot `refs` as generation `generation` and trim the log below it
+        (routing/snapshots.py says why that is safe at any moment). Best effort:
+        a failure leaves the log as it was, and the next fold tries again."""
+        chunks = snapshots.encode_snapshot(generation, refs)
+        if len(chunks) > snapshots.MAX_SNAPSHOT_CHUNKS:
+            log.warning(
+                "%s: %d refs are too many to snapshot; the log keeps growing", name, len(refs)
+            )
+            return
+        try:
+            for index, chunk in enumerate(chunks):
+                await self._etcd.put(self._keys.refs_snap_chunk(name, generation, index), chunk)
+            compares, ops = snapshots.snapshot_txn(self._keys, name, generation)
+            result = await self._etcd.txn(compares, ops)
+        except EtcdError as exc:
+            log.warning("%s: snapshot of generation %d not written: %s", name, generation, exc)
+            return
+        if result.succeeded:
+            log.info("%s: snapshot of generation %d; log trimmed to it", name, generation)
+
+    async def drop_hidden_refs(self, git_dir: Path) -> None:
         refs = await list_refs(self._store.env(), git_dir, INCOMING)
         if refs:
             script = "".join(f"delete {ref}\0\0" for ref in refs).encode()
@@ -379,38 +475,47 @@ class Replicator:
 
     async def _notify_peers(self, name: RepoName) -> None:
         try:
-            record, _ = await self._record(name)
+            record, _ = await self.record(name)
         except (EtcdError, SchemaError, ApplyError):
             return
         for volume in record.replica_volumes:
             if volume == self._volume_id:
                 continue
-            node = await self._live_node(volume)
+            node = await self.live_node(volume)
             if node is None:
                 continue
             try:
                 with trio.fail_after(NOTIFY_TIMEOUT):
-                    await self._http.post(
-                        f"{node.http_url}/_gitedge/repl/apply",
-                        json={"name": name.path},
-                        headers={"authorization": f"Bearer {self._secret}"},
-                    )
-            except (httpx.HTTPError, trio.TooSlowError) as exc:
+                    await self._notify(node, name)
+            except (httpx.HTTPError, trio.TooSlowError, PeerTlsError, OSError) as exc:
                 log.info("%s: telling %s to apply failed: %r", name, node.node_id, exc)
+
+    async def _notify(self, node: NodeRecord, name: RepoName) -> None:
+        url = f"{node.http_url}/_gitedge/repl/apply"
+        body, headers = {"name": name.path}, {"authorization": f"Bearer {self._secret}"}
+        peer = await self._peers.get(node)
+        if peer is None:
+            await self._http.post(url, json=body, headers=headers)
+            return
+        # Trusting exactly the pinned certificate: the credential goes to no one else.
+        async with httpx.AsyncClient(
+            timeout=NOTIFY_TIMEOUT, trust_env=False, verify=peer.ssl_context()
+        ) as client:
+            await client.post(url, json=body, headers=headers)
 
     # -- etcd and git --------------------------------------------------------------
 
-    async def _record(self, name: RepoName) -> tuple[RepoRecord, int]:
+    async def record(self, name: RepoName) -> tuple[RepoRecord, int]:
         kv = await self._etcd.get(self._keys.repo(name))
         if kv is None:
             raise ApplyError(f"{name} has no record")
         return decode_repo(kv.value), kv.mod_revision
 
-    async def _state(self, name: RepoName) -> cons.ConsensusState:
+    async def state(self, name: RepoName) -> cons.ConsensusState:
         kv = await self._etcd.get(self._keys.repl_state(name))
         return cons.ConsensusState() if kv is None else cons.decode_state(kv.value, kv.mod_revision)
 
-    async def _live_node(self, volume_id: VolumeId) -> NodeRecord | None:
+    async def live_node(self, volume_id: VolumeId) -> NodeRecord | None:
         return (await self._place(volume_id))[1]
 
     async def _place(self, volume_id: VolumeId) -> tuple[Region | None, NodeRecord | None]:
@@ -426,10 +531,14 @@ class Replicator:
         serves = any(v.volume_id == volume_id for v in node.volumes)
         return volume.region, node if serves else None
 
-    async def _local_refs(self, git_dir: Path) -> dict[str, str]:
+    async def local_refs(self, git_dir: Path) -> dict[str, str]:
         refs = await list_refs(self._store.env(), git_dir, "refs/")
         return {r: o for r, o in refs.items() if not r.startswith(cons.INTERNAL_REFS)}
 
 
 class ApplyError(Exception):
     pass
+
+
+class NotAReplica(ApplyError):
+    """This volume has a copy the record no longer lists (removed while its node was down)."""

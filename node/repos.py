@@ -29,6 +29,18 @@ DEFAULT_BRANCH = "main"
 INIT_TIMEOUT = 30.0
 
 
+TRANSFER_PRE_RECEIVE = """#!/bin/sh
+# gitedge: a peer node's transfer of a push's objects writes only the hidden
+# namespace, and needs no vote (the primary's own push is being voted on).
+while read -r old new ref; do
+  case "$ref" in
+    refs/gitedge/incoming/*) ;;
+    *) echo "gitedge: a transfer may only write refs/gitedge/incoming/, not $ref" >&2; exit 1 ;;
+  esac
+done
+"""
+
+
 class RepoStoreError(Exception):
     """Creating or deleting a repository failed on this node (an operator problem)."""
 
@@ -42,11 +54,17 @@ class RepoStore:
         self.home_dir = self.root / ".gitedge-home"
         # Set by the node once it listens: how the replication hooks reach it.
         self.hook_env: dict[str, str] = {}
+        # core.hooksPath of a peer node's transfer push (node/repl_api.py): no vote.
+        self.transfer_hooks = self.root / ".gitedge-transfer-hooks"
 
     def prepare(self) -> None:
         """Create the volume's own dirs and drop temp dirs left by a crash (blocking)."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.home_dir.mkdir(exist_ok=True)
+        self.transfer_hooks.mkdir(exist_ok=True)
+        hook = self.transfer_hooks / "pre-receive"
+        hook.write_text(TRANSFER_PRE_RECEIVE)
+        hook.chmod(0o755)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir()
 
@@ -113,17 +131,41 @@ class RepoStore:
                 await trio.to_thread.run_sync(_remove, trash.parent)
 
 
+REPLICATION_HOOKS = ("pre-receive", "post-receive")
+_HIDE_INTERNAL_REFS = "[uploadpack]\n\thideRefs = refs/gitedge/\n"
+
+
 def install_replication_hooks(git_dir: Path) -> None:
     """pre-receive votes, post-receive ends the push (node/refhook.py); clients
-    never see the node's in-flight objects under refs/gitedge/ (uploadpack.hideRefs)."""
+    never see the node's in-flight objects under refs/gitedge/ (uploadpack.hideRefs).
+    Idempotent (blocking)."""
     hooks = git_dir / "hooks"
     hooks.mkdir(exist_ok=True)
-    for hook in ("pre-receive", "post-receive"):
+    for hook in REPLICATION_HOOKS:
         path = hooks / hook
         path.write_text(hook_script(sys.executable, hook))
         path.chmod(0o755)
-    with (git_dir / "config").open("a") as config:
-        config.write("[uploadpack]\n\thideRefs = refs/gitedge/\n")
+    config = git_dir / "config"
+    if _HIDE_INTERNAL_REFS not in config.read_text():
+        with config.open("a") as out:
+            out.write(_HIDE_INTERNAL_REFS)
+
+
+def replication_hooks_installed(git_dir: Path) -> bool:
+    return all((git_dir / "hooks" / hook).is_file() for hook in REPLICATION_HOOKS)
+
+
+def remove_replication_hooks(git_dir: Path) -> None:
+    """Back to a plain repository (factor 1 again, after a move): no hooks, no hideRefs
+    (blocking). Replaced by rename, so a receive-pack never reads a half-written config."""
+    for hook in REPLICATION_HOOKS:
+        (git_dir / "hooks" / hook).unlink(missing_ok=True)
+    config = git_dir / "config"
+    text = config.read_text()
+    if _HIDE_INTERNAL_REFS in text:
+        tmp = config.with_name("config.gitedge-tmp")
+        tmp.write_text(text.replace(_HIDE_INTERNAL_REFS, ""))
+        os.replace(tmp, config)
 
 
 def _move_into_place(tmp: Path, final: Path) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, TypeVar
@@ -397,12 +397,15 @@ class RoutingCache:
         A `push` to a replicated repository needs etcd for its vote: while the
         watch is down (etcd unreachable or without quorum) it is refused here at
         once (ConsensusUnavailable) rather than after the node's etcd timeouts.
+        Pushes never wait for a replica to catch up: none in sync fails at once.
         """
         record = await self.record(name)
         if not record.replicated:
             return self._home(record)
         if push and not self._synced:
             raise ConsensusUnavailable(f"{name}: push while the etcd watch is down")
+        if push:
+            wait = 0.0  # a push fails fast (issue 8); its client retries, a read's may not
         with trio.move_on_after(wait):
             while True:
                 record = self._repos.get(name, record)
@@ -423,10 +426,21 @@ class RoutingCache:
         return volume, self._nodes[volume.node_id]
 
     def place_replicas(
-        self, region: Region, factor: int, fallback: Region | None
+        self,
+        region: Region,
+        factor: int,
+        fallback: Region | None,
+        regions: Sequence[Region] = (),
     ) -> list[tuple[VolumeRecord, NodeRecord]]:
-        """`factor` live volumes on distinct nodes, home first (raises PlacementError)."""
+        """`factor` live volumes on distinct nodes, home first, then one in each of
+        `regions` (raises PlacementError)."""
         chosen = choose_replicas(
-            region, factor, self._volumes.values(), self._nodes, self._repo_counts, fallback
+            region,
+            factor,
+            self._volumes.values(),
+            self._nodes,
+            self._repo_counts,
+            fallback,
+            regions,
         )
         return [(volume, self._nodes[volume.node_id]) for volume in chosen]

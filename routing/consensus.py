@@ -212,9 +212,10 @@ def group_log_chunks(
     return [by_generation[g] for g in sorted(by_generation)]
 
 
-def fold_log(entries: Iterable[LogEntry]) -> dict[str, str]:
-    """The refs after applying every entry in order (the consensus refs)."""
-    refs: dict[str, str] = {}
+def fold_log(entries: Iterable[LogEntry], refs: dict[str, str] | None = None) -> dict[str, str]:
+    """The refs after applying every entry in order (the consensus refs), folded
+    into `refs` (changed in place) when given."""
+    refs = {} if refs is None else refs
     for entry in entries:
         for update in entry.updates:
             if update.new == ZERO_OID:
@@ -222,6 +223,21 @@ def fold_log(entries: Iterable[LogEntry]) -> dict[str, str]:
             else:
                 refs[update.ref] = update.new
     return refs
+
+
+def reset_updates(consensus: Mapping[str, str], replica: Mapping[str, str]) -> list[RefUpdate]:
+    """Every change that moves the consensus refs to `replica`'s (internal refs aside).
+
+    The log entry of a repair (piehole's clobber) and of the seed that makes an
+    unreplicated repository replicated: folded after the log so far, it gives
+    exactly `replica`'s refs.
+    """
+    updates = []
+    for ref in sorted(set(consensus) | set(replica)):
+        old, new = consensus.get(ref, ZERO_OID), replica.get(ref, ZERO_OID)
+        if old != new and not ref.startswith(INTERNAL_REFS):
+            updates.append(RefUpdate(ref, old, new))
+    return updates
 
 
 def vote_txn(

@@ -194,15 +194,7 @@ def delete_request(key: str, *, prefix: bool = False) -> dict[str, Any]:
 
 def create_txn(key: str, value: bytes, *, lease: int = 0) -> dict[str, Any]:
     """Put only if the key does not exist (its create revision is 0)."""
-    return _txn(
-        {
-            "target": "CREATE",
-            "result": "EQUAL",
-            "key": encode_etcd_key(key),
-            "create_revision": "0",
-        },
-        {"request_put": put_request(key, value, lease=lease)},
-    )
+    return _txn(compare_absent(key), {"request_put": put_request(key, value, lease=lease)})
 
 
 def put_if_unchanged_txn(
@@ -240,8 +232,38 @@ def compare_mod_revision(key: str, mod_revision: int) -> dict[str, Any]:
     return _mod_equals(key, mod_revision)
 
 
+def compare_absent(key: str) -> dict[str, Any]:
+    """Holds while `key` does not exist (its create revision is 0)."""
+    return {
+        "target": "CREATE",
+        "result": "EQUAL",
+        "key": encode_etcd_key(key),
+        "create_revision": "0",
+    }
+
+
 def put_op(key: str, value: bytes) -> dict[str, Any]:
     return {"request_put": put_request(key, value)}
+
+
+def compare_exists(key: str) -> dict[str, Any]:
+    """Holds while `key` exists (its create revision is above 0)."""
+    return {
+        "target": "CREATE",
+        "result": "GREATER",
+        "key": encode_etcd_key(key),
+        "create_revision": "0",
+    }
+
+
+def delete_range_op(key: str, range_end: str) -> dict[str, Any]:
+    """Delete every key in [key, range_end)."""
+    body = {"key": encode_etcd_key(key), "range_end": encode_etcd_key(range_end)}
+    return {"request_delete_range": body}
+
+
+def delete_op(key: str, *, prefix: bool = False) -> dict[str, Any]:
+    return {"request_delete_range": delete_request(key, prefix=prefix)}
 
 
 def txn_request(compares: list[dict[str, Any]], success: list[dict[str, Any]]) -> dict[str, Any]:

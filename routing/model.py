@@ -7,7 +7,7 @@ Pure data and validation; no I/O. Every repo path a client sends goes through
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NewType
 
 VolumeId = NewType("VolumeId", str)
@@ -140,6 +140,27 @@ class RepoRecord:
     @property
     def replicated(self) -> bool:
         return len(self.replicas) > 1
+
+    def with_replica(self, volume_id: VolumeId, sync_replicas: int = 0) -> RepoRecord:
+        """One more replica, after the others (the home stays first). A factor-1
+        record becomes replicated, with W = `sync_replicas`."""
+        return replace(
+            self,
+            replicas=(*self.replica_volumes, volume_id),
+            sync_replicas=self.sync_replicas or sync_replicas,
+        )
+
+    def without_replica(self, volume_id: VolumeId, home: VolumeRecord) -> RepoRecord:
+        """`volume_id` out of the set, homed on `home` (which stays in it); with one
+        replica left, a plain factor-1 record (no `replicas`, W 0)."""
+        rest = [v for v in self.replica_volumes if v not in (volume_id, home.volume_id)]
+        return replace(
+            self,
+            volume_id=home.volume_id,
+            region=home.region,
+            replicas=(home.volume_id, *rest) if rest else (),
+            sync_replicas=self.sync_replicas if rest else 0,
+        )
 
 
 def parse_user_name(raw: str) -> str:

@@ -7,7 +7,7 @@ free space, then the volume id (so equal inputs give equal answers).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from routing.model import NodeId, NodeRecord, Region, VolumeId, VolumeRecord
 
@@ -67,19 +67,34 @@ def choose_replicas(
     nodes: Mapping[NodeId, NodeRecord],
     repo_counts: Mapping[VolumeId, int],
     fallback: Region | None = None,
+    regions: Sequence[Region] = (),
 ) -> list[VolumeRecord]:
     """`factor` live volumes on distinct nodes, the home (as `choose_volume`) first.
 
-    The others go to regions not used yet first (a region down must not take
+    `regions` names where the next replicas must go, in order (the creator's
+    choice; PlacementError if one has no live volume on a node not used yet).
+    The rest go to regions not used yet first (a region down must not take
     two replicas with it), then to other nodes of used regions; two replicas
     on one node would survive nothing, so that is never chosen.
     """
     volumes = list(volumes)
     home = choose_volume(region, volumes, nodes, repo_counts, fallback)
+    if len(regions) > factor - 1:
+        raise PlacementError(f"{len(regions)} replica regions named for {factor - 1} replicas")
     if factor <= 1:
         return [home]
     live = live_volumes(volumes, nodes)
     chosen = [home]
+    for wanted in regions:
+        used_nodes = {v.node_id for v in chosen}
+        here = [
+            v
+            for v in volumes
+            if v.region == wanted and v.volume_id in live and v.node_id not in used_nodes
+        ]
+        if not here:
+            raise PlacementError(f"no live volume for a replica in region {wanted!r}")
+        chosen.append(min(here, key=lambda v: (repo_counts.get(v.volume_id, 0), v.volume_id)))
     while len(chosen) < factor:
         used_regions = {v.region for v in chosen}
         used_nodes = {v.node_id for v in chosen}
@@ -100,3 +115,38 @@ def choose_replicas(
             )
         )
     return chosen
+
+
+def choose_added_replica(
+    region: Region,
+    replica_volumes: Iterable[VolumeId],
+    volumes: Iterable[VolumeRecord],
+    nodes: Mapping[NodeId, NodeRecord],
+    repo_counts: Mapping[VolumeId, int],
+) -> VolumeRecord:
+    """A live volume in `region` for one more replica, on a node holding none yet.
+
+    A node holds at most one replica of a repository (two on one node survive
+    nothing more than one); among the candidates, the order of `choose_volume`.
+    """
+    volumes = list(volumes)
+    by_id = {v.volume_id: v for v in volumes}
+    held = set(replica_volumes)
+    used_nodes = {by_id[v].node_id for v in held if v in by_id}
+    live = live_volumes(volumes, nodes)
+    in_region = [v for v in volumes if v.region == region]
+    if not in_region:
+        raise PlacementError(f"unknown region {region!r}")
+    candidates = [
+        v
+        for v in in_region
+        if v.volume_id in live and v.volume_id not in held and v.node_id not in used_nodes
+    ]
+    if not candidates:
+        raise PlacementError(
+            f"no live volume in region {region!r} on a node that holds no replica yet"
+        )
+    return min(
+        candidates,
+        key=lambda v: (repo_counts.get(v.volume_id, 0), -live[v.volume_id], v.volume_id),
+    )

@@ -2,9 +2,11 @@
 
 A replica is in sync when its node is live (its leased record lists the
 volume) and its published applied generation equals the consensus
-generation. A repository without a state key is at generation 0 (no push yet):
-every live replica is in sync. Reads never go to a replica behind the
-consensus (docs/replication.md, "Read path").
+generation. A repository without a state key is at generation 0 (no push yet);
+its replicas were published at 0 by the create txn. A replica with no applied
+key at all (one being added, `replicas add`) is never in sync, whatever the
+generation, until its node has caught it up and published. Reads never go to
+a replica behind the consensus (docs/replication.md, "Read path").
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class ReplicaStatus:
     volume_id: VolumeId
     region: Region | None
     node: NodeRecord | None  # None: no live node serves the volume
-    applied: int
+    applied: int | None  # None: it has published no applied generation yet
     generation: int  # the consensus generation it is compared with
 
     @property
@@ -36,7 +38,7 @@ class ReplicaStatus:
 
     @property
     def behind(self) -> int:
-        return max(0, self.generation - self.applied)
+        return max(0, self.generation - (self.applied or 0))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,7 +69,7 @@ def replica_statuses(
                 volume_id,
                 volume.region if volume else None,
                 node,
-                applied.get(volume_id, 0),
+                applied.get(volume_id),
                 generation,
             )
         )

@@ -21,15 +21,29 @@ Replicated repositories (issue 8; docs/replication.md has the whole design):
                             over all refs of sha1("<oid> <ref>") (Gitaly's), refs
                             under refs/gitedge/ excluded. Absent = generation 0, no refs.
     repl/<owner>/<name>/applied/<volume-id>
-                            {"generation": g}: that replica's refs equal generation g
+                            {"generation": g}: that replica's refs equal generation g.
+                            The create txn writes 0 for every replica; a replica
+                            with no key (being added) is never in sync. Written
+                            by a node only if the record is unchanged since it read it.
     <prefix minus "/">.refs/<owner>/<name>/log/<G:012d>/<chunk:03d>
                             zlib(JSON) of the ref changes of generation G, cut in
                             chunks of at most 512 KiB: a 10,000-ref push is one entry.
                             A second root because edges mirror all of <prefix>;
                             only nodes read the log.
+    <prefix minus "/">.refs/<owner>/<name>/snap/<G:012d>/<chunk:03d>, .../snap/<G>/done
+                            a snapshot: zlib(JSON) of all consensus refs at generation G
+                            (routing/snapshots.py). Chunks are written one request each;
+                            `done` is put by the one txn that also deletes the log up to
+                            G and every older snapshot. The consensus refs are the newest
+                            done snapshot folded with the log entries after it.
 
 A push's vote is one txn: compare state mod_revision (and the repo record's)
 unchanged, then put state G+1, its log chunks and the primary's applied G+1.
+A repair or the seed of a repository becoming replicated is the same txn
+(whose entry moves every ref to one replica's value; the seed also puts the
+record). Every replica-set change compares the record's mod_revision; going
+back to factor 1 deletes `repl/<owner>/<name>/` and the repository's log
+(routing/replica_changes.py).
 
 Values are compact JSON objects. Decoders raise `SchemaError` on anything
 malformed so one bad key cannot take the routing cache down.
@@ -123,11 +137,18 @@ class Keys:
     def repl(self) -> str:
         return self.prefix + "repl/"
 
+    def repl_repo(self, name: RepoName) -> str:
+        """Every consensus key of one repository (state and applied/*)."""
+        return f"{self.repl}{name.path}/"
+
     def repl_state(self, name: RepoName) -> str:
-        return f"{self.repl}{name.path}/state"
+        return f"{self.repl_repo(name)}state"
+
+    def repl_applied_prefix(self, name: RepoName) -> str:
+        return f"{self.repl_repo(name)}applied/"
 
     def repl_applied(self, name: RepoName, volume_id: str) -> str:
-        return f"{self.repl}{name.path}/applied/{volume_id}"
+        return f"{self.repl_applied_prefix(name)}{volume_id}"
 
     @property
     def refs_root(self) -> str:
@@ -135,10 +156,28 @@ class Keys:
         return self.prefix.rstrip("/") + ".refs/"
 
     def refs_log(self, name: RepoName) -> str:
-        return f"{self.refs_root}{name.path}/log/"
+        return f"{self.refs_repo(name)}log/"
 
     def refs_log_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
         return f"{self.refs_log(name)}{generation:012d}/{chunk:03d}"
+
+    def refs_log_generation(self, name: RepoName, generation: int) -> str:
+        """The prefix of one generation's chunks (a range end for trimming below it)."""
+        return f"{self.refs_log(name)}{generation:012d}/"
+
+    def refs_repo(self, name: RepoName) -> str:
+        """Everything of one repository under refs_root: its log and its snapshots."""
+        return f"{self.refs_root}{name.path}/"
+
+    def refs_snap(self, name: RepoName) -> str:
+        return f"{self.refs_repo(name)}snap/"
+
+    def refs_snap_chunk(self, name: RepoName, generation: int, chunk: int) -> str:
+        return f"{self.refs_snap(name)}{generation:012d}/{chunk:03d}"
+
+    def refs_snap_done(self, name: RepoName, generation: int) -> str:
+        """Written last, in the txn that trims the log: a snapshot counts only with it."""
+        return f"{self.refs_snap(name)}{generation:012d}/done"
 
     def parse_repl_key(self, key: str) -> tuple[RepoName, str | None] | None:
         """`(repo, None)` for a state key, `(repo, volume_id)` for an applied key."""

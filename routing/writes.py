@@ -10,8 +10,10 @@ The node call is injected (`InitOnNode`): routing knows how to record a
 repository, not how to talk to a node's API.
 
 A replicated repository (`replicas` > 1) records its whole replica set in the
-same create-if-absent txn, and every replica is initialised (concurrently, by
-`init_replica`, which installs the replication hooks); if any init fails, the
+same create-if-absent txn, with every replica's applied generation 0 (all are
+empty: in sync with the empty consensus; a replica with no applied key is never
+in sync, see routing/replicas.py). Every replica is initialised (concurrently,
+by `init_replica`, which installs the replication hooks); if any init fails, the
 record is rolled back and every replica that was made is removed again.
 """
 
@@ -24,7 +26,9 @@ from dataclasses import dataclass
 
 import trio
 
+from routing import etcd_codec as codec
 from routing.cache import RoutingCache
+from routing.consensus import encode_applied
 from routing.errors import AlreadyExists, StoreUnavailable
 from routing.etcd import EtcdClient, EtcdError
 from routing.model import (
@@ -62,6 +66,8 @@ class NewRepo:
     replicas: int = 1
     sync_replicas: int | None = None
     """W; None: 2 when replicated (a push durable on two replicas), else 1."""
+    replica_regions: tuple[Region, ...] = ()
+    """Where the replicas after the home must go, in order (the rest: placement's choice)."""
 
     def write_quorum(self) -> int:
         if self.replicas <= 1:
@@ -125,7 +131,8 @@ async def _create_replicated(
     drop_replica: DropOnNode,
 ) -> RepoLocation:
     quorum = new.write_quorum()
-    placed = cache.place_replicas(region, new.replicas, fallback)  # PlacementError propagates
+    # PlacementError propagates
+    placed = cache.place_replicas(region, new.replicas, fallback, new.replica_regions)
     home, home_node = placed[0]
     record = _record(
         new,
@@ -152,7 +159,7 @@ async def _create_replicated(
         if failures:
             raise failures[0]
     except BaseException as exc:
-        rolled_back = await _roll_back(etcd, key, revision)
+        rolled_back = await _roll_back(etcd, key, revision, cache.keys.repl_repo(new.name))
         with trio.move_on_after(ROLLBACK_TIMEOUT, shield=True):
             for node in made:
                 try:
@@ -196,9 +203,16 @@ async def _write_record(
     etcd: EtcdClient, cache: RoutingCache, record: RepoRecord
 ) -> tuple[str, int]:
     """The create-if-absent txn: (key, the revision it was written at)."""
-    key = cache.keys.repo(record.name)
+    keys = cache.keys
+    key = keys.repo(record.name)
+    ops = [codec.put_op(key, encode_repo(record))]
+    if record.replicated:
+        ops += [
+            codec.put_op(keys.repl_applied(record.name, v), encode_applied(0))
+            for v in record.replicas
+        ]
     try:
-        txn = await etcd.create(key, encode_repo(record))
+        txn = await etcd.txn([codec.compare_absent(key)], ops)
     except EtcdError as exc:
         raise StoreUnavailable(f"create {key}: {exc}") from exc
     if not txn.succeeded:
@@ -206,11 +220,18 @@ async def _write_record(
     return key, txn.revision
 
 
-async def _roll_back(etcd: EtcdClient, key: str, created_revision: int) -> bool:
-    """Delete the record written at `created_revision`, if it is still that one."""
+async def _roll_back(
+    etcd: EtcdClient, key: str, created_revision: int, consensus_prefix: str | None = None
+) -> bool:
+    """Delete the record written at `created_revision`, if it is still that one
+    (and, for a replicated create, the applied keys written with it)."""
+    ops = [codec.delete_op(key)]
+    if consensus_prefix is not None:
+        ops.append(codec.delete_op(consensus_prefix, prefix=True))
     with trio.move_on_after(ROLLBACK_TIMEOUT, shield=True):
         try:
-            return (await etcd.delete_if_unchanged(key, created_revision)).succeeded
+            compare = codec.compare_mod_revision(key, created_revision)
+            return (await etcd.txn([compare], ops)).succeeded
         except EtcdError as exc:
             log.error("rollback of %s failed: %s", key, exc)
     return False

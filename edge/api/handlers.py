@@ -90,6 +90,7 @@ class CreateRequest:
     writers: tuple[str, ...]
     replicas: int | None = None
     sync_replicas: int | None = None
+    replica_regions: tuple[Region, ...] = ()
 
 
 def _opt_count(payload: dict[str, Any], field: str) -> int | None:
@@ -103,7 +104,8 @@ def _opt_count(payload: dict[str, Any], field: str) -> int | None:
 
 def parse_create_request(payload: Any) -> CreateRequest:
     """`{"name": "owner/name", "public": false, "readers": [...], "writers": [...],
-    "replicas": N, "sync_replicas": W}` (the last two optional)."""
+    "replicas": N, "sync_replicas": W, "replica_regions": ["lax"]}` (the last three
+    optional; replica_regions: where the replicas after the home go, in order)."""
     if not isinstance(payload, dict) or not isinstance(payload.get("name"), str):
         raise BadRequest('expected JSON {"name": "owner/name"}')
     try:
@@ -126,7 +128,16 @@ def parse_create_request(payload: Any) -> CreateRequest:
     sync_replicas = _opt_count(payload, "sync_replicas")
     if sync_replicas is not None and sync_replicas > (replicas or 1):
         raise BadRequest("sync_replicas cannot exceed replicas")
-    return CreateRequest(name, public, lists[0], lists[1], replicas, sync_replicas)
+    regions = payload.get("replica_regions", [])
+    if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+        raise BadRequest("replica_regions must be a list of region names")
+    if len(regions) >= (replicas or 1):
+        raise BadRequest("replica_regions names the replicas after the home: fewer than replicas")
+    try:
+        wanted = tuple(parse_region(r) for r in regions)
+    except InvalidRegion as exc:
+        raise BadRequest(f"replica_regions: {exc}") from None
+    return CreateRequest(name, public, lists[0], lists[1], replicas, sync_replicas, wanted)
 
 
 def replication_factor(request: CreateRequest, default: int) -> int:
@@ -175,7 +186,7 @@ async def handle_api(state: EdgeState, reply: Reply, route: ApiRoute, info: Clie
     match route:
         case GetRepo(repo=name):
             user = None if admin else await http_user(state.cache, authorization)
-            record = await _readable(state, name, user, admin)
+            record = await readable_record(state, name, user, admin)
             volume = state.cache.volumes.get(record.volume_id)
             body: dict[str, Any] = {
                 "repo": name.path,
@@ -206,6 +217,7 @@ async def handle_api(state: EdgeState, reply: Reply, route: ApiRoute, info: Clie
                 request.writers,
                 replicas=replication_factor(request, cfg.default_replicas),
                 sync_replicas=request.sync_replicas,
+                replica_regions=request.replica_regions,
             )
             with create_errors():
                 location = await create_repo(
@@ -266,7 +278,9 @@ async def _signed_in(state: EdgeState, authorization: bytes | None, what: str) -
     return user
 
 
-async def _readable(state: EdgeState, name: RepoName, user: str | None, admin: bool) -> RepoRecord:
+async def readable_record(
+    state: EdgeState, name: RepoName, user: str | None, admin: bool
+) -> RepoRecord:
     if admin:
         try:
             return await state.cache.record(name)

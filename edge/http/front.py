@@ -15,6 +15,7 @@ from contextlib import suppress
 import trio
 
 from edge.api.handlers import handle_api
+from edge.api.repo_ops import handle_repo_op
 from edge.auth import authorize, http_user, routing_errors
 from edge.errors import EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
@@ -30,6 +31,7 @@ from edge.proto.http_route import (
     CreateUser,
     GetRepo,
     ListCredentials,
+    RepoOp,
     RevokeCredential,
     Stats,
     Unrouted,
@@ -134,6 +136,8 @@ async def handle_request(
                 | RevokeCredential()
             ):
                 return await handle_api(state, reply, route, info)
+            case RepoOp():
+                return await handle_repo_op(state, reply, route)
             case Stats() if info.trusted_proxy:
                 return await reply.json(200, state.stats())
             case Unrouted() | Stats():

@@ -38,6 +38,25 @@ class GetRepo:
     repo: RepoName
 
 
+RepoOpName = Literal["replicas-add", "replicas-remove", "move", "repair", "verify"]
+
+
+@dataclass(frozen=True)
+class RepoOp:
+    """A replica-set change, repair or verify of one repository:
+
+    POST   /api/repos/<owner>/<name>/replicas          {"region": R}        replicas-add
+    DELETE /api/repos/<owner>/<name>/replicas/<where>  (region or volume)   replicas-remove
+    POST   /api/repos/<owner>/<name>/move              {"region": R}        move
+    POST   /api/repos/<owner>/<name>/repair            {"volume", "confirm": true}
+    GET    /api/repos/<owner>/<name>/verify
+    """
+
+    repo: RepoName
+    op: RepoOpName
+    where: str = ""
+
+
 @dataclass(frozen=True)
 class CreateUser:
     """`POST /api/admin/users` with `{"name": ...}` (admin token)."""
@@ -92,6 +111,7 @@ Route = (
     | Rpc
     | CreateRepo
     | GetRepo
+    | RepoOp
     | CreateUser
     | CreateToken
     | AddKey
@@ -152,6 +172,9 @@ def parse_route(method: bytes, target: bytes) -> Route:
         require(method, b"POST")
         return CreateRepo()
     if path.startswith("/api/repos/"):
+        parts = path.removeprefix("/api/repos/").split("/")
+        if len(parts) > 2 and (op := _repo_op(method, parts)) is not None:
+            return op
         require(method, b"GET", b"HEAD")
         return GetRepo(repo_in_path(path.removeprefix("/api/repos/")))
     return git_route(method, path, query) or Unrouted()
@@ -165,3 +188,29 @@ def _credential_id(kind: str, raw: str) -> str:
     if kind == "tokens" and not _TOKEN_ID.fullmatch(ident):
         raise RouteError(400, "bad token id: expected 12 hex digits (ge_<id>_...)")
     return ident
+
+
+_SIMPLE_OPS: dict[str, tuple[bytes, RepoOpName]] = {
+    "replicas": (b"POST", "replicas-add"),
+    "move": (b"POST", "move"),
+    "repair": (b"POST", "repair"),
+    "verify": (b"GET", "verify"),
+}
+
+
+def _repo_op(method: bytes, parts: list[str]) -> RepoOp | None:
+    """`owner/name/<op>[/<where>]`; None: not an op (the whole path is then a bad name)."""
+    rest = parts[2:]
+    one_part = len(rest) == 1 and rest[0] in _SIMPLE_OPS
+    if not one_part and not (len(rest) == 2 and rest[0] == "replicas"):
+        return None
+    repo = repo_in_path("/".join(parts[:2]))
+    if len(rest) == 1:
+        allowed, op = _SIMPLE_OPS[rest[0]]
+        require(method, allowed)
+        return RepoOp(repo, op)
+    require(method, b"DELETE")
+    where = unquote(rest[1])
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", where):
+        raise RouteError(400, "bad replica: expected a region or a volume id")
+    return RepoOp(repo, "replicas-remove", where)

@@ -1,6 +1,9 @@
 """What gitedge needs from asyncssh that asyncssh's public API does not offer.
 
-One gap, one function, applied per connection (never to the class):
+Two gaps, one function each, applied per connection or per channel (never to
+the class):
+
+## The empty IGNORE before each packet (`skip_empty_ignore_packets`)
 
 asyncssh (2.x, `SSHConnection.send_packet`) precedes every post-kex packet with
 an empty SSH_MSG_IGNORE, the countermeasure RFC 4251 section 9.3.1 suggests
@@ -19,10 +22,30 @@ shadows `send_packet` on that one object, which asyncssh's own code reaches
 through `self.send_packet` / `self._conn.send_packet`. The test of this module
 fails if asyncssh stops sending the packet (drop this module then) or if the
 shadowing stops working (asyncssh changed how it sends).
+
+## Short packets into a nearly closed window (`send_full_packets`)
+
+asyncssh sends `min(send window, max packet)` from its buffer whenever the
+peer's window opens, however little: the silly window syndrome (RFC 813,
+RFC 1122 4.2.3.4). During a clone the client is the slowest process, its
+window stays nearly closed, and OpenSSH grants what its git consumed, often
+8 KiB at a time: a third of the edge's data packets to it were short (6,793
+packets where 3,200 full ones carry the data, counted in bench/results/
+ssh_clone_cpu-work.floor.md), and each packet costs its encryption, MAC and
+`send()` on the edge and the same again on the client. asyncssh has no option
+for it and no public view of the send window. `send_full_packets(chan)` shadows
+that one channel's `_flush_send_buf`: data waits while the window is smaller
+than both one packet and what is buffered and less than half the largest
+window the peer offered (then buffered writes are joined, as a packet never
+spans two of them), and at most HOLD_LIMIT (the override timer RFC 1122
+asks for, against a peer that waits for a closed window before it grants).
+Its test fails if asyncssh stops sending short packets (drop the function) or
+if the shadow stops taking effect.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncssh
@@ -47,3 +70,59 @@ def skip_empty_ignore_packets(conn: Connection) -> None:
         send(pkttype, *args, **kwargs)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+
+
+HOLD_LIMIT = 0.05
+"""The longest data waits for a window worth a full packet (seconds)."""
+
+
+def send_full_packets(chan: asyncssh.SSHServerChannel[Any]) -> None:
+    """Make `chan` send only full-size data packets while its window is nearly closed.
+
+    Call it from the session's `connection_made(chan)` (on asyncio's loop).
+    While the peer's window is at least half the largest it offered, or all
+    that is buffered fits, asyncssh's own flush runs unchanged; below that it
+    runs with the window rounded down to whole packets, and the remainder is
+    added back afterwards.
+    """
+    flush = chan._flush_send_buf  # the class's, bound to this channel
+    loop = asyncio.get_running_loop()
+    peak = 0
+    timer: asyncio.TimerHandle | None = None
+
+    def flush_held() -> None:
+        nonlocal timer
+        timer = None
+        if chan._send_buf:
+            flush()  # the override: whatever the window allows, short or not
+
+    def flush_send_buf() -> None:
+        nonlocal peak, timer
+        window: int = chan._send_window
+        peak = max(peak, window)
+        pktsize: int = chan._send_pktsize
+        if chan._send_buf_len <= window or 2 * window >= peak or pktsize <= 0:
+            flush()
+            return
+        _join_pieces(chan._send_buf)
+        usable = window - window % pktsize
+        if usable == window:
+            flush()
+            return
+        chan._send_window = usable
+        try:
+            flush()
+        finally:
+            chan._send_window += window - usable
+        if timer is None and chan._send_buf and chan._send_window:
+            timer = loop.call_later(HOLD_LIMIT, flush_held)
+
+    chan._flush_send_buf = flush_send_buf  # type: ignore[method-assign]
+
+
+def _join_pieces(pieces: list[tuple[bytearray, asyncssh.DataType]]) -> None:
+    """Join the buffered writes of one data type: asyncssh never lets one packet
+    span two writes, so each write's tail would go out as a short packet."""
+    head, datatype = pieces[0]
+    while len(pieces) > 1 and pieces[1][1] == datatype:
+        head += pieces.pop(1)[0]

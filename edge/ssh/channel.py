@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 import asyncssh
 import trio
 
+from edge.ssh.asyncssh_gap import send_full_packets
 from gitproto.protocol import CHUNK
 
 # A broken channel or connection to the client.
@@ -75,6 +76,7 @@ class ClientChannel(asyncssh.SSHServerSession[bytes]):
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        send_full_packets(chan)  # no short packets into a nearly closed window
 
     def shell_requested(self) -> bool:
         return True  # answered with the greeting

@@ -46,3 +46,16 @@ def test_quick_run_writes_every_cell_with_floors(tmp_path: Path) -> None:
     assert " / " in markdown.split("### HTTPS ls-remote (warm)")[1]
     for png in ("regions_heat_https.png", "regions_heat_ssh.png", "regions_bars.png"):
         assert (tmp_path / png).stat().st_size > 1000
+    # The replicated scenario ran in the same world: every cell, its table and its plot.
+    replicated = json.loads((tmp_path / "regions_replicated.json").read_text())["replicated"]
+    got = {(s["protocol"], s["op"], s["client"], s["kind"]) for s in replicated["samples"]}
+    for protocol in PROTOCOLS:
+        for client in ("fra", "syd"):
+            for kind in ("unreplicated", "w1", "w2"):
+                assert (protocol, "push", client, kind) in got
+        for client in REGIONS:
+            for op in ("ls-remote", "clone"):
+                for kind in ("replicated", "homed-here", "homed-far"):
+                    assert (protocol, op, client, kind) in got
+    assert "W=2 / unreplicated" in (tmp_path / "regions_replicated.md").read_text()
+    assert (tmp_path / "regions_replicated.png").stat().st_size > 1000

@@ -3,20 +3,31 @@ real etcd, real git through the edges (docs/replication.md)."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from devnet.network import Devnet, start_devnet
-from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command
-from tests.e2e.conftest import create_replicated as create
-from tests.e2e.conftest import region_edge as edge
-from tests.e2e.conftest import repo_where as where
+from routing.model import RepoName
+from routing.schema import DEFAULT_PREFIX, Keys
+from tests.e2e.conftest import (
+    Git,
+    create_replicated,
+    poll,
+    region_edge,
+    repo_url,
+    repo_where,
+    ssh_git_command,
+)
 
 REGIONS = ("fra", "lax", "syd")
+# Short names, also imported from here by test_replica_changes.
+create, edge, where = create_replicated, region_edge, repo_where
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +139,33 @@ def test_two_concurrent_pushes_to_main_one_wins_none_diverges(
     assert where(net3, "alice/race")["generation"] == 2
 
 
+def test_a_peer_transfer_writes_only_the_hidden_namespace_and_only_for_a_node(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    """The endpoint a primary pushes a push's objects to (node/repl_git.transfer_url):
+    receive-pack with the store's transfer hook instead of the repository's vote."""
+    assert create(net3, "alice/xfer", "fra", 2).status_code == 201
+    node = net3.nodes["fra-1"]
+    url = f"{node.http_url}/_gitedge/repl/git/alice/xfer.git"
+    work = git.new_worktree(tmp_path / "w")
+    git.commit(work, "a.txt", b"one\n")
+    secret = net3.admin_secret_file.read_text().strip()
+    header = f"http.extraHeader=Authorization: Bearer {secret}"
+    git.run("-c", header, "push", "-q", url, "HEAD:refs/gitedge/incoming/t/0", cwd=work)
+    outside = git.run("-c", header, "push", url, "HEAD:refs/heads/main", cwd=work, check=False)
+    assert outside.returncode != 0
+    assert "a transfer may only write refs/gitedge/incoming/" in outside.stderr, outside.stderr
+    bare = node.volume_dir / "alice/xfer.git"
+    heads = git.run("for-each-ref", "refs/heads", cwd=bare).stdout
+    assert heads == ""  # nothing but the hidden ref was written, and no vote ran
+    assert where(net3, "alice/xfer")["generation"] == 0
+    # Not a way to read, and not for anyone without the node credential.
+    assert git.run("-c", header, "ls-remote", url, check=False).returncode != 0
+    stranger = git.run("push", url, "HEAD:refs/gitedge/incoming/t/1", cwd=work, check=False)
+    assert stranger.returncode != 0
+    assert "refs/gitedge/incoming/t/1" not in git.run("for-each-ref", cwd=bare).stdout
+
+
 def test_a_replica_down_the_push_still_lands_on_two_and_it_catches_up(
     net3: Devnet, git: Git, tmp_path: Path
 ) -> None:
@@ -163,6 +201,73 @@ def test_a_replica_down_the_push_still_lands_on_two_and_it_catches_up(
     poll(30, lambda: in_sync(net3, "alice/down", 3), "the restarted replicas to catch up")
     refs = replica_refs(net3, git, "alice/down")
     assert all(r == {"refs/heads/main": head} for r in refs.values()), refs
+
+
+def etcd_keys(net: Devnet, prefix: str) -> list[str]:
+    """Every key under `prefix`, read straight from etcd's JSON gateway."""
+
+    def b64(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    got = httpx.post(
+        f"{net.etcd.url}/v3/kv/range",
+        json={"key": b64(prefix), "range_end": b64(end), "keys_only": True},
+        timeout=10,
+    )
+    got.raise_for_status()
+    return [base64.b64decode(kv["key"]).decode() for kv in got.json().get("kvs", [])]
+
+
+def set_snapshot_after(net: Devnet, value: int | None) -> None:
+    """Restart every node with `[node] snapshot_after = value` (None: the default)."""
+    for node in net.nodes.values():
+        lines = [
+            line
+            for line in node.config_path.read_text().splitlines()
+            if not line.startswith("snapshot_after")
+        ]
+        if value is not None:
+            lines.insert(lines.index("[node]") + 1, f"snapshot_after = {value}")
+        node.config_path.write_text("\n".join(lines) + "\n")
+        net.restart_node(node)
+
+
+def test_the_ref_log_is_snapshotted_and_a_replica_that_was_down_catches_up_from_it(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    set_snapshot_after(net3, 3)
+    try:
+        assert create(net3, "alice/snap", "fra", 3).status_code == 201
+        keys = Keys(DEFAULT_PREFIX)
+        repo = RepoName("alice", "snap")
+        work = git.new_worktree(tmp_path / "w")
+        url = repo_url(net3, "alice/snap", edge_url=edge(net3, "fra").https_url)
+        net3.nodes["syd-1"].process.kill()
+        heads = []
+        for i in range(8):
+            heads.append(git.commit(work, f"f{i}.txt", f"{i}\n".encode()))
+            git.run("push", "-q", url, "main", cwd=work)
+            git.run("tag", f"v{i}", cwd=work)
+            git.run("push", "-q", url, f"v{i}", cwd=work)
+        # 16 generations; lax folds them as it applies and snapshots every 3 or more:
+        # what is left is one snapshot and at most a few entries after it.
+        poll(20, lambda: lax_state(net3, "alice/snap") == "in-sync", "lax in sync")
+        left = etcd_keys(net3, keys.refs_repo(repo))
+        snaps = [k for k in left if k.startswith(keys.refs_snap(repo)) and k.endswith("/done")]
+        logs = [k for k in left if k.startswith(keys.refs_log(repo))]
+        assert len(snaps) == 1 and len(logs) < 16, left
+        assert where(net3, "alice/snap")["generation"] == 16
+        # syd missed every generation, most of them trimmed: it catches up from the snapshot.
+        net3.restart_node(net3.nodes["syd-1"])
+        poll(30, lambda: in_sync(net3, "alice/snap", 3), "all three in sync")
+        want = {"refs/heads/main": heads[-1]} | {
+            f"refs/tags/v{i}": head for i, head in enumerate(heads)
+        }
+        refs = replica_refs(net3, git, "alice/snap")
+        assert len(refs) == 3 and all(r == want for r in refs.values()), refs
+    finally:
+        set_snapshot_after(net3, None)
 
 
 def lax_state(net: Devnet, name: str) -> str:

@@ -1,5 +1,7 @@
 """edge.ssh.asyncssh_gap against asyncssh as installed and a real OpenSSH client.
 
+The IGNORE tests:
+
 These fail when asyncssh changes under the wrapper: if asyncssh stops sending
 an empty SSH_MSG_IGNORE before each packet, the control case fails (delete the
 module); if it sends it some way the per-connection shadowing no longer
@@ -15,6 +17,7 @@ of 9 interleaved runs): chacha20-poly1305 (what OpenSSH negotiates by default)
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +25,11 @@ from pathlib import Path
 import asyncssh
 import pytest
 import trio
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.packet import String
 
 from edge.ssh.aio import aio_as_trio, open_aio_loop
-from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
+from edge.ssh.asyncssh_gap import send_full_packets, skip_empty_ignore_packets
 
 PAYLOAD = 2**20  # 32 data packets of 32 KiB to an OpenSSH client
 
@@ -59,13 +62,24 @@ class _TestServer:
     skip_next: list[bool]
     connections: list[asyncssh.SSHServerConnection]
     with_data_ignore: bool = False
+    payload: int = PAYLOAD
+    hold_short_packets: bool = False
+    data_packets: list[int] | None = None
 
 
 async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) -> None:
     if server.with_data_ignore:
         # An IGNORE that carries data is not the countermeasure: it must go out.
         server.connections[-1].send_packet(MSG_IGNORE, String(b"keepalive"))
-    process.stdout.write(b"\x5a" * PAYLOAD)
+    if server.data_packets is not None:
+        _count_data_packets(server.connections[-1], server.data_packets)
+    if server.hold_short_packets:
+        send_full_packets(process.channel)
+        assert type(process.channel) is asyncssh.SSHServerChannel
+    # Written in pieces, as the relay writes: the window, not the writes, sizes packets.
+    for _ in range(server.payload // 65536):
+        process.stdout.write(b"\x5a" * 65536)
+        await process.stdout.drain()
     await process.stdout.drain()
     process.exit(0)
 
@@ -88,6 +102,7 @@ async def server(tmp_path: Path) -> AsyncIterator[_TestServer]:
             server_factory=lambda: _Server(state),
             process_factory=process,
             encoding=None,
+            line_editor=False,  # the channel itself, as the edge's (not an editor's wrapper)
             config=None,
         )
         state.port = acceptor.sockets[0].getsockname()[1]
@@ -138,3 +153,69 @@ def test_no_cbc_cipher_is_offered_by_default() -> None:
     defaults = [alg.decode() for alg in asyncssh.encryption.get_default_encryption_algs()]
     assert defaults
     assert not [alg for alg in defaults if "cbc" in alg]
+
+
+def _count_data_packets(conn: asyncssh.SSHServerConnection, sizes: list[int]) -> None:
+    send = conn.send_packet
+
+    def send_packet(pkttype: int, *args: bytes, **kwargs: object) -> None:
+        if pkttype == MSG_CHANNEL_DATA:
+            sizes.append(len(args[0]) - 8)  # the channel id, then String(data)
+        send(pkttype, *args, **kwargs)  # type: ignore[arg-type]
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]
+
+
+# A client whose git reads slower than the network brings: it reads 8 KiB at a
+# time with a pause, so its window stays nearly closed and OpenSSH grants small
+# amounts, as during a clone.
+_SLOW_READER = (
+    "import sys, time\n"
+    "n = 0\n"
+    "while b := sys.stdin.buffer.read1(8192):\n"
+    "    n += len(b)\n"
+    "    time.sleep(0.0003)\n"
+    "print(n)\n"
+)
+
+
+async def _packets_to_slow_reader(server: _TestServer, *, hold: bool) -> list[int]:
+    """Sizes of the data packets of one 4 MiB download to a slow reader."""
+    server.skip_next.append(True)
+    server.payload = 4 * 2**20
+    server.hold_short_packets = hold
+    sizes: list[int] = []
+    server.data_packets = sizes
+    ssh = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    ssh += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    ssh += ["-o", "BatchMode=yes", "u@127.0.0.1", "download"]
+    script = " ".join(ssh) + ' | python3 -c "$READER"'
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            ["sh", "-c", script],
+            capture_stdout=True,
+            capture_stderr=True,
+            env={**os.environ, "READER": _SLOW_READER},
+        )
+    assert int(done.stdout) == server.payload
+    assert sum(sizes) == server.payload
+    return sizes
+
+
+async def test_asyncssh_still_sends_short_packets_into_a_small_window(
+    server: _TestServer,
+) -> None:
+    """The control: if this fails, asyncssh avoids silly windows itself; drop
+    send_full_packets."""
+    sizes = await _packets_to_slow_reader(server, hold=False)
+    full = max(sizes)
+    assert full == 32768  # OpenSSH's max packet for a session channel
+    assert sum(size < full for size in sizes) > len(sizes) // 10
+
+
+async def test_send_full_packets_sends_full_packets(server: _TestServer) -> None:
+    sizes = await _packets_to_slow_reader(server, hold=True)
+    short = [size for size in sizes if size < max(sizes)]
+    # A few stay short: the last piece, and any the hold limit let out.
+    assert len(short) <= max(3, len(sizes) // 20), short
+    assert len(sizes) <= server.payload // 32768 + len(short)

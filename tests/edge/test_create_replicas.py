@@ -29,3 +29,18 @@ def test_factor_above_one_is_refused_while_replication_is_unavailable(
         replication_factor(parse_create_request({"name": "alice/x", "replicas": 3}), 1)
     with pytest.raises(BadRequest, match="not available yet"):
         replication_factor(parse_create_request({"name": "alice/x"}), 2)
+
+
+def test_replica_regions_are_parsed_and_checked() -> None:
+    request = parse_create_request({"name": "alice/x", "replicas": 3, "replica_regions": ["lax"]})
+    assert request.replica_regions == ("lax",)
+    assert parse_create_request({"name": "alice/x"}).replica_regions == ()
+    for bad, says in (
+        ({"replicas": 2, "replica_regions": "lax"}, "must be a list"),
+        ({"replicas": 2, "replica_regions": [7]}, "must be a list"),
+        ({"replicas": 2, "replica_regions": ["LAX!"]}, "bad region name"),
+        ({"replicas": 2, "replica_regions": ["lax", "syd"]}, "fewer than replicas"),
+        ({"replica_regions": ["lax"]}, "fewer than replicas"),
+    ):
+        with pytest.raises(BadRequest, match=says):
+            parse_create_request({"name": "alice/x", **bad})

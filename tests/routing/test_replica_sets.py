@@ -52,6 +52,26 @@ def test_replicas_take_distinct_regions_first_home_first() -> None:
     assert sorted(v.region for v in chosen) == ["fra", "lax", "syd"]
 
 
+def test_named_replica_regions_are_taken_in_order_even_against_the_counts() -> None:
+    # Without a name, the emptier syd would win the second replica.
+    counts = {VolumeId("v-lax1"): 5, VolumeId("v-lax1b"): 5}
+    assert [v.region for v in choose_replicas(FRA, 2, VOLUMES, BY_ID, counts)] == ["fra", "syd"]
+    chosen = choose_replicas(FRA, 3, VOLUMES, BY_ID, counts, regions=[LAX])
+    assert [v.region for v in chosen] == ["fra", "lax", "syd"]
+    # The home's region may be named too: then another node there.
+    chosen = choose_replicas(FRA, 2, VOLUMES, BY_ID, {}, regions=[FRA])
+    assert [v.node_id for v in chosen] == ["fra-1", "fra-2"]
+
+
+def test_named_replica_region_without_a_free_node_is_refused() -> None:
+    with pytest.raises(PlacementError, match="no live volume for a replica in region 'syd'"):
+        choose_replicas(SYD, 2, VOLUMES, BY_ID, {}, regions=[SYD])  # syd has one node
+    with pytest.raises(PlacementError, match="region 'mars'"):
+        choose_replicas(FRA, 2, VOLUMES, BY_ID, {}, regions=[Region("mars")])
+    with pytest.raises(PlacementError, match="2 replica regions named for 1"):
+        choose_replicas(FRA, 2, VOLUMES, BY_ID, {}, regions=[LAX, SYD])
+
+
 def test_past_the_regions_distinct_nodes_never_one_node_twice() -> None:
     chosen = choose_replicas(LAX, 4, VOLUMES, BY_ID, {})
     assert len({v.node_id for v in chosen}) == 4  # lax-1's second volume is never picked
