@@ -397,12 +397,15 @@ class RoutingCache:
         A `push` to a replicated repository needs etcd for its vote: while the
         watch is down (etcd unreachable or without quorum) it is refused here at
         once (ConsensusUnavailable) rather than after the node's etcd timeouts.
+        Pushes never wait for a replica to catch up: none in sync fails at once.
         """
         record = await self.record(name)
         if not record.replicated:
             return self._home(record)
         if push and not self._synced:
             raise ConsensusUnavailable(f"{name}: push while the etcd watch is down")
+        if push:
+            wait = 0.0  # a push fails fast (issue 8); its client retries, a read's may not
         with trio.move_on_after(wait):
             while True:
                 record = self._repos.get(name, record)

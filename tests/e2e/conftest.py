@@ -6,6 +6,7 @@ when the module ends.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import socket
@@ -16,12 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from devnet.network import Devnet, start_devnet
+from devnet.network import Devnet, EdgeHandle, start_devnet
 
 T = TypeVar("T")
 
@@ -195,6 +196,38 @@ def ssh_git_command(net: Devnet, key_dir: Path, user: str = "alice") -> str:
             "-o", f"UserKnownHostsFile={net.known_hosts}",
         ]
     )  # fmt: skip
+
+
+def region_edge(net: Devnet, region: str) -> EdgeHandle:
+    """The network's (first) edge in `region`."""
+    return next(e for e in net.edges if e.region == region)
+
+
+def create_replicated(net: Devnet, name: str, region: str, replicas: int) -> httpx.Response:
+    """Create `name` (alice's) through `region`'s edge with `replicas` replicas."""
+    return httpx.post(
+        f"{region_edge(net, region).https_url}/api/repos",
+        json={"name": name, "replicas": replicas},
+        auth=("alice", net.user_token("alice")),
+        verify=tls(net),
+        timeout=30,
+    )
+
+
+def repo_where(net: Devnet, name: str) -> dict[str, Any]:
+    """`gitedge repo where NAME` as alice, through the first edge, parsed."""
+    shown = gitedge(
+        net.edge.https_url,
+        net.ca_file,
+        "repo",
+        "where",
+        name,
+        GITEDGE_USER="alice",
+        GITEDGE_TOKEN=net.user_token("alice"),
+    )
+    assert shown.returncode == 0, shown.stderr
+    answer: dict[str, Any] = json.loads(shown.stdout)
+    return answer
 
 
 def poll(deadline_s: float, check: Callable[[], T | None], what: str = "the condition") -> T:

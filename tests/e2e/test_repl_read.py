@@ -1,12 +1,11 @@
 """Replicated repositories: the read path, failures, and write guarantees, end to end.
 
-Three regions (fra has two nodes), an edge per region with a 5 s replica read
+Three regions (fra has two nodes), an edge per region with an 8 s replica read
 wait, real etcd (stopped with SIGSTOP in one test), real git and OpenSSH.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -21,9 +20,11 @@ import httpx
 import pytest
 
 from devnet.network import Devnet, EdgeHandle, start_devnet
-from tests.e2e.conftest import Git, gitedge, poll, repo_url, ssh_git_command, tls
+from tests.e2e.conftest import Git, create_replicated, poll, repo_url, ssh_git_command, tls
+from tests.e2e.conftest import region_edge as edge
+from tests.e2e.conftest import repo_where as where
 
-READ_WAIT = 5.0
+READ_WAIT = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -39,46 +40,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         yield network
 
 
-@pytest.fixture
-def git(tmp_path: Path, net: Devnet) -> Git:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Git(home, net.ca_file)
-
-
 @pytest.fixture(scope="module")
 def alice_ssh(net: Devnet, tmp_path_factory: pytest.TempPathFactory) -> str:
     return ssh_git_command(net, tmp_path_factory.mktemp("alice-ssh"))
 
 
-def edge(net: Devnet, region: str) -> EdgeHandle:
-    return next(e for e in net.edges if e.region == region)
-
-
 def create(net: Devnet, name: str, region: str, replicas: int) -> None:
-    made = httpx.post(
-        f"{edge(net, region).https_url}/api/repos",
-        json={"name": name, "replicas": replicas},
-        auth=("alice", net.user_token("alice")),
-        verify=tls(net),
-        timeout=30,
-    )
+    made = create_replicated(net, name, region, replicas)
     assert made.status_code == 201, made.text
-
-
-def where(net: Devnet, name: str) -> dict[str, Any]:
-    shown = gitedge(
-        edge(net, "fra").https_url,
-        net.ca_file,
-        "repo",
-        "where",
-        name,
-        GITEDGE_USER="alice",
-        GITEDGE_TOKEN=net.user_token("alice"),
-    )
-    assert shown.returncode == 0, shown.stderr
-    answer: dict[str, Any] = json.loads(shown.stdout)
-    return answer
 
 
 def all_in_sync(net: Devnet, name: str) -> bool:
@@ -143,14 +112,22 @@ def push_commit(git: Git, work: Path, name: str, region: str, net: Devnet, text:
     return head
 
 
+def replicated_with_a_push(
+    net: Devnet, git: Git, work: Path, name: str, region: str, replicas: int = 3
+) -> str:
+    """`name` created through `region`'s edge, one commit pushed, every replica in sync."""
+    create(net, name, region, replicas)
+    git.new_worktree(work)
+    head = push_commit(git, work, name, region, net, "one")
+    poll(20, lambda: all_in_sync(net, name), "all replicas in sync")
+    return head
+
+
 def test_the_get_and_post_of_one_exchange_see_one_state(
     net: Devnet, git: Git, tmp_path: Path
 ) -> None:
-    name = "alice/exchange"
-    create(net, name, "fra", 3)
-    work = git.new_worktree(tmp_path / "w")
-    first = push_commit(git, work, name, "lax", net, "one")
-    poll(20, lambda: all_in_sync(net, name), "all replicas in sync")
+    name, work = "alice/exchange", tmp_path / "w"
+    first = replicated_with_a_push(net, git, work, name, "lax")
 
     # Nothing changes: every request of a clone through fra goes to one replica.
     fra = edge(net, "fra")
@@ -196,10 +173,7 @@ def test_a_read_with_no_replica_in_sync_waits_for_one_then_fails_clearly(
     net: Devnet, git: Git, alice_ssh: str, tmp_path: Path
 ) -> None:
     name = "alice/waiting"
-    create(net, name, "syd", 2)
-    work = git.new_worktree(tmp_path / "w")
-    head = push_commit(git, work, name, "syd", net, "one")
-    poll(20, lambda: all_in_sync(net, name), "both replicas in sync")
+    head = replicated_with_a_push(net, git, tmp_path / "w", name, "syd", replicas=2)
     nodes = [net.nodes[str(r["node"])] for r in where(net, name)["replicas"]]
     for node in nodes:
         node.process.stop()  # clean stop: the lease is revoked, the replica is down at once
@@ -355,11 +329,8 @@ def region_down(net: Devnet, name: str, region: str) -> bool:
 def test_etcd_stopped_reads_go_on_pushes_fail_fast_degraded_logged_once(
     net: Devnet, git: Git, tmp_path: Path
 ) -> None:
-    name = "alice/outage"
-    create(net, name, "fra", 3)
-    work = git.new_worktree(tmp_path / "w")
-    head = push_commit(git, work, name, "fra", net, "one")
-    poll(20, lambda: all_in_sync(net, name), "all replicas in sync")
+    name, work = "alice/outage", tmp_path / "w"
+    head = replicated_with_a_push(net, git, work, name, "fra")
     fra = edge(net, "fra")
 
     def count(word: str) -> int:

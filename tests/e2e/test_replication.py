@@ -4,7 +4,6 @@ real etcd, real git through the edges (docs/replication.md)."""
 from __future__ import annotations
 
 import base64
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,22 @@ from typing import Any
 import httpx
 import pytest
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.network import Devnet, start_devnet
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, gitedge, poll, repo_url, ssh_git_command, tls
+from tests.e2e.conftest import (
+    Git,
+    create_replicated,
+    poll,
+    region_edge,
+    repo_url,
+    repo_where,
+    ssh_git_command,
+)
 
 REGIONS = ("fra", "lax", "syd")
+# Short names, also imported from here by test_replica_changes.
+create, edge, where = create_replicated, region_edge, repo_where
 
 
 @pytest.fixture(scope="module")
@@ -34,35 +43,6 @@ def git(tmp_path: Path, net3: Devnet) -> Git:
     home = tmp_path / "home"
     home.mkdir()
     return Git(home, net3.ca_file)
-
-
-def edge(net: Devnet, region: str) -> EdgeHandle:
-    return next(e for e in net.edges if e.region == region)
-
-
-def create(net: Devnet, name: str, region: str, replicas: int) -> httpx.Response:
-    return httpx.post(
-        f"{edge(net, region).https_url}/api/repos",
-        json={"name": name, "replicas": replicas},
-        auth=("alice", net.user_token("alice")),
-        verify=tls(net),
-        timeout=30,
-    )
-
-
-def where(net: Devnet, name: str) -> dict[str, Any]:
-    shown = gitedge(
-        net.edge.https_url,
-        net.ca_file,
-        "repo",
-        "where",
-        name,
-        GITEDGE_USER="alice",
-        GITEDGE_TOKEN=net.user_token("alice"),
-    )
-    assert shown.returncode == 0, shown.stderr
-    answer: dict[str, Any] = json.loads(shown.stdout)
-    return answer
 
 
 def replica_refs(net: Devnet, git: Git, name: str) -> dict[str, dict[str, str]]:

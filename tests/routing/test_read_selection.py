@@ -206,9 +206,13 @@ async def test_a_read_with_no_replica_catching_up_fails_at_the_bounded_wait() ->
     with pytest.raises(NoReplicaInSync, match=r"within 0\.5s"):
         await cache.resolve_read(REPO, FRA, wait=0.5)
     assert 0.5 <= trio.current_time() - started < 2
-    # No wait configured: at once.
+    # No wait configured, or a push (which fails fast): at once.
+    started = trio.current_time()
     with pytest.raises(NoReplicaInSync):
         await cache.resolve_read(REPO, FRA)
+    with pytest.raises(NoReplicaInSync):
+        await cache.resolve_read(REPO, FRA, wait=30, push=True)
+    assert trio.current_time() - started < 0.5
 
 
 async def test_while_etcd_is_out_reads_go_on_and_pushes_are_refused_at_once() -> None:
