@@ -30,6 +30,35 @@ USER = "bench"
 BASELINE = "baseline"
 
 
+def add_tree_options(p: argparse.ArgumentParser) -> None:
+    """The options of every side-by-side benchmark: the baseline tree, where results go."""
+    p.add_argument(
+        "--baseline-tree",
+        type=Path,
+        metavar="DIR",
+        help="also run the edge and nodes of this source tree (e.g. a `git worktree` of an "
+        "older commit, bootstrapped with its ./dev), interleaved with this tree's",
+    )
+    p.add_argument(
+        "--baseline-python",
+        type=Path,
+        metavar="PATH",
+        help="the baseline tree's interpreter (default DIR/.venv/bin/python)",
+    )
+    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    name = p.prog.rpartition(".")[2]
+    p.add_argument("--tag", default="", help=f"write {name}_TAG.{{json,md}} (and profiles) instead")
+    p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (debugging)")
+
+
+def check_tree_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`p.error` (exit 2) on a bad combination of `add_tree_options`' options."""
+    if args.baseline_python and not args.baseline_tree:
+        p.error("--baseline-python goes with --baseline-tree")
+    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
+        p.error("--tag: letters, digits, - and _ only")
+
+
 def parse_clone_args(
     p: argparse.ArgumentParser, argv: list[str] | None, quick: dict[str, int]
 ) -> argparse.Namespace:
@@ -46,36 +75,17 @@ def parse_clone_args(
         action="store_true",
         help="clone with --no-checkout (transport and index-pack only, no working tree)",
     )
-    p.add_argument(
-        "--baseline-tree",
-        type=Path,
-        metavar="DIR",
-        help="also run the edge and nodes of this source tree (e.g. a `git worktree` of an "
-        "older commit, bootstrapped with its ./dev), interleaved with this tree's",
-    )
-    p.add_argument(
-        "--baseline-python",
-        type=Path,
-        metavar="PATH",
-        help="the baseline tree's interpreter (default DIR/.venv/bin/python)",
-    )
     clones_help = "after the timed runs, run N more edge clones under `py-spy record --gil`"
     p.add_argument("--profile", type=int, default=0, metavar="N", help=clones_help)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
-    p.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    name = p.prog.rpartition(".")[2]
-    p.add_argument("--tag", default="", help=f"write {name}_TAG.{{json,md}} (and profiles) instead")
-    p.add_argument("--keep-work", action="store_true", help="keep the temp work dir (debugging)")
+    add_tree_options(p)
     args = p.parse_args(argv)
     if args.quick:
         for key, value in quick.items():
             setattr(args, key, value)
     if args.rounds < 1 or args.size_mb < 1:
         p.error("--rounds and --size-mb must be >= 1")
-    if args.baseline_python and not args.baseline_tree:
-        p.error("--baseline-python goes with --baseline-tree")
-    if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():
-        p.error("--tag: letters, digits, - and _ only")
+    check_tree_options(p, args)
     return args
 
 
@@ -109,11 +119,12 @@ def notes(args: argparse.Namespace, *specific: str) -> list[str]:
     ]
 
 
-def create_repo(net: TreeNet, name: str) -> dict[str, Any]:
-    """`name` placed in fra by `net`'s edge (as user bench); returns the placement."""
+def create_repo(net: TreeNet, name: str, **fields: Any) -> dict[str, Any]:
+    """`name` placed in fra by `net`'s edge (as user bench), with `fields` in the request
+    (e.g. `replicas=2`); returns the placement."""
     response = httpx.post(
         f"{net.https_url}/api/repos",
-        json={"name": name},
+        json={"name": name, **fields},
         headers={"Fly-Region": "fra"},
         auth=(USER, net.token(USER)),
         verify=str(net.ca_file),
