@@ -29,6 +29,7 @@ from node.http_conn import BodyTooLarge, HttpConn
 from node.repl_git import REPL_PATH, TRANSFER_PATH, GitFailed
 from node.repl_ops import OpRefused, ReplicaOps
 from node.replication import ApplyError, HookCall, NotAReplica, Replicator
+from node.repos import TMP_DIR_NAME
 from routing.consensus import PushRefused, RefUpdate
 from routing.etcd import EtcdError
 from routing.model import InvalidRepoName, RepoName, VolumeId
@@ -55,11 +56,21 @@ def transfer_git_target(target: bytes) -> bytes | None:
     return target[len(TRANSFER_PATH) :]
 
 
+class CopyGone(Exception):
+    """The hook's repository was moved or removed from this volume while its push ran."""
+
+    MESSAGE = (
+        "this copy of the repository was moved or removed while the push ran;"
+        " nothing was changed: push again"
+    )
+
+
 class ReplApi:
     def __init__(self, replicator: Replicator, ops: ReplicaOps, volume_root: Path) -> None:
         self._replicator = replicator
         self._ops = ops
         self._root = volume_root
+        self._tmp_name = TMP_DIR_NAME
 
     async def handle(self, conn: HttpConn, request: h11.Request) -> None:
         action = request.target.partition(b"?")[0].removeprefix(REPL_PATH)
@@ -74,6 +85,9 @@ class ReplApi:
                 name = RepoName.parse(str(body.get("name")))
             else:
                 call = self._hook_call(body)
+        except CopyGone:
+            await conn.respond_text(409, CopyGone.MESSAGE)
+            return
         except (BodyTooLarge, ValueError, InvalidRepoName) as exc:
             await conn.respond_text(400, f"bad request: {exc}")
             return
@@ -142,7 +156,14 @@ class ReplApi:
     def _hook_call(self, body: dict[str, Any]) -> HookCall:
         git_dir = Path(str(body.get("git_dir", ""))).resolve()
         relative = git_dir.relative_to(self._root.resolve())  # ValueError outside the volume
-        name = RepoName.parse(relative.as_posix())
+        try:
+            name = RepoName.parse(relative.as_posix())
+        except InvalidRepoName:
+            if relative.parts[:1] == (self._tmp_name,) or not git_dir.is_dir():
+                # Renamed away under the push (a move or removal deletes a copy by
+                # renaming it into the volume's temp dir first).
+                raise CopyGone() from None
+            raise
         updates = body.get("updates")
         if not isinstance(updates, list):
             raise ValueError("updates must be a list")

@@ -29,6 +29,9 @@ DEFAULT_BRANCH = "main"
 INIT_TIMEOUT = 30.0
 
 
+TMP_DIR_NAME = ".gitedge-tmp"
+"""Inside the volume, so renames into and out of place are atomic."""
+
 TRANSFER_PRE_RECEIVE = """#!/bin/sh
 # gitedge: a peer node's transfer of a push's objects writes only the hidden
 # namespace, and needs no vote (the primary's own push is being voted on).
@@ -49,7 +52,7 @@ class RepoStore:
     def __init__(self, volume_dir: Path) -> None:
         self.root = Path(volume_dir).absolute()
         # Temp dirs live inside the volume so a rename into place is atomic.
-        self.tmp_dir = self.root / ".gitedge-tmp"
+        self.tmp_dir = self.root / TMP_DIR_NAME
         # git's HOME: an empty dir, so no user's ~/.gitconfig applies to served repos.
         self.home_dir = self.root / ".gitedge-home"
         # Set by the node once it listens: how the replication hooks reach it.
