@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import trio
 
+from node.faultpoints import FaultPoints
 from node.peer_tls import PeerCerts, PeerTlsError
 from node.repl_git import (
     GIT_TIMEOUT,
@@ -74,8 +75,10 @@ class Replicator:
         admin_secret: str,
         *,
         snapshot_after: int = snapshots.SNAPSHOT_AFTER,
+        faults: FaultPoints | None = None,
     ) -> None:
         self._snapshot_after = snapshot_after
+        self._faults = faults or FaultPoints()
         self._etcd = etcd
         self._keys = keys
         self._store = store
@@ -146,6 +149,7 @@ class Replicator:
         new_checksum = cons.check_push(local, state, call.updates)
         txid = secrets.token_hex(8)
         await self._transfer(call, record, txid)
+        await self._faults.reach("vote-before-commit", call.name)
         compares, ops, _new = cons.vote_txn(
             self._keys,
             call.name,
@@ -165,6 +169,7 @@ class Replicator:
                 "another push (or a replica-set change) came first: fetch first (git pull),"
                 " then push again"
             )
+        await self._faults.reach("vote-after-commit", call.name)
         log.info(
             "%s: generation %d by %s (%s)", call.name, state.generation + 1, txid, self._volume_id
         )
