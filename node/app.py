@@ -117,7 +117,7 @@ async def run_node(
                 # consensus this replica already published), then follow the watch.
                 with trio.move_on_after(STARTUP_CATCH_UP_TIMEOUT):
                     try:
-                        await replicator.catch_up_all()
+                        await replicator.catch_up_all(own_too=True)
                     except EtcdError as exc:
                         log.warning("startup catch-up skipped: %s", exc)
                 nursery.start_soon(replicator.follow)
