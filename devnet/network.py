@@ -98,12 +98,16 @@ def _toml(value: object) -> str:
 
 
 def _start_and_wait(
-    name: str, args: list[str], work_dir: Path, timeout: float
+    name: str,
+    args: list[str],
+    work_dir: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, dict[str, Any]]:
     ready_file = work_dir / f"{name}.ready.json"
     ready_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "edge.cli", *args, "--ready-file", str(ready_file)]
-    proc = spawn(name, argv, work_dir / "logs")
+    proc = spawn(name, argv, work_dir / "logs", env)
     wait_until(proc, ready_file.exists, timeout, "ready file")
     info: dict[str, Any] = json.loads(ready_file.read_text())
     return proc, info
@@ -196,14 +200,18 @@ class Devnet:
         self.nodes[node_id] = handle
         return handle
 
-    def restart_node(self, node: NodeHandle, *, timeout: float = 30.0) -> NodeHandle:
-        """Start a stopped (or killed) node again from its own config file."""
+    def restart_node(
+        self, node: NodeHandle, *, timeout: float = 30.0, env: dict[str, str] | None = None
+    ) -> NodeHandle:
+        """Start a stopped (or killed) node again from its own config file; `env`
+        adds to its environment (tests: GITEDGE_TEST_PAUSE, node/replication.py)."""
         node.process.stop()
         proc, info = _start_and_wait(
             f"node-{node.node_id}",
             ["node", "--config", str(node.config_path)],
             self.work_dir,
             timeout,
+            env,
         )
         handle = NodeHandle(
             node.node_id, node.region, node.volume_dir, node.config_path, proc, info

@@ -9,9 +9,15 @@ Run it by hand on a real cluster once pushes have stopped and every replica says
 a JSON-lines file, one line per push the client saw succeed, in the order they
 were acknowledged:
 
-    {"ref": "refs/heads/main", "commit": "<sha>", "forced": false, "acked_at": 12.3}
+    {"ref": "refs/heads/main", "commit": "<sha>", "forced": false, "acked_at": 12.3,
+     "started_at": 12.1, "outcome": "acked"}
 
-(`acked_at`: any clock all pushers share, e.g. time.monotonic() on one host).
+(`acked_at`, `started_at`: any clock all pushers share, e.g. time.monotonic() on
+one host; `started_at` is optional and defaults to `acked_at`.) `outcome` is
+optional: "acked" (the default) or "unknown", for a push whose client got an
+error that may hide a success (its node died after the vote's txn, a dropped
+connection): such a push is not checked, but as a forced push it may have
+removed commits.
 
 The checks:
 
@@ -19,8 +25,8 @@ The checks:
    up to the state's checksum.
 2. Every acknowledged push is in the history: its commit is reachable from the
    ref's consensus value, unless a forced push to that ref that does not contain
-   it was acknowledged after it (a forced push acknowledged at about the same
-   time may also have been voted first: the rule excuses rather than accuses).
+   it may have been voted after it: one acknowledged (or of unknown outcome)
+   after this push started (the rule excuses rather than accuses).
 3. Every replica's refs (outside refs/gitedge/) equal the consensus refs.
 4. `git fsck` is clean on every replica, and each holds every consensus tip.
 """
@@ -39,9 +45,11 @@ import trio
 
 from routing import consensus as cons
 from routing import snapshots
-from routing.etcd import EtcdClient
+from routing.etcd import EtcdClient, EtcdError
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
+
+ACKED, UNKNOWN = "acked", "unknown"
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,12 @@ class Ack:
     commit: str
     forced: bool
     acked_at: float
+    started_at: float | None = None  # None: acked_at
+    outcome: str = ACKED  # or UNKNOWN: an error that may hide a success
+
+    @property
+    def start(self) -> float:
+        return self.acked_at if self.started_at is None else self.started_at
 
 
 @dataclass
@@ -76,11 +90,27 @@ class Report:
 
 
 def load_acks(path: Path) -> list[Ack]:
+    """The JSON-lines file; ValueError naming the line for anything malformed."""
     acks = []
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             obj = json.loads(line)
-            acks.append(Ack(obj["ref"], obj["commit"], bool(obj["forced"]), obj["acked_at"]))
+            started = obj.get("started_at")
+            ack = Ack(
+                str(obj["ref"]),
+                str(obj["commit"]),
+                bool(obj["forced"]),
+                float(obj["acked_at"]),
+                None if started is None else float(started),
+                str(obj.get("outcome", ACKED)),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{path}:{number}: not an acknowledged push ({exc!r})") from None
+        if ack.outcome not in (ACKED, UNKNOWN) or not ack.ref.startswith("refs/"):
+            raise ValueError(f"{path}:{number}: bad ref or outcome")
+        acks.append(ack)
     return acks
 
 
@@ -101,6 +131,9 @@ async def read_consensus(
     return state.generation, refs
 
 
+_GIT_ENV = {"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"}
+
+
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["git", "--git-dir", str(repo), *args],
@@ -108,7 +141,7 @@ def _git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
+        env=_GIT_ENV,
     )
 
 
@@ -126,14 +159,18 @@ def check_acks(acks: Sequence[Ack], consensus: dict[str, str], repo: Path, repor
     def contains(tip: str, commit: str) -> bool:
         return _git(repo, "merge-base", "--is-ancestor", commit, tip).returncode == 0
 
-    for i, ack in enumerate(acks):
-        # Only a forced push that dropped the commit can excuse it.
+    for ack in acks:
+        if ack.outcome != ACKED:
+            continue
+        # Only a forced push that may have been voted after it and dropped the
+        # commit can excuse it.
         later_force = any(
             f.forced
             and f.ref == ack.ref
-            and f.acked_at > ack.acked_at
+            and f is not ack
+            and f.acked_at > ack.start
             and not contains(f.commit, ack.commit)
-            for f in acks[i + 1 :]
+            for f in acks
         )
         if later_force:
             report.excused_acks += 1
@@ -161,8 +198,20 @@ def check_replica(volume: Path, name: RepoName, consensus: dict[str, str], repor
     fsck = _git(repo, "fsck", "--no-progress", "--no-dangling")
     if fsck.returncode != 0:
         report.problems.append(f"{volume}: git fsck failed: {fsck.stderr.strip()[:500]}")
-    for ref, oid in consensus.items():
-        if _git(repo, "cat-file", "-e", f"{oid}^{{commit}}").returncode != 0:
+    # One cat-file for all tips (a repository may have 10,000 refs).
+    tips = sorted(set(consensus.values()))
+    probe = subprocess.run(
+        ["git", "--git-dir", str(repo), "cat-file", "--batch-check=%(objectname)"],
+        input="".join(f"{oid}\n" for oid in tips),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=_GIT_ENV,
+    )
+    missing = {line.split()[0] for line in probe.stdout.splitlines() if line.endswith(" missing")}
+    for ref, oid in sorted(consensus.items()):
+        if oid in missing or probe.returncode != 0:
             report.problems.append(f"{volume}: lacks the consensus tip {oid} of {ref}")
 
 
@@ -194,15 +243,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--acks", type=Path, help="JSON lines of acknowledged pushes")
     p.add_argument("--volume", type=Path, action="append", default=[], required=True)
     args = p.parse_args(argv)
-    acks = load_acks(args.acks) if args.acks else []
+    try:
+        acks = load_acks(args.acks) if args.acks else []
+        name = RepoName.parse(args.repo)
+    except (OSError, ValueError) as exc:
+        print(f"replcheck: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> Report:
         async with EtcdClient(args.etcd) as etcd:
-            return await check(
-                etcd, Keys(args.prefix), RepoName.parse(args.repo), acks, args.volume
-            )
+            return await check(etcd, Keys(args.prefix), name, acks, args.volume)
 
-    report = trio.run(run)
+    try:
+        report = trio.run(run)
+    except (EtcdError, ValueError) as exc:
+        print(f"replcheck: cannot read the consensus: {exc}", file=sys.stderr)
+        return 2
     print(report.text())
     return 0 if report.ok else 1
 

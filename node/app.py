@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -22,6 +23,7 @@ from pathlib import Path
 import trio
 
 from node.config import ConfigError, NodeConfig, load_node_config
+from node.faultpoints import PAUSE_ENV, FaultPointError, FaultPoints
 from node.git_http import GitHttpServer
 from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
@@ -54,7 +56,10 @@ class NodeRuntime:
 
 
 async def run_node(
-    config: NodeConfig, *, task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED
+    config: NodeConfig,
+    faults: FaultPoints | None = None,
+    *,
+    task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; `started(NodeRuntime)` once listening and registered."""
     volume = await trio.to_thread.run_sync(load_or_create_volume, config.volume_dir, config.region)
@@ -73,6 +78,7 @@ async def run_node(
             volume.volume_id,
             config.admin_secret,
             snapshot_after=config.snapshot_after,
+            faults=faults,
         )
         # The replication hooks run inside receive-pack and call back here.
         store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
@@ -111,7 +117,7 @@ async def run_node(
                 # consensus this replica already published), then follow the watch.
                 with trio.move_on_after(STARTUP_CATCH_UP_TIMEOUT):
                     try:
-                        await replicator.catch_up_all()
+                        await replicator.catch_up_all(own_too=True)
                     except EtcdError as exc:
                         log.warning("startup catch-up skipped: %s", exc)
                 nursery.start_soon(replicator.follow)
@@ -138,11 +144,13 @@ def _bound_url(listener: trio.SocketListener, scheme: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-async def _serve_until_signalled(config: NodeConfig, ready_file: Path | None) -> None:
+async def _serve_until_signalled(
+    config: NodeConfig, ready_file: Path | None, faults: FaultPoints
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-            runtime: NodeRuntime = await nursery.start(run_node, config)
+            runtime: NodeRuntime = await nursery.start(run_node, config, faults)
             if ready_file is not None:
                 write_ready_file(ready_file, runtime.ready_info())
             log.info("node %s ready", runtime.node_id)
@@ -164,12 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         config = load_node_config(args.config)
-    except ConfigError as exc:
+        faults = FaultPoints(os.environ.get(PAUSE_ENV, ""))
+    except (ConfigError, FaultPointError) as exc:
         print(f"gitedge node: {exc}", file=sys.stderr)
         return 2
     status = 0
     try:
-        trio.run(_serve_until_signalled, config, args.ready_file)
+        trio.run(_serve_until_signalled, config, args.ready_file, faults)
     except* (VolumeError, CertFileError, OSError) as group:
         # A volume of another region, a port in use, an unreadable certificate:
         # say so in one line, no traceback.

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import trio
 
+from node.faultpoints import FaultPoints
 from node.peer_tls import PeerCerts, PeerTlsError
 from node.repl_git import (
     GIT_TIMEOUT,
@@ -49,6 +50,7 @@ TRANSFER_TIMEOUT = 60.0  # one git push of a push's objects to one peer
 HOLD_TIMEOUT = 60.0
 PUBLISH_ATTEMPTS = 3  # the lock from vote to post-receive, should post-receive never come
 NOTIFY_TIMEOUT = 5.0
+RETRY_FIRST, RETRY_MAX = 0.5, 10.0  # a failed catch-up's backoff, seconds
 INCOMING = "refs/gitedge/incoming/"
 MOVED = "this copy of the repository is no longer one of its replicas (it moved): push again"
 
@@ -74,8 +76,10 @@ class Replicator:
         admin_secret: str,
         *,
         snapshot_after: int = snapshots.SNAPSHOT_AFTER,
+        faults: FaultPoints | None = None,
     ) -> None:
         self._snapshot_after = snapshot_after
+        self._faults = faults or FaultPoints()
         self._etcd = etcd
         self._keys = keys
         self._store = store
@@ -83,6 +87,7 @@ class Replicator:
         self._secret = admin_secret
         self._locks: dict[RepoName, trio.Semaphore] = {}
         self._holds: dict[tuple[str, str], tuple[trio.CancelScope, str]] = {}
+        self._retrying: set[RepoName] = set()
         self._nursery: trio.Nursery | None = None
         self._http = httpx.AsyncClient(timeout=NOTIFY_TIMEOUT, trust_env=False)
         self._peers = PeerCerts()
@@ -146,6 +151,7 @@ class Replicator:
         new_checksum = cons.check_push(local, state, call.updates)
         txid = secrets.token_hex(8)
         await self._transfer(call, record, txid)
+        await self._faults.reach("vote-before-commit", call.name)
         compares, ops, _new = cons.vote_txn(
             self._keys,
             call.name,
@@ -165,6 +171,7 @@ class Replicator:
                 "another push (or a replica-set change) came first: fetch first (git pull),"
                 " then push again"
             )
+        await self._faults.reach("vote-after-commit", call.name)
         log.info(
             "%s: generation %d by %s (%s)", call.name, state.generation + 1, txid, self._volume_id
         )
@@ -210,18 +217,28 @@ class Replicator:
         with trio.move_on_after(GIT_TIMEOUT, shield=True):
             try:
                 await self.apply(name)
-            except (EtcdError, SchemaError, OSError, ApplyError) as exc:
-                log.error("%s: reconcile after push failed: %s", name, exc)
+            except NotAReplica as exc:
+                log.debug("%s", exc)
+            except _APPLY_ERRORS as exc:
+                log.error("%s: reconcile after push failed: %s; retrying", name, exc)
+                await self._withdraw_false_claim(name)
+                self._retry_later(name)
         assert self._nursery is not None
         self._nursery.start_soon(self._notify_peers, name)
 
     # -- catch-up (the watch) --------------------------------------------------------
 
-    async def catch_up_all(self) -> int:
-        """Apply every replicated repository of this volume once; the etcd revision read."""
+    async def catch_up_all(self, *, own_too: bool = False) -> int:
+        """Apply every replicated repository of this volume once; the etcd revision read.
+
+        `own_too` (at node start): states this volume committed are applied too. A
+        node SIGKILLed between its vote's txn and git's ref update comes back with
+        its disk behind the applied generation that txn published, and no
+        post-receive is coming to reconcile it.
+        """
         listed = await self._etcd.range(self._keys.repl, prefix=True)
         for kv in listed.kvs:
-            await self._catch_up(kv.key, kv.value)
+            await self._catch_up(kv.key, kv.value, own_too=own_too)
         return listed.revision
 
     async def follow(self) -> None:
@@ -241,18 +258,76 @@ class Replicator:
             await trio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    async def _catch_up(self, key: str, value: bytes) -> None:
+    async def _catch_up(self, key: str, value: bytes, *, own_too: bool = False) -> None:
         parsed = self._keys.parse_repl_key(key)
         if parsed is None or parsed[1] is not None or self._store.existing(parsed[0]) is None:
             return
         try:
-            if cons.decode_state(value, 0).volume == self._volume_id:
+            if not own_too and cons.decode_state(value, 0).volume == self._volume_id:
                 return  # our own push: `done` reconciles it
             await self.apply(parsed[0])
         except NotAReplica as exc:
             log.debug("%s", exc)  # an orphan copy (removed while this node was down)
-        except (ApplyError, GitFailed, SchemaError, EtcdError, trio.TooSlowError) as exc:
-            log.warning("%s: catch-up failed: %s", parsed[0], exc)
+        except _APPLY_ERRORS as exc:
+            log.warning("%s: catch-up failed: %s; retrying", parsed[0], exc)
+            await self._withdraw_false_claim(parsed[0])
+            self._retry_later(parsed[0])
+
+    def _retry_later(self, name: RepoName) -> None:
+        """Apply `name` again with backoff until it works (one retry task a repository).
+
+        A failed catch-up (no in-sync replica up to fetch the objects from, etcd
+        briefly away) is not left for the next push to repair."""
+        if name in self._retrying or self._nursery is None:
+            return
+        self._retrying.add(name)
+        self._nursery.start_soon(self._retry, name)
+
+    async def _retry(self, name: RepoName) -> None:
+        delay = RETRY_FIRST
+        try:
+            while self._store.existing(name) is not None:
+                await trio.sleep(delay)
+                try:
+                    await self.apply(name)
+                    log.info("%s: caught up on retry", name)
+                    return
+                except NotAReplica:
+                    return
+                except _APPLY_ERRORS as exc:
+                    delay = min(delay * 2, RETRY_MAX)
+                    log.info("%s: catch-up failed again (%s); next try in %.1fs", name, exc, delay)
+        finally:
+            self._retrying.discard(name)
+
+    async def _withdraw_false_claim(self, name: RepoName) -> None:
+        """After a failed apply: if this replica's applied key claims the consensus
+        generation but its refs are not the consensus (a primary killed between
+        its vote's txn and git's ref update, restarted while no replica it could
+        fetch from was up), delete the claim so that no read is routed here. The
+        apply that later succeeds publishes it again. Under the lock: our own
+        vote's claim, ahead of git's ref update by design, is never withdrawn.
+        """
+        git_dir = self._store.existing(name)
+        if git_dir is None:
+            return
+        try:
+            async with self.lock(name):
+                state = await self.state(name)
+                key = self._keys.repl_applied(name, self._volume_id)
+                kv = await self._etcd.get(key)
+                if kv is None or cons.decode_applied(kv.value) != state.generation:
+                    return
+                if cons.checksum(await self.local_refs(git_dir)) == state.checksum:
+                    return
+                await self._etcd.delete_if_unchanged(key, kv.mod_revision)
+                log.warning(
+                    "%s: refs behind generation %d although published: claim withdrawn",
+                    name,
+                    state.generation,
+                )
+        except _APPLY_ERRORS as exc:
+            log.warning("%s: could not check this replica's published generation: %s", name, exc)
 
     # -- transfer ------------------------------------------------------------------
 
@@ -538,6 +613,9 @@ class Replicator:
 
 class ApplyError(Exception):
     pass
+
+
+_APPLY_ERRORS = (ApplyError, GitFailed, SchemaError, EtcdError, OSError, trio.TooSlowError)
 
 
 class NotAReplica(ApplyError):

@@ -1,0 +1,57 @@
+"""Test-only pauses at named points of a push's vote, so a test can SIGKILL the
+node exactly there (tests/e2e/test_repl_crash.py).
+
+    GITEDGE_TEST_PAUSE="vote-before-commit=5"   after the transfer, before the etcd txn
+    GITEDGE_TEST_PAUSE="vote-after-commit=5"    after the txn won, before the hook's answer
+
+Several points: comma-separated. Read once from the node's environment at start;
+unset (production) there is no pause and no cost. At a pause the node logs one
+WARNING line `test pause: <seconds>s at <point> (<repo>)` before it sleeps, which
+is what a test waits for. A malformed value is refused at start with a clear
+error, so a typo cannot silently run a test without its pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+log = logging.getLogger(__name__)
+
+PAUSE_ENV = "GITEDGE_TEST_PAUSE"
+POINTS = ("vote-before-commit", "vote-after-commit")
+
+
+class FaultPointError(ValueError):
+    """GITEDGE_TEST_PAUSE names an unknown point or a bad number of seconds."""
+
+
+def parse_pauses(raw: str) -> dict[str, float]:
+    pauses: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        point, sep, seconds = item.partition("=")
+        if point not in POINTS or not sep:
+            raise FaultPointError(
+                f"{PAUSE_ENV}: {item!r} is not <point>=<seconds> with a point of {POINTS}"
+            )
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= 600:
+            raise FaultPointError(f"{PAUSE_ENV}: {seconds!r} seconds must be in (0, 600]")
+        pauses[point] = value
+    return pauses
+
+
+class FaultPoints:
+    def __init__(self, raw: str = "") -> None:
+        self._pauses = parse_pauses(raw)
+
+    async def reach(self, point: str, what: object) -> None:
+        seconds = self._pauses.get(point)
+        if seconds:
+            log.warning("test pause: %ss at %s (%s)", seconds, point, what)
+            await trio.sleep(seconds)
