@@ -24,6 +24,7 @@ from tests.e2e.test_replication import REGIONS, create, edge, in_sync, replica_r
 # The three-region network (module-scoped) and the git fixture of test_replication.
 net3 = test_replication.net3
 git = test_replication.git
+alice_ssh = test_replication.alice_ssh
 
 
 def cli(net: Devnet, *args: str) -> subprocess.CompletedProcess[str]:
@@ -39,9 +40,17 @@ def cli(net: Devnet, *args: str) -> subprocess.CompletedProcess[str]:
 class Pusher(threading.Thread):
     """Pushes one new commit after another to `main` until told to stop (at least 2)."""
 
-    def __init__(self, git: Git, work: Path, url: str) -> None:
+    def __init__(
+        self,
+        git: Git,
+        work: Path,
+        url: str,
+        branch: str = "main",
+        env: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
-        self.git, self.work, self.url = git, work, url
+        self.git, self.work, self.url, self.branch = git, work, url, branch
+        self.env = env or {}
         self.acked: list[str] = []
         self.refused: list[str] = []
         self.done = threading.Event()
@@ -51,7 +60,10 @@ class Pusher(threading.Thread):
         while not self.done.is_set() or n < 2:
             n += 1
             head = self.git.commit(self.work, f"during-{n}.txt", f"{n}\n".encode())
-            pushed = self.git.run("push", "-q", self.url, "main", cwd=self.work, check=False)
+            pushed = self.git.run(
+                "push", "-q", self.url, f"HEAD:refs/heads/{self.branch}",
+                cwd=self.work, check=False, **self.env,
+            )  # fmt: skip
             if pushed.returncode == 0:
                 self.acked.append(head)
             else:
@@ -67,9 +79,9 @@ class Pusher(threading.Thread):
             assert "push again" in stderr or "try again" in stderr, stderr
 
 
-def assert_has_every_push(git: Git, clone: Path, acked: list[str]) -> None:
+def assert_has_every_push(git: Git, clone: Path, acked: list[str], tip: str = "HEAD") -> None:
     for head in acked:
-        ancestor = git.run("merge-base", "--is-ancestor", head, "HEAD", cwd=clone, check=False)
+        ancestor = git.run("merge-base", "--is-ancestor", head, tip, cwd=clone, check=False)
         assert ancestor.returncode == 0, f"acknowledged push {head} lost"
 
 
@@ -77,6 +89,18 @@ def start_pushing(net: Devnet, git: Git, tmp_path: Path, name: str, region: str)
     work = tmp_path / "pusher"
     git.run("clone", "-q", repo_url(net, name, edge_url=edge(net, region).https_url), str(work))
     pusher = Pusher(git, work, repo_url(net, name, edge_url=edge(net, region).https_url))
+    pusher.start()
+    return pusher
+
+
+def start_pushing_over_ssh(
+    net: Devnet, git: Git, tmp_path: Path, name: str, region: str, ssh: str
+) -> Pusher:
+    """A second client, over SSH through another region's edge, on its own branch."""
+    url = f"{edge(net, region).ssh_url}/{name}.git"
+    work = tmp_path / "ssh-pusher"
+    git.run("clone", "-q", url, str(work), GIT_SSH_COMMAND=ssh)
+    pusher = Pusher(git, work, url, branch="over-ssh", env={"GIT_SSH_COMMAND": ssh})
     pusher.start()
     return pusher
 
@@ -91,7 +115,7 @@ def first_push(net: Devnet, git: Git, tmp_path: Path, name: str, region: str) ->
 
 
 def test_add_a_replica_while_pushing_then_its_region_reads_every_push(
-    net3: Devnet, git: Git, tmp_path: Path
+    net3: Devnet, git: Git, tmp_path: Path, alice_ssh: str
 ) -> None:
     assert create(net3, "alice/grow", "fra", 2).status_code == 201
     first_push(net3, git, tmp_path, "alice/grow", "fra")
@@ -101,8 +125,10 @@ def test_add_a_replica_while_pushing_then_its_region_reads_every_push(
     )
 
     pusher = start_pushing(net3, git, tmp_path, "alice/grow", "fra")
+    ssh_pusher = start_pushing_over_ssh(net3, git, tmp_path, "alice/grow", "lax", alice_ssh)
     added = cli(net3, "repo", "replicas", "add", "alice/grow", missing)
     pusher.finish()
+    ssh_pusher.finish()
     assert added.returncode == 0, added.stderr
     answer = json.loads(added.stdout)
     assert answer["in_sync"] is True and len(answer["replicas"]) == 3
@@ -112,9 +138,12 @@ def test_add_a_replica_while_pushing_then_its_region_reads_every_push(
     url = repo_url(net3, "alice/grow", edge_url=edge(net3, missing).https_url)
     git.run("clone", "-q", url, str(clone))
     assert_has_every_push(git, clone, pusher.acked)
+    assert_has_every_push(git, clone, ssh_pusher.acked, "origin/over-ssh")
     head = git.run("rev-parse", "HEAD", cwd=clone).stdout.strip()
+    ssh_head = git.run("rev-parse", "origin/over-ssh", cwd=clone).stdout.strip()
+    want = {"refs/heads/main": head, "refs/heads/over-ssh": ssh_head}
     refs = replica_refs(net3, git, "alice/grow")
-    assert len(refs) == 3 and all(r == {"refs/heads/main": head} for r in refs.values()), refs
+    assert len(refs) == 3 and all(r == want for r in refs.values()), refs
 
     # Adding where a replica already is: refused, nothing changed.
     again = cli(net3, "repo", "replicas", "add", "alice/grow", missing)
