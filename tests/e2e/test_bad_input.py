@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 
 from devnet.network import Devnet
+from tests.e2e import test_ssh
 from tests.e2e.conftest import Git, create_repo, poll, raw_exchange, repo_url
-from tests.e2e.test_ssh import SshClient, _add_key, _keygen
+from tests.e2e.test_ssh import SshClient
+
+# The SSH tests' fixture: alice with her key registered, OpenSSH as her client.
+alice = test_ssh.alice
 
 FORGED = "203.0.113.9 GET /forged HTTP/1.1 200 0.001s node=fra-1"
 
@@ -148,14 +152,6 @@ def test_a_long_target_is_capped(net: Devnet) -> None:
 
 
 # -- SSH -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def alice(net: Devnet, tmp_path_factory: pytest.TempPathFactory) -> SshClient:
-    home = tmp_path_factory.mktemp("alice-home")
-    key = _keygen(home / "id_ed25519")
-    assert _add_key(net, "alice", key.with_suffix(".pub")).status_code == 201
-    return SshClient(home, key, net.known_hosts, net.edge.ssh_port)
 
 
 def test_an_ssh_command_with_control_characters_is_logged_escaped(

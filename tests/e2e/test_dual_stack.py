@@ -23,18 +23,9 @@ from typing import Any
 import pytest
 import trustme
 
-from devnet.procs import EtcdServer, spawn, start_etcd, wait_until
+from devnet.procs import EtcdServer, has_ipv6_loopback, spawn, start_etcd, wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "edge.production.toml"
-
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 def _substitute(text: str, pattern: str, replacement: str) -> str:
@@ -111,7 +102,7 @@ def _ssh_banner(host: str, port: int) -> bytes:
 
 
 NO_IPV6 = pytest.mark.skipif(
-    not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1 cannot be bound)"
+    not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1 cannot be bound)"
 )
 
 

@@ -6,19 +6,10 @@ import socket
 
 import pytest
 
+from devnet.procs import has_ipv6_loopback
 from plumbing.listen import address_text, bind_listeners, client_ip
 
-
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback on this machine")
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 
 
 def _accepts(sock: socket.socket, host: str) -> bool:
