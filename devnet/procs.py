@@ -39,6 +39,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether `::1` can be bound here (tests of IPv6 clients skip without it)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
 class StartupError(RuntimeError):
     """A child process did not become ready; the message quotes its log."""
 

@@ -12,20 +12,21 @@ import signal
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import trio
 
 from edge.api.node_admin import NodeAdmin
-from edge.config import EdgeConfig, Listener
+from edge.config import EdgeConfig, Listeners
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
+from plumbing.listen import address_text, bind_listeners, client_ip
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -44,6 +45,8 @@ class EdgeRuntime:
     accepting: trio.CancelScope
     ssh_address: str | None = None
     """`host:port` of the SSH front, when `[ssh]` is configured."""
+    listening: dict[str, list[str]] = field(default_factory=dict)
+    """Every bound `host:port` per front ("https", "http", "ssh"); the URLs name the first."""
 
 
 def tls_context(config: EdgeConfig) -> ssl.SSLContext:
@@ -56,18 +59,30 @@ def tls_context(config: EdgeConfig) -> ssl.SSLContext:
     return ctx
 
 
-def _url(scheme: str, listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{host}:{port}"
+def _addresses(listeners: list[trio.SocketListener]) -> list[str]:
+    return [address_text(listener.socket.getsockname()) for listener in listeners]
 
 
-async def _open(listener: Listener) -> list[trio.SocketListener]:
-    return await trio.open_tcp_listeners(listener.port, host=listener.host)
+def _open(listeners: Listeners) -> list[trio.SocketListener]:
+    """Bound here, not by trio.open_tcp_listeners: `[::]` is dual-stack (plumbing/listen.py)."""
+    opened: list[trio.SocketListener] = []
+    try:
+        for listener in listeners:
+            for sock in bind_listeners(listener.host, listener.port):
+                opened.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+    except BaseException:
+        for done in opened:
+            done.socket.close()
+        raise
+    return opened
+
+
+def _peer_ip(stream: trio.SocketStream) -> str:
+    return client_ip(stream.socket.getpeername()[0])
 
 
 async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
-    peer = stream.socket.getpeername()[0]
+    peer = _peer_ip(stream)
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do.
@@ -87,7 +102,7 @@ async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketS
 
 
 async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
-    await serve_connection(state, stream, stream.socket.getpeername()[0], "http")
+    await serve_connection(state, stream, _peer_ip(stream), "http")
 
 
 async def run_edge(
@@ -114,10 +129,12 @@ async def run_edge(
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
                 async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
                     https_url = http_url = ssh_address = None
+                    listening: dict[str, list[str]] = {}
                     if config.https:
                         ctx = tls_context(config)
-                        https = await _open(config.https)
-                        https_url = _url("https", https[0])
+                        https = _open(config.https)
+                        listening["https"] = _addresses(https)
+                        https_url = f"https://{listening['https'][0]}"
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
@@ -127,8 +144,9 @@ async def run_edge(
                             )
                         )
                     if config.http:
-                        plain = await _open(config.http)
-                        http_url = _url("http", plain[0])
+                        plain = _open(config.http)
+                        listening["http"] = _addresses(plain)
+                        http_url = f"http://{listening['http'][0]}"
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
@@ -139,14 +157,19 @@ async def run_edge(
                         )
                     if ssh_front is not None:
                         # In `accepting`: a drain stops the SSH listener with the others.
-                        ssh_address = await accepting.start(ssh_front.serve)
-                    log.info(
-                        "edge %s listening: %s",
-                        config.region,
-                        " ".join(u for u in (https_url, http_url, ssh_address) if u),
-                    )
+                        listening["ssh"] = await accepting.start(ssh_front.serve)
+                        ssh_address = listening["ssh"][0]
+                    bound = [f"{front}://{a}" for front, on in listening.items() for a in on]
+                    log.info("edge %s listening: %s", config.region, " ".join(bound))
                     task_status.started(
-                        EdgeRuntime(https_url, http_url, state, accepting.cancel_scope, ssh_address)
+                        EdgeRuntime(
+                            https_url,
+                            http_url,
+                            state,
+                            accepting.cancel_scope,
+                            ssh_address,
+                            listening,
+                        )
                     )
         finally:
             with trio.move_on_after(5, shield=True):
@@ -197,6 +220,7 @@ async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
                         "https_url": runtime.https_url,
                         "http_url": runtime.http_url,
                         "ssh_address": runtime.ssh_address,
+                        "listening": runtime.listening,
                         "region": config.region,
                     },
                 )

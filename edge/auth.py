@@ -21,6 +21,7 @@ from edge.errors import (
     RoutingUnavailable,
 )
 from edge.proto.basic_auth import hash_secret, parse_basic, parse_bearer, split_token
+from plumbing.logsafe import printable
 from routing import errors
 from routing.access import can_read, can_write
 from routing.cache import RoutingCache
@@ -42,7 +43,8 @@ async def http_user(cache: RoutingCache, authorization: bytes | None) -> str | N
             raise AuthRequired("only Basic user:token credentials are accepted")
         return None
     if not await token_valid(cache, creds.user, creds.password):
-        raise AuthRequired(f"bad token for {creds.user!r}")
+        # The user name is the client's text (sometimes a token pasted in the wrong field).
+        raise AuthRequired(f"bad token for {printable(creds.user, 64)}")
     return creds.user
 
 

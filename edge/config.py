@@ -22,8 +22,16 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True)
 class Listener:
+    """One address of a `listen` key (which may list several).
+
+    `::` is dual-stack: one socket that takes IPv4 clients too (plumbing/listen.py).
+    """
+
     host: str
     port: int
+
+
+Listeners = tuple[Listener, ...]
 
 
 # DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
@@ -55,7 +63,7 @@ SSH_CIPHERS = (
 class SshFrontConfig:
     """The client-facing SSH listener (`[ssh]`); absent: no SSH front."""
 
-    listen: Listener
+    listen: Listeners
     host_key_files: tuple[Path, ...]
     """Private host keys offered to clients; made (ed25519, 0600) when missing."""
     login_grace_time: float = 60.0
@@ -107,10 +115,10 @@ class EdgeConfig:
     region: Region
     etcd_endpoints: tuple[str, ...]
     etcd_prefix: str = DEFAULT_PREFIX
-    https: Listener | None = None
+    https: Listeners = ()
     cert_file: Path | None = None
     key_file: Path | None = None
-    http: Listener | None = None
+    http: Listeners = ()
     region_header: str = "Fly-Region"
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -164,19 +172,18 @@ def load_edge_config(path: Path) -> EdgeConfig:
         except InvalidRegion as exc:
             raise table.error(key, str(exc)) from None
 
-    https_listener = cert = key = None
+    https_listener: Listeners = ()
+    cert = key = None
     if root.has("https"):
-        host, port = https.host_port("listen")
-        https_listener = Listener(host, port)
+        https_listener = _listeners(https)
         cert, key = Path(https.str("cert_file")), Path(https.str("key_file"))
         for name, file in (("cert_file", cert), ("key_file", key)):
             if not file.is_file():
                 raise https.error(name, f"no such file {file}")
-    http_listener = None
+    http_listener: Listeners = ()
     if root.has("http"):
-        host, port = http.host_port("listen")
-        http_listener = Listener(host, port)
-    if https_listener is None and http_listener is None:
+        http_listener = _listeners(http)
+    if not https_listener and not http_listener:
         raise root.error("https", "configure [https] or [http] (or both)")
 
     fallback = region(edge, "fallback_region") if edge.has("fallback_region") else None
@@ -233,6 +240,10 @@ def _rtt(regions: Table) -> RttTable:
         raise regions.error("rtt", str(exc)) from None
 
 
+def _listeners(table: Table) -> Listeners:
+    return tuple(Listener(host, port) for host, port in table.host_ports("listen"))
+
+
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -270,7 +281,7 @@ def _ssh(ssh: Table) -> SshFrontConfig:
     for key, why in REMOVED_SSH_KEYS.items():
         if ssh.has(key):
             raise ssh.error(key, f"removed: {why}; delete it")
-    host, port = ssh.host_port("listen")
+    listen = _listeners(ssh)
     host_keys = tuple(Path(p) for p in ssh.str_list("host_key_files"))
     if not host_keys:
         raise ssh.error("host_key_files", "needs at least one key file")
@@ -282,7 +293,7 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         except KeyFileError as exc:
             raise ssh.error("host_key_files", str(exc)) from None
     return SshFrontConfig(
-        listen=Listener(host, port),
+        listen=listen,
         host_key_files=host_keys,
         login_grace_time=ssh.float("login_grace_time", 60.0, 1, 3600),
         idle_timeout=ssh.float("idle_timeout", 600.0, 1, 86400),
@@ -311,6 +322,7 @@ __all__ = [
     "ConfigError",
     "EdgeConfig",
     "Listener",
+    "Listeners",
     "NodeDial",
     "NodeTlsPolicy",
     "SshFrontConfig",

@@ -32,6 +32,7 @@ from node.http_conn import HttpConn, header
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
 from node.ssh_http import SshSessions
+from plumbing.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,8 @@ class GitHttpServer:
                 await self._dispatch(conn, request)
             except OSError as exc:
                 # git could not start: the client learns only that we failed.
-                log.error("%s %r failed: %r", request.method.decode(), request.target, exc)
+                method, target = printable(request.method, 16), printable(request.target)
+                log.error("%s %s failed: %r", method, target, exc)
                 if not conn.response_started:
                     await conn.respond_text(500, "internal error")
                 return
@@ -158,6 +160,7 @@ class GitHttpServer:
             conn,
             self._argv(git_proto.info_refs_argv(route.service, repo_dir), transfer),
             env=self._env(request),
+            volume=self._store.root,
             content_type=content_type,
             prefix=git_proto.advertisement_prefix(route.service, git_protocol),
         )
@@ -183,6 +186,7 @@ class GitHttpServer:
             conn,
             self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),
             env=self._env(request),
+            volume=self._store.root,
             content_type=git_proto.result_type(route.service),
             decoder=decoder,
         )

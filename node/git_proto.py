@@ -13,9 +13,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from gitproto.protocol import CHUNK, Service, wants_v2
+from plumbing.logsafe import printable
 from routing.model import InvalidRepoName, parse_user_name
 
 MAX_STDERR = 64 * 1024
+STDERR_LOG_LIMIT = 2000
 
 
 class BodyDecodeError(Exception):
@@ -202,38 +204,6 @@ class StderrTail:
             text += f"\n[{self.dropped} more bytes of stderr dropped]"
         return text
 
-
-class PathScrubber:
-    """Rewrites the volume's path out of git's stderr.
-
-    git names the repository by its path on the node (`fatal: '/srv/vol/a/b.git'
-    ...`); the client asked for `a/b.git` and learns nothing about our disks.
-    Text is held back to the last line end so a path split across two reads is
-    still found, but never more than `hold` bytes.
-    """
-
-    def __init__(self, volume: Path, hold: int = 4096) -> None:
-        root = str(volume).rstrip("/").encode()
-        self._replacements = [(root + b"/", b""), (root, b"<volume>")]
-        self._pending = b""
-        self._hold = hold
-
-    def feed(self, data: bytes) -> bytes:
-        text = self._pending + data
-        cut = max(text.rfind(b"\n"), text.rfind(b"\r")) + 1
-        if cut == 0 and len(text) < self._hold:
-            self._pending = text
-            return b""
-        if cut == 0:
-            cut = len(text)
-        self._pending = text[cut:]
-        return self._scrub(text[:cut])
-
-    def finish(self) -> bytes:
-        text, self._pending = self._pending, b""
-        return self._scrub(text)
-
-    def _scrub(self, text: bytes) -> bytes:
-        for old, new in self._replacements:
-            text = text.replace(old, new)
-        return text
+    def for_log(self) -> str:
+        """The text on one log line: git's stderr may quote what a client sent."""
+        return printable(self.text(), STDERR_LOG_LIMIT) if self._kept or self.dropped else "-"

@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 import h11
 import trio
@@ -26,6 +27,7 @@ import trio
 from gitproto.protocol import CHUNK
 from node.git_proto import BodyDecodeError, BodyDecoder, StderrTail
 from node.http_conn import Header, HttpConn
+from node.scrub import PktLineScrubber
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,10 @@ class GitExchange:
         content_type: str,
         prefix: bytes,
         decoder: BodyDecoder | None,
+        volume: Path,
     ) -> None:
         self._conn = conn
+        self._scrubber = PktLineScrubber(volume)
         self._proc = proc
         self._content_type = content_type
         self._prefix = prefix
@@ -91,12 +95,17 @@ class GitExchange:
         assert stdout is not None
         pending = self._prefix
         # bytes() of a bytes object is the object itself: no copy.
-        while chunk := bytes(await stdout.receive_some(CHUNK)):
+        while read := bytes(await stdout.receive_some(CHUNK)):
+            # git's ERR and side-band text packets name the repository by its path here.
+            if not (chunk := self._scrubber.feed(read)):
+                continue
             if not self._conn.response_started:
                 headers = [("content-type", self._content_type), *NO_CACHE]
                 await self._conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
             await self._conn.send(h11.Data(data=pending + chunk if pending else chunk))
             pending = b""
+        if (rest := self._scrubber.finish()) and self._conn.response_started:
+            await self._conn.send(h11.Data(data=rest))
 
     async def _finish_response(self) -> None:
         if self._conn.response_started:
@@ -145,12 +154,15 @@ async def serve_git(
     *,
     env: dict[str, str],
     content_type: str,
+    volume: Path,
     prefix: bytes = b"",
     decoder: BodyDecoder | None = None,
 ) -> None:
     """Run `argv`, feed it the request body (if `decoder`), stream its stdout back."""
     proc = await spawn_git(argv, env=env, stdin=decoder is not None)
-    exchange = GitExchange(conn, proc, content_type=content_type, prefix=prefix, decoder=decoder)
+    exchange = GitExchange(
+        conn, proc, content_type=content_type, prefix=prefix, decoder=decoder, volume=volume
+    )
     try:
         await exchange.run()
     finally:
@@ -200,8 +212,8 @@ def _grow_pipe(fd: int) -> None:
 def _log_outcome(argv: Sequence[str], exchange: GitExchange) -> None:
     command = " ".join(argv[:2])
     if exchange.returncode is None:
-        log.info("%s killed before it finished: %s", command, exchange.stderr.text() or "-")
+        log.info("%s killed before it finished: %s", command, exchange.stderr.for_log())
     elif exchange.returncode != 0:
         log.warning(
-            "%s exited with %d: %s", command, exchange.returncode, exchange.stderr.text() or "-"
+            "%s exited with %d: %s", command, exchange.returncode, exchange.stderr.for_log()
         )

@@ -37,10 +37,11 @@ from gitproto.ssh_frame import (
     encode_stderr,
     frame_header,
 )
-from node.git_proto import PathScrubber, StderrTail, on_behalf_of, session_argv, user_from_header
+from node.git_proto import StderrTail, on_behalf_of, session_argv, user_from_header
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
+from node.scrub import PathScrubber, PktLineScrubber
 from plumbing.tcp import enable_keepalive
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class _Session:
         self._conn = conn
         self._proc = proc
         self._scrubber = PathScrubber(volume)
+        self._stdout_scrubber = PktLineScrubber(volume)
         self._stdin_scope = trio.CancelScope()
         self.stderr = StderrTail()
         self.returncode: int | None = None
@@ -195,9 +197,11 @@ class _Session:
         stdout = self._proc.stdout
         assert stdout is not None
         # bytes() of a bytes object is the object itself: no copy.
-        while chunk := bytes(await stdout.receive_some(CHUNK)):
-            await self._conn.send_body(frame_header(FrameType.STDOUT, len(chunk)), chunk)
-            if len(chunk) < CHUNK:
+        while read := bytes(await stdout.receive_some(CHUNK)):
+            # git's error and progress packets name the repository by its path here.
+            if chunk := self._stdout_scrubber.feed(read):
+                await self._conn.send_body(frame_header(FrameType.STDOUT, len(chunk)), chunk)
+            if len(read) < CHUNK:
                 # git writes 8 KiB at a time (upload-pack relays pack-objects in
                 # 8 KiB pieces): read again at once and every piece costs a frame,
                 # a wakeup here and at the edge, and short SSH packets to the
@@ -207,6 +211,8 @@ class _Session:
                 # Only the read after a short one waits: a lone message of an
                 # interactive exchange goes out at once.
                 await trio.sleep(COALESCE_DELAY)
+        if rest := self._stdout_scrubber.finish():
+            await self._conn.send_body(frame_header(FrameType.STDOUT, len(rest)), rest)
 
     async def _stderr_out(self, done: trio.Event) -> None:
         stderr = self._proc.stderr
@@ -226,10 +232,8 @@ class _Session:
 
     def log_outcome(self, what: str) -> None:
         if self.returncode is None:
-            log.info("%s: git killed before it finished: %s", what, self.stderr.text() or "-")
+            log.info("%s: git killed before it finished: %s", what, self.stderr.for_log())
         elif self.returncode:
-            log.warning(
-                "%s: git exited with %d: %s", what, self.returncode, self.stderr.text() or "-"
-            )
+            log.warning("%s: git exited with %d: %s", what, self.returncode, self.stderr.for_log())
         else:
             log.debug("%s: done", what)

@@ -125,7 +125,25 @@ class Table:
 
     def host_port(self, key: _Str, default: _Str | None = None) -> tuple[_Str, _Int]:
         """`"host:port"` or `"[v6]:port"`; port 0 means any free port."""
-        raw = self.str(key, default)
+        return self._host_port(key, self.str(key, default))
+
+    def host_ports(self, key: _Str) -> list[tuple[_Str, _Int]]:
+        """One `"host:port"` or a list of them (a listener on several addresses)."""
+        value = self._get(key)
+        if not isinstance(value, list):
+            return [self.host_port(key)]
+        if not value:
+            raise self.error(key, "needs at least one 'host:port'")
+        addresses = []
+        for raw in value:
+            if not isinstance(raw, _Str):
+                raise self.error(key, f"must be 'host:port' or a list of them, got {raw!r}")
+            addresses.append(self._host_port(key, raw))
+        if len(set(addresses)) != len(addresses):
+            raise self.error(key, "names an address twice")
+        return addresses
+
+    def _host_port(self, key: _Str, raw: _Str) -> tuple[_Str, _Int]:
         host, sep, port = raw.rpartition(":")
         host = host.strip("[]")
         if not sep or not host or not port.isdigit() or int(port) > 65535:

@@ -35,7 +35,7 @@ def test_edge_dev_config_loads(dev_dir: Path) -> None:
     shutil.copy(CONFIGS / "edge.dev.toml", dev_dir / "edge.toml")
     config = load_edge_config(dev_dir / "edge.toml")
     assert config.region == "fra"
-    assert config.https is not None and config.https.port == 8443
+    assert [listener.port for listener in config.https] == [8443]
     assert config.admin_token == "secret-or-pem"
     assert config.rtt.rtt_ms(Region("syd"), Region("fra")) == 260
     assert config.replica_read_wait == 3.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from contextlib import suppress
 
 import trio
@@ -39,8 +40,13 @@ from edge.proto.http_route import (
 )
 from edge.state import EdgeState
 from gitproto.routes import Health, InfoRefs, RouteError, Rpc
+from plumbing.logsafe import printable
 
 log = logging.getLogger("edge.access")
+
+_CONTROL_BYTE = re.compile(rb"[\x00-\x1f\x7f]")
+# Notes are the edge's own words, but may quote a repository or user name.
+NOTE_LIMIT = 300
 
 _STREAM_ERRORS = (
     trio.BrokenResourceError,
@@ -65,9 +71,12 @@ async def serve_connection(
             try:
                 raw = await client.read_head(cfg.header_timeout, idle_timeout=idle)
             except HeadTimeout:
+                log.info("%s - 408 request header timed out", peer_ip)
                 await client.send_all(refusal(408, "request header timed out"))
                 return
             except HeadError as exc:
+                # The head is not kept: nothing of a refused head is logged.
+                log.info("%s - %d %s", peer_ip, exc.http_status, exc.message)
                 await client.send_all(refusal(exc.http_status, exc.message))
                 return
             if raw is None:
@@ -85,10 +94,10 @@ async def serve_connection(
             log.info(
                 "%s %s %d %.3fs %s",
                 peer_ip,
-                raw.split(b"\r\n", 1)[0][:200].decode("ascii", "replace"),
+                request_line(raw, exchange),
                 outcome.status,
                 trio.current_time() - started,
-                outcome.note,
+                printable(outcome.note, NOTE_LIMIT),
             )
             if exchange is None or not exchange.client_reusable:
                 return
@@ -102,6 +111,28 @@ async def serve_connection(
                 await client.send_all(refusal(500, "internal error"))
     finally:
         await client.aclose()
+
+
+def request_line(raw: bytes, exchange: Exchange | None) -> str:
+    """The request line as the access log shows it: escaped, redacted, capped.
+
+    From the parsed head when there is one. A head h11 refused is logged only up
+    to its first control character: a line end hidden in it (bare CR, VT, NUL)
+    would otherwise bring the headers behind it, `Authorization` among them,
+    into the log.
+    """
+    if exchange is not None:
+        head = exchange.head
+        return (
+            f"{printable(head.method, 16)} {printable(head.target)}"
+            f" HTTP/{printable(head.http_version, 8)}"
+        )
+    control = _CONTROL_BYTE.search(raw)
+    end = control.start() if control else len(raw)
+    line = printable(raw[:end])
+    if control and raw[end : end + 2] != b"\r\n":
+        line += f" [cut at {printable(control.group())}]"
+    return line
 
 
 async def handle_request(

@@ -134,7 +134,8 @@ class Exchange:
                 if isinstance(event, h11.Data):
                     body += event.data
         except h11.RemoteProtocolError as exc:
-            # Stricter than our framer in one place: h11 refuses BWS before ';'.
+            # None known since the framer refuses BWS before ';' as h11 does; the
+            # property tests (tests/edge/test_proto_properties.py) look for more.
             raise BodyError(f"chunked body: {exc}") from None
         return bytes(body)
 

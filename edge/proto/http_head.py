@@ -123,7 +123,7 @@ def parse_request_head(head: bytes) -> RequestHead:
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError as exc:
-        raise HeadError(exc.error_status_hint, f"bad request: {exc}") from None
+        raise HeadError(exc.error_status_hint, f"bad request: {_reason(exc)}") from None
     if not isinstance(event, h11.Request):
         raise HeadError(400, "bad request: incomplete head")
     headers = list(event.headers)
@@ -137,6 +137,15 @@ def parse_request_head(head: bytes) -> RequestHead:
         framing=framing,
         content_length=length,
     )
+
+
+# h11 quotes the offending bytes ("illegal header line: bytearray(b'Authorization: ...')"):
+# they may be credentials, and the message is logged and sent back. Only h11's words stay.
+_QUOTED_INPUT = re.compile(r":? (?:bytearray\(b|b)['\"].*", re.DOTALL)
+
+
+def _reason(exc: h11.ProtocolError) -> str:
+    return _QUOTED_INPUT.sub("", str(exc))
 
 
 def parse_response_head(head: bytes) -> ResponseHead:

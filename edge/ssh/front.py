@@ -35,6 +35,7 @@ from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionReque
 from edge.ssh.session import GitSession
 from edge.state import RequestTracker
 from gitproto.ssh_command import GitCommand
+from plumbing.listen import address_text, bind_listeners, client_ip
 from plumbing.sshkeys import load_or_create_key
 from routing.cache import RoutingCache
 from routing.errors import StoreUnavailable
@@ -100,8 +101,10 @@ class SshFront:
         counters["ssh_pool_retries"] = self._nodes.stats.retries
         return counters
 
-    async def serve(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
-        """Accept clients until cancelled; `started(host:port)` once listening.
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept clients until cancelled; `started([host:port, ...])` once listening.
 
         Cancelling stops only the listener: sessions run on until `aclose()`,
         so that a draining edge lets them finish.
@@ -113,27 +116,36 @@ class SshFront:
         host_keys = await trio.to_thread.run_sync(
             lambda: [load_or_create_key(path) for path in cfg.host_key_files]
         )
-        acceptor = await aio_as_trio(asyncssh.listen)(
-            cfg.listen.host,
-            cfg.listen.port,
-            server_factory=lambda: _ClientConnection(self),
-            server_host_keys=host_keys,
-            # Ptys are refused at the SSH level: `ssh -t` then fails with OpenSSH's
-            # "PTY allocation request failed", while a plain `ssh git@edge` typed
-            # in a terminal (pty requested, not required) still gets the greeting.
-            **GIT_ONLY_SSH_SERVER,
-            window=cfg.window,
-            encryption_algs=cfg.ciphers,  # () is asyncssh's defaults
-            login_timeout=cfg.login_grace_time,
-        )
+        # Bound here, one acceptor per socket: asyncio would set IPV6_V6ONLY on
+        # `[::]` (plumbing/listen.py), asyncssh.listen(sock=...) keeps ours.
+        sockets = [s for a in cfg.listen for s in bind_listeners(a.host, a.port)]
+        acceptors: list[asyncssh.SSHAcceptor] = []
         try:
-            host, port = acceptor.get_addresses()[0][:2]
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            log.info("SSH listening on %s", address)
-            task_status.started(address)
+            for sock in sockets:
+                acceptors.append(
+                    await aio_as_trio(asyncssh.listen)(
+                        sock=sock,
+                        server_factory=lambda: _ClientConnection(self),
+                        server_host_keys=host_keys,
+                        # Ptys are refused at the SSH level: `ssh -t` then fails with
+                        # OpenSSH's "PTY allocation request failed", while a plain
+                        # `ssh git@edge` typed in a terminal (pty requested, not
+                        # required) still gets the greeting.
+                        **GIT_ONLY_SSH_SERVER,
+                        window=cfg.window,
+                        encryption_algs=cfg.ciphers,  # () is asyncssh's defaults
+                        login_timeout=cfg.login_grace_time,
+                    )
+                )
+            addresses = [address_text(sock.getsockname()) for sock in sockets]
+            log.info("SSH listening on %s", " ".join(addresses))
+            task_status.started(addresses)
             await trio.sleep_forever()
         finally:
-            acceptor.close()  # new connections only: open ones are closed by aclose()
+            for sock in sockets[len(acceptors) :]:
+                sock.close()
+            for acceptor in acceptors:
+                acceptor.close()  # new connections only: open ones are closed by aclose()
 
     async def aclose(self) -> None:
         """Disconnect every client; their sessions end (and close their node connections)."""
@@ -280,7 +292,7 @@ class _ClientConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self._activity.touch()
         peer = self._conn.get_extra_info("peername") if self._conn else None
-        log.info("SSH %s authenticated from %s", self._user, peer)
+        log.info("SSH %s authenticated from %s", self._user, client_ip(peer[0]) if peer else "-")
 
     # -- what an authenticated client may open --------------------------------
 

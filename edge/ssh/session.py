@@ -21,6 +21,7 @@ from edge.ssh.channel import ClientGone
 from edge.ssh.relay import ClientStream, NodeLost, RelayResult, SessionRequest
 from gitproto.protocol import accept_git_protocol
 from gitproto.ssh_command import CommandRefused, GitCommand, parse_command
+from plumbing.logsafe import printable
 from routing.model import NodeRecord
 
 log = logging.getLogger("edge.access")
@@ -28,6 +29,7 @@ log = logging.getLogger("edge.access")
 # Debian's ssh_config sends these by default (SendEnv LANG LC_*): dropped, not refused.
 _IGNORED_ENV = re.compile(rb"LANG|LC_[A-Za-z0-9_]*")
 _PRINTABLE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+COMMAND_LOG_LIMIT = 200
 
 
 class SessionRefused(Exception):
@@ -142,8 +144,11 @@ class GitSession:
     async def run(self) -> None:
         channel, outcome = self._channel, self.outcome
         started = time.monotonic()
+        # What the client asked for, as it asked (escaped): the log shows refusals too.
+        outcome.what = printable(channel.command, COMMAND_LOG_LIMIT)
         try:
             if channel.subsystem is not None:
+                outcome.what = f"subsystem {printable(channel.subsystem, COMMAND_LOG_LIMIT)}"
                 raise subsystem_refusal(channel.subsystem)
             request = vet_session(user=self._user, command=channel.command, env=channel.environment)
             outcome.what = f"{request.command.service} {request.command.repo}"
@@ -183,7 +188,7 @@ class GitSession:
                 time.monotonic() - started,
                 outcome.bytes_up,
                 outcome.bytes_down,
-                outcome.note,
+                printable(outcome.note, COMMAND_LOG_LIMIT),
             )
 
     def _finish(self, line: str, status: int) -> None:

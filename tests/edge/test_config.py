@@ -52,8 +52,8 @@ def test_minimal_http_config_and_its_defaults(tmp_path: Path) -> None:
     assert config.region == "iad"
     assert config.etcd_endpoints == ("http://127.0.0.1:2379",)
     assert config.etcd_prefix == DEFAULT_PREFIX
-    assert config.http == Listener("127.0.0.1", 8080)
-    assert config.https is None
+    assert config.http == (Listener("127.0.0.1", 8080),)
+    assert config.https == ()
     assert config.cert_file is None
     assert config.key_file is None
     assert config.node_admin_secret == "s3cret"
@@ -77,10 +77,10 @@ def test_minimal_http_config_and_its_defaults(tmp_path: Path) -> None:
 
 def test_https_config(tmp_path: Path) -> None:
     config = _load(tmp_path, EDGE + ETCD + NODES + _https(tmp_path))
-    assert config.https == Listener("0.0.0.0", 8443)
+    assert config.https == (Listener("0.0.0.0", 8443),)
     assert config.cert_file == tmp_path / "cert.pem"
     assert config.key_file == tmp_path / "key.pem"
-    assert config.http is None
+    assert config.http == ()
 
 
 def test_https_and_http_together(tmp_path: Path) -> None:
@@ -130,7 +130,7 @@ def test_every_optional_key(tmp_path: Path) -> None:
 )
 def test_listen_forms(tmp_path: Path, listen: str, host: str, port: int) -> None:
     config = _load(tmp_path, EDGE + ETCD + NODES + f'[http]\nlisten = "{listen}"\n')
-    assert config.http == Listener(host, port)
+    assert config.http == (Listener(host, port),)
 
 
 def test_admin_secret_from_a_file_is_stripped(tmp_path: Path) -> None:
@@ -422,3 +422,24 @@ def test_a_bad_rtt_table_names_its_entry(tmp_path: Path, text: str, where: str) 
 def test_a_negative_read_wait_is_refused(tmp_path: Path) -> None:
     text = MINIMAL.replace('"iad"\n', '"iad"\nreplica_read_wait = -1\n')
     assert "replica_read_wait" in _error(tmp_path, text)
+
+
+def test_listen_takes_a_list_of_addresses(tmp_path: Path) -> None:
+    text = EDGE + ETCD + NODES + '[http]\nlisten = ["127.0.0.1:8080", "[::1]:8080"]\n'
+    config = _load(tmp_path, text)
+    assert config.http == (Listener("127.0.0.1", 8080), Listener("::1", 8080))
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("[]", "needs at least one"),
+        ('["127.0.0.1:80", "127.0.0.1:80"]', "names an address twice"),
+        ('["127.0.0.1:80", 80]', "must be 'host:port' or a list of them, got 80"),
+        ('["127.0.0.1:80", "nohost"]', "must be 'host:port', got 'nohost'"),
+    ],
+)
+def test_bad_listen_lists(tmp_path: Path, listen: str, problem: str) -> None:
+    message = _error(tmp_path, EDGE + ETCD + NODES + f"[http]\nlisten = {listen}\n")
+    assert "[http]: listen:" in message
+    assert problem in message

@@ -36,7 +36,7 @@ def _state() -> EdgeState:
     config = EdgeConfig(
         region=Region("fra"),
         etcd_endpoints=("http://127.0.0.1:1",),
-        http=Listener("127.0.0.1", 0),
+        http=(Listener("127.0.0.1", 0),),
         admin_token="admin-token",
         header_timeout=HEADER_TIMEOUT,
     )

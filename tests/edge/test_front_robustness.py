@@ -28,7 +28,9 @@ class _BrokenCache(RoutingCache):
 
 def _state() -> EdgeState:
     config = EdgeConfig(
-        region=Region("fra"), etcd_endpoints=("http://127.0.0.1:1",), http=Listener("127.0.0.1", 0)
+        region=Region("fra"),
+        etcd_endpoints=("http://127.0.0.1:1",),
+        http=(Listener("127.0.0.1", 0),),
     )
     etcd = cast(EtcdClient, None)
     return EdgeState(

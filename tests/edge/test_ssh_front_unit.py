@@ -151,7 +151,7 @@ def test_no_ssh_table_no_ssh_front(tmp_path: Path) -> None:
 def test_ssh_defaults_and_keys_made_once(tmp_path: Path) -> None:
     config = load_edge_config(_config(tmp_path, _ssh_table(tmp_path)))
     assert config.ssh == SshFrontConfig(
-        listen=Listener("127.0.0.1", 0),
+        listen=(Listener("127.0.0.1", 0),),
         host_key_files=(tmp_path / "keys" / "host",),
         login_grace_time=60.0,
         idle_timeout=600.0,
@@ -348,7 +348,7 @@ async def front(tmp_path: Path, ciphers: tuple[str, ...]) -> AsyncIterator[Front
     client_key = asyncssh.generate_private_key("ssh-ed25519")
     fingerprint = client_key.get_fingerprint("sha256")
     config = SshFrontConfig(
-        listen=Listener("127.0.0.1", 0),
+        listen=(Listener("127.0.0.1", 0),),
         host_key_files=(tmp_path / "host",),
         login_grace_time=1.0,
         idle_timeout=1.0,
@@ -377,7 +377,7 @@ async def front(tmp_path: Path, ciphers: tuple[str, ...]) -> AsyncIterator[Front
         async with trio.open_nursery() as sessions:
             nodes = NodeSessions(pool, head_timeout=5.0)
             ssh_front = SshFront(config, cache, nodes, RequestTracker(), sessions, region=fra)
-            address = await nursery.start(ssh_front.serve)
+            (address,) = await nursery.start(ssh_front.serve)
             host, _, port = address.rpartition(":")
             host_key = public_key_line(load_or_create_key(tmp_path / "host"))
             yield Front((host, int(port)), node, ssh_front, cache, client_key, host_key)

@@ -10,7 +10,8 @@ import pytest
 
 from gitproto.protocol import CHUNK, Service, accept_git_protocol
 from node import git_proto
-from node.git_proto import BodyDecodeError, GzipBodyDecoder, PathScrubber, StderrTail, session_argv
+from node.git_proto import BodyDecodeError, GzipBodyDecoder, StderrTail, session_argv
+from node.scrub import PathScrubber
 
 
 def test_info_refs_argv_is_http_backends() -> None:
