@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,25 @@ import pytest
 from devnet.network import Devnet, EdgeHandle, start_devnet
 
 T = TypeVar("T")
+
+
+THREE_REGIONS = ("fra", "lax", "syd")
+
+
+@contextmanager
+def three_regions(
+    tmp_path_factory: pytest.TempPathFactory, name: str, edge_options: str = ""
+) -> Iterator[Devnet]:
+    """What the replication tests run on: etcd, one node and one edge in each of fra,
+    lax and syd, 3 s leases (a killed node leaves placement and reads quickly)."""
+    with start_devnet(
+        tmp_path_factory.mktemp(name),
+        THREE_REGIONS,
+        lease_ttl=3,
+        edge_per_region=True,
+        edge_options=edge_options,
+    ) as network:
+        yield network
 
 
 @pytest.fixture(scope="module")

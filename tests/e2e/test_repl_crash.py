@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import trio
 
-from devnet.network import Devnet, NodeHandle, start_devnet
+from devnet.network import Devnet, NodeHandle
 from devnet.replcheck import Ack, Report, check, read_consensus, replica_refs
 from routing.etcd import EtcdClient
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, git_children, poll, repo_url, ssh_git_command
+from tests.e2e.conftest import Git, git_children, poll, repo_url, ssh_git_command, three_regions
 from tests.e2e.test_replication import create, edge, in_sync, where
 
 REGIONS = ("fra", "lax", "syd")
@@ -28,9 +28,7 @@ REGIONS = ("fra", "lax", "syd")
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("net-crash"), REGIONS, lease_ttl=3, edge_per_region=True
-    ) as network:
+    with three_regions(tmp_path_factory, "net-crash") as network:
         yield network
 
 

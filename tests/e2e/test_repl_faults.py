@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import trio
 
-from devnet.network import Devnet, NodeHandle, start_devnet
+from devnet.network import Devnet, NodeHandle
 from devnet.replcheck import ACKED, UNKNOWN, Ack, Report, check
 from routing.etcd import EtcdClient
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command
+from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command, three_regions
 from tests.e2e.test_replication import create, edge, in_sync
 
 REGIONS = ("fra", "lax", "syd")
@@ -39,9 +39,7 @@ ROUNDS = int(os.environ.get("GITEDGE_FAULT_ROUNDS") or (8 if os.environ.get("CI"
 
 @pytest.fixture(scope="module")
 def faultnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("faultnet"), REGIONS, lease_ttl=3, edge_per_region=True
-    ) as network:
+    with three_regions(tmp_path_factory, "faultnet") as network:
         yield network
 
 

@@ -19,8 +19,16 @@ from typing import Any
 import httpx
 import pytest
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
-from tests.e2e.conftest import Git, create_replicated, poll, repo_url, ssh_git_command, tls
+from devnet.network import Devnet, EdgeHandle
+from tests.e2e.conftest import (
+    Git,
+    create_replicated,
+    poll,
+    repo_url,
+    ssh_git_command,
+    three_regions,
+    tls,
+)
 from tests.e2e.conftest import region_edge as edge
 from tests.e2e.conftest import repo_where as where
 
@@ -29,13 +37,8 @@ READ_WAIT = 8.0
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("net-read"),
-        ("fra", "lax", "syd"),
-        lease_ttl=3,
-        edge_per_region=True,
-        edge_options=f"replica_read_wait = {READ_WAIT}",
-    ) as network:
+    options = f"replica_read_wait = {READ_WAIT}"
+    with three_regions(tmp_path_factory, "net-read", edge_options=options) as network:
         network.start_node("fra-2", "fra", lease_ttl=3)
         yield network
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from devnet.network import Devnet, start_devnet
+from devnet.network import Devnet
 from devnet.replcheck import Ack
 from routing.consensus import LOG_CHUNK_BYTES
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command
+from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command, three_regions
 from tests.e2e.test_repl_crash import consensus, disk_refs, region_state, run_checker
 from tests.e2e.test_replication import create, edge, in_sync
 
@@ -36,9 +36,7 @@ ETCD_MAX_TXN_OPS = 128
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("net-scale"), REGIONS, lease_ttl=3, edge_per_region=True
-    ) as network:
+    with three_regions(tmp_path_factory, "net-scale") as network:
         yield network
 
 

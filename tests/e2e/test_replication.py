@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from devnet.network import Devnet, start_devnet
+from devnet.network import Devnet
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
 from tests.e2e.conftest import (
@@ -23,6 +23,7 @@ from tests.e2e.conftest import (
     repo_url,
     repo_where,
     ssh_git_command,
+    three_regions,
 )
 
 REGIONS = ("fra", "lax", "syd")
@@ -32,9 +33,7 @@ create, edge, where = create_replicated, region_edge, repo_where
 
 @pytest.fixture(scope="module")
 def net3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("net3"), REGIONS, lease_ttl=3, edge_per_region=True
-    ) as network:
+    with three_regions(tmp_path_factory, "net3") as network:
         yield network
 
 
