@@ -22,8 +22,13 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import trio
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.network import Devnet, EdgeHandle, NodeHandle, start_devnet
+from devnet.replcheck import Ack, Report, check, read_consensus, replica_refs
+from routing.etcd import EtcdClient
+from routing.model import RepoName
+from routing.schema import DEFAULT_PREFIX, Keys
 
 T = TypeVar("T")
 
@@ -284,3 +289,28 @@ def git_children(pid: int) -> list[int]:
             if names[child].startswith("git"):
                 found.append(child)
     return found
+
+
+# -- replication: what etcd agrees on, what a replica holds, the checker ---------------
+
+
+def consensus(net: Devnet, name: str) -> tuple[int, dict[str, str]]:
+    async def read() -> tuple[int, dict[str, str]]:
+        async with EtcdClient(net.etcd.url) as etcd:
+            return await read_consensus(etcd, Keys(DEFAULT_PREFIX), RepoName.parse(name))
+
+    return trio.run(read)
+
+
+def run_checker(net: Devnet, name: str, acks: list[Ack]) -> Report:
+    volumes = [node.volume_dir for node in net.nodes.values()]
+
+    async def go() -> Report:
+        async with EtcdClient(net.etcd.url) as etcd:
+            return await check(etcd, Keys(DEFAULT_PREFIX), RepoName.parse(name), acks, volumes)
+
+    return trio.run(go)
+
+
+def disk_refs(node: NodeHandle, name: str) -> dict[str, str]:
+    return replica_refs(node.volume_dir / RepoName.parse(name).bare_dir)

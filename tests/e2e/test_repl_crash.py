@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from devnet.network import Devnet, NodeHandle
-from devnet.replcheck import Ack, Report, check, read_consensus, replica_refs
-from routing.etcd import EtcdClient
+from devnet.replcheck import Ack
 from routing.model import RepoName
-from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, git_children, poll, repo_url, ssh_git_command, three_regions
+from tests.e2e.conftest import (
+    Git,
+    consensus,
+    disk_refs,
+    git_children,
+    poll,
+    repo_url,
+    run_checker,
+    ssh_git_command,
+    three_regions,
+)
 from tests.e2e.test_replication import create, edge, in_sync, where
 
 REGIONS = ("fra", "lax", "syd")
@@ -42,28 +49,6 @@ def git(tmp_path: Path, net: Devnet) -> Git:
 @pytest.fixture(scope="module")
 def alice_ssh(net: Devnet, tmp_path_factory: pytest.TempPathFactory) -> str:
     return ssh_git_command(net, tmp_path_factory.mktemp("crash-ssh"))
-
-
-def consensus(net: Devnet, name: str) -> tuple[int, dict[str, str]]:
-    async def read() -> tuple[int, dict[str, str]]:
-        async with EtcdClient(net.etcd.url) as etcd:
-            return await read_consensus(etcd, Keys(DEFAULT_PREFIX), RepoName.parse(name))
-
-    return trio.run(read)
-
-
-def run_checker(net: Devnet, name: str, acks: list[Ack]) -> Report:
-    volumes = [node.volume_dir for node in net.nodes.values()]
-
-    async def go() -> Report:
-        async with EtcdClient(net.etcd.url) as etcd:
-            return await check(etcd, Keys(DEFAULT_PREFIX), RepoName.parse(name), acks, volumes)
-
-    return trio.run(go)
-
-
-def disk_refs(node: NodeHandle, name: str) -> dict[str, str]:
-    return replica_refs(node.volume_dir / RepoName.parse(name).bare_dir)
 
 
 def has_object(node: NodeHandle, name: str, oid: str) -> bool:

@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from devnet.network import Devnet, NodeHandle
-from devnet.replcheck import ACKED, UNKNOWN, Ack, Report, check
-from routing.etcd import EtcdClient
+from devnet.replcheck import ACKED, UNKNOWN, Ack, Report
 from routing.model import RepoName
-from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command, three_regions
+from tests.e2e.conftest import Git, poll, repo_url, run_checker, ssh_git_command, three_regions
 from tests.e2e.test_replication import create, edge, in_sync
 
 REGIONS = ("fra", "lax", "syd")
@@ -197,15 +194,10 @@ def test_the_checker_catches_a_lost_push_and_a_diverged_replica(
     git.run("push", "-q", repo_url(faultnet, "alice/checked"), "main", cwd=work)
     poll(30, lambda: in_sync(faultnet, "alice/checked", 3), "in sync")
     stray = git.commit(work, "b", b"2\n")  # committed, never pushed
-    volumes = [node.volume_dir for node in faultnet.nodes.values()]
     name = RepoName.parse("alice/checked")
 
     def run(acks: list[Ack]) -> Report:
-        async def go() -> Report:
-            async with EtcdClient(faultnet.etcd.url) as etcd:
-                return await check(etcd, Keys(DEFAULT_PREFIX), name, acks, volumes)
-
-        return trio.run(go)
+        return run_checker(faultnet, name.path, acks)
 
     good = run([Ack("refs/heads/main", first, False, 1.0)])
     assert good.ok, good.text()

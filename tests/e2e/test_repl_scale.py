@@ -22,8 +22,17 @@ from devnet.replcheck import Ack
 from routing.consensus import LOG_CHUNK_BYTES
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
-from tests.e2e.conftest import Git, poll, repo_url, ssh_git_command, three_regions
-from tests.e2e.test_repl_crash import consensus, disk_refs, region_state, run_checker
+from tests.e2e.conftest import (
+    Git,
+    consensus,
+    disk_refs,
+    poll,
+    repo_url,
+    run_checker,
+    ssh_git_command,
+    three_regions,
+)
+from tests.e2e.test_repl_crash import region_state
 from tests.e2e.test_replication import create, edge, in_sync
 
 REGIONS = ("fra", "lax", "syd")
