@@ -136,6 +136,38 @@ def create_repo(net: TreeNet, name: str, **fields: Any) -> dict[str, Any]:
     return info
 
 
+def wait_in_sync(
+    api: httpx.Client,
+    name: str,
+    *,
+    deadline_s: float,
+    poll_s: float,
+    replicas: int | None = None,
+    generation: int | None = None,
+) -> float:
+    """Poll `GET /api/repos/<name>` until every replica says in-sync (and there are
+    `replicas` of them, at `generation`, when given); the seconds it took. Raises
+    RuntimeError at the deadline."""
+    start = time.perf_counter()
+    while True:
+        got = api.get(f"/api/repos/{name}")
+        if got.status_code != 200:
+            raise RuntimeError(f"GET {name}: HTTP {got.status_code} {got.text[:300]}")
+        info: dict[str, Any] = got.json()
+        states = [r.get("state") for r in info.get("replicas", [])]
+        synced = bool(states) and all(state == "in-sync" for state in states)
+        if replicas is not None:
+            synced = synced and len(states) == replicas
+        if generation is not None:
+            synced = synced and info.get("generation") == generation
+        if synced:
+            return time.perf_counter() - start
+        if time.perf_counter() - start > deadline_s:
+            want = "" if generation is None else f" at generation {generation}"
+            raise RuntimeError(f"{name}: not in sync{want} after {deadline_s}s: {info}")
+        time.sleep(poll_s)
+
+
 def generate_repo(
     path: Path, size_mb: int, env: dict[str, str], name: str, **extra: Any
 ) -> tuple[RandomRepo, dict[str, Any]]:

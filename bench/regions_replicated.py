@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bench import clones
 from bench.common import MiB, median
 from bench.repos import make_random_repo, run_git, timed_git
 
@@ -74,15 +75,11 @@ def _replica_states(world: World, name: str) -> list[dict[str, Any]]:
 
 
 def wait_in_sync(world: World, name: str, deadline_s: float = SYNC_DEADLINE_S) -> float:
-    """Poll the API until every replica of `name` says in-sync; seconds it took."""
-    start = time.perf_counter()
-    while True:
-        states = _replica_states(world, name)
-        if states and all(r.get("state") == "in-sync" for r in states):
-            return time.perf_counter() - start
-        if time.perf_counter() - start > deadline_s:
-            raise RuntimeError(f"{name}: replicas not in sync after {deadline_s}s: {states}")
-        time.sleep(0.1)
+    """Every replica of `name` in sync (bench.clones.wait_in_sync, one connection)."""
+    from bench.regions import USER
+
+    with _api(world) as api:
+        return clones.wait_in_sync(api, f"{USER}/{name}", deadline_s=deadline_s, poll_s=0.1)
 
 
 def setup(world: World, log: Log) -> None:

@@ -126,23 +126,20 @@ class PushSide:
         return info
 
     def wait_in_sync(self, spec: RepoSpec) -> float:
-        """Poll until the edge shows generation `generations[spec.key]` with every replica
-        in sync; seconds it took. The generation is checked too: until the edge's watch
-        has seen the push's vote, the old generation would look in sync."""
-        want = self.generations[spec.key]
-        start = time.perf_counter()
-        while True:
-            info = self.repo_info(spec)
-            states = [r.get("state") for r in info.get("replicas", [])]
-            synced = len(states) == spec.replicas and all(s == "in-sync" for s in states)
-            if synced and info.get("generation") == want:
-                return time.perf_counter() - start
-            if time.perf_counter() - start > SYNC_DEADLINE_S:
-                raise RuntimeError(
-                    f"{self.net.tree.label} {spec.name}: not in sync at generation {want} "
-                    f"after {SYNC_DEADLINE_S}s: {info}"
-                )
-            time.sleep(POLL_S)
+        """Seconds until the edge shows generation `generations[spec.key]` with every
+        replica in sync. The generation is checked too: until the edge's watch has seen
+        the push's vote, the old generation would look in sync."""
+        try:
+            return clones.wait_in_sync(
+                self.api,
+                spec.name,
+                deadline_s=SYNC_DEADLINE_S,
+                poll_s=POLL_S,
+                replicas=spec.replicas,
+                generation=self.generations[spec.key],
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(f"{self.net.tree.label} {exc}") from None
 
 
 def open_side(net: TreeNet, prefix: str, home: Path) -> PushSide:
