@@ -26,7 +26,7 @@ from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
-from plumbing.listen import address_text, bind_listeners, client_ip
+from plumbing.listen import address_text, client_ip, open_trio_listeners
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -68,8 +68,7 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     opened: list[trio.SocketListener] = []
     try:
         for listener in listeners:
-            for sock in bind_listeners(listener.host, listener.port):
-                opened.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            opened += open_trio_listeners(listener.host, listener.port)
     except BaseException:
         for done in opened:
             done.socket.close()

@@ -32,6 +32,7 @@ from node.repl_ops import ReplicaOps
 from node.replication import Replicator
 from node.repos import RepoStore
 from node.tls import CertFileError, NodeTls, load_node_tls
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient, EtcdError
 from routing.model import NodeId, Region, VolumeId
@@ -50,6 +51,8 @@ class NodeRuntime:
     volume_id: VolumeId
     http_url: str
     tls_cert_sha256: str | None = None
+    listening: str | None = None
+    """The bound `host:port` (http_url may be an advertise_url naming another)."""
 
     def ready_info(self) -> dict[str, str]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -68,7 +71,8 @@ async def run_node(
     tls: NodeTls | None = None
     if config.tls is not None:
         tls = await trio.to_thread.run_sync(load_node_tls, config.tls, config.node_id)
-    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    # `[::]` is dual-stack here as on the edge (plumbing/listen.py).
+    listeners = open_trio_listeners(config.listen_host, config.listen_port)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
         replicator = Replicator(
@@ -129,6 +133,7 @@ async def run_node(
                         volume.volume_id,
                         http_url,
                         tls_cert_sha256=tls.cert_sha256 if tls else None,
+                        listening=address_text(listeners[0].socket.getsockname()),
                     )
                 )
         finally:
@@ -138,10 +143,7 @@ async def run_node(
 
 
 def _bound_url(listener: trio.SocketListener, scheme: str) -> str:
-    host, port = listener.socket.getsockname()[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{address_text(listener.socket.getsockname())}"
 
 
 async def _serve_until_signalled(
