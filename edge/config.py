@@ -141,7 +141,7 @@ class EdgeConfig:
     keepalive_timeout: float = 60.0
     body_idle_timeout: float = 300.0
     tls_handshake_timeout: float = 10.0
-    drain_timeout: float = 10.0
+    drain_timeout: float = 60.0
     admin_token: str = ""
     """Bearer token for the admin API (users, tokens); empty: admin API off."""
     ssh: SshFrontConfig | None = None
@@ -213,7 +213,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         keepalive_timeout=limits.float("keepalive_timeout", 60.0, 0.1, 3600),
         body_idle_timeout=limits.float("body_idle_timeout", 300.0, 1, 86400),
         tls_handshake_timeout=limits.float("tls_handshake_timeout", 10.0, 0.1, 600),
-        drain_timeout=limits.float("drain_timeout", 10.0, 0, 3600),
+        drain_timeout=limits.float("drain_timeout", 60.0, 0, 3600),
         admin_token=(
             edge.secret("admin_token")
             if edge.has("admin_token") or edge.has("admin_token_file")

@@ -33,8 +33,8 @@ from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
 from edge.ssh.channel import Activity, ClientChannel
 from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionRequest
 from edge.ssh.session import GitSession
-from edge.state import RequestTracker
 from gitproto.ssh_command import GitCommand
+from plumbing.drain import RequestTracker
 from plumbing.listen import address_text, bind_listeners, client_ip
 from plumbing.sshkeys import load_or_create_key
 from routing.cache import RoutingCache
@@ -88,8 +88,11 @@ class SshFront:
         self._requests = requests
         self._sessions = sessions
         self._connections: set[asyncssh.SSHServerConnection] = set()
+        self._clients: set[_ClientConnection] = set()
+        self.draining = False
         self._idle = trio.Event()
         self._idle.set()
+        self._acceptors: list[asyncssh.SSHAcceptor] = []
         self.stats = SshStats()
 
     def stats_dict(self) -> dict[str, int]:
@@ -119,7 +122,7 @@ class SshFront:
         # Bound here, one acceptor per socket: asyncio would set IPV6_V6ONLY on
         # `[::]` (plumbing/listen.py), asyncssh.listen(sock=...) keeps ours.
         sockets = [s for a in cfg.listen for s in bind_listeners(a.host, a.port)]
-        acceptors: list[asyncssh.SSHAcceptor] = []
+        acceptors = self._acceptors = []
         try:
             for sock in sockets:
                 acceptors.append(
@@ -153,6 +156,20 @@ class SshFront:
             for conn in list(self._connections):
                 conn.close()
             await self._idle.wait()
+
+    def begin_drain(self) -> None:
+        """A drain (SIGTERM): clients without a session are disconnected now, and no
+        new session opens; running sessions go on (`aclose()` ends what is left)."""
+        self.draining = True
+        for client in list(self._clients):
+            client.close_if_idle()
+
+    def reload_host_keys(self) -> None:
+        """SIGHUP: the host keys are read again; new connections get them, open ones
+        keep theirs. Raises OSError or ValueError (the old keys stay) on a bad file."""
+        keys = [load_or_create_key(path) for path in self._config.host_key_files]
+        for acceptor in self._acceptors:
+            acceptor.update(server_host_keys=keys)
 
     # -- called from asyncssh (asyncio) ------------------------------------------
 
@@ -246,6 +263,7 @@ class _ClientConnection(asyncssh.SSHServer):
         skip_empty_ignore_packets(conn)
         self._conn = conn
         self._front._connections.add(conn)
+        self._front._clients.add(self)
         self._front.stats.connections += 1
         self._front.stats.connections_active += 1
         self._arm_idle_timer(self._config.idle_timeout)
@@ -253,9 +271,15 @@ class _ClientConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._front._connections.discard(self._conn)
+        self._front._clients.discard(self)
         self._front.stats.connections_active -= 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+
+    def close_if_idle(self) -> None:
+        if self._open_sessions == 0 and self._conn is not None:
+            log.info("SSH connection of %s closed: draining", self._user or "-")
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, "server shutting down")
 
     def _arm_idle_timer(self, delay: float) -> None:
         self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
@@ -300,6 +324,10 @@ class _ClientConnection(asyncssh.SSHServer):
         self,
     ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
         assert self._conn is not None and self._user is not None
+        if self._front.draining:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "gitedge: server shutting down"
+            )
         if self._open_sessions >= self._config.max_sessions:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_RESOURCE_SHORTAGE,
@@ -316,6 +344,8 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def _session_closed(self) -> None:
         self._open_sessions -= 1
+        if self._front.draining:
+            self.close_if_idle()
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
