@@ -239,6 +239,7 @@ class Devnet:
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
         rtt: RttTable = DEVNET_RTT,
+        cert_files: tuple[Path, Path] | None = None,
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
 
@@ -247,7 +248,10 @@ class Devnet:
         (the regions benchmark reaches etcd through a latency relay).
         `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         `rtt` is its `[regions.rtt]`, which ranks in-sync replicas for reads.
+        `cert_files` (cert, key) replace the network's shared HTTPS certificate
+        (a test that rewrites them and sends SIGHUP).
         """
+        cert_file, key_file = cert_files or (self.cert_file, self.key_file)
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
         lines = [
@@ -257,8 +261,8 @@ class Devnet:
             edge_options,
             "[https]",
             'listen = "127.0.0.1:0"',
-            f"cert_file = {_toml(str(self.cert_file))}",
-            f"key_file = {_toml(str(self.key_file))}",
+            f"cert_file = {_toml(str(cert_file))}",
+            f"key_file = {_toml(str(key_file))}",
         ]
         if http:
             lines += ["[http]", 'listen = "127.0.0.1:0"']

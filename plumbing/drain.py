@@ -70,7 +70,7 @@ class Drain:
             return
         self.begun = True
         log.info(
-            "drain: %d idle connection(s) closed, %d busy one(s) close after their request",
+            "drain: %d idle HTTP connection(s) closed, %d busy one(s) close after their request",
             len(self._idle),
             len(self._busy),
         )
