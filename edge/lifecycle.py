@@ -81,7 +81,7 @@ async def _reload(reload: Callable[[], Awaitable[None]]) -> None:
     except (OSError, ValueError, ssl.SSLError) as exc:
         log.error("SIGHUP: reload failed, the old certificates stay in use: %s", exc)
     else:
-        log.info("SIGHUP: certificates reloaded; new connections use them")
+        log.info("SIGHUP: TLS certificate and SSH host keys reloaded; new connections use them")
 
 
 async def _finish_drain(requests: RequestTracker, timeout: float, stop: trio.CancelScope) -> None:

@@ -11,6 +11,7 @@ connections, answer the requests in flight with `connection: close` and let them
 finish for up to `drain_timeout`, all the while keeping the etcd lease alive
 (replicated pushes vote through it); then kill what git children are left (every
 request's `finally`), revoke the lease, exit 0. A second signal stops at once.
+SIGHUP is logged and ignored (a new certificate takes a restart: edges pin it).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ async def _serve_until_signalled(
     config: NodeConfig, ready_file: Path | None, faults: FaultPoints
 ) -> None:
     drain, requests = Drain(), RequestTracker()
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(
                 _drain_on_signal, signals, drain, requests, config.drain_timeout, nursery
@@ -201,6 +202,11 @@ async def _drain_on_signal(
 ) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            # Not the default (exit): edges pin the node's certificate from its
+            # registration, so a new one takes a restart, which re-registers it.
+            log.info("SIGHUP ignored: restart the node to change its config or certificate")
+            continue
         if drain.begun:
             log.info("%s while draining: stopping now", name)
             break

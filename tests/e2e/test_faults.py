@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -26,6 +27,7 @@ import trustme
 
 from devnet.network import Devnet, EdgeHandle, NodeHandle
 from devnet.procs import ManagedProcess
+from plumbing.sshkeys import load_or_create_key, public_key_line
 from routing.etcd import EtcdClient
 from routing.schema import DEFAULT_PREFIX, Keys
 from tests.e2e.conftest import Git, create_repo, git_children, poll, repo_url, ssh_git_command
@@ -359,6 +361,9 @@ def test_sigterm_drains_a_node_keeping_its_lease_until_the_push_ends(
     poll(10, lambda: log_has(node.process, "SIGTERM: draining"), "the drain")
     assert log_has(node.process, "draining, 1 request(s) in flight"), node.process.log_tail()
     poll(5, lambda: refused(port_of(node.http_url)), "the node's listener closed")
+    # Edges still route to it (it is registered) and are refused: a fast 503.
+    meanwhile = git.run("ls-remote", repo_url(net, name), check=False, timeout=30)
+    assert meanwhile.returncode != 0 and "503" in meanwhile.stderr, meanwhile.stderr
     # What is under test is a time: past the lease's TTL (3 s), the node is still
     # registered, because it keeps the lease alive while its push runs.
     lease_outlived = time.monotonic() + 3.5
@@ -434,7 +439,7 @@ def test_sighup_reloads_the_certificate_under_a_live_connection(
     new_cert = new_ca.issue_cert("127.0.0.1")
     _write_pair(new_cert, cert_file, key_file)
     edge.process.popen.send_signal(signal.SIGHUP)
-    poll(10, lambda: log_has(edge.process, "certificates reloaded"), "the reload")
+    poll(10, lambda: log_has(edge.process, "reloaded; new connections use them"), "the reload")
 
     with connect() as fresh:
         new_der = fresh.getpeercert(binary_form=True)
@@ -452,3 +457,50 @@ def test_sighup_reloads_the_certificate_under_a_live_connection(
     with connect() as after:
         assert after.getpeercert(binary_form=True) == new_der
     assert _get(kept) == b"ok\n"
+
+
+def _scan(port: int) -> str:
+    """The SSH host key an edge offers a new connection (`type base64`)."""
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-T", "5", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    return " ".join(scanned.stdout.split()[1:3])
+
+
+def test_sighup_reloads_the_ssh_host_key_under_a_live_connection(
+    net: Devnet, git: Git, tmp_path: Path, stack: ExitStack
+) -> None:
+    key_file = tmp_path / "host_ed25519_key"
+    old_key = public_key_line(load_or_create_key(key_file))
+    edge = own_edge(net, stack, host_key_file=key_file)
+    assert _scan(edge.ssh_port) == old_key
+    _, head = seeded_repo(net, git, "alice/host-key", "fra", tmp_path / "w")
+    # One SSH connection (an OpenSSH ControlMaster) that later git runs share; it
+    # pinned the old key (known_hosts).
+    control = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/tmp"))) / "cm"
+    ssh = f"{ssh_git_command(net, tmp_path, 'alice')} -o ControlPath={control}"
+    master = subprocess.Popen(
+        [*shlex.split(ssh), "-M", "-N", "-p", str(edge.ssh_port), "git@127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    stack.callback(master.kill)
+    poll(10, control.exists, "the SSH control master")
+    url = f"{edge.ssh_url}/alice/host-key.git"
+
+    def ls_remote() -> str:
+        return git.run("ls-remote", url, "main", GIT_SSH_COMMAND=ssh).stdout.split()[0]
+
+    assert ls_remote() == head
+
+    new_key = public_key_line(load_or_create_key(tmp_path / "next_key"))
+    (tmp_path / "next_key").replace(key_file)
+    edge.process.popen.send_signal(signal.SIGHUP)
+    poll(10, lambda: log_has(edge.process, "reloaded; new connections use them"), "the reload")
+    assert _scan(edge.ssh_port) == new_key != old_key
+    # The connection from before the reload goes on, on its old key.
+    assert ls_remote() == head
+    assert master.poll() is None
