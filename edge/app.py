@@ -3,6 +3,9 @@
 The routing mirror runs beside the listeners and never blocks them: an edge
 that starts while etcd is down serves health checks at once and says not
 ready on /readyz until its cache has synced.
+
+Signals (edge/lifecycle.py, docs/operations.md): SIGTERM/SIGINT drain every
+listener and exit 0; SIGHUP reloads the TLS certificate and SSH host keys.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ class EdgeRuntime:
             await self.server_tls.reload()
         front = self.state.ssh_front
         if isinstance(front, SshFront):
-            await trio.to_thread.run_sync(front.reload_host_keys)
+            await front.reload_host_keys()
 
 
 def tls_context(config: EdgeConfig) -> ssl.SSLContext:

@@ -164,11 +164,12 @@ class SshFront:
         for client in list(self._clients):
             client.close_if_idle()
 
-    def reload_host_keys(self) -> None:
+    async def reload_host_keys(self) -> None:
         """SIGHUP: the host keys are read again; new connections get them, open ones
         keep theirs. Raises OSError or ValueError (the old keys stay) on a bad file."""
-        keys = [load_or_create_key(path) for path in self._config.host_key_files]
-        for acceptor in self._acceptors:
+        paths = self._config.host_key_files
+        keys = await trio.to_thread.run_sync(lambda: [load_or_create_key(p) for p in paths])
+        for acceptor in self._acceptors:  # on the loop's thread, as asyncssh expects
             acceptor.update(server_host_keys=keys)
 
     # -- called from asyncssh (asyncio) ------------------------------------------
