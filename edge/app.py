@@ -20,13 +20,15 @@ import trio
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listeners
+from edge.http.admission import admitted
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
-from plumbing.listen import address_text, client_ip, open_trio_listeners
+from plumbing.connlimit import ConnLimiter
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -76,12 +78,19 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     return opened
 
 
-def _peer_ip(stream: trio.SocketStream) -> str:
-    return client_ip(stream.socket.getpeername()[0])
+def _limiter(config: EdgeConfig) -> ConnLimiter:
+    """One front's connection caps (`[limits] max_connections*`)."""
+    return ConnLimiter(
+        config.max_connections,
+        config.max_connections_per_address,
+        ipv6_prefix=config.address_ipv6_prefix,
+        exempt=config.is_trusted_proxy,
+    )
 
 
-async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
-    peer = _peer_ip(stream)
+async def _serve_tls(
+    state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream, peer: str
+) -> None:
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do.
@@ -100,8 +109,8 @@ async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketS
     await serve_connection(state, tls, peer, "https")
 
 
-async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
-    await serve_connection(state, stream, _peer_ip(stream), "http")
+async def _serve_plain(state: EdgeState, stream: trio.SocketStream, peer: str) -> None:
+    await serve_connection(state, stream, peer, "http")
 
 
 async def run_edge(
@@ -137,7 +146,9 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_tls, state, ctx),
+                                admitted(
+                                    _limiter(config), "https", partial(_serve_tls, state, ctx)
+                                ),
                                 https,
                                 handler_nursery=handlers,
                             )
@@ -149,7 +160,7 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_plain, state),
+                                admitted(_limiter(config), "http", partial(_serve_plain, state)),
                                 plain,
                                 handler_nursery=handlers,
                             )
@@ -199,6 +210,12 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             sessions,
             region=config.region,
             read_wait=config.replica_read_wait,
+            limiter=ConnLimiter(
+                config.ssh.max_connections,
+                config.ssh.max_connections_per_address,
+                ipv6_prefix=config.address_ipv6_prefix,
+                exempt=config.is_trusted_proxy,
+            ),
         )
         state.ssh_front = front
         try:
