@@ -31,6 +31,11 @@ class BodyTimeout(EdgeError):
     public_message = "request body timed out"
 
 
+WRITE_PIECE = 64 * 1024
+"""What a client must take within `write_timeout` (a floor of 64 KiB per 30 s,
+~2 KiB/s, by default): far below any working link."""
+
+
 class WriteTimeout(trio.TooSlowError):
     """The peer took no bytes for `write_timeout`: it stopped reading (Gitea's
     SSH_PER_WRITE_TIMEOUT, for HTTP). The connection is given up."""
@@ -39,8 +44,8 @@ class WriteTimeout(trio.TooSlowError):
 class BufferedStream:
     """A connection with read-ahead.
 
-    `write_timeout` bounds each `send_all` (at most a CHUNK of a relayed body):
-    a client that stops reading must not hold the node's git behind it. A
+    `write_timeout` bounds each WRITE_PIECE of a `send_all`: a client that stops
+    reading must not hold the node's git behind it. A
     `body_rate` puts a floor under the rate at which bodies read from this
     stream by `relay_body` arrive (edge/proto/pace.py). The client fronts set
     both; a node connection has neither (its own timeouts are the pool's).
@@ -83,12 +88,22 @@ class BufferedStream:
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with trio.move_on_after(self.write_timeout) as scope:
+        if self.write_timeout == math.inf:
             await self.stream.send_all(data)
-        if scope.cancelled_caught:
-            # Part of `data` may be sent: the stream is unusable, its owner closes it.
-            raise WriteTimeout(f"peer took no bytes for {self.write_timeout}s")
-        self.bytes_out += len(data)
+            self.bytes_out += len(data)
+            return
+        # Timed per WRITE_PIECE, not per call: a 256 KiB chunk to a client on a
+        # slow link may take minutes and still be progress; a piece that does not
+        # go out in `write_timeout` is a client that stopped reading.
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_PIECE):
+            piece = view[start : start + WRITE_PIECE]
+            with trio.move_on_after(self.write_timeout) as scope:
+                await self.stream.send_all(piece)
+            if scope.cancelled_caught:
+                # Part of it may be sent: the stream is unusable, its owner closes it.
+                raise WriteTimeout(f"peer took no bytes for {self.write_timeout}s")
+            self.bytes_out += len(piece)
 
     async def read_head(self, timeout: float, idle_timeout: float | None = None) -> bytes | None:
         """The next message head, or None on EOF or idle timeout before a whole head.

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from edge.http.stream import (
+    WRITE_PIECE,
     BodyTimeout,
     BufferedStream,
     HeadTimeout,
@@ -361,3 +362,23 @@ async def test_a_slow_sink_does_not_count_against_the_senders_rate(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send)
         await relay(stream, SlowSink(), BodyFramer.length(30), 300)
+
+
+async def test_a_slow_link_that_takes_every_piece_in_time_is_not_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    stream = BufferedStream(ours, write_timeout=30)
+    data = b"x" * (4 * WRITE_PIECE)  # one call, 80 s to go out: more than 30, but steady
+
+    async def read_a_piece_every_20s() -> None:
+        for _ in range(4):
+            await trio.sleep(20)  # within the write timeout, each time
+            got = 0
+            while got < WRITE_PIECE:
+                got += len(await theirs.receive_some(WRITE_PIECE - got))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_a_piece_every_20s)
+        await stream.send_all(data)
+    assert stream.bytes_out == len(data)
