@@ -132,7 +132,9 @@ def test_per_address_cap_answers_503_and_frees_up_when_one_closes(edge: EdgeHand
         poll(10, lambda: _admitted_again(address, "127.0.0.11"), "a slot for 127.0.0.11")
 
 
-def test_listener_cap_closes_https_at_once_and_is_per_front(net: Devnet, edge: EdgeHandle) -> None:
+def test_listener_cap_closes_https_at_once_and_is_per_front(
+    net: Devnet, edge: EdgeHandle, tmp_path: Path
+) -> None:
     address = _host_port(edge.https_url)
     ctx = ssl.create_default_context(cafile=str(net.ca_file))
 
@@ -148,6 +150,11 @@ def test_listener_cap_closes_https_at_once_and_is_per_front(net: Devnet, edge: E
         refused = (ssl.SSLError, ConnectionResetError, BrokenPipeError)
         with pytest.raises(refused), ExitStack() as over:
             tls_connect("127.0.0.23", over)
+        # What git sees (from 127.0.0.1, a fresh address): a failed connection.
+        git = Git(tmp_path, net.ca_file)
+        refused_clone = git.run("ls-remote", f"{edge.https_url}/alice/any.git", check=False)
+        assert refused_clone.returncode == 128
+        print("git over a full HTTPS listener:", refused_clone.stderr.strip())
         # The plain-HTTP front counts its own connections.
         assert edge.http_url is not None
         assert _admitted_again(_host_port(edge.http_url), "127.0.0.23")
@@ -192,6 +199,14 @@ def test_ssh_per_address_cap_and_max_startups_refuse_banner_only_connections(
         # `full` unauthenticated connections are open: every new one is dropped.
         for _ in range(3):
             assert _ssh_banner(address, "127.0.0.39", stack) == b""
+        # What OpenSSH sees (from 127.0.0.1): no banner, exit 255.
+        ssh = ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+               "-o", "UserKnownHostsFile=/dev/null", "-p", str(edge.ssh_port), "git@127.0.0.1",
+               "git-upload-pack 'alice/any.git'"]  # fmt: skip
+        dropped = subprocess.run(ssh, capture_output=True, text=True, timeout=30)
+        assert dropped.returncode == 255
+        assert "kex_exchange_identification" in dropped.stderr, dropped.stderr
+        print("OpenSSH past MaxStartups:", dropped.stderr.strip())
         first.close()
 
         def admitted() -> bool:
