@@ -78,14 +78,17 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     return opened
 
 
-def _limiter(config: EdgeConfig) -> ConnLimiter:
-    """One front's connection caps (`[limits] max_connections*`)."""
-    return ConnLimiter(
+def _limiter(state: EdgeState, front: str) -> ConnLimiter:
+    """One front's connection caps (`[limits] max_connections*`), counted in /stats."""
+    config = state.config
+    limiter = ConnLimiter(
         config.max_connections,
         config.max_connections_per_address,
         ipv6_prefix=config.address_ipv6_prefix,
         exempt=config.is_trusted_proxy,
     )
+    state.connection_limits[front] = limiter
+    return limiter
 
 
 async def _serve_tls(
@@ -143,24 +146,24 @@ async def run_edge(
                         https = _open(config.https)
                         listening["https"] = _addresses(https)
                         https_url = f"https://{listening['https'][0]}"
+                        serve_tls = partial(_serve_tls, state, ctx)
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(
-                                    _limiter(config), "https", partial(_serve_tls, state, ctx)
-                                ),
+                                admitted(_limiter(state, "https"), "https", serve_tls),
                                 https,
                                 handler_nursery=handlers,
                             )
                         )
                     if config.http:
                         plain = _open(config.http)
+                        serve_plain = partial(_serve_plain, state)
                         listening["http"] = _addresses(plain)
                         http_url = f"http://{listening['http'][0]}"
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(_limiter(config), "http", partial(_serve_plain, state)),
+                                admitted(_limiter(state, "http"), "http", serve_plain),
                                 plain,
                                 handler_nursery=handlers,
                             )

@@ -1,10 +1,10 @@
 """Connection limits against a real edge (docs/connections.md), from real sockets.
 
-The edge under test has small limits (LIMITS, SSH_LIMITS) and trusts no proxy,
-so that loopback clients are counted per address. Each test speaks from its
-own loopback addresses (127.0.0.N: all of 127/8 is local on Linux), so that
-one test's connections are not another's; each closes what it opened, and
-the next waits until the edge has let go of them.
+The edge under test has small limits (LIMITS, SSH_LIMITS) and trusts only
+127.0.0.1 as a proxy, so that other loopback clients are counted per address.
+Each test speaks from its own loopback addresses (127.0.0.N: all of 127/8 is
+local on Linux), so that one test's connections are not another's; each closes
+what it opened, and the next waits until the edge has let go of them.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
+import httpx
 import pytest
 
 from devnet.network import Devnet, EdgeHandle, start_devnet
@@ -58,8 +59,9 @@ def edge(net: Devnet) -> EdgeHandle:
     return net.start_edge(
         "fra",
         http=True,
-        # Loopback is trusted by default, and trusted proxies skip the per-address caps.
-        edge_options='trusted_proxies = ["192.0.2.0/24"]',
+        # Trusted proxies skip the per-address caps: only 127.0.0.1 is one here
+        # (it may read /_gitedge/stats); the tests speak from other loopback addresses.
+        edge_options='trusted_proxies = ["127.0.0.1/32"]',
         ssh_options=SSH_LIMITS,
         extra=LIMITS,
     )
@@ -128,6 +130,9 @@ def test_per_address_cap_answers_503_and_frees_up_when_one_closes(edge: EdgeHand
         assert b"too many connections from this address" in answer
         # Another address is not affected.
         _held_http(address, "127.0.0.12", stack)
+        stats = httpx.get(f"{edge.http_url}/_gitedge/stats", timeout=10).json()
+        assert stats["http_refused_address_full"] >= 1
+        assert stats["http_connections"] >= PER_ADDRESS + 1
         held[0].close()
         poll(10, lambda: _admitted_again(address, "127.0.0.11"), "a slot for 127.0.0.11")
 
