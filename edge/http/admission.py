@@ -4,8 +4,8 @@ A connection over a cap is refused before anything is read from it:
 - HTTPS: closed at once, with no TLS handshake (a handshake costs more CPU than
   the refusal saves; the client sees the connection closed or reset);
 - plain HTTP: one `503 Service Unavailable` with `connection: close` and
-  `retry-after`, written without reading the request (one send, at most
-  REFUSAL_WRITE_TIMEOUT), then closed.
+  `retry-after`, written without parsing the request, then closed once the
+  client has closed too or after REFUSAL_WRITE_TIMEOUT.
 The count covers a connection's whole life, TLS handshake included.
 """
 
@@ -23,6 +23,9 @@ from plumbing.listen import client_ip
 log = logging.getLogger("edge.access")
 
 REFUSAL_WRITE_TIMEOUT = 1.0
+"""The most a refused HTTP connection may cost: the 503, then reading until the
+client closes (LINGER_BYTES at most)."""
+LINGER_BYTES = 64 * 1024
 RETRY_AFTER = b"retry-after: 1\r\n"
 
 
@@ -52,12 +55,7 @@ def admitted(
         if refused is not None:
             log.info("%s - %s connection refused: %s", peer, scheme, refused.value)
             if scheme == "http":
-                with trio.move_on_after(REFUSAL_WRITE_TIMEOUT):
-                    try:
-                        await stream.send_all(over_limit_answer(refused.value))
-                        await stream.send_eof()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
+                await _refuse_http(stream, refused.value)
             await trio.aclose_forcefully(stream)
             return
         try:
@@ -66,3 +64,18 @@ def admitted(
             limiter.release(peer)
 
     return serve
+
+
+async def _refuse_http(stream: trio.SocketStream, reason: str) -> None:
+    """The 503, then a short lingering close: closing with the client's request
+    still unread would send a reset, and a reset can destroy the 503 in the
+    client's receive queue before it reads it (RFC 9112 9.6)."""
+    with trio.move_on_after(REFUSAL_WRITE_TIMEOUT):
+        try:
+            await stream.send_all(over_limit_answer(reason))
+            await stream.send_eof()
+            budget = LINGER_BYTES
+            while budget > 0 and (data := await stream.receive_some(budget)):
+                budget -= len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass

@@ -123,7 +123,9 @@ def test_per_address_cap_answers_503_and_frees_up_when_one_closes(edge: EdgeHand
     with ExitStack() as stack:
         held = [_held_http(address, "127.0.0.11", stack) for _ in range(PER_ADDRESS)]
         with _connect(address, "127.0.0.11") as over:
-            answer = _read_all(over)  # nothing sent: the edge answers before reading
+            # As a client does: the request at once (the 503 must survive the close).
+            over.sendall(b"GET /healthz HTTP/1.1\r\nHost: edge\r\n\r\n")
+            answer = _read_all(over)
         head = answer.split(b"\r\n\r\n", 1)[0].lower()
         assert head.startswith(b"http/1.1 503 ")
         assert b"connection: close" in head and b"retry-after: 1" in head
