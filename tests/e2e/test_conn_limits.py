@@ -223,6 +223,51 @@ def test_ssh_per_address_cap_and_max_startups_refuse_banner_only_connections(
         poll(10, admitted, "a MaxStartups slot after one connection closed")
 
 
+def _edge_stats(edge: EdgeHandle) -> dict[str, int]:
+    """The edge's counters, read from 127.0.0.1 (its one trusted proxy)."""
+    answer: dict[str, int] = httpx.get(f"{edge.http_url}/_gitedge/stats", timeout=10).json()
+    return answer
+
+
+def _read_advert(stdout: int) -> bytes:
+    advert = b""
+    while not advert.endswith(b"0000"):
+        chunk = os.read(stdout, 65536)
+        assert chunk, "no ref advertisement"
+        advert += chunk
+    return advert
+
+
+def test_authenticated_connections_do_not_count_toward_max_startups(
+    net: Devnet, edge: EdgeHandle, big_repo: tuple[str, str], tmp_path: Path
+) -> None:
+    name, _ = big_repo
+    address = ("127.0.0.1", edge.ssh_port)
+    poll(10, lambda: _edge_stats(edge)["ssh_unauthenticated"] == 0, "earlier connections to go")
+    ssh = shlex.split(ssh_git_command(net, tmp_path))
+    session = subprocess.Popen(
+        [*ssh, "-p", str(edge.ssh_port), "git@127.0.0.1", f"git-upload-pack '{name}.git'"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert session.stdin is not None and session.stdout is not None
+    try:
+        _read_advert(session.stdout.fileno())  # authenticated, and its session is open
+        with ExitStack() as stack:
+            # With the session counted, the 4th of these would be dropped.
+            for i in range(STARTUPS_FULL):
+                assert _ssh_banner(address, f"127.0.0.{61 + i}", stack).startswith(b"SSH-2.0-")
+            assert _ssh_banner(address, "127.0.0.69", stack) == b""
+    finally:
+        session.stdin.close()  # no wants: upload-pack ends
+        try:
+            session.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            session.wait()
+
+
 # -- a client that stops reading; a body that trickles --------------------------------
 
 
