@@ -348,11 +348,7 @@ def test_ssh_client_that_stops_reading_is_cut_and_the_nodes_git_ends(
     )
     assert client.stdin is not None and client.stdout is not None
     try:
-        advert = b""
-        while not advert.endswith(b"0000"):
-            chunk = os.read(client.stdout.fileno(), 65536)
-            assert chunk, "no ref advertisement"
-            advert += chunk
+        assert head.encode() in _read_advert(client.stdout.fileno())
         client.stdin.write(_pkt(f"want {head}\n") + b"0000" + _pkt("done\n"))
         client.stdin.flush()
         # From here nothing reads ssh's stdout: its pipe fills, ssh stops opening
