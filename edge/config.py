@@ -165,8 +165,9 @@ class EdgeConfig:
     address_ipv6_prefix: int = 64
     """`[limits]`: IPv6 clients are counted per prefix of this length (HTTP and SSH)."""
     per_write_timeout: float = 30.0
-    """`[limits]`: a client that takes no bytes for this long is cut, and so is the
-    node request behind it."""
+    """`[limits]`: a write to a client may take this long per 64 KiB it carries (at
+    least this long); a client slower than that is cut, and so is the node request
+    behind it (edge/http/stream.py)."""
     body_min_rate: float = 1024.0
     """`[limits]`: a request body must arrive at this many bytes/s on average (0: off)..."""
     body_rate_grace: float = 30.0
