@@ -1,6 +1,6 @@
 """Per-listener and per-address connection caps at the HTTP(S) fronts' accept.
 
-A connection over a cap is refused before anything is read from it:
+A connection over a cap is refused before any of it is parsed:
 - HTTPS: closed at once, with no TLS handshake (a handshake costs more CPU than
   the refusal saves; the client sees the connection closed or reset);
 - plain HTTP: one `503 Service Unavailable` with `connection: close` and

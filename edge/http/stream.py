@@ -39,8 +39,8 @@ depending on the size of the write it stopped in (at most a CHUNK)."""
 
 
 class WriteTimeout(trio.TooSlowError):
-    """The peer took no bytes for `write_timeout`: it stopped reading (Gitea's
-    SSH_PER_WRITE_TIMEOUT, for HTTP). The connection is given up."""
+    """A write took longer than `write_timeout` per WRITE_PIECE: the peer stopped
+    reading, or nearly (Gitea's PER_WRITE_TIMEOUT). The connection is given up."""
 
 
 class BufferedStream:
