@@ -235,6 +235,7 @@ class Devnet:
         ssh: bool = True,
         edge_options: str = "",
         extra: str = "",
+        ssh_options: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
@@ -242,7 +243,8 @@ class Devnet:
         cert_files: tuple[Path, Path] | None = None,
         host_key_file: Path | None = None,
     ) -> EdgeHandle:
-        """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
+        """An edge; `edge_options` are lines for its [edge] table, `ssh_options` for
+        its [ssh] table, `extra` more tables.
 
         With `ssh`, its SSH front listens on a free port and its host key line is
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
@@ -275,6 +277,7 @@ class Devnet:
                 "[ssh]",
                 'listen = "127.0.0.1:0"',
                 f"host_key_files = {_toml([str(host_key_file)])}",
+                ssh_options,
             ]
         lines += [
             "[nodes]",

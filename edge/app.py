@@ -22,6 +22,7 @@ import trio
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listeners
+from edge.http.admission import admitted
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.lifecycle import SIGNALS, ServerTls, handle_signals
@@ -29,7 +30,8 @@ from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
-from plumbing.listen import address_text, client_ip, open_trio_listeners
+from plumbing.connlimit import ConnLimiter
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -89,12 +91,22 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     return opened
 
 
-def _peer_ip(stream: trio.SocketStream) -> str:
-    return client_ip(stream.socket.getpeername()[0])
+def _limiter(state: EdgeState, front: str) -> ConnLimiter:
+    """One front's connection caps (`[limits] max_connections*`), counted in /stats."""
+    config = state.config
+    limiter = ConnLimiter(
+        config.max_connections,
+        config.max_connections_per_address,
+        ipv6_prefix=config.address_ipv6_prefix,
+        exempt=config.is_trusted_proxy,
+    )
+    state.connection_limits[front] = limiter
+    return limiter
 
 
-async def _serve_tls(state: EdgeState, server_tls: ServerTls, stream: trio.SocketStream) -> None:
-    peer = _peer_ip(stream)
+async def _serve_tls(
+    state: EdgeState, server_tls: ServerTls, stream: trio.SocketStream, peer: str
+) -> None:
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do. The context
@@ -114,8 +126,8 @@ async def _serve_tls(state: EdgeState, server_tls: ServerTls, stream: trio.Socke
     await serve_connection(state, tls, peer, "https")
 
 
-async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
-    await serve_connection(state, stream, _peer_ip(stream), "http")
+async def _serve_plain(state: EdgeState, stream: trio.SocketStream, peer: str) -> None:
+    await serve_connection(state, stream, peer, "http")
 
 
 async def run_edge(
@@ -151,22 +163,24 @@ async def run_edge(
                         https = _open(config.https)
                         listening["https"] = _addresses(https)
                         https_url = f"https://{listening['https'][0]}"
+                        serve_tls = partial(_serve_tls, state, server_tls)
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_tls, state, server_tls),
+                                admitted(_limiter(state, "https"), "https", serve_tls),
                                 https,
                                 handler_nursery=handlers,
                             )
                         )
                     if config.http:
                         plain = _open(config.http)
+                        serve_plain = partial(_serve_plain, state)
                         listening["http"] = _addresses(plain)
                         http_url = f"http://{listening['http'][0]}"
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_plain, state),
+                                admitted(_limiter(state, "http"), "http", serve_plain),
                                 plain,
                                 handler_nursery=handlers,
                             )
@@ -218,6 +232,12 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             sessions,
             region=config.region,
             read_wait=config.replica_read_wait,
+            limiter=ConnLimiter(
+                config.ssh.max_connections,
+                config.ssh.max_connections_per_address,
+                ipv6_prefix=config.address_ipv6_prefix,
+                exempt=config.is_trusted_proxy,
+            ),
         )
         state.ssh_front = front
         try:

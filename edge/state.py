@@ -9,6 +9,7 @@ from typing import Protocol
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
+from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
@@ -32,6 +33,8 @@ class EdgeState:
     drain: Drain = field(default_factory=Drain)
     """Begun by SIGTERM (edge/app.py): listeners stop, idle connections close."""
     ssh_front: StatsSource | None = None
+    connection_limits: dict[str, ConnLimiter] = field(default_factory=dict)
+    """The HTTP(S) fronts' connection counts, by front ("https", "http")."""
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
@@ -48,6 +51,15 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
+            **{
+                f"{front}_{name}": value
+                for front, limiter in self.connection_limits.items()
+                for name, value in (
+                    ("connections", limiter.total),
+                    ("refused_listener_full", limiter.refused[Refusal.LISTENER_FULL]),
+                    ("refused_address_full", limiter.refused[Refusal.ADDRESS_FULL]),
+                )
+            },
             # SSH front (when configured): connections, sessions, and their share of
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),

@@ -38,6 +38,7 @@ from edge.proto.http_route import (
     Unrouted,
     parse_route,
 )
+from edge.proto.pace import BodyRate
 from edge.state import EdgeState
 from gitproto.routes import Health, InfoRefs, RouteError, Rpc
 from plumbing.drain import Drain
@@ -62,7 +63,11 @@ async def serve_connection(
     state: EdgeState, stream: trio.abc.Stream, peer_ip: str, scheme: str
 ) -> None:
     cfg = state.config
-    client = BufferedStream(stream)
+    client = BufferedStream(
+        stream,
+        write_timeout=cfg.per_write_timeout,
+        body_rate=BodyRate(cfg.body_min_rate, cfg.body_rate_grace),
+    )
     info = ClientInfo(peer_ip, scheme, cfg.is_trusted_proxy(peer_ip))
     idle = cfg.header_timeout
     exchange: Exchange | None = None

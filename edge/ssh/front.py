@@ -34,6 +34,7 @@ from edge.ssh.channel import Activity, ClientChannel
 from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionRequest
 from edge.ssh.session import GitSession
 from gitproto.ssh_command import GitCommand
+from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import RequestTracker
 from plumbing.listen import address_text, bind_listeners, client_ip
 from plumbing.sshkeys import load_or_create_key
@@ -58,6 +59,11 @@ class SshStats:
     sessions: int = 0
     sessions_active: int = 0
     sessions_refused: int = 0
+    unauthenticated: int = 0
+    """Connections not yet authenticated, which MaxStartups counts."""
+    refused_listener_full: int = 0
+    refused_address_full: int = 0
+    refused_max_startups: int = 0
 
 
 class SshFront:
@@ -77,8 +83,13 @@ class SshFront:
         *,
         region: Region,
         read_wait: float = 0.0,
+        limiter: ConnLimiter | None = None,
     ) -> None:
         self._config = config
+        # `[ssh] max_connections*`; the edge passes one that exempts its trusted proxies.
+        self._limiter = limiter or ConnLimiter(
+            config.max_connections, config.max_connections_per_address
+        )
         # A replicated repository is served by its in-sync replica nearest this
         # edge's region (`RoutingCache.resolve_read`), as on the HTTPS front.
         self._region = region
@@ -174,6 +185,37 @@ class SshFront:
 
     # -- called from asyncssh (asyncio) ------------------------------------------
 
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from `ip`, unauthenticated; or why it is refused.
+
+        Refused: over `max_connections` or `max_connections_per_address`, or
+        dropped by `max_startups` (OpenSSH's random early drop, counted over the
+        connections not yet authenticated, so a flood of banner-only
+        connections cannot lock out clients that do authenticate).
+        """
+        refused = self._limiter.admit(ip)
+        if refused is not None:
+            if refused is Refusal.LISTENER_FULL:
+                self.stats.refused_listener_full += 1
+            else:
+                self.stats.refused_address_full += 1
+            return refused.value
+        if self._config.max_startups.should_drop(self.stats.unauthenticated):
+            self._limiter.release(ip)
+            self.stats.refused_max_startups += 1
+            return f"past MaxStartups {self._config.max_startups}"
+        self.stats.unauthenticated += 1
+        return None
+
+    def authenticated(self) -> None:
+        self.stats.unauthenticated -= 1
+
+    def released(self, ip: str, *, authenticated: bool) -> None:
+        """An admitted connection ended."""
+        if not authenticated:
+            self.stats.unauthenticated -= 1
+        self._limiter.release(ip)
+
     async def key_owner(self, key: asyncssh.SSHKey) -> str | None:
         fingerprint = key.get_fingerprint("sha256")
         try:
@@ -253,12 +295,26 @@ class _ClientConnection(asyncssh.SSHServer):
         self._front = front
         self._config = front._config
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._peer_ip = "-"
+        self._admitted = False
+        self._authenticated = False
         self._user: str | None = None
         self._open_sessions = 0
         self._activity = Activity()
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        peer = conn.get_extra_info("peername")
+        self._peer_ip = client_ip(peer[0]) if peer else "-"
+        refused = self._front.admit(self._peer_ip)
+        if refused is not None:
+            # Before our version line is sent (asyncssh sends it after this returns,
+            # and not on an aborted transport): the client sees the connection
+            # closed with no banner, as OpenSSH's MaxStartups drop does.
+            log.info("SSH connection from %s refused: %s", self._peer_ip, refused)
+            conn.abort()
+            return
+        self._admitted = True
         # Before key exchange: no empty SSH_MSG_IGNORE before every packet (1.2-1.3x
         # the CPU per byte sent, measured; see asyncssh_gap).
         skip_empty_ignore_packets(conn)
@@ -270,6 +326,9 @@ class _ClientConnection(asyncssh.SSHServer):
         self._arm_idle_timer(self._config.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._front.released(self._peer_ip, authenticated=self._authenticated)
         if self._conn is not None:
             self._front._connections.discard(self._conn)
         self._front._clients.discard(self)
@@ -316,8 +375,9 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self._activity.touch()
-        peer = self._conn.get_extra_info("peername") if self._conn else None
-        log.info("SSH %s authenticated from %s", self._user, client_ip(peer[0]) if peer else "-")
+        self._authenticated = True
+        self._front.authenticated()
+        log.info("SSH %s authenticated from %s", self._user, self._peer_ip)
 
     # -- what an authenticated client may open --------------------------------
 
@@ -341,6 +401,7 @@ class _ClientConnection(asyncssh.SSHServer):
             lambda session: front.start_session(session, user),
             self._session_closed,
             self._activity,
+            write_timeout=self._config.per_write_timeout,
         )
 
     def _session_closed(self) -> None:
