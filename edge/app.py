@@ -22,11 +22,12 @@ from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listeners
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
+from edge.proxy_accept import with_client_address
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
-from plumbing.listen import address_text, client_ip, open_trio_listeners
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -76,12 +77,10 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     return opened
 
 
-def _peer_ip(stream: trio.SocketStream) -> str:
-    return client_ip(stream.socket.getpeername()[0])
-
-
-async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
-    peer = _peer_ip(stream)
+async def _serve_tls(
+    state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream, peer: str
+) -> None:
+    """`peer`: the client's address, the socket's or its PROXY header's (edge/proxy_accept.py)."""
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do.
@@ -100,8 +99,8 @@ async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketS
     await serve_connection(state, tls, peer, "https")
 
 
-async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
-    await serve_connection(state, stream, _peer_ip(stream), "http")
+async def _serve_plain(state: EdgeState, stream: trio.SocketStream, peer: str) -> None:
+    await serve_connection(state, stream, peer, "http")
 
 
 async def run_edge(
@@ -137,7 +136,11 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_tls, state, ctx),
+                                with_client_address(
+                                    config.https_proxy_protocol,
+                                    "https",
+                                    partial(_serve_tls, state, ctx),
+                                ),
                                 https,
                                 handler_nursery=handlers,
                             )
@@ -149,7 +152,9 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_plain, state),
+                                with_client_address(
+                                    config.http_proxy_protocol, "http", partial(_serve_plain, state)
+                                ),
                                 plain,
                                 handler_nursery=handlers,
                             )
