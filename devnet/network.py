@@ -235,6 +235,7 @@ class Devnet:
         ssh: bool = True,
         edge_options: str = "",
         extra: str = "",
+        listener_options: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
@@ -247,6 +248,7 @@ class Devnet:
         (the regions benchmark reaches etcd through a latency relay).
         `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         `rtt` is its `[regions.rtt]`, which ranks in-sync replicas for reads.
+        `listener_options` are lines for each of [https], [http] and [ssh].
         """
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
@@ -259,15 +261,17 @@ class Devnet:
             'listen = "127.0.0.1:0"',
             f"cert_file = {_toml(str(self.cert_file))}",
             f"key_file = {_toml(str(self.key_file))}",
+            listener_options,
         ]
         if http:
-            lines += ["[http]", 'listen = "127.0.0.1:0"']
+            lines += ["[http]", 'listen = "127.0.0.1:0"', listener_options]
         host_key = self._edge_host_key() if ssh else ""
         if ssh:
             lines += [
                 "[ssh]",
                 'listen = "127.0.0.1:0"',
                 f"host_key_files = {_toml([str(self.edge_host_key_file)])}",
+                listener_options,
             ]
         lines += [
             "[nodes]",
