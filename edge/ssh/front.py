@@ -179,7 +179,10 @@ class SshFront:
                 await aio_as_trio(asyncssh.run_server)(
                     own, server_factory=lambda: _ClientConnection(self, client), **options
                 )
-            except Exception as exc:  # a failed login: asyncssh has closed the socket
+            except Exception as exc:
+                # A failed login. asyncssh has closed the socket, unless it failed
+                # before taking it; closing the same socket object twice is harmless.
+                own.close()
                 log.debug("SSH connection from %s ended before login: %r", client, exc)
 
         log.info("SSH listening on %s (PROXY protocol %s)", " ".join(addresses), policy.mode)

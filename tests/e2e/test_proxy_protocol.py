@@ -14,6 +14,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -83,6 +84,10 @@ def _edge_log(edge: EdgeHandle) -> str:
     return edge.process.log_path.read_text(errors="replace")
 
 
+def _logged(edge: EdgeHandle, line: str) -> bool | None:
+    return line in _edge_log(edge) or None
+
+
 def test_https_clone_behind_a_v1_header_uses_the_client_address(
     net: Devnet, edge: EdgeHandle, tap: HeaderRelay, repo: str, git: Git, tmp_path: Path
 ) -> None:
@@ -135,8 +140,21 @@ def test_required_without_a_header_is_closed(net: Devnet, edge: EdgeHandle) -> N
     with socket.create_connection(("127.0.0.1", edge.ssh_port), timeout=10) as sock:
         sock.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
         assert _closed(sock)
-    log = _edge_log(edge)
-    assert "https 127.0.0.1 - connection closed: PROXY header required, peer not in" in log
+    # The balancer itself, forgetting the header: its ClientHello is not one.
+    port = _port(edge.https_url)
+    with (
+        socket.create_connection(
+            ("127.0.0.1", port), timeout=10, source_address=(BALANCER, 0)
+        ) as raw,
+        pytest.raises((ssl.SSLError, ConnectionResetError)),
+    ):
+        tls(net).wrap_socket(raw, server_hostname="127.0.0.1")
+    for line in (
+        "https 127.0.0.1 - connection closed: PROXY header required, peer not in",
+        "ssh 127.0.0.1 - connection closed: PROXY header required, peer not in",
+        "https 127.0.0.2 - connection closed: no PROXY header",
+    ):
+        poll(5, partial(_logged, edge, line), line)
 
 
 def test_header_from_an_untrusted_peer_is_refused(net: Devnet, edge: EdgeHandle) -> None:
