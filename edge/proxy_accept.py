@@ -108,7 +108,10 @@ async def client_address(
     stream: trio.SocketStream, policy: ProxyProtocol, front: str
 ) -> str | None:
     """The client's address under `policy`; None: refused (logged once), the caller closes."""
-    peer = client_ip(stream.socket.getpeername()[0])
+    try:
+        peer = client_ip(stream.socket.getpeername()[0])
+    except OSError:  # reset between accept and here (ENOTCONN): nothing to serve
+        return None
     if policy.mode is ProxyMode.OFF:
         return peer
     trusted = policy.trusts(peer)
