@@ -236,6 +236,7 @@ class Devnet:
         edge_options: str = "",
         extra: str = "",
         ssh_options: str = "",
+        listener_options: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
@@ -254,6 +255,7 @@ class Devnet:
         `cert_files` (cert, key) replace the network's shared HTTPS certificate
         (a test that rewrites them and sends SIGHUP); `host_key_file` the shared
         SSH host key (it is made if missing, and added to `known_hosts`).
+        `listener_options` are lines for each of [https], [http] and [ssh].
         """
         cert_file, key_file = cert_files or (self.cert_file, self.key_file)
         name = f"edge-{region}-{len(self.edges) + 1}"
@@ -267,9 +269,10 @@ class Devnet:
             'listen = "127.0.0.1:0"',
             f"cert_file = {_toml(str(cert_file))}",
             f"key_file = {_toml(str(key_file))}",
+            listener_options,
         ]
         if http:
-            lines += ["[http]", 'listen = "127.0.0.1:0"']
+            lines += ["[http]", 'listen = "127.0.0.1:0"', listener_options]
         host_key_file = host_key_file or self.edge_host_key_file
         host_key = public_key_line(load_or_create_key(host_key_file)) if ssh else ""
         if ssh:
@@ -278,6 +281,7 @@ class Devnet:
                 'listen = "127.0.0.1:0"',
                 f"host_key_files = {_toml([str(host_key_file)])}",
                 ssh_options,
+                listener_options,
             ]
         lines += [
             "[nodes]",

@@ -26,6 +26,7 @@ from edge.http.admission import admitted
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.lifecycle import SIGNALS, ServerTls, handle_signals
+from edge.proxy_accept import with_client_address
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
@@ -107,6 +108,7 @@ def _limiter(state: EdgeState, front: str) -> ConnLimiter:
 async def _serve_tls(
     state: EdgeState, server_tls: ServerTls, stream: trio.SocketStream, peer: str
 ) -> None:
+    """`peer`: the client's address, the socket's or its PROXY header's (edge/proxy_accept.py)."""
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do. The context
@@ -167,7 +169,11 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(_limiter(state, "https"), "https", serve_tls),
+                                with_client_address(
+                                    config.https_proxy_protocol,
+                                    "https",
+                                    admitted(_limiter(state, "https"), "https", serve_tls),
+                                ),
                                 https,
                                 handler_nursery=handlers,
                             )
@@ -180,7 +186,11 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(_limiter(state, "http"), "http", serve_plain),
+                                with_client_address(
+                                    config.http_proxy_protocol,
+                                    "http",
+                                    admitted(_limiter(state, "http"), "http", serve_plain),
+                                ),
                                 plain,
                                 handler_nursery=handlers,
                             )

@@ -34,6 +34,39 @@ class Listener:
 
 Listeners = tuple[Listener, ...]
 
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+class ProxyMode(StrEnum):
+    """`proxy_protocol` of a listener (docs/proxy-protocol.md).
+
+    off: no header is read (one arriving is the client's bytes, and fails TLS, SSH
+    or HTTP); optional: a header is used when a trusted peer sends one; required:
+    every connection must start with one, from a trusted peer.
+    """
+
+    OFF = "off"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class ProxyProtocol:
+    """A listener's PROXY protocol policy: `proxy_protocol`, `_from` and `_timeout`."""
+
+    mode: ProxyMode = ProxyMode.OFF
+    trusted: tuple[Network, ...] = LOOPBACK
+    """Peers whose header is believed (the load balancers); any other peer that
+    sends one is disconnected."""
+    timeout: float = 5.0
+    """How long the header may take to arrive (under `optional`: the first bytes)."""
+
+    def trusts(self, peer_ip: str) -> bool:
+        return _in_networks(peer_ip, self.trusted)
+
 
 # DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
 # transfer at ~10 MB/s; 16 MiB gave 61 MB/s on the same path.
@@ -90,6 +123,7 @@ class SshFrontConfig:
     per_write_timeout: float = 30.0
     """A session whose client takes no bytes for this long is cut (Gitea's
     SSH_PER_WRITE_TIMEOUT), and with it the node's git."""
+    proxy_protocol: ProxyProtocol = ProxyProtocol()
 
 
 class NodeTlsPolicy(StrEnum):
@@ -134,6 +168,8 @@ class EdgeConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     http: Listeners = ()
+    https_proxy_protocol: ProxyProtocol = ProxyProtocol()
+    http_proxy_protocol: ProxyProtocol = ProxyProtocol()
     region_header: str = "Fly-Region"
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -183,11 +219,15 @@ class EdgeConfig:
         return dict(self.node_dial)
 
     def is_trusted_proxy(self, peer_ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(peer_ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted_proxies)
+        return _in_networks(peer_ip, self.trusted_proxies)
+
+
+def _in_networks(peer_ip: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
 
 
 def load_edge_config(path: Path) -> EdgeConfig:
@@ -228,6 +268,8 @@ def load_edge_config(path: Path) -> EdgeConfig:
         cert_file=cert,
         key_file=key,
         http=http_listener,
+        https_proxy_protocol=_proxy_protocol(https) if https_listener else ProxyProtocol(),
+        http_proxy_protocol=_proxy_protocol(http) if http_listener else ProxyProtocol(),
         region_header=header,
         trusted_proxies=edge.networks("trusted_proxies", ["127.0.0.0/8", "::1/128"]),
         fallback_region=fallback,
@@ -274,6 +316,20 @@ def _rtt(regions: Table) -> RttTable:
         return parse_rtt_table(regions.table("rtt").entries())
     except RttTableError as exc:
         raise regions.error("rtt", str(exc)) from None
+
+
+def _proxy_protocol(table: Table) -> ProxyProtocol:
+    """`proxy_protocol`, `proxy_protocol_from`, `proxy_protocol_timeout` of one listener."""
+    raw = table.str("proxy_protocol", ProxyMode.OFF.value)
+    try:
+        mode = ProxyMode(raw)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in ProxyMode)
+        raise table.error("proxy_protocol", f"must be one of {choices}, got {raw!r}") from None
+    trusted = table.networks("proxy_protocol_from", [str(net) for net in LOOPBACK])
+    if mode is not ProxyMode.OFF and not trusted:
+        raise table.error("proxy_protocol_from", "needs at least one network (the balancers)")
+    return ProxyProtocol(mode, trusted, table.float("proxy_protocol_timeout", 5.0, 0.1, 60))
 
 
 def _listeners(table: Table) -> Listeners:
@@ -341,6 +397,7 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         max_connections_per_address=ssh.int("max_connections_per_address", 64, 1, 1_000_000),
         max_startups=_max_startups(ssh),
         per_write_timeout=ssh.float("per_write_timeout", 30.0, 0.1, 3600),
+        proxy_protocol=_proxy_protocol(ssh),
     )
 
 
@@ -373,6 +430,8 @@ __all__ = [
     "Listeners",
     "NodeDial",
     "NodeTlsPolicy",
+    "ProxyMode",
+    "ProxyProtocol",
     "SshFrontConfig",
     "load_edge_config",
 ]
