@@ -135,6 +135,7 @@ async def run_edge(
         try:
             async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
+                root.start_soon(cache.unsettled.settle_forever, etcd)
                 async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
                     https_url = http_url = ssh_address = None
                     listening: dict[str, list[str]] = {}

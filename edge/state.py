@@ -71,6 +71,7 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
+            "creates_unsettled": len(self.cache.unsettled),
             # SSH front (when configured): connections, sessions, and their share of
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),

@@ -37,6 +37,7 @@ __all__ = [
     "EtcdAccessDenied",
     "EtcdClient",
     "EtcdError",
+    "EtcdOutcomeUnknown",
     "EtcdUnavailable",
     "KeyValue",
     "RangeResult",
@@ -63,6 +64,12 @@ _RANGE = "/v3/kv/range"
 
 class EtcdUnavailable(EtcdError):
     """No endpoint answered in time, or a watch stream ended or broke."""
+
+
+class EtcdOutcomeUnknown(EtcdUnavailable):
+    """A write was sent but not acknowledged: etcd may still apply it (a leader
+    cut off from its quorum holds it in its log, and may commit it once the
+    quorum is back). The writer settles it later (routing/unsettled.py)."""
 
 
 class _NotSent(Exception):
@@ -228,7 +235,7 @@ class EtcdClient:
             with trio.fail_after(self._write_timeout):
                 return await self._call(path, body, False)
         except trio.TooSlowError:
-            raise EtcdUnavailable(
+            raise EtcdOutcomeUnknown(
                 f"etcd {path}: no answer within {self._write_timeout}s;"
                 " it may or may not have been applied"
             ) from None
@@ -476,7 +483,7 @@ class EtcdClient:
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
                     continue
-                raise EtcdUnavailable(
+                raise EtcdOutcomeUnknown(
                     f"etcd {path} on {endpoint} failed after sending ({exc});"
                     " it may or may not have been applied"
                 ) from exc
@@ -494,7 +501,11 @@ class EtcdClient:
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
                     continue
-                raise EtcdUnavailable(f"etcd {path} on {endpoint}: {exc}") from exc
+                # "no leader" is a refusal; "request timed out" or "leader changed"
+                # come after the proposal, which may still be committed.
+                unknown = "no leader" not in str(exc)
+                kind = EtcdOutcomeUnknown if unknown else EtcdUnavailable
+                raise kind(f"etcd {path} on {endpoint}: {exc}") from exc
             self._preferred = index
             return answer
         text = f"no etcd endpoint answered {path}: " + "; ".join(failures)

@@ -258,6 +258,16 @@ def compare_absent(key: str) -> dict[str, Any]:
     }
 
 
+def compare_value(key: str, value: bytes) -> dict[str, Any]:
+    """Holds while `key` exists with exactly this value."""
+    return {
+        "target": "VALUE",
+        "result": "EQUAL",
+        "key": encode_etcd_key(key),
+        "value": encode_bytes(value),
+    }
+
+
 def put_op(key: str, value: bytes) -> dict[str, Any]:
     return {"request_put": put_request(key, value)}
 
