@@ -9,7 +9,6 @@ broken stream, relist after compaction).
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -32,6 +31,19 @@ from routing.etcd_codec import (
     WatchEvent,
 )
 from routing.etcd_security import EtcdAccessDenied, EtcdSecurity, tls_refusal
+from routing.etcd_watch import (
+    MAX_RESPONSE_BYTES,
+    EtcdOutcomeUnknown,
+    EtcdUnavailable,
+    TokenRejected,
+    Watch,
+    describe,
+    is_unavailable,
+    read_capped,
+    read_watch,
+    tls_failure,
+    watch_refusal,
+)
 
 __all__ = [
     "EtcdAccessDenied",
@@ -50,26 +62,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The gateway writes one JSON message per line; 16 MiB is far beyond any batch of
-# gitedge records and still a bounded buffer if a peer misbehaves.
-MAX_WATCH_LINE = 16 * 1024 * 1024
-# A unary answer bigger than this is not one gitedge asked for (ranges are paged).
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Prefix ranges are read in pages at one pinned revision: one huge range stalls
 # etcd for every other client (etcd's docs advise paginating), and pages bound memory.
 RANGE_PAGE_SIZE = 1000
 
 _RANGE = "/v3/kv/range"
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered in time, or a watch stream ended or broke."""
-
-
-class EtcdOutcomeUnknown(EtcdUnavailable):
-    """A write was sent but not acknowledged: etcd may still apply it (a leader
-    cut off from its quorum holds it in its log, and may commit it once the
-    quorum is back). The writer settles it later (routing/unsettled.py)."""
 
 
 class _NotSent(Exception):
@@ -83,10 +80,6 @@ class _MaybeSent(Exception):
 class _TlsRefused(_NotSent):
     """The TLS handshake failed (an untrusted member, or our certificate refused):
     nothing was sent, and no retry on this endpoint will do better."""
-
-
-class _TokenRejected(Exception):
-    """etcd canceled a watch at once because of our token: renew it, then retry."""
 
 
 # Forwarded by the gateway as gRPC metadata: a member with no leader refuses the
@@ -364,23 +357,23 @@ class EtcdClient:
                 with trio.fail_after(self._timeout):
                     response = await self._http.send(request, stream=True)
             except (httpx.TransportError, trio.TooSlowError) as exc:
-                if _tls_failure(exc):
+                if tls_failure(exc):
                     tls_failed = True
-                failures.append(f"{endpoint}: {_describe(exc)}")
+                failures.append(f"{endpoint}: {describe(exc)}")
                 continue
             try:
                 if response.status_code != 200:
-                    refusal = await self._watch_refusal(response)
-                    if not _is_unavailable(refusal):
+                    refusal = await watch_refusal(response, self._timeout)
+                    if not is_unavailable(refusal):
                         raise refusal
                     failures.append(f"{endpoint}: {refusal}")  # e.g. no leader
                     continue
                 self._preferred = index
                 log.debug("etcd watch on %s from %d via %s", prefix, start_revision, endpoint)
-                async with aclosing(self._read_watch(endpoint, response)) as messages:
+                async with aclosing(read_watch(endpoint, response, self._timeout)) as messages:
                     async for message in messages:
                         yield endpoint, message
-            except _TokenRejected as exc:
+            except TokenRejected as exc:
                 if renewed:  # a fresh token refused too: not a matter of expiry
                     raise EtcdAccessDenied(f"etcd refused the watch on {endpoint}: {exc}") from None
                 renewed = True
@@ -392,53 +385,6 @@ class EtcdClient:
         if tls_failed and len(failures) == len(self._endpoints):
             raise EtcdAccessDenied("TLS with etcd failed: " + "; ".join(failures))
         raise EtcdUnavailable("could not open an etcd watch: " + "; ".join(failures))
-
-    async def _watch_refusal(self, response: httpx.Response) -> EtcdError:
-        try:
-            with trio.fail_after(self._timeout):
-                data = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
-            codec.decode_response(response.status_code, data)
-        except EtcdError as exc:
-            if exc.grpc_code is None and response.status_code in (502, 503, 504):
-                # Not etcd's own answer (no gRPC code): a member starting or stopping.
-                return EtcdUnavailable(str(exc))
-            return exc
-        except (httpx.TransportError, trio.TooSlowError) as exc:
-            return EtcdUnavailable(f"etcd refused the watch: {_describe(exc)}")
-        return EtcdError(f"etcd answered the watch with HTTP {response.status_code}")
-
-    async def _read_watch(
-        self, endpoint: str, response: httpx.Response
-    ) -> AsyncGenerator[codec.WatchMessage, None]:
-        splitter = codec.LineSplitter(MAX_WATCH_LINE)
-        chunks = response.aiter_bytes()
-        # etcd confirms a watch at once; until it has, a silent server is a hang.
-        deadline = trio.current_time() + self._timeout
-        while True:
-            try:
-                with trio.move_on_at(deadline) as waiting:
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                raise EtcdUnavailable(f"etcd watch stream from {endpoint} ended") from None
-            except httpx.TransportError as exc:
-                raise EtcdUnavailable(
-                    f"etcd watch stream from {endpoint} broke: {_describe(exc)}"
-                ) from exc
-            if waiting.cancelled_caught:
-                raise EtcdUnavailable(f"{endpoint} did not confirm the watch in {self._timeout}s")
-            for line in splitter.feed(chunk):
-                try:
-                    message = codec.decode_watch_line(line)
-                except codec.EtcdStreamError as exc:
-                    if codec.is_token_rejected(exc):
-                        raise _TokenRejected(str(exc)) from None
-                    if codec.is_permission_denied(exc):
-                        raise EtcdAccessDenied(f"etcd watch on {endpoint}: {exc}") from None
-                    # etcd ended this watch (no leader, say); resuming it is the cure.
-                    raise EtcdUnavailable(f"etcd watch on {endpoint}: {exc}") from exc
-                if isinstance(message, WatchCreated):
-                    deadline = math.inf
-                yield message
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -496,7 +442,7 @@ class EtcdClient:
                     raise EtcdAccessDenied(
                         f"etcd {path} on {endpoint}: {exc} (set [etcd] username and password_file)"
                     ) from None
-                if not _is_unavailable(exc):
+                if not is_unavailable(exc):
                     raise
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
@@ -536,89 +482,13 @@ class EtcdClient:
         try:
             with trio.fail_after(self._timeout):
                 async with self._http.stream("POST", url, json=body, headers=headers) as response:
-                    data = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
+                    data = await read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
                     return response.status_code, data
         except httpx.TransportError as exc:
-            if _tls_failure(exc):
-                raise _TlsRefused(_describe(exc)) from exc
+            if tls_failure(exc):
+                raise _TlsRefused(describe(exc)) from exc
             if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
-                raise _NotSent(_describe(exc)) from exc
-            raise _MaybeSent(_describe(exc)) from exc
+                raise _NotSent(describe(exc)) from exc
+            raise _MaybeSent(describe(exc)) from exc
         except trio.TooSlowError as exc:
             raise _MaybeSent(f"no answer within {self._timeout}s") from exc
-
-
-class Watch:
-    """One confirmed watch stream, served by one etcd member (`endpoint`).
-
-    Iterate it for the batches that carry events (progress notifications are
-    dropped). A watch on a member that lost its quorum, or on a TCP connection a
-    hung host never closes, can stay silent forever: `check_member` is the probe
-    for that, to be called by whoever owns the watch, as often as it can afford.
-    """
-
-    def __init__(
-        self,
-        client: EtcdClient,
-        prefix: str,
-        endpoint: str,
-        created_revision: int,
-        messages: AsyncGenerator[tuple[str, codec.WatchMessage], None],
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
-        self.endpoint = endpoint
-        self.created_revision = created_revision  # the store's revision when it was registered
-        self._messages = messages
-
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> WatchBatch:
-        while True:
-            _endpoint, message = await anext(self._messages)
-            if isinstance(message, WatchBatch) and message.events:
-                return message
-
-    async def check_member(self) -> None:
-        """Raise EtcdUnavailable unless the member serving this watch answers a
-        linearizable read in time; the client then prefers another member."""
-        try:
-            await self._client._probe(self.endpoint, self._prefix)
-        except EtcdError as exc:
-            self._client._demote(self.endpoint)
-            raise EtcdUnavailable(f"etcd health check of {self.endpoint} failed: {exc}") from exc
-
-
-async def _read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    data = bytearray()
-    async for chunk in chunks:
-        data += chunk
-        if len(data) > limit:
-            raise EtcdError(f"etcd answer larger than {limit} bytes")
-    return bytes(data)
-
-
-def _is_unavailable(error: EtcdError) -> bool:
-    """This member cannot serve now (no leader, say), but another one may."""
-    return isinstance(error, EtcdUnavailable) or error.grpc_code == codec.GRPC_UNAVAILABLE
-
-
-def _tls_failure(exc: BaseException) -> bool:
-    """A TLS handshake refused by either side (a bad certificate, an alert), as
-    opposed to a connection that merely ended (EOF) while a member stopped."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError) and not isinstance(
-            seen, ssl.SSLEOFError | ssl.SSLZeroReturnError
-        ):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
