@@ -444,14 +444,13 @@ class EtcdClient:
                     ) from None
                 if not is_unavailable(exc):
                     raise
-                if idempotent:
+                # "no leader" is a refusal before any proposal (a member cut off
+                # from the quorum): a write too may go to the next member. "request
+                # timed out" or "leader changed" come after it, which may still commit.
+                if idempotent or codec.ERR_NO_LEADER in str(exc):
                     failures.append(f"{endpoint}: {exc}")
                     continue
-                # "no leader" is a refusal; "request timed out" or "leader changed"
-                # come after the proposal, which may still be committed.
-                unknown = "no leader" not in str(exc)
-                kind = EtcdOutcomeUnknown if unknown else EtcdUnavailable
-                raise kind(f"etcd {path} on {endpoint}: {exc}") from exc
+                raise EtcdOutcomeUnknown(f"etcd {path} on {endpoint}: {exc}") from exc
             self._preferred = index
             return answer
         text = f"no etcd endpoint answered {path}: " + "; ".join(failures)

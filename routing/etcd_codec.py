@@ -44,6 +44,7 @@ _GRPC_NAMES = {
     "Unavailable": GRPC_UNAVAILABLE,
     "Unauthenticated": GRPC_UNAUTHENTICATED,
 }
+ERR_NO_LEADER = "etcdserver: no leader"
 ERR_INVALID_TOKEN = "invalid auth token"
 ERR_USER_EMPTY = "user name is empty"
 ERR_AUTH_NOT_ENABLED = "authentication is not enabled"
