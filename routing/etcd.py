@@ -237,20 +237,26 @@ class EtcdClient:
 
     async def check_access(self, key: str) -> None:
         """At start: authenticate (with a user) and read `key`, raising EtcdAccessDenied
-        if etcd or its TLS refuses this client. An etcd that cannot be reached is
-        only logged: the caller's own retries cover it."""
-        try:
-            await self._call(_RANGE, codec.range_request(key, count_only=True))
-        except EtcdUnavailable as exc:
+        if etcd or its TLS refuses this client. An etcd that cannot be reached, or
+        does not answer within `timeout` in all, is only logged: the caller's own
+        retries cover it, and a start is not held up by a hung member."""
+        failure: EtcdError | None = None
+        with trio.move_on_after(self._timeout):
+            try:
+                await self._call(_RANGE, codec.range_request(key, count_only=True))
+                return
+            except EtcdUnavailable as exc:
+                failure = exc
             refusals = [
-                await tls_refusal(endpoint, self._ssl, self._timeout)
+                await tls_refusal(endpoint, self._ssl, self._timeout / len(self._endpoints))
                 for endpoint in self._endpoints
             ]
             if all(refusals):
                 raise EtcdAccessDenied(
                     "TLS with etcd failed: " + "; ".join(map(str, refusals))
                 ) from None
-            log.warning("etcd not reachable at start (%s); retrying in the background", exc)
+        reason = failure or f"no answer within {self._timeout}s"
+        log.warning("etcd not reachable at start (%s); retrying in the background", reason)
 
     async def _renew_token(self, stale: str | None) -> None:
         """Authenticate again, unless another task already replaced `stale`."""
