@@ -17,6 +17,7 @@ Blocking code, like devnet/procs.py: fixtures and the demo, never an event loop.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import ssl
@@ -30,7 +31,7 @@ from types import TracebackType
 import httpx
 import trustme
 
-from devnet.procs import EtcdServer, ManagedProcess, StartupError, free_port, spawn
+from devnet.procs import EtcdServer, StartupError, free_port, spawn
 from routing.schema import DEFAULT_PREFIX
 
 ETCD_USER = "gitedge"
@@ -323,9 +324,7 @@ def change_password(cluster: EtcdCluster, password: str) -> None:
 
 
 def _toml(value: object) -> str:
-    import json
-
-    return json.dumps(value)
+    return json.dumps(value)  # JSON strings and lists are valid TOML values
 
 
 __all__ = [
@@ -333,7 +332,6 @@ __all__ = [
     "ETCD_USER",
     "EtcdCluster",
     "EtcdTlsFiles",
-    "ManagedProcess",
     "change_password",
     "start_etcd_cluster",
 ]
