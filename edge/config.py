@@ -14,6 +14,7 @@ from pathlib import Path
 from plumbing.maxstartups import MaxStartups, MaxStartupsError
 from plumbing.sshkeys import KeyFileError, load_or_create_key
 from plumbing.tomlconf import ConfigError, Table
+from routing.etcd_security import EtcdSecurity, load_etcd_security
 from routing.model import InvalidRegion, Region, parse_region
 from routing.regions import RttTable, RttTableError, parse_rtt_table
 from routing.schema import DEFAULT_PREFIX
@@ -214,6 +215,13 @@ class EdgeConfig:
     node_dial: tuple[tuple[str, NodeDial], ...] = ()
     """`[nodes.dial]`: (node id, override) pairs; see NodeDial."""
     node_require_tls: NodeTlsPolicy = NodeTlsPolicy.OTHER_REGIONS
+    etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
+    """`[etcd]` ca_file, cert_file, key_file, username, password_file (etcd_security.py)."""
+    etcd_timeout: float = 5.0
+    """`[etcd] timeout`: seconds per request and endpoint."""
+    etcd_write_timeout: float = 1.5
+    """`[etcd] write_timeout`: a create (any etcd write) not acknowledged by then, over
+    all endpoints, answers 503; its outcome is unknown (a majority of etcd is down)."""
 
     def dial_overrides(self) -> dict[str, NodeDial]:
         return dict(self.node_dial)
@@ -262,7 +270,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         raise edge.error("region_header", f"not a header name: {header!r}")
     config = EdgeConfig(
         region=region(edge, "region"),
-        etcd_endpoints=tuple(etcd.str_list("endpoints")),
+        etcd_endpoints=tuple(_etcd_endpoints(etcd)),
         etcd_prefix=etcd.str("prefix", DEFAULT_PREFIX),
         https=https_listener,
         cert_file=cert,
@@ -300,12 +308,25 @@ def load_edge_config(path: Path) -> EdgeConfig:
         ssh=_ssh(ssh) if root.has("ssh") else None,
         node_dial=_node_dial(nodes.table("dial")) if nodes.has("dial") else (),
         node_require_tls=_tls_policy(nodes),
+        etcd_security=load_etcd_security(etcd, _etcd_endpoints(etcd)),
+        etcd_timeout=etcd.float("timeout", 5.0, 0.1, 120),
+        etcd_write_timeout=etcd.float("write_timeout", 1.5, 0.1, 120),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
     for table in (root, edge, etcd, nodes, limits, https, http, ssh, regions):
         table.check_unknown()
     return config
+
+
+def _etcd_endpoints(etcd: Table) -> list[str]:
+    endpoints = etcd.str_list("endpoints")
+    if not endpoints:
+        raise etcd.error("endpoints", "must name at least one etcd endpoint")
+    for endpoint in endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            raise etcd.error("endpoints", f"must be http:// or https:// URLs, got {endpoint!r}")
+    return endpoints
 
 
 def _rtt(regions: Table) -> RttTable:
