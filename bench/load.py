@@ -146,17 +146,17 @@ class Rig:
 
 def probe_state(rig: Rig, label: str, probes: int) -> dict[str, Any]:
     """The latency of normal requests to the edge now: medians over `probes` runs each."""
-    edge_https = rig.variants["edge"]
+    edge, direct = rig.variants["edge"], rig.variants["direct"]
 
-    def ls_remote() -> float:
+    def ls_remote(v: Variant) -> float:
         start = time.perf_counter()
-        run_git(["ls-remote", edge_https.url, "refs/heads/main"], edge_https.env, timeout=120)
+        run_git(["ls-remote", v.url, "refs/heads/main"], v.env, timeout=120)
         return time.perf_counter() - start
 
-    def small_clone() -> float:
+    def small_clone(v: Variant) -> float:
         dest = Path(tempfile.mkdtemp(prefix="probe-", dir=rig.work)) / "repo"
         try:
-            seconds, error = timed_clone(edge_https, dest)
+            seconds, error = timed_clone(v, dest)
             if error:
                 raise RuntimeError(error)
             return seconds
@@ -169,8 +169,11 @@ def probe_state(rig: Rig, label: str, probes: int) -> dict[str, Any]:
         calls = {
             "healthz_new_connection": lambda: load_probes.healthz_new_connection(rig.target),
             "healthz_kept_connection": lambda: load_probes.healthz_reused(kept),
-            "ls_remote": ls_remote,
-            "clone": small_clone,
+            "ls_remote": lambda: ls_remote(edge),
+            "clone": lambda: small_clone(edge),
+            # The same two straight from the node: what the edge adds to one request.
+            "ls_remote_direct": lambda: ls_remote(direct),
+            "clone_direct": lambda: small_clone(direct),
         }
         for name, call in calls.items():
             seconds, errors = timed_calls(probes, call)

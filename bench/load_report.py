@@ -171,6 +171,8 @@ PROBES = (
     ("healthz_kept_connection", "GET /healthz, kept connection"),
     ("ls_remote", "git ls-remote (HTTPS)"),
     ("clone", "git clone of the small repo (HTTPS)"),
+    ("ls_remote_direct", "for reference: git ls-remote, direct"),
+    ("clone_direct", "for reference: git clone, direct"),
 )
 
 
