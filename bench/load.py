@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -267,6 +268,21 @@ def build_rig(net: TreeNet, work: Path, commit: str, client_key: Path) -> Rig:
     return Rig(net, edge, variants, HttpsTarget.of(net.https_url, net.ca_file), ssh, work, commit)
 
 
+PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) | [45]\d\d \d+\.\d+s | status=[1-9]")
+
+
+def log_problems(path: Path, limit: int = 40) -> dict[str, Any]:
+    """The edge's log lines that say why something failed (the client sees only a
+    generic sentence): warnings, errors, 4xx/5xx and non-zero SSH exits, but not the
+    401s every git client provokes before it sends its credentials."""
+    lines = [
+        line
+        for line in path.read_text(errors="replace").splitlines()
+        if PROBLEM.search(line) and " 401 " not in line
+    ]
+    return {"count": len(lines), "first": lines[:limit]}
+
+
 def add_client_key(net: TreeNet, client_pub: Path) -> None:
     with httpx.Client(
         base_url=net.https_url, verify=str(net.ca_file), auth=(USER, net.token(USER)), timeout=30
@@ -332,6 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["handshakes"] = hs
             result["edge_mem_end"] = vm_status(rig.edge.pid)
             result["edge_log_tail"] = net.edge_log_tail(20)
+            result["edge_log_problems"] = log_problems(net.edge_log)
             result["loadavg_end"] = os.getloadavg()
     summarise(result, samples)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import tempfile
 import time
@@ -37,6 +38,8 @@ class BurstSample:
     edge_cpu_s: float
     node_cpu_s: float
     """The node's own CPU and its reaped git children's."""
+    client_cpu_s: float
+    """Every reaped client process of the burst: git, git-remote-https, index-pack, ssh."""
     edge_peak_rss_mb: float
     loadavg: tuple[float, float, float]
     errors: list[str] = field(default_factory=list)
@@ -57,6 +60,11 @@ def timed_clone(v: Variant, dest: Path) -> tuple[float, str]:
     return time.perf_counter() - start, error or ("" if done.returncode == 0 else "exit != 0")
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _head(dest: Path, env: dict[str, str]) -> str:
     try:
         return run_git(["-C", str(dest), "rev-parse", "HEAD"], env).strip()
@@ -70,10 +78,12 @@ def burst(v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: s
     dests = [root / f"c{i}" for i in range(n)]
     try:
         edge0, (node0, node_ch0) = v.edge.cpu()[0], v.node.cpu()
+        client0 = _children_cpu()
         with RssSampler(v.edge) as rss, ThreadPoolExecutor(max_workers=n) as pool:
             start = time.perf_counter()
             outcomes = list(pool.map(lambda d: timed_clone(v, d), dests))
             wall = time.perf_counter() - start
+        client_cpu = _children_cpu() - client0
         time.sleep(clones.SETTLE_S)  # let the node reap its git children before reading CPU
         node1, node_ch1 = v.node.cpu()
         errors = [e for _, e in outcomes if e]
@@ -96,6 +106,7 @@ def burst(v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: s
             clone_s=[s for s, _ in outcomes],
             edge_cpu_s=v.edge.cpu()[0] - edge0,
             node_cpu_s=(node1 - node0) + (node_ch1 - node_ch0),
+            client_cpu_s=client_cpu,
             edge_peak_rss_mb=rss.peak / MiB,
             loadavg=os.getloadavg(),
             errors=sorted(set(errors))[:5],
@@ -113,8 +124,8 @@ def bursts(
         log(
             f"{'warm-up' if warmup else f'round {round_no}'} {name:9s} {n} clones in "
             f"{s.wall_s:7.2f}s, {s.failures} failed, edge CPU {s.edge_cpu_s:.2f}s, node CPU "
-            f"{s.node_cpu_s:.2f}s, edge peak RSS {s.edge_peak_rss_mb:.0f} MiB, "
-            f"load {s.loadavg[0]:.1f}"
+            f"{s.node_cpu_s:.2f}s, client CPU {s.client_cpu_s:.2f}s, "
+            f"edge peak RSS {s.edge_peak_rss_mb:.0f} MiB, load {s.loadavg[0]:.1f}"
         )
         return s
 

@@ -34,6 +34,8 @@ class Burst(Protocol):
     @property
     def node_cpu_s(self) -> float: ...
     @property
+    def client_cpu_s(self) -> float: ...
+    @property
     def edge_peak_rss_mb(self) -> float: ...
     @property
     def loadavg(self) -> tuple[float, float, float]: ...
@@ -46,7 +48,9 @@ def _quantile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def path_summary(samples: Sequence[Burst], path: str, repo_bytes: int) -> dict[str, Any]:
+def path_summary(
+    samples: Sequence[Burst], path: str, repo_bytes: int, nproc: int
+) -> dict[str, Any]:
     """One path's timed bursts: median burst wall, clones/s, per-clone spread, failures."""
     mine = timed(samples, path)
     walls = [s.wall_s for s in mine]
@@ -66,6 +70,13 @@ def path_summary(samples: Sequence[Burst], path: str, repo_bytes: int) -> dict[s
         "failures": sum(s.failures for s in mine),
         "edge_cpu_s_per_clone": median([s.edge_cpu_s / s.clones for s in mine]),
         "node_cpu_s_per_clone": median([s.node_cpu_s / s.clones for s in mine]),
+        "client_cpu_s_per_clone": median([s.client_cpu_s / s.clones for s in mine]),
+        # Of the machine's CPU seconds during the burst (nproc x wall), the share each
+        # party used: the edge is one trio thread, so 1 / nproc is all of one core.
+        "edge_cpu_share": median([s.edge_cpu_s / (s.wall_s * nproc) for s in mine]),
+        "cpu_share_all": median(
+            [(s.edge_cpu_s + s.node_cpu_s + s.client_cpu_s) / (s.wall_s * nproc) for s in mine]
+        ),
         "edge_peak_rss_mb": max((s.edge_peak_rss_mb for s in mine), default=math.nan),
         "loadavg_1m": [s.loadavg[0] for s in mine],
     }
@@ -78,8 +89,9 @@ def _target(target: str, value: float, ok: bool) -> dict[str, Any]:
 def summarise(result: dict[str, Any], samples: Sequence[Burst]) -> None:
     """`result["summary"]`: each path, edge / direct (and edge-ssh / direct), the targets."""
     paths = list(dict.fromkeys(s.path for s in samples))
-    repo_bytes = int(result["repo"]["bytes"])
-    summary: dict[str, Any] = {"paths": {p: path_summary(samples, p, repo_bytes) for p in paths}}
+    repo_bytes, nproc = int(result["repo"]["bytes"]), int(result["machine"]["nproc"] or 1)
+    each = {p: path_summary(samples, p, repo_bytes, nproc) for p in paths}
+    summary: dict[str, Any] = {"paths": each}
     for path in paths:
         if path != "direct":
             summary[f"ratio_{path}_direct"] = compare(samples, path, "direct").as_dict()
@@ -129,8 +141,9 @@ def burst_section(result: dict[str, Any]) -> list[str]:
         "through the edge (OpenSSH client); each burst after a warm-up burst of 3.",
         "",
         row("path", "median burst, s", "clones/s", "MiB/s", "clone median / p90 / max, s",
-            "failures", "edge CPU per clone, s", "edge peak RSS, MiB", "load 1m per burst"),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "failures", "CPU per clone, s: edge / node / clients",
+            "CPU used, edge / all (of nproc x wall)", "edge peak RSS, MiB", "load 1m per burst"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]  # fmt: skip
     for path, p in s["paths"].items():
         lines.append(
@@ -141,7 +154,9 @@ def burst_section(result: dict[str, Any]) -> list[str]:
                 f"{p['mb_per_s']:.1f}",
                 f"{p['clone_median_s']:.2f} / {p['clone_p90_s']:.2f} / {p['clone_max_s']:.2f}",
                 p["failures"],
-                f"{p['edge_cpu_s_per_clone']:.3f}",
+                f"{p['edge_cpu_s_per_clone']:.3f} / {p['node_cpu_s_per_clone']:.3f} / "
+                f"{p['client_cpu_s_per_clone']:.3f}",
+                f"{p['edge_cpu_share']:.0%} / {p['cpu_share_all']:.0%}",
                 f"{p['edge_peak_rss_mb']:.0f}",
                 ", ".join(f"{x:.1f}" for x in p["loadavg_1m"]),
             )
@@ -184,6 +199,7 @@ def idle_section(idle: dict[str, Any]) -> list[str]:
         f"## {idle['asked']} idle keep-alive connections",
         "",
         f"held {idle['held']} of {idle['asked']} (opened in {idle['open_s']:.1f} s, "
+        f"{idle['opened_per_s'] or 0:.0f}/s, each with one `GET /healthz`; "
         f"{idle['open_failures']} failed to open); {idle['answered_again']} answered a second "
         "`GET /healthz` after the probes",
         "",
@@ -225,6 +241,8 @@ def handshake_section(hs: dict[str, Any]) -> list[str]:
         metric_row("handshake median / p90 / max, ms",
                    f"{_ms(lat['median_ms'])} / {_ms(lat['p90_ms'])} / {_ms(lat['max_ms'])}"),
         metric_row("edge CPU per handshake, ms", f"{1000 * hs['edge_cpu_s'] / ok:.1f}"),
+        # The edge is one trio thread: 100 % is all of one core.
+        metric_row("edge CPU busy, share of one core", f"{hs['edge_cpu_s'] / hs['wall_s']:.0%}"),
         metric_row("client CPU per handshake, ms", f"{1000 * hs['client_cpu_s'] / ok:.1f}"),
         metric_row("edge VmRSS before / after, MiB", rss),
         metric_row("edge peak RSS (VmHWM), MiB", _opt(peak)),
@@ -249,4 +267,8 @@ def render(result: dict[str, Any]) -> str:
             "clone errors (first of each kind):",
             *(f"- `{e}`" for e in sorted(set(errors))[:10]),
         ]
+    problems = result.get("edge_log_problems", {})
+    if problems.get("count"):
+        lines += ["", f"edge log: {problems['count']} warning/error/4xx/5xx lines (401s left out), "
+                  "the first:", "", "```", *problems["first"][:10], "```"]  # fmt: skip
     return "\n".join(lines)
