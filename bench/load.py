@@ -331,7 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "repo pushed"
             )
             result["edge_mem_start"] = vm_status(rig.edge.pid)
-            samples = bursts(rig.variants, args, work, repo.commit)
+            samples = bursts(rig.variants, args, work, repo.commit, rig.target)
             result["burst_samples"] = [asdict(s) for s in samples]
             if args.idle_conns:
                 result["idle"] = idle_phase(rig, args)

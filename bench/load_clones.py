@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import clones
 from bench.clones import Variant
 from bench.common import MiB, log, rmtree
+from bench.load_probes import HealthzSampler, HttpsTarget
 from bench.meters import RssSampler
 from bench.repos import run_git
 from bench.runner import interleave
@@ -42,6 +44,8 @@ class BurstSample:
     """Every reaped client process of the burst: git, git-remote-https, index-pack, ssh."""
     edge_peak_rss_mb: float
     loadavg: tuple[float, float, float]
+    edge_healthz: dict[str, Any] = field(default_factory=dict)
+    """`GET /healthz` on a kept connection every 0.1 s during the burst (load_probes)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -72,14 +76,20 @@ def _head(dest: Path, env: dict[str, str]) -> str:
         return f"rev-parse: {exc}"
 
 
-def burst(v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: str) -> BurstSample:
+def burst(
+    v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: str, edge: HttpsTarget
+) -> BurstSample:
     """`n` clones of `v` started at once; each must exit 0 with HEAD at `commit`."""
     root = Path(tempfile.mkdtemp(prefix=f"burst-{v.name}-", dir=work))
     dests = [root / f"c{i}" for i in range(n)]
     try:
         edge0, (node0, node_ch0) = v.edge.cpu()[0], v.node.cpu()
         client0 = _children_cpu()
-        with RssSampler(v.edge) as rss, ThreadPoolExecutor(max_workers=n) as pool:
+        with (
+            RssSampler(v.edge) as rss,
+            HealthzSampler(edge) as lag,
+            ThreadPoolExecutor(max_workers=n) as pool,
+        ):
             start = time.perf_counter()
             outcomes = list(pool.map(lambda d: timed_clone(v, d), dests))
             wall = time.perf_counter() - start
@@ -109,6 +119,7 @@ def burst(v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: s
             client_cpu_s=client_cpu,
             edge_peak_rss_mb=rss.peak / MiB,
             loadavg=os.getloadavg(),
+            edge_healthz=lag.summary(),
             errors=sorted(set(errors))[:5],
         )
     finally:
@@ -116,16 +127,21 @@ def burst(v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: s
 
 
 def bursts(
-    variants: Mapping[str, Variant], args: argparse.Namespace, work: Path, commit: str
+    variants: Mapping[str, Variant],
+    args: argparse.Namespace,
+    work: Path,
+    commit: str,
+    edge: HttpsTarget,
 ) -> list[BurstSample]:
     def one(name: str, round_no: int, warmup: bool) -> BurstSample:
         n = min(args.clones, WARMUP_CLONES) if warmup else args.clones
-        s = burst(variants[name], n, round_no, warmup, work, commit)
+        s = burst(variants[name], n, round_no, warmup, work, commit, edge)
         log(
             f"{'warm-up' if warmup else f'round {round_no}'} {name:9s} {n} clones in "
             f"{s.wall_s:7.2f}s, {s.failures} failed, edge CPU {s.edge_cpu_s:.2f}s, node CPU "
             f"{s.node_cpu_s:.2f}s, client CPU {s.client_cpu_s:.2f}s, "
-            f"edge peak RSS {s.edge_peak_rss_mb:.0f} MiB, load {s.loadavg[0]:.1f}"
+            f"edge peak RSS {s.edge_peak_rss_mb:.0f} MiB, edge /healthz max "
+            f"{s.edge_healthz['max_ms']:.0f} ms, load {s.loadavg[0]:.1f}"
         )
         return s
 

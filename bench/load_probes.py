@@ -12,6 +12,7 @@ import contextlib
 import resource
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -150,6 +151,52 @@ def healthz_reused(conn: KeepAlive) -> float:
     if (status := conn.healthz()) != 200:
         raise ConnectionError(f"GET /healthz: {status}")
     return time.perf_counter() - start
+
+
+class HealthzSampler:
+    """`GET /healthz` on one kept connection every `interval` s, in a thread: how long the
+    edge takes to answer a trivial request while something else runs (its event loop's
+    lag plus the machine's scheduling). Run during a direct burst too, it is the control:
+    the edge idle, the machine just as loaded."""
+
+    def __init__(self, target: HttpsTarget, interval: float = 0.1) -> None:
+        self.target, self.interval = target, interval
+        self.seconds: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="healthz-sampler", daemon=True)
+
+    def _run(self) -> None:
+        conn: KeepAlive | None = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or open_keepalive(self.target)
+                self.seconds.append(healthz_reused(conn))
+            except (OSError, h11.ProtocolError) as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(self.interval)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> HealthzSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        ms = [1000 * v for v in self.seconds]
+        return {
+            **spread(self.seconds),
+            "p99_ms": percentile(ms, 0.99),
+            "failures": len(self.errors),
+            "errors": sorted(set(self.errors))[:5],
+        }
 
 
 @dataclass

@@ -39,6 +39,8 @@ class Burst(Protocol):
     def edge_peak_rss_mb(self) -> float: ...
     @property
     def loadavg(self) -> tuple[float, float, float]: ...
+    @property
+    def edge_healthz(self) -> dict[str, Any]: ...
 
 
 def _quantile(values: Sequence[float], q: float) -> float:
@@ -79,6 +81,9 @@ def path_summary(
         ),
         "edge_peak_rss_mb": max((s.edge_peak_rss_mb for s in mine), default=math.nan),
         "loadavg_1m": [s.loadavg[0] for s in mine],
+        "edge_healthz_median_ms": median([s.edge_healthz["median_ms"] for s in mine]),
+        "edge_healthz_max_ms": max((s.edge_healthz["max_ms"] for s in mine), default=math.nan),
+        "edge_healthz_failures": sum(s.edge_healthz["failures"] for s in mine),
     }
 
 
@@ -138,12 +143,15 @@ def burst_section(result: dict[str, Any]) -> list[str]:
         "",
         f"{repo['bytes'] / 1024:.0f} KiB repo ({repo['files']} files), clone with checkout; "
         "direct = plain HTTP to the node, edge = HTTPS through the edge, edge-ssh = SSH "
-        "through the edge (OpenSSH client); each burst after a warm-up burst of 3.",
+        "through the edge (OpenSSH client); each burst after a warm-up burst of 3. "
+        "`GET /healthz` meanwhile: one kept connection to the edge, every 0.1 s during the "
+        "burst; during a direct burst the edge is idle and it measures the machine alone.",
         "",
         row("path", "median burst, s", "clones/s", "MiB/s", "clone median / p90 / max, s",
             "failures", "CPU per clone, s: edge / node / clients",
-            "CPU used, edge / all (of nproc x wall)", "edge peak RSS, MiB", "load 1m per burst"),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+            "CPU used, edge / all (of nproc x wall)", "edge peak RSS, MiB",
+            "edge GET /healthz meanwhile, median / max ms", "load 1m per burst"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]  # fmt: skip
     for path, p in s["paths"].items():
         lines.append(
@@ -158,6 +166,8 @@ def burst_section(result: dict[str, Any]) -> list[str]:
                 f"{p['client_cpu_s_per_clone']:.3f}",
                 f"{p['edge_cpu_share']:.0%} / {p['cpu_share_all']:.0%}",
                 f"{p['edge_peak_rss_mb']:.0f}",
+                f"{_ms(p['edge_healthz_median_ms'])} / {_ms(p['edge_healthz_max_ms'])}"
+                + (f" ({p['edge_healthz_failures']} failed)" if p["edge_healthz_failures"] else ""),
                 ", ".join(f"{x:.1f}" for x in p["loadavg_1m"]),
             )
         )
