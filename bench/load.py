@@ -95,6 +95,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="also burst clones over SSH through the edge (on)",
     )
+    p.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the bursts' git clients under `nice -n N` (0: not), so that on one machine "
+        "the servers get the CPU first, as if the clients were elsewhere",
+    )
     p.add_argument("--idle-conns", type=int, help=f"idle connections held ({FULL['idle_conns']})")
     p.add_argument("--open-workers", type=int, default=32, help="opening them, at a time (32)")
     p.add_argument(
@@ -112,6 +120,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     counts = ("clones", "rounds", "repo_kb", "probes", "open_workers", "handshake_concurrency")
     if any(getattr(args, k) < 1 for k in counts):
         p.error("--clones, --rounds, --repo-kb, --probes and the concurrencies must be >= 1")
+    if not 0 <= args.client_nice <= 19:
+        p.error("--client-nice: 0 to 19")
     if args.idle_conns < 0 or args.handshakes < 0:
         p.error("--idle-conns and --handshakes must be >= 0")
     if args.tag and not args.tag.replace("-", "").replace("_", "").isalnum():

@@ -49,11 +49,12 @@ class BurstSample:
     errors: list[str] = field(default_factory=list)
 
 
-def timed_clone(v: Variant, dest: Path) -> tuple[float, str]:
-    """One `git clone`: its seconds, and its error ('' if it exited 0)."""
+def timed_clone(v: Variant, dest: Path, nice: int = 0) -> tuple[float, str]:
+    """One `git clone` (under `nice -n NICE` when > 0): its seconds, and its error
+    ('' if it exited 0)."""
     start = time.perf_counter()
     done = subprocess.run(
-        ["git", "clone", "--quiet", v.url, str(dest)],
+        [*(["nice", "-n", str(nice)] if nice else []), "git", "clone", "--quiet", v.url, str(dest)],
         env=v.env,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -77,7 +78,14 @@ def _head(dest: Path, env: dict[str, str]) -> str:
 
 
 def burst(
-    v: Variant, n: int, round_no: int, warmup: bool, work: Path, commit: str, edge: HttpsTarget
+    v: Variant,
+    n: int,
+    round_no: int,
+    warmup: bool,
+    work: Path,
+    commit: str,
+    edge: HttpsTarget,
+    nice: int = 0,
 ) -> BurstSample:
     """`n` clones of `v` started at once; each must exit 0 with HEAD at `commit`."""
     root = Path(tempfile.mkdtemp(prefix=f"burst-{v.name}-", dir=work))
@@ -91,7 +99,7 @@ def burst(
             ThreadPoolExecutor(max_workers=n) as pool,
         ):
             start = time.perf_counter()
-            outcomes = list(pool.map(lambda d: timed_clone(v, d), dests))
+            outcomes = list(pool.map(lambda d: timed_clone(v, d, nice), dests))
             wall = time.perf_counter() - start
         client_cpu = _children_cpu() - client0
         time.sleep(clones.SETTLE_S)  # let the node reap its git children before reading CPU
@@ -135,7 +143,7 @@ def bursts(
 ) -> list[BurstSample]:
     def one(name: str, round_no: int, warmup: bool) -> BurstSample:
         n = min(args.clones, WARMUP_CLONES) if warmup else args.clones
-        s = burst(variants[name], n, round_no, warmup, work, commit, edge)
+        s = burst(variants[name], n, round_no, warmup, work, commit, edge, args.client_nice)
         log(
             f"{'warm-up' if warmup else f'round {round_no}'} {name:9s} {n} clones in "
             f"{s.wall_s:7.2f}s, {s.failures} failed, edge CPU {s.edge_cpu_s:.2f}s, node CPU "

@@ -141,7 +141,9 @@ def burst_section(result: dict[str, Any]) -> list[str]:
     lines = [
         f"## {a['clones']} concurrent clones, {a['rounds']} bursts per path",
         "",
-        f"{repo['bytes'] / 1024:.0f} KiB repo ({repo['files']} files), clone with checkout; "
+        f"{repo['bytes'] / 1024:.0f} KiB repo ({repo['files']} files), clone with checkout"
+        + (f" under `nice -n {a['client_nice']}`" if a.get("client_nice") else "")
+        + "; "
         "direct = plain HTTP to the node, edge = HTTPS through the edge, edge-ssh = SSH "
         "through the edge (OpenSSH client); each burst after a warm-up burst of 3. "
         "`GET /healthz` meanwhile: one kept connection to the edge, every 0.1 s during the "
