@@ -1,6 +1,7 @@
 """Run one source tree's devnet until SIGTERM; describe it in a ready file.
 
     <tree>/.venv/bin/python bench/tree_devnet.py --tree <tree> --work-dir D --ready-file F
+        [--edge-config JSON]
 
 Started by `bench.trees` so that a benchmark can measure an edge and nodes
 built from another checkout (an older commit in its own worktree and .venv)
@@ -10,6 +11,11 @@ tree's `bench` package, so it imports nothing from `bench` and puts the tree,
 not its own directory, first on sys.path. The devnet starts every server as
 `sys.executable -m edge.cli ...` from the current directory, which is the
 tree: `-m` imports from there first.
+
+`--edge-config '{"limits": {"keepalive_timeout": 900}}'` merges those keys
+into the edge's TOML config (any table, the devnet's own included) and
+restarts the edge on it: a benchmark that must set a limit the devnet does
+not take as an argument (bench/load.py).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -75,6 +82,40 @@ def describe(net: Any, module: str, root: Path) -> dict[str, Any]:
     }
 
 
+def merged(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with `overrides` merged in, table by table (a value replaces a value)."""
+    out = dict(config)
+    for key, value in overrides.items():
+        old = out.get(key)
+        both_tables = isinstance(value, Mapping) and isinstance(old, Mapping)
+        out[key] = merged(old, value) if both_tables else value  # type: ignore[arg-type]
+    return out
+
+
+def toml_text(doc: Mapping[str, Any], path: tuple[str, ...] = ()) -> list[str]:
+    """`doc` as TOML lines: scalars and lists as JSON (valid TOML values), a table
+    per nested mapping. Enough for the devnet's configs; not a general writer."""
+
+    def key(k: str) -> str:
+        return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+    scalars = {k: v for k, v in doc.items() if not isinstance(v, Mapping)}
+    lines = [f"[{'.'.join(key(p) for p in path)}]"] if path and scalars else []
+    lines += [f"{key(k)} = {json.dumps(v)}" for k, v in scalars.items()]
+    for k, v in doc.items():
+        if isinstance(v, Mapping):
+            lines += toml_text(v, (*path, k))
+    return lines
+
+
+def reconfigure_edge(net: Any, overrides: Mapping[str, Any]) -> None:
+    """Merge `overrides` into the first edge's config file and restart it on that."""
+    edge = net.edges[0]
+    config = tomllib.loads(edge.config_path.read_text())
+    edge.config_path.write_text("\n".join(toml_text(merged(config, overrides))) + "\n")
+    net.restart_edge(edge)
+
+
 def _stop(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -85,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, required=True)
     p.add_argument("--ready-file", type=Path, required=True)
     p.add_argument("--user", action="append", default=[], help="make a token for this user")
+    p.add_argument("--edge-config", default="", metavar="JSON", help="merge into the edge's TOML")
     args = p.parse_args(argv)
     root = args.tree.resolve()
     os.chdir(root)
@@ -93,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     start_devnet, module = load_start_devnet(root)
     try:
         with start_devnet(args.work_dir.resolve()) as net:
+            if args.edge_config:
+                reconfigure_edge(net, json.loads(args.edge_config))
             info = describe(net, module, root)
             info["tokens"] = {user: net.user_token(user) for user in args.user}
             partial = args.ready_file.with_name(args.ready_file.name + ".partial")
