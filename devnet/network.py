@@ -171,9 +171,11 @@ class Devnet:
         lease_ttl: int = 10,
         timeout: float = 30.0,
         tls: bool = False,
+        extra: str = "",
     ) -> NodeHandle:
         """A node; with `tls` it serves HTTPS with a self-signed certificate it
-        makes in the work dir (kept across restarts of the same node id)."""
+        makes in the work dir (kept across restarts of the same node id).
+        `extra` is more tables for its config (`[limits]`)."""
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
         config_path.write_text(
@@ -189,6 +191,7 @@ class Devnet:
                     "[etcd]",
                     f"endpoints = {_toml([self.etcd.url])}",
                     *(self._node_tls_table(node_id) if tls else []),
+                    extra,
                     "",
                 ]
             )

@@ -200,6 +200,7 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             sessions,
             region=config.region,
             read_wait=config.replica_read_wait,
+            limits=state.limits,
         )
         state.ssh_front = front
         try:

@@ -12,6 +12,7 @@ import trio
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
+from edge.limits import Limits
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 
@@ -56,6 +57,11 @@ class EdgeState:
     requests: RequestTracker = field(default_factory=RequestTracker)
     """HTTP requests and SSH sessions in flight (shutdown drains both)."""
     ssh_front: StatsSource | None = None
+    limits: Limits = field(init=False)
+    """Git operation, failed-auth and API-write limits, shared by both fronts."""
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self.config.ops)
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
@@ -74,4 +80,5 @@ class EdgeState:
             # SSH front (when configured): connections, sessions, and their share of
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),
+            **self.limits.stats_dict(),
         }
