@@ -259,11 +259,9 @@ def test_a_push_over_the_size_limit_is_refused_and_changes_nothing(
     url = repo_url(net, name)
     work = git.new_worktree(tmp_path / "big")
     git.commit(work, "blob", os.urandom(3 * PUSH_LIMIT))  # random: the pack cannot shrink it
-    for remote, env in (
-        (url, {}),
-        (ssh_url(net.edge, name), {"GIT_SSH_COMMAND": ssh_commands["alice"]}),
-    ):
-        push = git.run("push", remote, "main", cwd=work, check=False, **env)
+    ssh = ssh_commands["alice"]
+    for remote in (url, ssh_url(net.edge, name)):
+        push = git.run("push", remote, "main", cwd=work, check=False, GIT_SSH_COMMAND=ssh)
         assert push.returncode != 0, push.stderr
         assert "remote: fatal: pack exceeds maximum allowed size" in push.stderr
     assert git.run("ls-remote", url).stdout == ""

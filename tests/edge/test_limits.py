@@ -8,8 +8,9 @@ real time. The end-to-end refusals are in tests/e2e/test_limits.py.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import trio
@@ -150,7 +151,7 @@ def test_node_share_is_a_fraction_of_slots_and_queue_at_least_one() -> None:
 # -- Limits on trio -------------------------------------------------------------------
 
 
-def _limits(**changes: object) -> Limits:
+def _limits(**changes: Any) -> Limits:
     base = OpLimits(
         per_user=SlotRule(2, 1),
         per_repo=SlotRule(3, 1),
@@ -159,7 +160,7 @@ def _limits(**changes: object) -> Limits:
         node_user_share=0.5,
         queue_wait=10.0,
     )
-    return Limits(OpLimits(**{**base.__dict__, **changes}))  # type: ignore[arg-type]
+    return Limits(dataclasses.replace(base, **changes))
 
 
 async def _hold(limits: Limits, user: str | None, repo: str, release: trio.Event) -> None:
