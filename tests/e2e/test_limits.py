@@ -42,6 +42,11 @@ git_per_node_queue = 2
 git_node_user_share = 0.5
 git_queue_wait = 2.0
 """
+GUARDED = """
+[limits]
+auth_fail_rate_per_address = 1
+auth_fail_burst_per_address = 2
+"""
 BUSY_LINE = "ERROR: too many concurrent operations, try again later"
 
 
@@ -273,3 +278,33 @@ def test_a_push_over_the_size_limit_is_refused_and_changes_nothing(
     head = git.commit(small, "README", b"small\n")
     git.run("push", "-q", url, "main", cwd=small)
     assert f"{head}\trefs/heads/main" in git.run("ls-remote", url).stdout.splitlines()
+
+
+def test_an_address_that_fails_to_log_in_too_often_is_refused_on_both_fronts(
+    net: Devnet, ssh_commands: dict[str, str], seeded: None, git: Git, tmp_path: Path
+) -> None:
+    guarded = net.start_edge("fra", extra=GUARDED)  # its own: this address gets blocked
+    stranger = tmp_path / "id_ed25519"  # a key nobody registered
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    unknown = ssh_commands["alice"].replace(
+        str(Path(shlex.split(ssh_commands["alice"])[4])), str(stranger)
+    )
+    for _ in range(2):
+        login = subprocess.run(
+            ssh_argv(unknown, guarded), stdin=subprocess.DEVNULL, capture_output=True, timeout=30
+        )
+        assert b"Permission denied (publickey)" in login.stderr
+    login = subprocess.run(
+        ssh_argv(ssh_commands["alice"], guarded),  # even a good key: the address is blocked
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert login.returncode == 255
+    assert b"too many failed authentications from your address, try again later" in login.stderr
+    url = repo_url(net, "alice/held", edge_url=guarded.https_url)
+    refused = git.run("ls-remote", url, check=False)
+    assert "The requested URL returned error: 429" in refused.stderr
+    anonymous = httpx.get(f"{guarded.https_url}/healthz", verify=tls(net), timeout=10)
+    assert anonymous.status_code == 200  # without credentials nothing is refused
+    assert stats(guarded)["limits_auth_refused"] >= 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -18,12 +19,22 @@ import trio.testing
 
 from edge.admission import BucketTable, Slots, SlotTable, Ticket, TokenBucket
 from edge.api.node_admin import NodeAdmin
-from edge.config import EdgeConfig, Listener, OpLimits, RateRule, SlotRule
+from edge.config import (
+    ConfigError,
+    EdgeConfig,
+    Listener,
+    OpLimits,
+    RateRule,
+    SlotRule,
+    load_edge_config,
+)
 from edge.errors import RateLimited, TooManyOperations
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.limits import Limits
 from edge.state import EdgeState
+from node.config import load_node_config
+from node.git_proto import limit_push
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 from routing.model import Region
@@ -349,3 +360,73 @@ async def test_the_front_answers_429_once_an_address_failed_too_often() -> None:
     assert statuses == [b"401", b"401", b"401", b"429", b"200"]
     assert b"retry-after: 60" in answer.lower()
     assert b"too many failed authentications, try again in 60 seconds" in answer
+
+
+async def test_the_front_charges_api_writes_before_the_handler_runs() -> None:
+    state = _state(OpLimits(api_write_rate=RateRule(1, 1)))
+    # An anonymous key upload is refused by its handler (401) after taking the address's token.
+    add_key = b"POST /api/user/keys HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n\r\n"
+    client, server = trio.testing.memory_stream_pair()
+    answer = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, state, server, "192.0.2.1", "http")
+        await client.send_all(add_key * 2)
+        with trio.fail_after(10):
+            while answer.count(b"HTTP/1.1 ") < 2:
+                answer += await client.receive_some(65536)
+        nursery.cancel_scope.cancel()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"401", b"429"]
+    assert b"too many API writes, try again in 60 seconds" in answer
+
+
+# -- config -----------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, limits: str) -> EdgeConfig:
+    (tmp_path / "edge.toml").write_text(
+        '[edge]\nregion = "fra"\n[http]\nlisten = "127.0.0.1:0"\n'
+        '[nodes]\nadmin_secret = "s"\n[etcd]\nendpoints = ["http://127.0.0.1:2379"]\n'
+        f"[limits]\n{limits}\n"
+    )
+    return load_edge_config(tmp_path / "edge.toml")
+
+
+def test_limits_config_keys_and_defaults(tmp_path: Path) -> None:
+    assert _config(tmp_path, "").ops == OpLimits()
+    ops = _config(
+        tmp_path,
+        "git_per_repo = 5\ngit_per_repo_queue = 0\ngit_node_user_share = 0.25\n"
+        "git_rate_per_user = 0\nauth_fail_burst_per_address = 3\nheader_timeout = 5.0",
+    ).ops
+    assert ops.per_repo == SlotRule(5, 0) and ops.node_user_share == 0.25
+    assert ops.git_rate_per_user == RateRule(0, 600)
+    assert ops.auth_fail_rate_per_address == RateRule(10, 3)
+    assert OpLimits().git_rate_per_user == RateRule(600, 600)  # GitLab's anchor
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("git_node_user_share = 0", "git_node_user_share"),
+        ("git_per_user = -1", "git_per_user"),
+        ("git_burst_per_user = 0", "git_burst_per_user"),
+        ("git_queue_wait = 'long'", "git_queue_wait"),
+        ("git_per_usr = 3", "git_per_usr: unknown key"),
+    ],
+)
+def test_limits_config_refuses_bad_values(tmp_path: Path, line: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        _config(tmp_path, line)
+
+
+def test_node_push_size_config(tmp_path: Path) -> None:
+    base = '[node]\nid = "fra-1"\nregion = "fra"\nvolume_dir = "v"\nadmin_secret = "s"\n'
+    (tmp_path / "node.toml").write_text(base)
+    assert load_node_config(tmp_path / "node.toml").max_push_size == 2 * 2**30
+    (tmp_path / "node.toml").write_text(base + "[limits]\nmax_push_size = 1000\n")
+    assert load_node_config(tmp_path / "node.toml").max_push_size == 1000
+    assert limit_push(["git", "receive-pack", "r.git"], 1000) == [
+        "git", "-c", "receive.maxInputSize=1000", "receive-pack", "r.git",
+    ]  # fmt: skip
+    assert limit_push(["git", "upload-pack", "r.git"], 1000) == ["git", "upload-pack", "r.git"]
+    assert limit_push(["git", "receive-pack", "r.git"], 0) == ["git", "receive-pack", "r.git"]
