@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shlex
 import socket
 import ssl
@@ -44,6 +45,8 @@ git_queue_wait = 2.0
 """
 GUARDED = """
 [limits]
+git_rate_per_user = 1
+git_burst_per_user = 2
 auth_fail_rate_per_address = 1
 auth_fail_burst_per_address = 2
 """
@@ -280,10 +283,27 @@ def test_a_push_over_the_size_limit_is_refused_and_changes_nothing(
     assert f"{head}\trefs/heads/main" in git.run("ls-remote", url).stdout.splitlines()
 
 
-def test_an_address_that_fails_to_log_in_too_often_is_refused_on_both_fronts(
+def test_rate_limits_on_git_operations_and_failed_logins(
     net: Devnet, ssh_commands: dict[str, str], seeded: None, git: Git, tmp_path: Path
 ) -> None:
+    """A user's git operations (2, then one a minute), then an address's failed logins
+    (2, then one a minute): refused on both fronts, before the node is asked."""
     guarded = net.start_edge("fra", extra=GUARDED)  # its own: this address gets blocked
+    url = repo_url(net, "alice/held", edge_url=guarded.https_url)
+    git.run("ls-remote", url)  # info/refs and ls-refs: both of alice's tokens
+    spent = git.run("ls-remote", url, check=False)
+    assert "The requested URL returned error: 429" in spent.stderr
+    session = subprocess.run(
+        ssh_argv(ssh_commands["alice"], guarded, "git-upload-pack 'alice/held.git'"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert session.returncode == 1
+    (line,) = session.stderr.decode().splitlines()
+    assert re.fullmatch(r"ERROR: too many git operations, try again in \d+ seconds", line)
+    assert git.run("ls-remote", repo_url(net, "bob/work", edge_url=guarded.https_url)).stdout
+
     stranger = tmp_path / "id_ed25519"  # a key nobody registered
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     unknown = ssh_commands["alice"].replace(
@@ -302,9 +322,8 @@ def test_an_address_that_fails_to_log_in_too_often_is_refused_on_both_fronts(
     )
     assert login.returncode == 255
     assert b"too many failed authentications from your address, try again later" in login.stderr
-    url = repo_url(net, "alice/held", edge_url=guarded.https_url)
-    refused = git.run("ls-remote", url, check=False)
-    assert "The requested URL returned error: 429" in refused.stderr
+    refused = git.run("ls-remote", url, check=False, GIT_TRACE_CURL="1")
+    assert "too many failed authentications" in refused.stderr  # not the git rate: unchecked
     anonymous = httpx.get(f"{guarded.https_url}/healthz", verify=tls(net), timeout=10)
     assert anonymous.status_code == 200  # without credentials nothing is refused
     assert stats(guarded)["limits_auth_refused"] >= 2
