@@ -18,7 +18,7 @@ import trio
 from edge.api.handlers import handle_api
 from edge.api.repo_ops import handle_repo_op
 from edge.auth import authorize, counting_failed_auth, http_user, is_admin, routing_errors
-from edge.errors import EdgeError
+from edge.errors import AuthRequired, EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
@@ -201,7 +201,9 @@ async def _charge_api_write(state: EdgeState, reply: Reply, info: ClientInfo) ->
     authorization = reply.exchange.head.header(b"authorization")
     user = None
     if not is_admin(authorization, state.config.admin_token):
-        user = await http_user(state.cache, authorization)
+        # Bad credentials: charged to the address; the handler answers them its own way.
+        with suppress(AuthRequired):
+            user = await http_user(state.cache, authorization)
     state.limits.check_api_write(user, info.peer_ip)
 
 
