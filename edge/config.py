@@ -146,8 +146,8 @@ class OpLimits:
     git_rate_per_user: RateRule = RateRule(600, 600)
     git_rate_per_address: RateRule = RateRule(1200, 1200)
     auth_fail_rate_per_address: RateRule = RateRule(10, 30)
-    api_write_rate: RateRule = RateRule(60, 30)
-    """Per user and per client address."""
+    api_write_rate: RateRule = RateRule(60, 60)
+    """Per user and per client address; the admin token's writes are not counted."""
     tracked_keys: int = 65536
     """Most users or addresses each rate table remembers (least recently used dropped)."""
 

@@ -193,17 +193,19 @@ async def _dispatch(state: EdgeState, reply: Reply, route: Route, info: ClientIn
 
 
 async def _charge_api_write(state: EdgeState, reply: Reply, info: ClientInfo) -> None:
-    """An API write takes a token of its user's and its address's buckets (429 when out).
+    """An API write takes a token of its user's and its address's buckets (429 when out);
+    the admin token's writes take none.
 
     Charged to the user only once their credentials check out: nobody can spend
     someone else's budget by naming them.
     """
     authorization = reply.exchange.head.header(b"authorization")
+    if is_admin(authorization, state.config.admin_token):
+        return  # the operator's provisioning is not rate-limited
     user = None
-    if not is_admin(authorization, state.config.admin_token):
-        # Bad credentials: charged to the address; the handler answers them its own way.
-        with suppress(AuthRequired):
-            user = await http_user(state.cache, authorization)
+    # Bad credentials: charged to the address; the handler answers them its own way.
+    with suppress(AuthRequired):
+        user = await http_user(state.cache, authorization)
     state.limits.check_api_write(user, info.peer_ip)
 
 

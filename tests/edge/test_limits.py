@@ -430,3 +430,25 @@ def test_node_push_size_config(tmp_path: Path) -> None:
     ]  # fmt: skip
     assert limit_push(["git", "upload-pack", "r.git"], 1000) == ["git", "upload-pack", "r.git"]
     assert limit_push(["git", "receive-pack", "r.git"], 0) == ["git", "receive-pack", "r.git"]
+
+
+async def test_the_admin_tokens_writes_are_not_counted() -> None:
+    config = OpLimits(api_write_rate=RateRule(1, 1))
+    state = _state(config)
+    state.config = dataclasses.replace(state.config, admin_token="admin-token")
+    # Not JSON: refused by the handler (400) before anything reaches etcd.
+    admin = (
+        b"POST /api/admin/users HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer admin-token\r\n"
+        b"Content-Length: 1\r\n\r\nx"
+    )
+    anonymous = b"POST /api/user/keys HTTP/1.1\r\nHost: edge\r\nContent-Length: 0\r\n\r\n"
+    client, server = trio.testing.memory_stream_pair()
+    answer = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_connection, state, server, "192.0.2.1", "http")
+        await client.send_all(admin * 3 + anonymous * 2)
+        with trio.fail_after(10):
+            while answer.count(b"HTTP/1.1 ") < 5:
+                answer += await client.receive_some(65536)
+        nursery.cancel_scope.cancel()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"400"] * 3 + [b"401", b"429"]
