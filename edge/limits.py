@@ -2,7 +2,7 @@
 
 One `Limits` per edge, shared by the HTTPS and SSH fronts, so a user's HTTPS
 requests and SSH sessions count against the same slots and buckets. The
-bookkeeping is edge/admission.py's; this module adds the clock, the waiting,
+bookkeeping is edge/quotas.py's; this module adds the clock, the waiting,
 and the refusals in their wire form (edge/errors.py: 429 with Retry-After, or
 one SSH line and exit status 1).
 
@@ -27,9 +27,9 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-from edge.admission import BucketTable, SlotTable, Ticket
 from edge.config import OpLimits, RateRule
 from edge.errors import RateLimited, TooManyOperations
+from edge.quotas import BucketTable, SlotTable, Ticket
 
 log = logging.getLogger(__name__)
 

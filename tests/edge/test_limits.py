@@ -1,6 +1,6 @@
 """The limits on git operations: buckets, queues, waits, fair share, eviction.
 
-The bookkeeping (edge/admission.py) is fed the time by hand; `Limits`
+The bookkeeping (edge/quotas.py) is fed the time by hand; `Limits`
 (edge/limits.py) runs on trio's autojump clock, so a 10 s queue wait costs no
 real time. The end-to-end refusals are in tests/e2e/test_limits.py.
 """
@@ -17,7 +17,6 @@ import pytest
 import trio
 import trio.testing
 
-from edge.admission import BucketTable, Slots, SlotTable, Ticket, TokenBucket
 from edge.api.node_admin import NodeAdmin
 from edge.config import (
     ConfigError,
@@ -32,6 +31,7 @@ from edge.errors import RateLimited, TooManyOperations
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.limits import Limits
+from edge.quotas import BucketTable, Slots, SlotTable, Ticket, TokenBucket
 from edge.state import EdgeState
 from node.config import load_node_config
 from node.git_proto import limit_push
