@@ -238,19 +238,27 @@ class Devnet:
         ssh: bool = True,
         edge_options: str = "",
         extra: str = "",
+        ssh_options: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
         require_tls: str | None = "never",
         rtt: RttTable = DEVNET_RTT,
+        cert_files: tuple[Path, Path] | None = None,
+        host_key_file: Path | None = None,
     ) -> EdgeHandle:
-        """An edge; `edge_options` are lines for its [edge] table, `extra` more tables.
+        """An edge; `edge_options` are lines for its [edge] table, `ssh_options` for
+        its [ssh] table, `extra` more tables.
 
         With `ssh`, its SSH front listens on a free port and its host key line is
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
         (the regions benchmark reaches etcd through a latency relay).
         `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         `rtt` is its `[regions.rtt]`, which ranks in-sync replicas for reads.
+        `cert_files` (cert, key) replace the network's shared HTTPS certificate
+        (a test that rewrites them and sends SIGHUP); `host_key_file` the shared
+        SSH host key (it is made if missing, and added to `known_hosts`).
         """
+        cert_file, key_file = cert_files or (self.cert_file, self.key_file)
         name = f"edge-{region}-{len(self.edges) + 1}"
         config_path = self.work_dir / f"{name}.toml"
         lines = [
@@ -260,17 +268,19 @@ class Devnet:
             edge_options,
             "[https]",
             'listen = "127.0.0.1:0"',
-            f"cert_file = {_toml(str(self.cert_file))}",
-            f"key_file = {_toml(str(self.key_file))}",
+            f"cert_file = {_toml(str(cert_file))}",
+            f"key_file = {_toml(str(key_file))}",
         ]
         if http:
             lines += ["[http]", 'listen = "127.0.0.1:0"']
-        host_key = self._edge_host_key() if ssh else ""
+        host_key_file = host_key_file or self.edge_host_key_file
+        host_key = public_key_line(load_or_create_key(host_key_file)) if ssh else ""
         if ssh:
             lines += [
                 "[ssh]",
                 'listen = "127.0.0.1:0"',
-                f"host_key_files = {_toml([str(self.edge_host_key_file)])}",
+                f"host_key_files = {_toml([str(host_key_file)])}",
+                ssh_options,
             ]
         lines += [
             "[nodes]",

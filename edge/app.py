@@ -3,12 +3,14 @@
 The routing mirror runs beside the listeners and never blocks them: an edge
 that starts while etcd is down serves health checks at once and says not
 ready on /readyz until its cache has synced.
+
+Signals (edge/lifecycle.py, docs/operations.md): SIGTERM/SIGINT drain every
+listener and exit 0; SIGHUP reloads the TLS certificate and SSH host keys.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,13 +22,16 @@ import trio
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig, Listeners
+from edge.http.admission import admitted
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
+from edge.lifecycle import SIGNALS, ServerTls, handle_signals
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
-from plumbing.listen import address_text, bind_listeners, client_ip
+from plumbing.connlimit import ConnLimiter
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
@@ -47,6 +52,16 @@ class EdgeRuntime:
     """`host:port` of the SSH front, when `[ssh]` is configured."""
     listening: dict[str, list[str]] = field(default_factory=dict)
     """Every bound `host:port` per front ("https", "http", "ssh"); the URLs name the first."""
+    server_tls: ServerTls | None = None
+    """The HTTPS front's certificate, reloaded by SIGHUP."""
+
+    async def reload(self) -> None:
+        """SIGHUP: the TLS certificate and key, and the SSH host keys, read again."""
+        if self.server_tls is not None:
+            await self.server_tls.reload()
+        front = self.state.ssh_front
+        if isinstance(front, SshFront):
+            await front.reload_host_keys()
 
 
 def tls_context(config: EdgeConfig) -> ssl.SSLContext:
@@ -68,8 +83,7 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     opened: list[trio.SocketListener] = []
     try:
         for listener in listeners:
-            for sock in bind_listeners(listener.host, listener.port):
-                opened.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            opened += open_trio_listeners(listener.host, listener.port)
     except BaseException:
         for done in opened:
             done.socket.close()
@@ -77,16 +91,27 @@ def _open(listeners: Listeners) -> list[trio.SocketListener]:
     return opened
 
 
-def _peer_ip(stream: trio.SocketStream) -> str:
-    return client_ip(stream.socket.getpeername()[0])
+def _limiter(state: EdgeState, front: str) -> ConnLimiter:
+    """One front's connection caps (`[limits] max_connections*`), counted in /stats."""
+    config = state.config
+    limiter = ConnLimiter(
+        config.max_connections,
+        config.max_connections_per_address,
+        ipv6_prefix=config.address_ipv6_prefix,
+        exempt=config.is_trusted_proxy,
+    )
+    state.connection_limits[front] = limiter
+    return limiter
 
 
-async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketStream) -> None:
-    peer = _peer_ip(stream)
+async def _serve_tls(
+    state: EdgeState, server_tls: ServerTls, stream: trio.SocketStream, peer: str
+) -> None:
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
-        # a missing close_notify as EOF, which git clients often do.
-        tls = SocketTLSStream(stream, ctx)
+        # a missing close_notify as EOF, which git clients often do. The context
+        # is the one current at accept (a SIGHUP replaces it for later ones).
+        tls = SocketTLSStream(stream, server_tls.context)
     except OSError as exc:  # the peer reset before we got to it
         log.debug("TLS setup for %s failed: %r", peer, exc)
         await trio.aclose_forcefully(stream)
@@ -101,8 +126,8 @@ async def _serve_tls(state: EdgeState, ctx: ssl.SSLContext, stream: trio.SocketS
     await serve_connection(state, tls, peer, "https")
 
 
-async def _serve_plain(state: EdgeState, stream: trio.SocketStream) -> None:
-    await serve_connection(state, stream, _peer_ip(stream), "http")
+async def _serve_plain(state: EdgeState, stream: trio.SocketStream, peer: str) -> None:
+    await serve_connection(state, stream, peer, "http")
 
 
 async def run_edge(
@@ -128,29 +153,34 @@ async def run_edge(
             async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
                 async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
+                    # SIGTERM: every listener stops (they all run in `accepting`).
+                    state.drain.on_begin(accepting.cancel_scope.cancel)
                     https_url = http_url = ssh_address = None
+                    server_tls: ServerTls | None = None
                     listening: dict[str, list[str]] = {}
                     if config.https:
-                        ctx = tls_context(config)
+                        server_tls = ServerTls(partial(tls_context, config))
                         https = _open(config.https)
                         listening["https"] = _addresses(https)
                         https_url = f"https://{listening['https'][0]}"
+                        serve_tls = partial(_serve_tls, state, server_tls)
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_tls, state, ctx),
+                                admitted(_limiter(state, "https"), "https", serve_tls),
                                 https,
                                 handler_nursery=handlers,
                             )
                         )
                     if config.http:
                         plain = _open(config.http)
+                        serve_plain = partial(_serve_plain, state)
                         listening["http"] = _addresses(plain)
                         http_url = f"http://{listening['http'][0]}"
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                partial(_serve_plain, state),
+                                admitted(_limiter(state, "http"), "http", serve_plain),
                                 plain,
                                 handler_nursery=handlers,
                             )
@@ -159,6 +189,7 @@ async def run_edge(
                         # In `accepting`: a drain stops the SSH listener with the others.
                         listening["ssh"] = await accepting.start(ssh_front.serve)
                         ssh_address = listening["ssh"][0]
+                        state.drain.on_begin(ssh_front.begin_drain)
                     bound = [f"{front}://{a}" for front, on in listening.items() for a in on]
                     log.info("edge %s listening: %s", config.region, " ".join(bound))
                     task_status.started(
@@ -169,6 +200,7 @@ async def run_edge(
                             accepting.cancel_scope,
                             ssh_address,
                             listening,
+                            server_tls,
                         )
                     )
         finally:
@@ -201,6 +233,12 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             region=config.region,
             read_wait=config.replica_read_wait,
             limits=state.limits,
+            limiter=ConnLimiter(
+                config.ssh.max_connections,
+                config.ssh.max_connections_per_address,
+                ipv6_prefix=config.address_ipv6_prefix,
+                exempt=config.is_trusted_proxy,
+            ),
         )
         state.ssh_front = front
         try:
@@ -211,7 +249,8 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
 
 
 async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    """Serve until drained (edge/lifecycle.py): SIGTERM/SIGINT drain, SIGHUP reloads."""
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             runtime: EdgeRuntime = await nursery.start(run_edge, config)
             if ready_file:
@@ -225,13 +264,15 @@ async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
                         "region": config.region,
                     },
                 )
-            async for signum in signals:
-                log.info("signal %d: draining for up to %.0fs", signum, config.drain_timeout)
-                runtime.accepting.cancel()
-                with trio.move_on_after(config.drain_timeout):
-                    await runtime.state.requests.wait_idle()
-                nursery.cancel_scope.cancel()
-                break
+            await handle_signals(
+                signals,
+                drain=runtime.state.drain,
+                requests=runtime.state.requests,
+                drain_timeout=config.drain_timeout,
+                reload=runtime.reload,
+                stop=nursery.cancel_scope,
+                nursery=nursery,
+            )
 
 
 def run(config: EdgeConfig, ready_file: Path | None) -> None:

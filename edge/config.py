@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from plumbing.maxstartups import MaxStartups, MaxStartupsError
 from plumbing.sshkeys import KeyFileError, load_or_create_key
 from plumbing.tomlconf import ConfigError, Table
 from routing.model import InvalidRegion, Region, parse_region
@@ -46,6 +47,11 @@ REMOVED_SSH_KEYS = {
 }
 
 
+# OpenSSH's default, 10:30:100, was too low for GitLab.com's git fleet, where CI
+# jobs connect on the hour (they ran 250, then 300: gl-infra/production#1546).
+DEFAULT_MAX_STARTUPS = MaxStartups(100, 30, 200)
+
+
 # `[ssh] ciphers` may name only these: asyncssh's default ciphers (a test checks
 # they still are). No CBC among them, which is what lets the edge skip the empty
 # SSH_MSG_IGNORE before each packet (edge/ssh/asyncssh_gap.py).
@@ -75,6 +81,15 @@ class SshFrontConfig:
     """The receive window of client channels (what a push may have in flight)."""
     ciphers: tuple[str, ...] = ()
     """The ciphers offered to clients, in order; empty: asyncssh's defaults (SSH_CIPHERS)."""
+    max_connections: int = 4096
+    """Client connections open at once on the SSH front; more are closed at once."""
+    max_connections_per_address: int = 64
+    """The same, per client address (an IPv6 /64; trusted proxies exempt)."""
+    max_startups: MaxStartups = DEFAULT_MAX_STARTUPS
+    """Unauthenticated connections, `start:rate:full` as OpenSSH's MaxStartups."""
+    per_write_timeout: float = 30.0
+    """A session whose client takes no bytes for this long is cut (Gitea's
+    SSH_PER_WRITE_TIMEOUT), and with it the node's git."""
 
 
 class NodeTlsPolicy(StrEnum):
@@ -214,7 +229,22 @@ class EdgeConfig:
     keepalive_timeout: float = 60.0
     body_idle_timeout: float = 300.0
     tls_handshake_timeout: float = 10.0
-    drain_timeout: float = 10.0
+    drain_timeout: float = 60.0
+    max_connections: int = 4096
+    """`[limits]`: client connections open at once on each of the HTTPS and HTTP fronts."""
+    max_connections_per_address: int = 256
+    """`[limits]`: the same, per client address; trusted proxies are exempt (they
+    bring many clients through one address)."""
+    address_ipv6_prefix: int = 64
+    """`[limits]`: IPv6 clients are counted per prefix of this length (HTTP and SSH)."""
+    per_write_timeout: float = 30.0
+    """`[limits]`: a write to a client may take this long per 64 KiB it carries (at
+    least this long); a client slower than that is cut, and so is the node request
+    behind it (edge/http/stream.py)."""
+    body_min_rate: float = 1024.0
+    """`[limits]`: a request body must arrive at this many bytes/s on average (0: off)..."""
+    body_rate_grace: float = 30.0
+    """...falling behind by at most this many seconds (edge/proto/pace.py)."""
     admin_token: str = ""
     """Bearer token for the admin API (users, tokens); empty: admin API off."""
     ssh: SshFrontConfig | None = None
@@ -288,7 +318,13 @@ def load_edge_config(path: Path) -> EdgeConfig:
         keepalive_timeout=limits.float("keepalive_timeout", 60.0, 0.1, 3600),
         body_idle_timeout=limits.float("body_idle_timeout", 300.0, 1, 86400),
         tls_handshake_timeout=limits.float("tls_handshake_timeout", 10.0, 0.1, 600),
-        drain_timeout=limits.float("drain_timeout", 10.0, 0, 3600),
+        drain_timeout=limits.float("drain_timeout", 60.0, 0, 3600),
+        max_connections=limits.int("max_connections", 4096, 1, 1_000_000),
+        max_connections_per_address=limits.int("max_connections_per_address", 256, 1, 1_000_000),
+        address_ipv6_prefix=limits.int("address_ipv6_prefix", 64, 32, 128),
+        per_write_timeout=limits.float("per_write_timeout", 30.0, 0.1, 3600),
+        body_min_rate=limits.float("body_min_rate", 1024.0, 0, 1e9),
+        body_rate_grace=limits.float("body_rate_grace", 30.0, 0.1, 3600),
         ops=_op_limits(limits),
         admin_token=(
             edge.secret("admin_token")
@@ -377,7 +413,19 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         # Below 64 KiB a window costs a round trip per packet; above 1 GiB is a typo.
         window=ssh.int("window", DEFAULT_SSH_WINDOW, 64 * 1024, 2**30),
         ciphers=_ciphers(ssh),
+        max_connections=ssh.int("max_connections", 4096, 1, 1_000_000),
+        max_connections_per_address=ssh.int("max_connections_per_address", 64, 1, 1_000_000),
+        max_startups=_max_startups(ssh),
+        per_write_timeout=ssh.float("per_write_timeout", 30.0, 0.1, 3600),
     )
+
+
+def _max_startups(ssh: Table) -> MaxStartups:
+    raw = ssh.str("max_startups", str(DEFAULT_MAX_STARTUPS))
+    try:
+        return MaxStartups.parse(raw)
+    except MaxStartupsError as exc:
+        raise ssh.error("max_startups", str(exc)) from None
 
 
 def _ciphers(ssh: Table) -> tuple[str, ...]:

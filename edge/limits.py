@@ -21,7 +21,7 @@ those queues shares one `queue_wait` deadline.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
@@ -30,6 +30,7 @@ import trio
 from edge.config import OpLimits, RateRule
 from edge.errors import RateLimited, TooManyOperations
 from edge.quotas import BucketTable, SlotTable, Ticket
+from plumbing.connlimit import address_key
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,24 @@ def _owner(user: str | None, client_ip: str) -> str:
 
 
 class Limits:
-    def __init__(self, config: OpLimits) -> None:
+    """The edge's git operation, failed-login and API-write limits.
+
+    Per-address limits count an IPv6 client by its prefix (`ipv6_prefix`, as the
+    connection caps do: one host often owns a /64), and skip the addresses
+    `exempt` names (the trusted proxies: without the PROXY protocol every client
+    arrives through them, and one bad client would block them all).
+    """
+
+    def __init__(
+        self,
+        config: OpLimits,
+        *,
+        ipv6_prefix: int = 64,
+        exempt: Callable[[str], bool] = lambda ip: False,
+    ) -> None:
         self.config = config
+        self._ipv6_prefix = ipv6_prefix
+        self._exempt = exempt
         self._events: dict[int, trio.Event] = {}
         self._users = SlotTable(config.per_user.limit, config.per_user.queue, self._wake)
         self._addresses = SlotTable(config.per_address.limit, config.per_address.queue, self._wake)
@@ -78,6 +95,10 @@ class Limits:
         self.active = 0
         """Git operations holding their slots now."""
 
+    def _address(self, client_ip: str) -> str | None:
+        """What per-address limits count `client_ip` under; None: exempt."""
+        return None if self._exempt(client_ip) else address_key(client_ip, self._ipv6_prefix)
+
     def _wake(self, ticket: Ticket) -> None:
         event = self._events.get(id(ticket))
         if event is not None:
@@ -88,26 +109,24 @@ class Limits:
     def check_git_rate(self, user: str | None, client_ip: str) -> None:
         """Take one git operation from `user`'s bucket and the address's; RateLimited if
         either is empty (then neither is charged)."""
-        now = trio.current_time()
-        wait = self._git_address_rate.wait_for(client_ip, now)
-        if user is not None:
-            wait = max(wait, self._git_user_rate.wait_for(user, now))
+        wait = self._take_both(self._git_user_rate, user, self._git_address_rate, client_ip)
         if wait > 0:
             self.stats.ops_refused_rate += 1
             raise RateLimited("git operations", wait, f"git rate: {user or '-'} {client_ip}")
-        self._git_address_rate.take(client_ip, now)
-        if user is not None:
-            self._git_user_rate.take(user, now)
 
     def check_auth_allowed(self, client_ip: str) -> None:
         """Before credentials are checked: RateLimited once the address failed too often."""
-        wait = self._auth_fail_rate.wait_for(client_ip, trio.current_time())
+        address = self._address(client_ip)
+        if address is None:
+            return
+        wait = self._auth_fail_rate.wait_for(address, trio.current_time())
         if wait > 0:
             self.stats.auth_refused += 1
             raise RateLimited("failed authentications", wait, f"auth failures from {client_ip}")
 
     def auth_failed(self, client_ip: str) -> None:
-        self._auth_fail_rate.take(client_ip, trio.current_time())
+        if (address := self._address(client_ip)) is not None:
+            self._auth_fail_rate.take(address, trio.current_time())
 
     def auth_blocked(self, client_ip: str) -> bool:
         """`check_auth_allowed` for callers without an error to raise (the SSH login)."""
@@ -118,17 +137,35 @@ class Limits:
         return False
 
     def check_api_write(self, user: str | None, client_ip: str) -> None:
-        """One API write for `user` (None: an admin or anonymous caller) from `client_ip`."""
-        now = trio.current_time()
-        wait = self._api_address_rate.wait_for(client_ip, now)
-        if user is not None:
-            wait = max(wait, self._api_user_rate.wait_for(user, now))
+        """One API write for `user` (None: anonymous) from `client_ip`."""
+        wait = self._take_both(self._api_user_rate, user, self._api_address_rate, client_ip)
         if wait > 0:
             self.stats.api_writes_refused += 1
             raise RateLimited("API writes", wait, f"API writes: {user or '-'} {client_ip}")
-        self._api_address_rate.take(client_ip, now)
+
+    def _take_both(
+        self,
+        per_user: BucketTable,
+        user: str | None,
+        per_address: BucketTable,
+        client_ip: str,
+    ) -> float:
+        """0.0 and a token from the user's bucket and the address's; or the seconds
+        until both have one, and neither taken."""
+        now = trio.current_time()
+        address = self._address(client_ip)
+        wait = 0.0
+        if address is not None:
+            wait = per_address.wait_for(address, now)
         if user is not None:
-            self._api_user_rate.take(user, now)
+            wait = max(wait, per_user.wait_for(user, now))
+        if wait > 0:
+            return wait
+        if address is not None:
+            per_address.take(address, now)
+        if user is not None:
+            per_user.take(user, now)
+        return 0.0
 
     # -- concurrency ------------------------------------------------------------------
 
@@ -138,12 +175,13 @@ class Limits:
     ) -> AsyncIterator[None]:
         """Hold the operation's slots while the body runs; TooManyOperations if they
         cannot all be had within `queue_wait`."""
-        owner = _owner(user, client_ip)
-        wanted = [
-            (self._users, user) if user is not None else (self._addresses, client_ip),
-            (self._repos, repo),
-            (self._nodes, node_id),
-        ]
+        address = self._address(client_ip)
+        owner = _owner(user, address or client_ip)
+        wanted = [(self._repos, repo), (self._nodes, node_id)]
+        if user is not None:
+            wanted.insert(0, (self._users, user))
+        elif address is not None:
+            wanted.insert(0, (self._addresses, address))
         held: list[tuple[SlotTable, str, Ticket]] = []
         try:
             with trio.move_on_after(self.config.queue_wait):
@@ -207,4 +245,4 @@ class Limits:
         }
 
     def node_slots_of(self, node_id: str, user: str | None, client_ip: str) -> int:
-        return self._nodes.holding(node_id, _owner(user, client_ip))
+        return self._nodes.holding(node_id, _owner(user, self._address(client_ip) or client_ip))

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import trio
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
 from edge.limits import Limits
+from plumbing.connlimit import ConnLimiter, Refusal
+from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 
@@ -21,30 +20,6 @@ class StatsSource(Protocol):
     """A front that reports its own counters (the SSH front)."""
 
     def stats_dict(self) -> Mapping[str, object]: ...
-
-
-class RequestTracker:
-    """Counts requests in flight so shutdown can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self.active = 0
-        self._idle = trio.Event()
-        self._idle.set()
-
-    @contextmanager
-    def track(self) -> Iterator[None]:
-        if self.active == 0:
-            self._idle = trio.Event()
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
-            if self.active == 0:
-                self._idle.set()
-
-    async def wait_idle(self) -> None:
-        await self._idle.wait()
 
 
 @dataclass
@@ -56,18 +31,27 @@ class EdgeState:
     node_admin: NodeAdmin
     requests: RequestTracker = field(default_factory=RequestTracker)
     """HTTP requests and SSH sessions in flight (shutdown drains both)."""
+    drain: Drain = field(default_factory=Drain)
+    """Begun by SIGTERM (edge/app.py): listeners stop, idle connections close."""
     ssh_front: StatsSource | None = None
+    connection_limits: dict[str, ConnLimiter] = field(default_factory=dict)
+    """The HTTP(S) fronts' connection counts, by front ("https", "http")."""
     limits: Limits = field(init=False)
     """Git operation, failed-auth and API-write limits, shared by both fronts."""
 
     def __post_init__(self) -> None:
-        self.limits = Limits(self.config.ops)
+        self.limits = Limits(
+            self.config.ops,
+            ipv6_prefix=self.config.address_ipv6_prefix,
+            exempt=self.config.is_trusted_proxy,
+        )
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
         move none of `node_connects` or `lookup_etcd_reads`."""
         return {
             "requests_active": self.requests.active,
+            "draining": self.drain.begun,
             "node_connects": self.pool.stats.connects,
             "node_reuses": self.pool.stats.reuses,
             "node_stale_dropped": self.pool.stats.stale_dropped,
@@ -77,6 +61,15 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
+            **{
+                f"{front}_{name}": value
+                for front, limiter in self.connection_limits.items()
+                for name, value in (
+                    ("connections", limiter.total),
+                    ("refused_listener_full", limiter.refused[Refusal.LISTENER_FULL]),
+                    ("refused_address_full", limiter.refused[Refusal.ADDRESS_FULL]),
+                )
+            },
             # SSH front (when configured): connections, sessions, and their share of
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),

@@ -4,8 +4,14 @@
 
 Startup: volume identity -> listen (HTTP, or HTTPS with `[tls]`: smart HTTP and
 the SSH sessions edges carry over it) -> register in etcd (waiting while etcd is
-down) -> ready. SIGTERM/SIGINT: stop accepting, kill running git children (every
-request's `finally`), revoke the lease, exit 0.
+down) -> ready.
+
+SIGTERM/SIGINT drain (plumbing/drain.py): stop accepting, close idle keep-alive
+connections, answer the requests in flight with `connection: close` and let them
+finish for up to `drain_timeout`, all the while keeping the etcd lease alive
+(replicated pushes vote through it); then kill what git children are left (every
+request's `finally`), revoke the lease, exit 0. A second signal stops at once.
+SIGHUP is logged and ignored (a new certificate takes a restart: edges pin it).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +38,8 @@ from node.repl_ops import ReplicaOps
 from node.replication import Replicator
 from node.repos import RepoStore
 from node.tls import CertFileError, NodeTls, load_node_tls
+from plumbing.drain import Drain, RequestTracker
+from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient, EtcdError
 from routing.model import NodeId, Region, VolumeId
@@ -50,6 +58,8 @@ class NodeRuntime:
     volume_id: VolumeId
     http_url: str
     tls_cert_sha256: str | None = None
+    listening: str | None = None
+    """The bound `host:port` (http_url may be an advertise_url naming another)."""
 
     def ready_info(self) -> dict[str, str]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -59,16 +69,23 @@ async def run_node(
     config: NodeConfig,
     faults: FaultPoints | None = None,
     *,
+    drain: Drain | None = None,
+    requests: RequestTracker | None = None,
     task_status: trio.TaskStatus[NodeRuntime] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; `started(NodeRuntime)` once listening and registered."""
+    """Serve until cancelled; `started(NodeRuntime)` once listening and registered.
+
+    `drain`, once begun, stops the listener and closes idle connections; the
+    caller waits on `requests` and then cancels (the lease lives until then)."""
+    drain = drain or Drain()
     volume = await trio.to_thread.run_sync(load_or_create_volume, config.volume_dir, config.region)
     store = RepoStore(config.volume_dir)
     await trio.to_thread.run_sync(store.prepare)
     tls: NodeTls | None = None
     if config.tls is not None:
         tls = await trio.to_thread.run_sync(load_node_tls, config.tls, config.node_id)
-    listeners = await trio.open_tcp_listeners(config.listen_port, host=config.listen_host)
+    # `[::]` is dual-stack here as on the edge (plumbing/listen.py).
+    listeners = open_trio_listeners(config.listen_host, config.listen_port)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
     async with EtcdClient(list(config.etcd_endpoints)) as etcd:
         replicator = Replicator(
@@ -92,6 +109,8 @@ async def run_node(
                 ReplicaOps(replicator, store, config.keys, volume.volume_id),
                 store.root,
             ),
+            drain=drain,
+            requests=requests,
         )
         handler = (
             server.handle_connection
@@ -102,7 +121,12 @@ async def run_node(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
-                await nursery.start(partial(trio.serve_listeners, handler, listeners))
+                # Connections live in `nursery`, the listener in `accepting`: a
+                # drain stops the one and lets the others finish.
+                accepting = trio.CancelScope()
+                drain.on_begin(accepting.cancel)
+                # Bound already: clients queue in the backlog until the loop runs.
+                nursery.start_soon(_accept, accepting, handler, listeners, nursery)
                 log.info("node %s listening on %s", config.node_id, http_url)
                 registration = Registration(
                     etcd,
@@ -130,6 +154,7 @@ async def run_node(
                         volume.volume_id,
                         http_url,
                         tls_cert_sha256=tls.cert_sha256 if tls else None,
+                        listening=address_text(listeners[0].socket.getsockname()),
                     )
                 )
         finally:
@@ -138,30 +163,73 @@ async def run_node(
                 await registration.revoke()
 
 
+async def _accept(
+    scope: trio.CancelScope,
+    handler: Callable[[trio.SocketStream], Awaitable[object]],
+    listeners: list[trio.SocketListener],
+    handlers: trio.Nursery,
+) -> None:
+    with scope:
+        await trio.serve_listeners(handler, listeners, handler_nursery=handlers)
+
+
 def _bound_url(listener: trio.SocketListener, scheme: str) -> str:
-    host, port = listener.socket.getsockname()[:2]
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{address_text(listener.socket.getsockname())}"
 
 
 async def _serve_until_signalled(
     config: NodeConfig, ready_file: Path | None, faults: FaultPoints
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    drain, requests = Drain(), RequestTracker()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-            runtime: NodeRuntime = await nursery.start(run_node, config, faults)
+            nursery.start_soon(
+                _drain_on_signal, signals, drain, requests, config.drain_timeout, nursery
+            )
+            runtime: NodeRuntime = await nursery.start(
+                partial(run_node, config, faults, drain=drain, requests=requests)
+            )
             if ready_file is not None:
                 write_ready_file(ready_file, runtime.ready_info())
             log.info("node %s ready", runtime.node_id)
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _drain_on_signal(
+    signals: AsyncIterator[int],
+    drain: Drain,
+    requests: RequestTracker,
+    timeout: float,
+    nursery: trio.Nursery,
+) -> None:
     async for signum in signals:
-        log.info("%s: shutting down", signal.Signals(signum).name)
-        scope.cancel()
-        return
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            # Not the default (exit): edges pin the node's certificate from its
+            # registration, so a new one takes a restart, which re-registers it.
+            log.info("SIGHUP ignored: restart the node to change its config or certificate")
+            continue
+        if drain.begun:
+            log.info("%s while draining: stopping now", name)
+            break
+        log.info(
+            "%s: draining, %d request(s) in flight, for up to %.0fs",
+            name,
+            requests.active,
+            timeout,
+        )
+        drain.begin()
+        nursery.start_soon(_finish_drain, requests, timeout, nursery.cancel_scope)
+    nursery.cancel_scope.cancel()
+
+
+async def _finish_drain(requests: RequestTracker, timeout: float, stop: trio.CancelScope) -> None:
+    with trio.move_on_after(timeout) as waited:
+        await requests.wait_idle()
+    if waited.cancelled_caught:
+        log.warning("drain: %d request(s) still running after %.0fs", requests.active, timeout)
+    else:
+        log.info("drain: no request in flight; leaving etcd and stopping")
+    stop.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ advertise_url = "http://10.0.0.5:8080"   # optional; default http(s)://<bound ho
 admin_secret_file = "/etc/gitedge/node-secret"   # or admin_secret = "..."
 lease_ttl = 10                # seconds, at least 2
 keepalive_timeout = 75        # idle seconds on a client connection
+drain_timeout = 60            # SIGTERM: stop accepting, let requests finish this long (0-3600)
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]
 prefix = "/gitedge/"
@@ -66,6 +67,8 @@ class NodeConfig:
     # The edge pools node connections with a 30 s idle timeout; ours must be
     # longer, or the node closes a connection just as the edge reuses it.
     keepalive_timeout: float = 75.0
+    drain_timeout: float = 60.0
+    """SIGTERM: how long requests in flight may run on; the lease is kept meanwhile."""
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
     tls: TlsConfig | None = None
@@ -124,6 +127,7 @@ def load_node_config(path: Path) -> NodeConfig:
         admin_secret=node.secret("admin_secret"),
         lease_ttl=node.int("lease_ttl", 10, lo=2, hi=3600),
         keepalive_timeout=node.float("keepalive_timeout", 75.0, lo=1.0, hi=3600.0),
+        drain_timeout=node.float("drain_timeout", 60.0, lo=0.0, hi=3600.0),
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
         tls=_tls(tls) if tls is not None else None,

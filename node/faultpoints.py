@@ -1,6 +1,7 @@
 """Test-only pauses at named points of a push's vote, so a test can SIGKILL the
-node exactly there (tests/e2e/test_repl_crash.py).
+node exactly there, or change the replica set under the push (tests/e2e/test_repl_crash.py).
 
+    GITEDGE_TEST_PAUSE="vote-start=5"           the record read, before git reads the refs
     GITEDGE_TEST_PAUSE="vote-before-commit=5"   after the transfer, before the etcd txn
     GITEDGE_TEST_PAUSE="vote-after-commit=5"    after the txn won, before the hook's answer
 
@@ -21,7 +22,7 @@ import trio
 log = logging.getLogger(__name__)
 
 PAUSE_ENV = "GITEDGE_TEST_PAUSE"
-POINTS = ("vote-before-commit", "vote-after-commit")
+POINTS = ("vote-start", "vote-before-commit", "vote-after-commit")
 
 
 class FaultPointError(ValueError):

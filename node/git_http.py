@@ -32,6 +32,7 @@ from node.http_conn import HttpConn, header
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
 from node.ssh_http import SshSessions
+from plumbing.drain import Drain, RequestTracker
 from plumbing.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class GitHttpServer:
         *,
         keepalive_timeout: float,
         repl: ReplApi | None = None,
+        drain: Drain | None = None,
+        requests: RequestTracker | None = None,
         max_push_size: int = 0,
     ) -> None:
         self._store = store
@@ -63,10 +66,15 @@ class GitHttpServer:
         self._ssh = SshSessions(store, max_push_size)
         self._max_push_size = max_push_size
         self._keepalive_timeout = keepalive_timeout
+        self.drain = drain or Drain()
+        self.requests = requests or RequestTracker()
+        """Requests in flight: a draining node waits for them (node/app.py)."""
 
     async def handle_connection(self, stream: trio.abc.Stream) -> None:
         """Serve requests on one connection until it closes; never raises but Cancelled."""
-        conn = HttpConn(stream, keepalive_timeout=self._keepalive_timeout)
+        conn = HttpConn(
+            stream, keepalive_timeout=self._keepalive_timeout, idle_guard=self.drain.idle
+        )
         try:
             await self._serve(conn)
         except* _CLIENT_GONE as group:
@@ -87,7 +95,8 @@ class GitHttpServer:
             if request is None:
                 return
             try:
-                await self._dispatch(conn, request)
+                with self.requests.track(), self.drain.busy(conn.close_after):
+                    await self._dispatch(conn, request)
             except OSError as exc:
                 # git could not start: the client learns only that we failed.
                 method, target = printable(request.method, 16), printable(request.target)

@@ -9,7 +9,8 @@ makes no progress.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from http import HTTPStatus
 
 import h11
@@ -52,6 +53,7 @@ class HttpConn:
         keepalive_timeout: float,
         head_timeout: float = HEAD_TIMEOUT,
         io_timeout: float = IO_TIMEOUT,
+        idle_guard: Callable[[], AbstractContextManager[object]] = nullcontext,
     ) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
@@ -61,6 +63,10 @@ class HttpConn:
         self._send_lock = trio.StrictFIFOLock()
         self._requests = 0
         self.method = b""
+        # Around the wait for a request's first byte: a draining node cancels it.
+        self._idle_guard = idle_guard
+        self.closing = False
+        """Set by a drain: the next response says `connection: close`."""
 
     # --- requests -----------------------------------------------------------------
 
@@ -70,7 +76,7 @@ class HttpConn:
             self.h11.start_next_cycle()
         if not self.h11.trailing_data[0]:
             first_wait = self._keepalive_timeout if self._requests else self._head_timeout
-            with trio.move_on_after(first_wait):
+            with trio.move_on_after(first_wait), self._idle_guard():
                 await self._receive()
             if not self.h11.trailing_data[0] and not self.h11.trailing_data[1]:
                 return None  # idle
@@ -138,11 +144,28 @@ class HttpConn:
 
     @property
     def reusable(self) -> bool:
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        return (
+            not self.closing and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+        )
+
+    def close_after(self) -> None:
+        """Close after this request (a drain): its response says so if not yet sent."""
+        self.closing = True
 
     async def send(self, event: h11.Event) -> None:
         # The lock orders h11's output with the bytes on the wire when two tasks
         # send (a 100 Continue from the body reader, the response from git's pump).
+        if (
+            self.closing
+            and isinstance(event, h11.Response)
+            and all(name != b"connection" for name, _ in event.headers)
+        ):
+            # h11 then ends the connection after this response (keep-alive off).
+            event = h11.Response(
+                status_code=event.status_code,
+                headers=[*event.headers, (b"connection", b"close")],
+                reason=event.reason,
+            )
         async with self._send_lock:
             data = self.h11.send(event)
             if data:

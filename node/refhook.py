@@ -22,6 +22,8 @@ import urllib.request
 URL_ENV, SECRET_ENV = "GITEDGE_NODE_URL", "GITEDGE_NODE_SECRET"
 # The vote waits for W replicas and etcd, each under its own deadline in the node.
 TIMEOUT = 120.0
+# Also node/repl_api.CopyGone's answer (this module imports nothing of the node's).
+REMOVED = "this copy of the repository was moved or removed while the push ran; push again"
 
 
 def hook_script(python: str, hook: str) -> str:
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
     except OSError:
         # The directory went away under receive-pack: a removed replica or the old
         # home of a moved repository (its copy is deleted once it left the set).
-        print("gitedge: this copy of the repository was removed; push again", file=sys.stderr)
+        print(f"gitedge: {REMOVED}", file=sys.stderr)
         return 1
     body = json.dumps(
         {
@@ -71,7 +73,9 @@ def main(argv: list[str]) -> int:
         text = exc.read().decode("utf-8", "replace").strip()
         print(f"gitedge: {text}", file=sys.stderr)
     except OSError as exc:
-        print(f"gitedge: the replica's node did not answer ({exc}); push refused", file=sys.stderr)
+        gone = not os.path.isdir(git_dir)
+        text = REMOVED if gone else f"the replica's node did not answer ({exc}); push refused"
+        print(f"gitedge: {text}", file=sys.stderr)
     return 1 if hook == "pre-receive" else 0
 
 

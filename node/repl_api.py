@@ -111,8 +111,14 @@ class ReplApi:
                 " refused until it is back; nothing was changed",
             )
             return
-        except (ApplyError, SchemaError, OSError) as exc:
-            log.warning("%s: vote failed: %r", call.name, exc)
+        except _FAILED as exc:
+            if not call.git_dir.is_dir():
+                # Moved or removed under the push (a repo move deletes the old home's
+                # copy once it left the set): git in it fails first, say why.
+                log.info("%s: %s: the copy went away under the push", call.name, action.decode())
+                await conn.respond_text(409, CopyGone.MESSAGE)
+                return
+            log.warning("%s: %s failed: %r", call.name, action.decode(), exc)
             await conn.respond_text(503, "the replica could not take part in the vote; try again")
             return
         await conn.respond_text(200, "ok")

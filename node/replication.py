@@ -146,6 +146,7 @@ class Replicator:
         self._hold(call, lock, voted=record.replicated)
 
     async def _vote_locked(self, call: HookCall, record: RepoRecord, record_rev: int) -> None:
+        await self._faults.reach("vote-start", call.name)
         state = await self.state(call.name)
         local = await self.local_refs(call.git_dir)
         new_checksum = cons.check_push(local, state, call.updates)

@@ -20,6 +20,8 @@ import ipaddress
 import socket
 from typing import Any
 
+import trio
+
 BACKLOG = 1024
 
 
@@ -42,6 +44,14 @@ def bind_listeners(host: str, port: int, backlog: int = BACKLOG) -> list[socket.
             sock.close()
         raise
     return sockets
+
+
+def open_trio_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """bind_listeners' sockets as trio listeners (trio.open_tcp_listeners sets V6ONLY)."""
+    return [
+        trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        for sock in bind_listeners(host, port)
+    ]
 
 
 def _listen(family: int, sockaddr: tuple[Any, ...], backlog: int, v6only: bool) -> socket.socket:

@@ -40,8 +40,10 @@ from edge.proto.http_route import (
     is_api_write,
     parse_route,
 )
+from edge.proto.pace import BodyRate
 from edge.state import EdgeState
 from gitproto.routes import Health, InfoRefs, RouteError, Rpc
+from plumbing.drain import Drain
 from plumbing.logsafe import printable
 
 log = logging.getLogger("edge.access")
@@ -63,7 +65,11 @@ async def serve_connection(
     state: EdgeState, stream: trio.abc.Stream, peer_ip: str, scheme: str
 ) -> None:
     cfg = state.config
-    client = BufferedStream(stream)
+    client = BufferedStream(
+        stream,
+        write_timeout=cfg.per_write_timeout,
+        body_rate=BodyRate(cfg.body_min_rate, cfg.body_rate_grace),
+    )
     info = ClientInfo(peer_ip, scheme, cfg.is_trusted_proxy(peer_ip))
     idle = cfg.header_timeout
     exchange: Exchange | None = None
@@ -71,7 +77,7 @@ async def serve_connection(
         while True:
             exchange = None
             try:
-                raw = await client.read_head(cfg.header_timeout, idle_timeout=idle)
+                raw = await _next_head(client, cfg.header_timeout, idle, state.drain)
             except HeadTimeout:
                 log.info("%s - 408 request header timed out", peer_ip)
                 await client.send_all(refusal(408, "request header timed out"))
@@ -92,7 +98,9 @@ async def serve_connection(
                     await client.send_all(refusal(exc.http_status, exc.message))
                     outcome = Outcome(exc.http_status, exc.message)
                 else:
-                    outcome = await handle_request(state, client, exchange, info)
+                    # A drain that begins meanwhile: this answer closes the connection.
+                    with state.drain.busy(exchange.close_after):
+                        outcome = await handle_request(state, client, exchange, info)
             log.info(
                 "%s %s %d %.3fs %s",
                 peer_ip,
@@ -113,6 +121,25 @@ async def serve_connection(
                 await client.send_all(refusal(500, "internal error"))
     finally:
         await client.aclose()
+
+
+async def _next_head(
+    client: BufferedStream, header_timeout: float, idle_timeout: float, drain: Drain
+) -> bytes | None:
+    """The next request head; None on EOF, on the idle timeout, or when a drain
+    begins before its first byte (an idle keep-alive connection closes at once).
+
+    Once a byte has come the drain waits for the request: it is served, and
+    its answer says `connection: close`.
+    """
+    if not client.pending:
+        with trio.move_on_after(idle_timeout), drain.idle():
+            first = await client.receive()
+            if first:
+                client.unread(first)
+        if not client.pending:
+            return None
+    return await client.read_head(header_timeout)
 
 
 def request_line(raw: bytes, exchange: Exchange | None) -> str:

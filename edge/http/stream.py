@@ -8,6 +8,7 @@ exchange knows how much of it has been read.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import trio
@@ -15,6 +16,7 @@ import trio
 from edge.errors import EdgeError
 from edge.proto.body import BodyError, BodyFramer
 from edge.proto.http_head import HeadReader
+from edge.proto.pace import BodyRate
 from gitproto.protocol import CHUNK
 
 
@@ -29,9 +31,38 @@ class BodyTimeout(EdgeError):
     public_message = "request body timed out"
 
 
+WRITE_PIECE = 64 * 1024
+"""A write may take `write_timeout` per WRITE_PIECE it carries (at least one):
+the client must take 64 KiB per 30 s (~2 KiB/s) by default, far below any
+working link; one that stopped reading is cut within 30 s to 2 minutes,
+depending on the size of the write it stopped in (at most a CHUNK)."""
+
+
+class WriteTimeout(trio.TooSlowError):
+    """A write took longer than `write_timeout` per WRITE_PIECE: the peer stopped
+    reading, or nearly (Gitea's PER_WRITE_TIMEOUT). The connection is given up."""
+
+
 class BufferedStream:
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    """A connection with read-ahead.
+
+    `write_timeout` bounds each `send_all` (per WRITE_PIECE): a client that stops
+    reading must not hold the node's git behind it. A
+    `body_rate` puts a floor under the rate at which bodies read from this
+    stream by `relay_body` arrive (edge/proto/pace.py). The client fronts set
+    both; a node connection has neither (its own timeouts are the pool's).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        write_timeout: float = math.inf,
+        body_rate: BodyRate | None = None,
+    ) -> None:
         self.stream = stream
+        self.write_timeout = write_timeout
+        self.body_rate = body_rate
         self._pending = b""
         self.bytes_in = 0
         self.bytes_out = 0
@@ -59,7 +90,19 @@ class BufferedStream:
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
+        if self.write_timeout == math.inf:
+            await self.stream.send_all(data)
+        else:
+            # Scaled by size, as Gitea's per-write deadline is (PER_WRITE_PER_KB_TIMEOUT):
+            # a 256 KiB chunk to a client on a slow but working link is progress.
+            # One send_all per chunk: cutting it into timed pieces cost the sender
+            # 2-3x the CPU per byte (measured over TCP loopback).
+            timeout = self.write_timeout * max(1.0, len(data) / WRITE_PIECE)
+            with trio.move_on_after(timeout) as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                # Part of it may be sent: the stream is unusable, its owner closes it.
+                raise WriteTimeout(f"peer took {len(data)} bytes no faster than in {timeout}s")
         self.bytes_out += len(data)
 
     async def read_head(self, timeout: float, idle_timeout: float | None = None) -> bytes | None:
@@ -107,21 +150,32 @@ async def relay_body(
     """Copy one body from src to dst, framing bytes included, until it ends.
 
     Back-pressure is the loop itself: nothing is read from src until dst has
-    taken the previous chunk. Raises trio.TooSlowError when src stalls and
-    BodyError when it ends early.
+    taken the previous chunk. Raises trio.TooSlowError when src stalls (for
+    `idle_timeout`, or behind its `body_rate`) and BodyError when it ends early.
+    The time dst takes to accept a chunk does not count against src's rate: a
+    client is held to what it sends, not to how fast the node reads.
     """
+    pace = src.body_rate.start(trio.current_time()) if src.body_rate else None
     while not framer.done:
-        with trio.fail_after(idle_timeout):
+        deadline = trio.current_time() + idle_timeout
+        if pace is not None:
+            deadline = min(deadline, pace.deadline)
+        with trio.fail_at(deadline):
             data = await src.receive()
         if not data:
             framer.eof()
             return
+        if pace is not None:
+            pace.received(len(data), trio.current_time())
         used = framer.feed(data)
         if used < len(data):
             src.unread(data[used:])
             data = data[:used]
         if data:
+            sent_from = trio.current_time()
             await dst.send_all(data)
+            if pace is not None:
+                pace.paused(trio.current_time() - sent_from)
 
 
 class _Collector:

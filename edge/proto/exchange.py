@@ -71,6 +71,7 @@ class Exchange:
             and not self.request_body.done
         )
         self._announced_close = False
+        self._closing = False
         self.failure: str | None = None
         """Why the exchange broke off, if it did (for the log)."""
 
@@ -112,7 +113,7 @@ class Exchange:
         framer = self.request_body
         if framer.done or framer.broken or self.failure is not None:
             return 0
-        if self._expects_continue or not self.head.persistent:
+        if self._expects_continue or not self.head.persistent or self._closing:
             return 0
         left = DRAIN_LIMIT - framer.consumed
         remaining = framer.known_remaining
@@ -199,6 +200,11 @@ class Exchange:
     def response_complete(self) -> bool:
         return self.response_body is not None and self.response_body.done
 
+    def close_after(self) -> None:
+        """The edge closes the client connection after this exchange (a drain): the
+        answer says `connection: close` if its head is not sent yet."""
+        self._closing = True
+
     def fail(self, reason: str) -> None:
         """Something broke off the exchange: neither connection is reused."""
         if self.failure is None:
@@ -211,6 +217,7 @@ class Exchange:
         """May the client's connection carry its next request?"""
         return (
             not self._announced_close
+            and not self._closing
             and self.failure is None
             and self.response_complete
             and self.request_body.done
@@ -235,7 +242,12 @@ class Exchange:
         )
 
     def _must_close(self) -> bool:
-        return not self.head.persistent or not self.request_body.done or self.failure is not None
+        return (
+            self._closing
+            or not self.head.persistent
+            or not self.request_body.done
+            or self.failure is not None
+        )
 
 
 def refusal(status: int, message: str) -> bytes:

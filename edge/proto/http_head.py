@@ -23,6 +23,10 @@ MAX_HEAD = 16384
 Headers = list[tuple[bytes, bytes]]
 Framing = Literal["length", "chunked", "none"]
 _BARE_LF = re.compile(rb"(?<!\r)\n")
+# RFC 9110 5.5: CTLs other than HTAB are invalid in a field value. h11 takes
+# them (it refuses only NUL, CR and LF); a proxy passes on what it accepts, so
+# a byte that a backend or a log reader could read as a separator is a 400 here.
+_CTL_IN_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class HeadError(Exception):
@@ -127,6 +131,8 @@ def parse_request_head(head: bytes) -> RequestHead:
     if not isinstance(event, h11.Request):
         raise HeadError(400, "bad request: incomplete head")
     headers = list(event.headers)
+    if any(_CTL_IN_VALUE.search(value) for _, value in headers):
+        raise HeadError(400, "bad request: a control character in a header value")
     framing, length = _framing(headers)
     return RequestHead(
         method=event.method,

@@ -12,12 +12,17 @@ channel and waits only while asyncssh says its buffer is full.
 Back-pressure both ways, one CHUNK per direction: past CHUNK bytes of unread
 client data the channel stops reading (`pause_reading`, so the client's SSH
 window closes); past asyncssh's write buffer high-water mark `send()` waits
-for `resume_writing`.
+for `resume_writing`, for at most `write_timeout` (`[ssh] per_write_timeout`,
+Gitea's SSH_PER_WRITE_TIMEOUT): a client that stops reading (its window stays
+shut) has its whole connection aborted, and the relay then closes the node's
+request, which kills git there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -27,12 +32,18 @@ import trio
 from edge.ssh.asyncssh_gap import send_full_packets
 from gitproto.protocol import CHUNK
 
+log = logging.getLogger(__name__)
+
 # A broken channel or connection to the client.
 _CHANNEL_ERRORS = (asyncssh.Error, OSError)
 
 
 class ClientGone(Exception):
     """The client's channel or connection closed under us."""
+
+
+class ClientStalled(ClientGone):
+    """The client took no output for `write_timeout`: its connection was aborted."""
 
 
 class Activity:
@@ -55,8 +66,10 @@ class ClientChannel(asyncssh.SSHServerSession[bytes]):
         activity: Activity,
         *,
         read_limit: int = CHUNK,
+        write_timeout: float = math.inf,
     ) -> None:
         self._on_start = on_start
+        self._write_timeout = write_timeout
         self._on_close = on_close
         self._activity = activity
         self._read_limit = read_limit
@@ -169,9 +182,25 @@ class ClientChannel(asyncssh.SSHServerSession[bytes]):
             raise ClientGone() from exc
         self._activity.touch()
         if not self._writable.is_set():
-            await self._writable.wait()  # back-pressure: a slow client slows git
+            with trio.move_on_after(self._write_timeout):
+                await self._writable.wait()  # back-pressure: a slow client slows git
+            if not self._writable.is_set():
+                self._abort_connection()
+                raise ClientStalled(f"client took no output for {self._write_timeout}s")
             if self._closed.is_set():
                 raise ClientGone()
+
+    def _abort_connection(self) -> None:
+        """The whole connection, not the channel: its socket's unsent bytes must go too."""
+        if self._chan is None:
+            return
+        conn = self._chan.get_connection()
+        log.info(
+            "SSH client %s took no output for %.0fs: connection aborted",
+            conn.get_extra_info("peername", ("-",))[0],
+            self._write_timeout,
+        )
+        conn.abort()
 
     def exit(self, status: int) -> None:
         """End the session: EOF, then the exit status (then asyncssh closes the channel).

@@ -34,8 +34,9 @@ from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
 from edge.ssh.channel import Activity, ClientChannel
 from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionRequest
 from edge.ssh.session import GitSession
-from edge.state import RequestTracker
 from gitproto.ssh_command import GitCommand
+from plumbing.connlimit import ConnLimiter, Refusal
+from plumbing.drain import RequestTracker
 from plumbing.listen import address_text, bind_listeners, client_ip
 from plumbing.sshkeys import load_or_create_key
 from routing.cache import RoutingCache
@@ -59,6 +60,11 @@ class SshStats:
     sessions: int = 0
     sessions_active: int = 0
     sessions_refused: int = 0
+    unauthenticated: int = 0
+    """Connections not yet authenticated, which MaxStartups counts."""
+    refused_listener_full: int = 0
+    refused_address_full: int = 0
+    refused_max_startups: int = 0
 
 
 class SshFront:
@@ -78,11 +84,16 @@ class SshFront:
         *,
         region: Region,
         read_wait: float = 0.0,
+        limiter: ConnLimiter | None = None,
         limits: Limits | None = None,
     ) -> None:
         self._config = config
         # Shared with the HTTPS front (EdgeState.limits): one budget per user and address.
         self.limits = limits or Limits(OpLimits())
+        # `[ssh] max_connections*`; the edge passes one that exempts its trusted proxies.
+        self._limiter = limiter or ConnLimiter(
+            config.max_connections, config.max_connections_per_address
+        )
         # A replicated repository is served by its in-sync replica nearest this
         # edge's region (`RoutingCache.resolve_read`), as on the HTTPS front.
         self._region = region
@@ -92,8 +103,11 @@ class SshFront:
         self._requests = requests
         self._sessions = sessions
         self._connections: set[asyncssh.SSHServerConnection] = set()
+        self._clients: set[_ClientConnection] = set()
+        self.draining = False
         self._idle = trio.Event()
         self._idle.set()
+        self._acceptors: list[asyncssh.SSHAcceptor] = []
         self.stats = SshStats()
 
     def stats_dict(self) -> dict[str, int]:
@@ -123,7 +137,7 @@ class SshFront:
         # Bound here, one acceptor per socket: asyncio would set IPV6_V6ONLY on
         # `[::]` (plumbing/listen.py), asyncssh.listen(sock=...) keeps ours.
         sockets = [s for a in cfg.listen for s in bind_listeners(a.host, a.port)]
-        acceptors: list[asyncssh.SSHAcceptor] = []
+        acceptors = self._acceptors = []
         try:
             for sock in sockets:
                 acceptors.append(
@@ -158,7 +172,53 @@ class SshFront:
                 conn.close()
             await self._idle.wait()
 
+    def begin_drain(self) -> None:
+        """A drain (SIGTERM): clients without a session are disconnected now, and no
+        new session opens; running sessions go on (`aclose()` ends what is left)."""
+        self.draining = True
+        for client in list(self._clients):
+            client.close_if_idle()
+
+    async def reload_host_keys(self) -> None:
+        """SIGHUP: the host keys are read again; new connections get them, open ones
+        keep theirs. Raises OSError or ValueError (the old keys stay) on a bad file."""
+        paths = self._config.host_key_files
+        keys = await trio.to_thread.run_sync(lambda: [load_or_create_key(p) for p in paths])
+        for acceptor in self._acceptors:  # on the loop's thread, as asyncssh expects
+            acceptor.update(server_host_keys=keys)
+
     # -- called from asyncssh (asyncio) ------------------------------------------
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from `ip`, unauthenticated; or why it is refused.
+
+        Refused: over `max_connections` or `max_connections_per_address`, or
+        dropped by `max_startups` (OpenSSH's random early drop, counted over the
+        connections not yet authenticated, so a flood of banner-only
+        connections cannot lock out clients that do authenticate).
+        """
+        refused = self._limiter.admit(ip)
+        if refused is not None:
+            if refused is Refusal.LISTENER_FULL:
+                self.stats.refused_listener_full += 1
+            else:
+                self.stats.refused_address_full += 1
+            return refused.value
+        if self._config.max_startups.should_drop(self.stats.unauthenticated):
+            self._limiter.release(ip)
+            self.stats.refused_max_startups += 1
+            return f"past MaxStartups {self._config.max_startups}"
+        self.stats.unauthenticated += 1
+        return None
+
+    def authenticated(self) -> None:
+        self.stats.unauthenticated -= 1
+
+    def released(self, ip: str, *, authenticated: bool) -> None:
+        """An admitted connection ended."""
+        if not authenticated:
+            self.stats.unauthenticated -= 1
+        self._limiter.release(ip)
 
     async def key_owner(self, key: asyncssh.SSHKey) -> str | None:
         fingerprint = key.get_fingerprint("sha256")
@@ -247,31 +307,52 @@ class _ClientConnection(asyncssh.SSHServer):
         self._front = front
         self._config = front._config
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._client_ip = "-"
-        """The client's address (the socket's peer): what logs and limits use."""
+        self._peer_ip = "-"
+        """The client's address: what logs, connection caps and git operation limits use."""
+        self._admitted = False
+        self._authenticated = False
         self._user: str | None = None
         self._open_sessions = 0
         self._activity = Activity()
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        peer = conn.get_extra_info("peername")
+        self._peer_ip = client_ip(peer[0]) if peer else "-"
+        refused = self._front.admit(self._peer_ip)
+        if refused is not None:
+            # Before our version line is sent (asyncssh sends it after this returns,
+            # and not on an aborted transport): the client sees the connection
+            # closed with no banner, as OpenSSH's MaxStartups drop does.
+            log.info("SSH connection from %s refused: %s", self._peer_ip, refused)
+            conn.abort()
+            return
+        self._admitted = True
         # Before key exchange: no empty SSH_MSG_IGNORE before every packet (1.2-1.3x
         # the CPU per byte sent, measured; see asyncssh_gap).
         skip_empty_ignore_packets(conn)
         self._conn = conn
-        peer = conn.get_extra_info("peername")
-        self._client_ip = client_ip(peer[0]) if peer else "-"
         self._front._connections.add(conn)
+        self._front._clients.add(self)
         self._front.stats.connections += 1
         self._front.stats.connections_active += 1
         self._arm_idle_timer(self._config.idle_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._admitted:
+            return
+        self._front.released(self._peer_ip, authenticated=self._authenticated)
         if self._conn is not None:
             self._front._connections.discard(self._conn)
+        self._front._clients.discard(self)
         self._front.stats.connections_active -= 1
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+
+    def close_if_idle(self) -> None:
+        if self._open_sessions == 0 and self._conn is not None:
+            log.info("SSH connection of %s closed: draining", self._user or "-")
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, "server shutting down")
 
     def _arm_idle_timer(self, delay: float) -> None:
         self._idle_timer = asyncio.get_running_loop().call_later(delay, self._check_idle)
@@ -295,10 +376,10 @@ class _ClientConnection(asyncssh.SSHServer):
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         limits = self._front.limits
-        if limits.auth_blocked(self._client_ip):
+        if limits.auth_blocked(self._peer_ip):
             # Before the key is looked up; OpenSSH shows the reason ("Received
             # disconnect from ...: too many failed authentications ...").
-            log.info("SSH login from %s refused: too many failed authentications", self._client_ip)
+            log.info("SSH login from %s refused: too many failed authentications", self._peer_ip)
             if self._conn is not None:
                 self._conn.disconnect(
                     asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
@@ -308,7 +389,7 @@ class _ClientConnection(asyncssh.SSHServer):
         owner = await self._front.key_owner(key)
         if owner is None:
             self._front.stats.auth_rejected += 1
-            limits.auth_failed(self._client_ip)
+            limits.auth_failed(self._peer_ip)
             log.info("SSH key %s: unknown, rejected", key.get_fingerprint("sha256"))
             return False
         # asyncssh calls this for a key query and again, right before checking the
@@ -319,7 +400,9 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self._activity.touch()
-        log.info("SSH %s authenticated from %s", self._user, self._client_ip)
+        self._authenticated = True
+        self._front.authenticated()
+        log.info("SSH %s authenticated from %s", self._user, self._peer_ip)
 
     # -- what an authenticated client may open --------------------------------
 
@@ -327,6 +410,10 @@ class _ClientConnection(asyncssh.SSHServer):
         self,
     ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
         assert self._conn is not None and self._user is not None
+        if self._front.draining:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "gitedge: server shutting down"
+            )
         if self._open_sessions >= self._config.max_sessions:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_RESOURCE_SHORTAGE,
@@ -334,15 +421,18 @@ class _ClientConnection(asyncssh.SSHServer):
             )
         self._open_sessions += 1
         channel = self._conn.create_server_channel(encoding=None, window=self._config.window)
-        user, front, address = self._user, self._front, self._client_ip
+        user, front, address = self._user, self._front, self._peer_ip
         return channel, ClientChannel(
             lambda session: front.start_session(session, user, address),
             self._session_closed,
             self._activity,
+            write_timeout=self._config.per_write_timeout,
         )
 
     def _session_closed(self) -> None:
         self._open_sessions -= 1
+        if self._front.draining:
+            self.close_if_idle()
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

@@ -122,3 +122,47 @@ def test_production_example_listens_on_both_families(
     log = production_edge.log.read_text()
     assert re.search(rf"edge\.access: {re.escape(host)} GET /healthz HTTP/1.1 200 ", log), log
     assert "::ffff:" not in log
+
+
+@pytest.fixture(scope="module")
+def dual_stack_node(
+    tmp_path_factory: pytest.TempPathFactory, etcd: EtcdServer
+) -> Iterator[dict[str, Any]]:
+    """A node with `listen = "[::]:0"`, as a production node on a dual-stack host."""
+    tmp_path = tmp_path_factory.mktemp("node")
+    (tmp_path / "secret").write_text(secrets.token_urlsafe(32))
+    config = tmp_path / "node.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[node]",
+                'id = "fra-9"',
+                'region = "fra"',
+                f"volume_dir = {json.dumps(str(tmp_path / 'volume'))}",
+                'listen = "[::]:0"',
+                'advertise_url = "http://node.fra.internal:9001"',
+                f"admin_secret_file = {json.dumps(str(tmp_path / 'secret'))}",
+                "[etcd]",
+                f"endpoints = {json.dumps([etcd.url])}",
+                "",
+            ]
+        )
+    )
+    ready_file = tmp_path / "node.ready.json"
+    argv = [sys.executable, "-m", "edge.cli", "node", "--config", str(config)]
+    proc = spawn("node", [*argv, "--ready-file", str(ready_file)], tmp_path / "logs")
+    try:
+        wait_until(proc, ready_file.exists, 30, "ready file")
+        yield json.loads(ready_file.read_text())
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=NO_IPV6)])
+def test_a_node_on_the_wildcard_takes_both_families(
+    dual_stack_node: dict[str, Any], host: str
+) -> None:
+    port = _port(dual_stack_node["listening"])
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200 "), host

@@ -1,12 +1,14 @@
 """Limits on git operations, with real git and OpenSSH through real edges.
 
-Two edges with small limits share one network: `tight` lets a user run two git
+Edges with small limits share one network: `tight` lets a user run two git
 operations at once and queue none; `fair` shares its node's four slots fairly
 (one user: half of them). Operations are held open the way the issue's
 attacker held them: SSH sessions that never send their wants, and HTTPS
 upload-pack requests that never finish their body. Node lax-1 takes pushes
 of at most PUSH_LIMIT bytes. Readiness is read from the edge's counters
-(`/_gitedge/stats`), never waited for with a sleep.
+(`/_gitedge/stats`), never waited for with a sleep. Their trusted proxy is
+127.0.0.2, which alone may read those counters: trusted proxies are exempt
+from the per-address limits, and the clients here come from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from devnet.network import Devnet, EdgeHandle, start_devnet
 from tests.e2e.conftest import Git, create_repo, git_children, poll, repo_url, ssh_git_command, tls
 
 PUSH_LIMIT = 100_000
+TRUSTED = 'trusted_proxies = ["127.0.0.2/32"]'
 TIGHT = """
 [limits]
 git_per_user = 2
@@ -64,12 +67,12 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
 
 @pytest.fixture(scope="module")
 def tight(net: Devnet) -> EdgeHandle:
-    return net.start_edge("fra", extra=TIGHT)
+    return net.start_edge("fra", edge_options=TRUSTED, extra=TIGHT)
 
 
 @pytest.fixture(scope="module")
 def fair(net: Devnet) -> EdgeHandle:
-    return net.start_edge("fra", extra=FAIR)
+    return net.start_edge("fra", edge_options=TRUSTED, extra=FAIR)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +97,10 @@ def seeded(net: Devnet, tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def stats(edge: EdgeHandle) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(
-        f"{edge.https_url}/_gitedge/stats", verify=False, timeout=10
-    ).json()
+    """The edge's counters, asked from its trusted proxy's address."""
+    transport = httpx.HTTPTransport(local_address="127.0.0.2", verify=False)
+    with httpx.Client(transport=transport, timeout=10) as client:
+        answer: dict[str, Any] = client.get(f"{edge.https_url}/_gitedge/stats").json()
     return answer
 
 
@@ -288,7 +292,9 @@ def test_rate_limits_on_git_operations_and_failed_logins(
 ) -> None:
     """A user's git operations (2, then one a minute), then an address's failed logins
     (2, then one a minute): refused on both fronts, before the node is asked."""
-    guarded = net.start_edge("fra", extra=GUARDED)  # its own: this address gets blocked
+    guarded = net.start_edge(
+        "fra", edge_options=TRUSTED, extra=GUARDED
+    )  # its own: this address gets blocked
     url = repo_url(net, "alice/held", edge_url=guarded.https_url)
     git.run("ls-remote", url)  # info/refs and ls-refs: both of alice's tokens
     spent = git.run("ls-remote", url, check=False)

@@ -22,6 +22,7 @@ from tests.e2e.conftest import (
     consensus,
     disk_refs,
     git_children,
+    gitedge,
     poll,
     repo_url,
     run_checker,
@@ -246,3 +247,44 @@ def test_a_replica_whose_sources_were_down_when_it_returned_catches_up_by_retryi
     poll(30, lambda: in_sync(net, name, 3), "all in sync")
     report = run_checker(net, name, [Ack("refs/heads/main", head, False, 1.0)])
     assert report.ok, report.text()
+
+
+def test_the_primary_copy_removed_mid_vote_tells_the_pusher_to_push_again(
+    net: Devnet, git: Git, tmp_path: Path
+) -> None:
+    """The race a CI run caught during `repo move`: the pushed copy is deleted while
+    its vote runs, git fails in the vanished directory, and the pusher must still be
+    told to push again (it once got "the replica's node did not answer")."""
+    name = "alice/removed-mid-vote"
+    work, first = seeded(net, git, tmp_path, name)
+    lax = restart(net, "lax-1", GITEDGE_TEST_PAUSE="vote-start=8")
+    poll(30, lambda: in_sync(net, name, 3), "lax-1 back before the push")
+    head = git.commit(work, "b.txt", b"two\n")
+    seen: dict[str, Any] = {}
+
+    def push() -> None:
+        seen["push"] = git.run("push", lax_url(net, name), "main", cwd=work, check=False)
+
+    pusher = threading.Thread(target=push)
+    pusher.start()
+    try:
+        poll(60, lambda: log_has(lax, f"at vote-start ({name})"), "lax-1 paused at vote-start")
+        removed = gitedge(
+            net.edge.https_url, net.ca_file, "repo", "replicas", "remove", name, "lax",
+            GITEDGE_USER="alice", GITEDGE_TOKEN=net.user_token("alice"),
+        )  # fmt: skip
+        assert removed.returncode == 0, removed.stderr
+        assert not (lax.volume_dir / RepoName.parse(name).bare_dir).exists()
+        pusher.join(timeout=120)
+        assert not pusher.is_alive(), "the push hung"
+    finally:
+        restart(net, "lax-1")
+    pushed = seen["push"]
+    assert pushed.returncode != 0
+    assert "push again" in pushed.stderr, pushed.stderr
+    assert consensus(net, name)[1]["refs/heads/main"] == first
+    # The two replicas left agree with the consensus, which the push did not move.
+    poll(30, lambda: in_sync(net, name, 2), "fra and syd in sync")
+    for node_id in ("fra-1", "syd-1"):
+        assert disk_refs(net.nodes[node_id], name) == {"refs/heads/main": first}
+    assert head != first

@@ -28,6 +28,7 @@ import trio
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
 from asyncssh.packet import String
 
+from edge.ssh import asyncssh_gap
 from edge.ssh.aio import aio_as_trio, open_aio_loop
 from edge.ssh.asyncssh_gap import send_full_packets, skip_empty_ignore_packets
 
@@ -213,7 +214,13 @@ async def test_asyncssh_still_sends_short_packets_into_a_small_window(
     assert sum(size < full for size in sizes) > len(sizes) // 10
 
 
-async def test_send_full_packets_sends_full_packets(server: _TestServer) -> None:
+async def test_send_full_packets_sends_full_packets(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hold limit's timer lets short packets out whenever the reader's window
+    # adjust comes late, which a loaded machine makes common (a CI run saw 8 of
+    # 132); this test is about the rounding, so the timer is made rare.
+    monkeypatch.setattr(asyncssh_gap, "HOLD_LIMIT", 1.0)
     sizes = await _packets_to_slow_reader(server, hold=True)
     short = [size for size in sizes if size < max(sizes)]
     # A few stay short: the last piece, and any the hold limit let out.

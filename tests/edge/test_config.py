@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.config import ConfigError, EdgeConfig, Listener, load_edge_config
+from plumbing.maxstartups import MaxStartups
 from routing.model import Region
 from routing.schema import DEFAULT_PREFIX
 
@@ -443,3 +444,61 @@ def test_bad_listen_lists(tmp_path: Path, listen: str, problem: str) -> None:
     message = _error(tmp_path, EDGE + ETCD + NODES + f"[http]\nlisten = {listen}\n")
     assert "[http]: listen:" in message
     assert problem in message
+
+
+# -- connection limits (docs/connections.md) ------------------------------------------
+
+
+def _ssh_table(tmp_path: Path, lines: str = "") -> str:
+    key = tmp_path / "host_key"
+    return f'[ssh]\nlisten = "127.0.0.1:0"\nhost_key_files = ["{key}"]\n{lines}'
+
+
+def test_connection_limit_defaults(tmp_path: Path) -> None:
+    config = _load(tmp_path, MINIMAL + _ssh_table(tmp_path))
+    assert (config.max_connections, config.max_connections_per_address) == (4096, 256)
+    assert config.address_ipv6_prefix == 64
+    assert config.per_write_timeout == 30.0
+    assert (config.body_min_rate, config.body_rate_grace) == (1024.0, 30.0)
+    assert config.ssh is not None
+    assert (config.ssh.max_connections, config.ssh.max_connections_per_address) == (4096, 64)
+    assert config.ssh.max_startups == MaxStartups(100, 30, 200)
+    assert config.ssh.per_write_timeout == 30.0
+
+
+def test_connection_limits_set(tmp_path: Path) -> None:
+    limits = (
+        "[limits]\nmax_connections = 10\nmax_connections_per_address = 2\n"
+        "address_ipv6_prefix = 56\nper_write_timeout = 1.5\nbody_min_rate = 0\n"
+        "body_rate_grace = 2\n"
+    )
+    ssh = _ssh_table(
+        tmp_path,
+        'max_connections = 5\nmax_connections_per_address = 1\nmax_startups = "2:50:4"\n'
+        "per_write_timeout = 2\n",
+    )
+    config = _load(tmp_path, MINIMAL + limits + ssh)
+    assert (config.max_connections, config.max_connections_per_address) == (10, 2)
+    assert config.address_ipv6_prefix == 56
+    assert (config.per_write_timeout, config.body_min_rate, config.body_rate_grace) == (1.5, 0, 2)
+    assert config.ssh is not None
+    assert config.ssh.max_startups == MaxStartups(2, 50, 4)
+    assert (config.ssh.max_connections, config.ssh.max_connections_per_address) == (5, 1)
+    assert config.ssh.per_write_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("table", "line", "needle"),
+    [
+        ("ssh", 'max_startups = "10:30"', "max_startups"),
+        ("ssh", 'max_startups = "20:30:10"', "max_startups"),
+        ("ssh", "max_connections = 0", "max_connections"),
+        ("limits", "max_connections_per_address = 0", "max_connections_per_address"),
+        ("limits", "per_write_timeout = 0", "per_write_timeout"),
+        ("limits", "address_ipv6_prefix = 129", "address_ipv6_prefix"),
+    ],
+)
+def test_connection_limits_refused(tmp_path: Path, table: str, line: str, needle: str) -> None:
+    extra = _ssh_table(tmp_path, line + "\n") if table == "ssh" else f"[limits]\n{line}\n"
+    with pytest.raises(ConfigError, match=needle):
+        _load(tmp_path, MINIMAL + extra)

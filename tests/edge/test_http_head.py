@@ -396,3 +396,17 @@ def test_response_reader_in_every_split() -> None:
         head_bytes, rest = _read(HeadReader(), pieces)
         assert parse_response_head(head_bytes).status == 200
         assert rest == b"hello"
+
+
+@pytest.mark.parametrize("ctl", [b"\x01", b"\x08", b"\x0b", b"\x0c", b"\x1b", b"\x7f"])
+def test_a_control_character_in_a_header_value_is_a_400(ctl: bytes) -> None:
+    # h11 alone accepts these; an escape (\x1b) would also reach a terminal reading the log.
+    head = b"GET / HTTP/1.1\r\nHost: edge.example\r\nUser-Agent: git/2" + ctl + b"x\r\n\r\n"
+    with pytest.raises(HeadError) as caught:
+        parse_request_head(head)
+    assert caught.value.http_status == 400  # h11 itself refuses \x0b and \x0c
+
+
+def test_a_tab_in_a_header_value_is_still_fine() -> None:
+    head = parse_request_head(b"GET / HTTP/1.1\r\nHost: edge.example\r\nX-A: a\tb\r\n\r\n")
+    assert head.header(b"x-a") == b"a\tb"

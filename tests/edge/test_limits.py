@@ -452,3 +452,38 @@ async def test_the_admin_tokens_writes_are_not_counted() -> None:
                 answer += await client.receive_some(65536)
         nursery.cancel_scope.cancel()
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"400"] * 3 + [b"401", b"429"]
+
+
+async def test_ipv6_clients_count_per_prefix_and_trusted_proxies_are_exempt(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    limits = Limits(
+        OpLimits(
+            per_address=SlotRule(1, 0),
+            git_rate_per_address=RateRule(1, 1),
+            auth_fail_rate_per_address=RateRule(1, 1),
+        ),
+        ipv6_prefix=64,
+        exempt=lambda ip: ip == "10.0.0.1",
+    )
+    limits.check_git_rate(None, "2001:db8::1")
+    with pytest.raises(RateLimited):  # another address of the same /64
+        limits.check_git_rate(None, "2001:db8::ffff:2")
+    limits.check_git_rate(None, "2001:db8:0:1::1")  # another /64
+    limits.auth_failed("10.0.0.1")
+    for _ in range(5):  # the balancer's address: every client would share its budget
+        limits.check_git_rate(None, "10.0.0.1")
+        limits.check_auth_allowed("10.0.0.1")
+        limits.check_api_write(None, "10.0.0.1")
+    release = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for i in range(3):  # no per-address slot for the exempt address's anonymous clients
+            nursery.start_soon(_hold_from, limits, "10.0.0.1", f"pub/{i}", release)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limits.active == 3
+        release.set()
+
+
+async def _hold_from(limits: Limits, client_ip: str, repo: str, release: trio.Event) -> None:
+    async with limits.git_operation(user=None, client_ip=client_ip, repo=repo, node_id="n1"):
+        await release.wait()

@@ -29,8 +29,8 @@ from edge.ssh.channel import ClientChannel
 from edge.ssh.front import SshFront, SshStats
 from edge.ssh.relay import NodeSessions
 from edge.ssh.session import SessionRefused, shell_greeting, vet_session
-from edge.state import RequestTracker
 from gitproto.ssh_frame import CONTENT_TYPE, encode_exit, encode_stderr, encode_stdout
+from plumbing.drain import RequestTracker
 from plumbing.sshkeys import KeyFileError, load_or_create_key, public_key_line
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient, KeyValue

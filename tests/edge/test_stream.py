@@ -7,15 +7,25 @@ test waits on a sleep.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 
 import pytest
 import trio
 import trio.testing
 
-from edge.http.stream import BodyTimeout, BufferedStream, HeadTimeout, collect_body, drain_body
+from edge.http.stream import (
+    WRITE_PIECE,
+    BodyTimeout,
+    BufferedStream,
+    HeadTimeout,
+    WriteTimeout,
+    collect_body,
+    drain_body,
+)
 from edge.http.stream import relay_body as relay
 from edge.proto.body import BodyError, BodyFramer
 from edge.proto.http_head import HeadError
+from edge.proto.pace import BodyRate
 from gitproto.protocol import CHUNK
 
 HEAD = b"POST /a/b.git/git-upload-pack HTTP/1.1\r\nHost: edge\r\nContent-Length: 5\r\n\r\n"
@@ -276,3 +286,101 @@ async def test_drain_stops_when_the_client_closes() -> None:
     framer = BodyFramer.length(10)
     await drain_body(stream, framer, 10, 5)
     assert framer.broken
+
+
+# -- the client fronts' limits: per-write timeout, body rate floor -----------------
+
+
+async def test_a_peer_that_stops_reading_fails_the_write_after_write_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A write may take write_timeout per 64 KiB it carries, and at least write_timeout.
+    for size, waited in ((100, 30), (WRITE_PIECE, 30), (CHUNK, 30 * CHUNK / WRITE_PIECE)):
+        ours, _theirs = trio.testing.lockstep_stream_pair()  # takes nothing until read
+        stream = BufferedStream(ours, write_timeout=30)
+        started = trio.current_time()
+        with pytest.raises(WriteTimeout):
+            await stream.send_all(b"x" * size)
+        assert trio.current_time() - started == pytest.approx(waited)
+        assert stream.bytes_out == 0
+
+
+async def test_a_peer_that_reads_slowly_but_steadily_is_not_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    stream = BufferedStream(ours, write_timeout=30)
+
+    async def read_slowly() -> None:
+        for _ in range(20):
+            await trio.sleep(20)  # each read within the write timeout
+            await theirs.receive_some(1)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_slowly)
+        for _ in range(20):
+            await stream.send_all(b"x")
+    assert stream.bytes_out == 20
+
+
+async def test_body_that_trickles_is_cut_by_the_rate_floor(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    stream = BufferedStream(ours, body_rate=BodyRate(1024, 30))
+
+    async def trickle() -> None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await theirs.send_all(b"x")
+                await trio.sleep(20)  # under the 300 s idle timeout every time
+
+    started = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        with pytest.raises(trio.TooSlowError):
+            await relay(stream, Sink(), BodyFramer.length(100_000_000), 300)
+        nursery.cancel_scope.cancel()
+    # 30 s of grace, plus 1/1024 s for each byte that did arrive.
+    assert trio.current_time() - started == pytest.approx(30, abs=0.01)
+
+
+async def test_a_slow_sink_does_not_count_against_the_senders_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    peer, stream = pair()
+    stream.body_rate = BodyRate(1024, 5)
+
+    class SlowSink(Sink):
+        async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+            await trio.sleep(60)  # a node busy with the last chunk
+            await super().send_all(data)
+
+    async def send() -> None:
+        for _ in range(3):
+            await peer.send_all(b"x" * 10)
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        await relay(stream, SlowSink(), BodyFramer.length(30), 300)
+
+
+async def test_a_slow_link_that_takes_64_kib_per_write_timeout_is_not_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, theirs = trio.testing.lockstep_stream_pair()
+    stream = BufferedStream(ours, write_timeout=30)
+    data = b"x" * (4 * WRITE_PIECE)  # one call, 80 s to go out: more than 30, but steady
+
+    async def read_a_piece_every_20s() -> None:
+        for _ in range(4):
+            await trio.sleep(20)  # within the write timeout, each time
+            got = 0
+            while got < WRITE_PIECE:
+                got += len(await theirs.receive_some(WRITE_PIECE - got))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_a_piece_every_20s)
+        await stream.send_all(data)
+    assert stream.bytes_out == len(data)

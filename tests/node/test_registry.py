@@ -162,7 +162,7 @@ async def test_cli_writes_ready_file_and_exits_cleanly_on_sigterm(
             if proc.poll() is None:
                 proc.kill()
             await proc.wait()
-    assert set(info) == {"node_id", "region", "volume_id", "http_url", "pid"}
+    assert set(info) == {"node_id", "region", "volume_id", "http_url", "listening", "pid"}
     assert info["pid"] == proc.pid and info["node_id"] == "fra-1"
     assert info["http_url"].startswith("http://127.0.0.1:")
     assert os.path.isdir(config.volume_dir)

@@ -388,7 +388,13 @@ async def test_node_publishes_no_ssh_listener(node: RunningNode, etcd: EtcdClien
     assert kv is not None
     assert b"ssh" not in kv.value
     assert decode_node(kv.value).http_url == node.url
-    assert set(node.runtime.ready_info()) == {"node_id", "region", "volume_id", "http_url"}
+    assert set(node.runtime.ready_info()) == {
+        "node_id",
+        "region",
+        "volume_id",
+        "http_url",
+        "listening",
+    }
 
 
 def test_an_ssh_table_is_refused_naming_it(tmp_path: Path) -> None:
