@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import trustme
 
+from devnet.etcdcluster import EtcdCluster
 from devnet.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
 from plumbing.sshkeys import load_or_create_key, public_key_line
 from routing.regions import RttTable, parse_rtt_table
@@ -125,6 +126,14 @@ class Devnet:
     nodes: dict[str, NodeHandle] = field(default_factory=dict)
     edges: list[EdgeHandle] = field(default_factory=list)
     _tokens: dict[str, str] = field(default_factory=dict)
+    etcd_cluster: EtcdCluster | None = None
+    """A multi-member etcd (devnet/etcdcluster.py); `etcd` is then its first member."""
+
+    def etcd_lines(self) -> list[str]:
+        """The keys of the `[etcd]` table every node and edge gets."""
+        if self.etcd_cluster is not None:
+            return self.etcd_cluster.toml_lines()
+        return [f"endpoints = {_toml([self.etcd.url])}"]
 
     @property
     def admin_token(self) -> str:
@@ -171,10 +180,12 @@ class Devnet:
         lease_ttl: int = 10,
         timeout: float = 30.0,
         tls: bool = False,
+        etcd_table: list[str] | None = None,
         extra: str = "",
     ) -> NodeHandle:
         """A node; with `tls` it serves HTTPS with a self-signed certificate it
         makes in the work dir (kept across restarts of the same node id).
+        `etcd_table` replaces the keys of its `[etcd]` table (`etcd_lines()`);
         `extra` is more tables for its config (`[limits]`)."""
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
@@ -189,7 +200,7 @@ class Devnet:
                     f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
                     f"lease_ttl = {lease_ttl}",
                     "[etcd]",
-                    f"endpoints = {_toml([self.etcd.url])}",
+                    *(etcd_table if etcd_table is not None else self.etcd_lines()),
                     *(self._node_tls_table(node_id) if tls else []),
                     extra,
                     "",
@@ -239,8 +250,10 @@ class Devnet:
         edge_options: str = "",
         extra: str = "",
         ssh_options: str = "",
+        listener_options: str = "",
         timeout: float = 30.0,
         etcd_endpoints: list[str] | None = None,
+        etcd_table: list[str] | None = None,
         require_tls: str | None = "never",
         rtt: RttTable = DEVNET_RTT,
         cert_files: tuple[Path, Path] | None = None,
@@ -251,12 +264,14 @@ class Devnet:
 
         With `ssh`, its SSH front listens on a free port and its host key line is
         added to `known_hosts`. `etcd_endpoints` replaces the devnet's etcd URL
-        (the regions benchmark reaches etcd through a latency relay).
+        (the regions benchmark reaches etcd through a latency relay); `etcd_table`
+        replaces all the keys of its `[etcd]` table.
         `require_tls` is its `[nodes] require_tls` (None: the edge's default).
         `rtt` is its `[regions.rtt]`, which ranks in-sync replicas for reads.
         `cert_files` (cert, key) replace the network's shared HTTPS certificate
         (a test that rewrites them and sends SIGHUP); `host_key_file` the shared
         SSH host key (it is made if missing, and added to `known_hosts`).
+        `listener_options` are lines for each of [https], [http] and [ssh].
         """
         cert_file, key_file = cert_files or (self.cert_file, self.key_file)
         name = f"edge-{region}-{len(self.edges) + 1}"
@@ -270,9 +285,10 @@ class Devnet:
             'listen = "127.0.0.1:0"',
             f"cert_file = {_toml(str(cert_file))}",
             f"key_file = {_toml(str(key_file))}",
+            listener_options,
         ]
         if http:
-            lines += ["[http]", 'listen = "127.0.0.1:0"']
+            lines += ["[http]", 'listen = "127.0.0.1:0"', listener_options]
         host_key_file = host_key_file or self.edge_host_key_file
         host_key = public_key_line(load_or_create_key(host_key_file)) if ssh else ""
         if ssh:
@@ -281,13 +297,20 @@ class Devnet:
                 'listen = "127.0.0.1:0"',
                 f"host_key_files = {_toml([str(host_key_file)])}",
                 ssh_options,
+                listener_options,
             ]
         lines += [
             "[nodes]",
             f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
             f"require_tls = {_toml(require_tls)}" if require_tls else "",
             "[etcd]",
-            f"endpoints = {_toml(etcd_endpoints or [self.etcd.url])}",
+            *(
+                etcd_table
+                if etcd_table is not None
+                else [f"endpoints = {_toml(etcd_endpoints)}"]
+                if etcd_endpoints
+                else self.etcd_lines()
+            ),
             rtt.to_toml() if rtt.links else "",
             extra,
             "",
@@ -323,7 +346,10 @@ class Devnet:
             edge.process.stop()
         for node in self.nodes.values():
             node.process.stop()
-        self.etcd.stop()
+        if self.etcd_cluster is not None:
+            self.etcd_cluster.stop()
+        else:
+            self.etcd.stop()
 
     def __enter__(self) -> Devnet:
         return self
@@ -345,8 +371,12 @@ def start_devnet(
     tls_regions: Collection[str] = (),
     edge_per_region: bool = False,
     edge_options: str = "",
+    etcd_cluster: EtcdCluster | None = None,
 ) -> Devnet:
     """etcd, one node per region (`<region>-1`) and one edge, all ready.
+
+    `etcd_cluster`: a started cluster to use instead of a new single etcd (the
+    devnet stops it with the rest).
 
     With `edge_per_region`, one edge in each region (the first region's first).
     The nodes of `tls_regions` serve HTTPS (see `Devnet.start_node`)."""
@@ -366,8 +396,17 @@ def start_devnet(
     for path in (secret_file, admin_token_file):
         path.write_text(secrets.token_urlsafe(32))
         path.chmod(0o600)
-    etcd = start_etcd(work_dir)
-    net = Devnet(work_dir, etcd, ca_file, cert_file, key_file, secret_file, admin_token_file)
+    etcd = start_etcd(work_dir) if etcd_cluster is None else etcd_cluster.members[0]
+    net = Devnet(
+        work_dir,
+        etcd,
+        ca_file,
+        cert_file,
+        key_file,
+        secret_file,
+        admin_token_file,
+        etcd_cluster=etcd_cluster,
+    )
     try:
         for region in regions:
             net.start_node(f"{region}-1", region, lease_ttl=lease_ttl, tls=region in tls_regions)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from edge.http.admission import admitted
 from edge.http.front import serve_connection
 from edge.http.pool import NodePool
 from edge.lifecycle import SIGNALS, ServerTls, handle_signals
+from edge.proxy_accept import with_client_address
 from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
@@ -36,6 +38,7 @@ from plumbing.runtime import write_ready_file
 from plumbing.tls import SocketTLSStream
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
+from routing.etcd_security import EtcdAccessDenied, EtcdSetupError
 from routing.mirror import mirror_prefix
 from routing.schema import Keys
 
@@ -107,6 +110,7 @@ def _limiter(state: EdgeState, front: str) -> ConnLimiter:
 async def _serve_tls(
     state: EdgeState, server_tls: ServerTls, stream: trio.SocketStream, peer: str
 ) -> None:
+    """`peer`: the client's address, the socket's or its PROXY header's (edge/proxy_accept.py)."""
     try:
         # Takes the socket over; like SSLStream(https_compatible=True) it treats
         # a missing close_notify as EOF, which git clients often do. The context
@@ -134,7 +138,13 @@ async def run_edge(
     config: EdgeConfig, *, task_status: trio.TaskStatus[EdgeRuntime] = trio.TASK_STATUS_IGNORED
 ) -> None:
     keys = Keys(config.etcd_prefix)
-    async with EtcdClient(config.etcd_endpoints) as etcd:
+    async with EtcdClient(
+        config.etcd_endpoints,
+        timeout=config.etcd_timeout,
+        write_timeout=config.etcd_write_timeout,
+        security=config.etcd_security,
+    ) as etcd:
+        await etcd.check_access(keys.prefix)  # wrong credentials: refuse to start
         cache = RoutingCache(keys, etcd, rtt=config.rtt)
         dial = config.dial_overrides()
         pool = NodePool(
@@ -152,6 +162,7 @@ async def run_edge(
         try:
             async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
+                root.start_soon(cache.unsettled.settle_forever, etcd)
                 async with trio.open_nursery() as handlers, trio.open_nursery() as accepting:
                     # SIGTERM: every listener stops (they all run in `accepting`).
                     state.drain.on_begin(accepting.cancel_scope.cancel)
@@ -167,7 +178,11 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(_limiter(state, "https"), "https", serve_tls),
+                                with_client_address(
+                                    config.https_proxy_protocol,
+                                    "https",
+                                    admitted(_limiter(state, "https"), "https", serve_tls),
+                                ),
                                 https,
                                 handler_nursery=handlers,
                             )
@@ -180,7 +195,11 @@ async def run_edge(
                         accepting.start_soon(
                             partial(
                                 trio.serve_listeners,
-                                admitted(_limiter(state, "http"), "http", serve_plain),
+                                with_client_address(
+                                    config.http_proxy_protocol,
+                                    "http",
+                                    admitted(_limiter(state, "http"), "http", serve_plain),
+                                ),
                                 plain,
                                 handler_nursery=handlers,
                             )
@@ -276,4 +295,17 @@ async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
 
 
 def run(config: EdgeConfig, ready_file: Path | None) -> None:
-    trio.run(_main, config, ready_file)
+    try:
+        trio.run(_main, config, ready_file)
+    except* (EtcdAccessDenied, EtcdSetupError) as group:
+        # Wrong etcd credentials or TLS files: one clear line each, no traceback.
+        for error in _leaves(group):
+            print(f"gitedge edge: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return leaves

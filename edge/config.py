@@ -14,6 +14,7 @@ from pathlib import Path
 from plumbing.maxstartups import MaxStartups, MaxStartupsError
 from plumbing.sshkeys import KeyFileError, load_or_create_key
 from plumbing.tomlconf import ConfigError, Table
+from routing.etcd_security import EtcdSecurity, load_etcd_security
 from routing.model import InvalidRegion, Region, parse_region
 from routing.regions import RttTable, RttTableError, parse_rtt_table
 from routing.schema import DEFAULT_PREFIX
@@ -33,6 +34,39 @@ class Listener:
 
 
 Listeners = tuple[Listener, ...]
+
+LOOPBACK: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+class ProxyMode(StrEnum):
+    """`proxy_protocol` of a listener (docs/proxy-protocol.md).
+
+    off: no header is read (one arriving is the client's bytes, and fails TLS, SSH
+    or HTTP); optional: a header is used when a trusted peer sends one; required:
+    every connection must start with one, from a trusted peer.
+    """
+
+    OFF = "off"
+    OPTIONAL = "optional"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class ProxyProtocol:
+    """A listener's PROXY protocol policy: `proxy_protocol`, `_from` and `_timeout`."""
+
+    mode: ProxyMode = ProxyMode.OFF
+    trusted: tuple[Network, ...] = LOOPBACK
+    """Peers whose header is believed (the load balancers); any other peer that
+    sends one is disconnected."""
+    timeout: float = 5.0
+    """How long the header may take to arrive (under `optional`: the first bytes)."""
+
+    def trusts(self, peer_ip: str) -> bool:
+        return _in_networks(peer_ip, self.trusted)
 
 
 # DESIGN "Known pitfalls": asyncssh's default 2 MiB window caps a 100 ms-RTT
@@ -90,6 +124,7 @@ class SshFrontConfig:
     per_write_timeout: float = 30.0
     """A session whose client takes no bytes for this long is cut (Gitea's
     SSH_PER_WRITE_TIMEOUT), and with it the node's git."""
+    proxy_protocol: ProxyProtocol = ProxyProtocol()
 
 
 class NodeTlsPolicy(StrEnum):
@@ -207,6 +242,8 @@ class EdgeConfig:
     cert_file: Path | None = None
     key_file: Path | None = None
     http: Listeners = ()
+    https_proxy_protocol: ProxyProtocol = ProxyProtocol()
+    http_proxy_protocol: ProxyProtocol = ProxyProtocol()
     region_header: str = "Fly-Region"
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -251,6 +288,13 @@ class EdgeConfig:
     node_dial: tuple[tuple[str, NodeDial], ...] = ()
     """`[nodes.dial]`: (node id, override) pairs; see NodeDial."""
     node_require_tls: NodeTlsPolicy = NodeTlsPolicy.OTHER_REGIONS
+    etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
+    """`[etcd]` ca_file, cert_file, key_file, username, password_file (etcd_security.py)."""
+    etcd_timeout: float = 5.0
+    """`[etcd] timeout`: seconds per request and endpoint."""
+    etcd_write_timeout: float = 1.5
+    """`[etcd] write_timeout`: a create (any etcd write) not acknowledged by then, over
+    all endpoints, answers 503; its outcome is unknown (a majority of etcd is down)."""
     ops: OpLimits = OpLimits()
     """`[limits]` on git operations, failed authentications and API writes."""
 
@@ -258,11 +302,15 @@ class EdgeConfig:
         return dict(self.node_dial)
 
     def is_trusted_proxy(self, peer_ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(peer_ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted_proxies)
+        return _in_networks(peer_ip, self.trusted_proxies)
+
+
+def _in_networks(peer_ip: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        addr = ipaddress.ip_address(peer_ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
 
 
 def load_edge_config(path: Path) -> EdgeConfig:
@@ -297,12 +345,14 @@ def load_edge_config(path: Path) -> EdgeConfig:
         raise edge.error("region_header", f"not a header name: {header!r}")
     config = EdgeConfig(
         region=region(edge, "region"),
-        etcd_endpoints=tuple(etcd.str_list("endpoints")),
+        etcd_endpoints=tuple(_etcd_endpoints(etcd)),
         etcd_prefix=etcd.str("prefix", DEFAULT_PREFIX),
         https=https_listener,
         cert_file=cert,
         key_file=key,
         http=http_listener,
+        https_proxy_protocol=_proxy_protocol(https) if https_listener else ProxyProtocol(),
+        http_proxy_protocol=_proxy_protocol(http) if http_listener else ProxyProtocol(),
         region_header=header,
         trusted_proxies=edge.networks("trusted_proxies", ["127.0.0.0/8", "::1/128"]),
         fallback_region=fallback,
@@ -334,12 +384,25 @@ def load_edge_config(path: Path) -> EdgeConfig:
         ssh=_ssh(ssh) if root.has("ssh") else None,
         node_dial=_node_dial(nodes.table("dial")) if nodes.has("dial") else (),
         node_require_tls=_tls_policy(nodes),
+        etcd_security=load_etcd_security(etcd, _etcd_endpoints(etcd)),
+        etcd_timeout=etcd.float("timeout", 5.0, 0.1, 120),
+        etcd_write_timeout=etcd.float("write_timeout", 1.5, 0.1, 120),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
     for table in (root, edge, etcd, nodes, limits, https, http, ssh, regions):
         table.check_unknown()
     return config
+
+
+def _etcd_endpoints(etcd: Table) -> list[str]:
+    endpoints = etcd.str_list("endpoints")
+    if not endpoints:
+        raise etcd.error("endpoints", "must name at least one etcd endpoint")
+    for endpoint in endpoints:
+        if not endpoint.startswith(("http://", "https://")):
+            raise etcd.error("endpoints", f"must be http:// or https:// URLs, got {endpoint!r}")
+    return endpoints
 
 
 def _rtt(regions: Table) -> RttTable:
@@ -350,6 +413,20 @@ def _rtt(regions: Table) -> RttTable:
         return parse_rtt_table(regions.table("rtt").entries())
     except RttTableError as exc:
         raise regions.error("rtt", str(exc)) from None
+
+
+def _proxy_protocol(table: Table) -> ProxyProtocol:
+    """`proxy_protocol`, `proxy_protocol_from`, `proxy_protocol_timeout` of one listener."""
+    raw = table.str("proxy_protocol", ProxyMode.OFF.value)
+    try:
+        mode = ProxyMode(raw)
+    except ValueError:
+        choices = ", ".join(repr(m.value) for m in ProxyMode)
+        raise table.error("proxy_protocol", f"must be one of {choices}, got {raw!r}") from None
+    trusted = table.networks("proxy_protocol_from", [str(net) for net in LOOPBACK])
+    if mode is not ProxyMode.OFF and not trusted:
+        raise table.error("proxy_protocol_from", "needs at least one network (the balancers)")
+    return ProxyProtocol(mode, trusted, table.float("proxy_protocol_timeout", 5.0, 0.1, 60))
 
 
 def _listeners(table: Table) -> Listeners:
@@ -417,6 +494,7 @@ def _ssh(ssh: Table) -> SshFrontConfig:
         max_connections_per_address=ssh.int("max_connections_per_address", 64, 1, 1_000_000),
         max_startups=_max_startups(ssh),
         per_write_timeout=ssh.float("per_write_timeout", 30.0, 0.1, 3600),
+        proxy_protocol=_proxy_protocol(ssh),
     )
 
 
@@ -450,6 +528,8 @@ __all__ = [
     "NodeDial",
     "NodeTlsPolicy",
     "OpLimits",
+    "ProxyMode",
+    "ProxyProtocol",
     "RateRule",
     "SlotRule",
     "SshFrontConfig",

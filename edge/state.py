@@ -61,6 +61,7 @@ class EdgeState:
             "cache_revision": self.cache.revision,
             "cache_resets": self.cache.stats.resets,
             "repos_cached": len(self.cache.repos),
+            "creates_unsettled": len(self.cache.unsettled),
             **{
                 f"{front}_{name}": value
                 for front, limiter in self.connection_limits.items()

@@ -42,6 +42,7 @@ from plumbing.drain import Drain, RequestTracker
 from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import setup_logging, write_ready_file
 from routing.etcd import EtcdClient, EtcdError
+from routing.etcd_security import EtcdAccessDenied, EtcdSetupError
 from routing.model import NodeId, Region, VolumeId
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ async def run_node(
     # `[::]` is dual-stack here as on the edge (plumbing/listen.py).
     listeners = open_trio_listeners(config.listen_host, config.listen_port)
     http_url = config.advertise_url or _bound_url(listeners[0], "https" if tls else "http")
-    async with EtcdClient(list(config.etcd_endpoints)) as etcd:
+    async with EtcdClient(
+        list(config.etcd_endpoints), timeout=config.etcd_timeout, security=config.etcd_security
+    ) as etcd:
+        await etcd.check_access(config.keys.prefix)  # wrong credentials: refuse to start
         replicator = Replicator(
             etcd,
             config.keys,
@@ -248,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         trio.run(_serve_until_signalled, config, args.ready_file, faults)
-    except* (VolumeError, CertFileError, OSError) as group:
+    except* (VolumeError, CertFileError, OSError, EtcdAccessDenied, EtcdSetupError) as group:
         # A volume of another region, a port in use, an unreadable certificate:
         # say so in one line, no traceback.
         for error in _leaves(group):

@@ -17,8 +17,11 @@ lease_ttl = 10                # seconds, at least 2
 keepalive_timeout = 75        # idle seconds on a client connection
 drain_timeout = 60            # SIGTERM: stop accepting, let requests finish this long (0-3600)
 [etcd]
-endpoints = ["http://127.0.0.1:2379"]
+endpoints = ["http://127.0.0.1:2379"]   # several members: tried in turn (failover)
 prefix = "/gitedge/"
+timeout = 5                   # seconds per request and endpoint
+# ca_file, cert_file, key_file, username, password_file: TLS and auth, as for the
+# edge (routing/etcd_security.py)
 [tls]                         # optional: without it the node serves plain HTTP
 cert_file = "/var/lib/gitedge/node-tls-cert.pem"   # both missing: a self-signed pair is made
 key_file = "/var/lib/gitedge/node-tls-key.pem"     # (0600) and kept; edges pin the cert
@@ -29,10 +32,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from plumbing.tomlconf import ConfigError, Table
+from routing.etcd_security import EtcdSecurity, load_etcd_security
 from routing.model import InvalidRegion, NodeId, Region, parse_region
 from routing.schema import DEFAULT_PREFIX, Keys
 from routing.snapshots import SNAPSHOT_AFTER
@@ -72,6 +76,8 @@ class NodeConfig:
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
     tls: TlsConfig | None = None
+    etcd_security: EtcdSecurity = field(default_factory=EtcdSecurity)
+    etcd_timeout: float = 5.0
     snapshot_after: int = SNAPSHOT_AFTER
     """Ref-log entries past the newest snapshot that make this node write one."""
     max_push_size: int = DEFAULT_MAX_PUSH_SIZE
@@ -130,6 +136,8 @@ def load_node_config(path: Path) -> NodeConfig:
         drain_timeout=node.float("drain_timeout", 60.0, lo=0.0, hi=3600.0),
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
+        etcd_security=load_etcd_security(etcd, _endpoints(etcd)),
+        etcd_timeout=etcd.float("timeout", 5.0, lo=0.1, hi=120.0),
         tls=_tls(tls) if tls is not None else None,
         snapshot_after=node.int("snapshot_after", SNAPSHOT_AFTER, lo=1, hi=1_000_000),
         max_push_size=limits.int("max_push_size", DEFAULT_MAX_PUSH_SIZE, lo=0, hi=2**50),
@@ -156,7 +164,7 @@ def _endpoints(etcd: Table) -> list[str]:
         raise etcd.error("endpoints", "must name at least one etcd endpoint")
     for endpoint in endpoints:
         if not endpoint.startswith(("http://", "https://")):
-            raise etcd.error("endpoints", f"must be http:// URLs, got {endpoint!r}")
+            raise etcd.error("endpoints", f"must be http:// or https:// URLs, got {endpoint!r}")
     return endpoints
 
 

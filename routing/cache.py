@@ -58,6 +58,7 @@ from routing.schema import (
     decode_user,
     decode_volume,
 )
+from routing.unsettled import UnsettledWrites
 
 __all__ = ["CacheStats", "RoutingCache"]
 
@@ -125,6 +126,8 @@ class RoutingCache:
         # waiting for a replica to catch up sleeps on (no polling).
         self._changed = trio.Event()
         self._miss_budget = TokenBucket(MISS_READS_PER_S, MISS_READ_BURST)
+        # Creates etcd may apply after their 503; the edge settles them (unsettled.py).
+        self.unsettled: Final = UnsettledWrites()
 
     @property
     def synced(self) -> bool:

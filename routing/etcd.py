@@ -9,8 +9,8 @@ broken stream, relist after compaction).
 from __future__ import annotations
 
 import logging
-import math
 import socket
+import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
@@ -30,10 +30,26 @@ from routing.etcd_codec import (
     WatchCreated,
     WatchEvent,
 )
+from routing.etcd_security import EtcdAccessDenied, EtcdSecurity, tls_refusal
+from routing.etcd_watch import (
+    MAX_RESPONSE_BYTES,
+    EtcdOutcomeUnknown,
+    EtcdUnavailable,
+    TokenRejected,
+    Watch,
+    describe,
+    is_unavailable,
+    read_capped,
+    read_watch,
+    tls_failure,
+    watch_refusal,
+)
 
 __all__ = [
+    "EtcdAccessDenied",
     "EtcdClient",
     "EtcdError",
+    "EtcdOutcomeUnknown",
     "EtcdUnavailable",
     "KeyValue",
     "RangeResult",
@@ -46,20 +62,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The gateway writes one JSON message per line; 16 MiB is far beyond any batch of
-# gitedge records and still a bounded buffer if a peer misbehaves.
-MAX_WATCH_LINE = 16 * 1024 * 1024
-# A unary answer bigger than this is not one gitedge asked for (ranges are paged).
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # Prefix ranges are read in pages at one pinned revision: one huge range stalls
 # etcd for every other client (etcd's docs advise paginating), and pages bound memory.
 RANGE_PAGE_SIZE = 1000
 
 _RANGE = "/v3/kv/range"
-
-
-class EtcdUnavailable(EtcdError):
-    """No endpoint answered in time, or a watch stream ended or broke."""
 
 
 class _NotSent(Exception):
@@ -68,6 +75,17 @@ class _NotSent(Exception):
 
 class _MaybeSent(Exception):
     """The request failed after it may have reached etcd: replay only if idempotent."""
+
+
+class _TlsRefused(_NotSent):
+    """The TLS handshake failed (an untrusted member, or our certificate refused):
+    nothing was sent, and no retry on this endpoint will do better."""
+
+
+# Forwarded by the gateway as gRPC metadata: a member with no leader refuses the
+# request at once ("no leader", Unavailable) instead of holding it until etcd's own
+# request timeout, so the client moves on to a member in the quorum.
+_REQUIRE_LEADER = {"Grpc-Metadata-Hasleader": "true"}
 
 
 def _keepalive_options() -> list[tuple[int, int, int]]:
@@ -92,13 +110,31 @@ class EtcdClient:
     so a create never reports "exists" because its own first attempt landed.
     """
 
-    def __init__(self, endpoints: str | Sequence[str], *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        write_timeout: float | None = None,
+        security: EtcdSecurity | None = None,
+    ) -> None:
         if isinstance(endpoints, str):
             endpoints = endpoints.split(",")
         self._endpoints = [e.strip().rstrip("/") for e in endpoints if e.strip()]
         if not self._endpoints:
             raise ValueError("no etcd endpoint given")
         self._timeout = timeout
+        # A write (put, delete, txn) not acknowledged within this, over all endpoints
+        # tried, is reported unavailable with an unknown outcome.
+        self._write_timeout = write_timeout
+        security = security or EtcdSecurity()
+        self._user = security.username
+        self._password = security.read_password() if security.password_file else None
+        self._token: str | None = None  # None: not authenticated yet; "": auth is off
+        self._token_lock = trio.Lock()
+        context = security.ssl_context()
+        verify: ssl.SSLContext | bool = context or True
+        self._ssl = context or ssl.create_default_context()  # for tls_refusal
         self._preferred = 0
         # HTTP requests attempted (watch opens and failed connects included): the edge
         # reports it to show that its hot path does not touch etcd.
@@ -107,9 +143,13 @@ class EtcdClient:
             # Connect gets half the budget so that a dead endpoint shows up as a
             # ConnectTimeout (known unsent, safe to fail over) before the attempt's deadline.
             timeout=httpx.Timeout(timeout, connect=timeout / 2),
-            transport=httpx.AsyncHTTPTransport(socket_options=_keepalive_options()),
+            transport=httpx.AsyncHTTPTransport(verify=verify, socket_options=_keepalive_options()),
             trust_env=False,  # etcd is internal: never route it through an env proxy
+            headers=_REQUIRE_LEADER,
         )
+
+    def __repr__(self) -> str:  # never the password or the token
+        return f"EtcdClient({self._endpoints!r}, user={self._user!r})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -151,12 +191,12 @@ class EtcdClient:
             start_key = page.kvs[-1].key + "\0"  # the smallest key after the last one
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
-        body = await self._call("/v3/kv/put", codec.put_request(key, value, lease=lease), False)
+        body = await self._write("/v3/kv/put", codec.put_request(key, value, lease=lease))
         return codec.header_revision(body)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
         body = codec.delete_request(key, prefix=prefix)
-        return codec.decode_deleted(await self._call("/v3/kv/deleterange", body, False))
+        return codec.decode_deleted(await self._write("/v3/kv/deleterange", body))
 
     async def create(self, key: str, value: bytes, *, lease: int = 0) -> TxnResult:
         return await self._txn(codec.create_txn(key, value, lease=lease))
@@ -178,7 +218,73 @@ class EtcdClient:
         return await self._txn(codec.txn_request(compares, success))
 
     async def _txn(self, body: dict[str, Any]) -> TxnResult:
-        return codec.decode_txn(await self._call("/v3/kv/txn", body, False))
+        return codec.decode_txn(await self._write("/v3/kv/txn", body))
+
+    async def _write(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call that is never replayed, within `write_timeout` over all endpoints."""
+        if self._write_timeout is None:
+            return await self._call(path, body, False)
+        try:
+            with trio.fail_after(self._write_timeout):
+                return await self._call(path, body, False)
+        except trio.TooSlowError:
+            raise EtcdOutcomeUnknown(
+                f"etcd {path}: no answer within {self._write_timeout}s;"
+                " it may or may not have been applied"
+            ) from None
+
+    # --- auth -------------------------------------------------------------------
+
+    async def check_access(self, key: str) -> None:
+        """At start: authenticate (with a user) and read `key`, raising EtcdAccessDenied
+        if etcd or its TLS refuses this client. An etcd that cannot be reached, or
+        does not answer within `timeout` in all, is only logged: the caller's own
+        retries cover it, and a start is not held up by a hung member."""
+        failure: EtcdError | None = None
+        with trio.move_on_after(self._timeout):
+            try:
+                await self._call(_RANGE, codec.range_request(key, count_only=True))
+                return
+            except EtcdUnavailable as exc:
+                failure = exc
+            refusals = [
+                await tls_refusal(endpoint, self._ssl, self._timeout / len(self._endpoints))
+                for endpoint in self._endpoints
+            ]
+            if all(refusals):
+                raise EtcdAccessDenied(
+                    "TLS with etcd failed: " + "; ".join(map(str, refusals))
+                ) from None
+        reason = failure or f"no answer within {self._timeout}s"
+        log.warning("etcd not reachable at start (%s); retrying in the background", reason)
+
+    async def _renew_token(self, stale: str | None) -> None:
+        """Authenticate again, unless another task already replaced `stale`."""
+        if self._user is None or self._password is None:
+            raise EtcdAccessDenied("etcd requires a user: set [etcd] username and password_file")
+        async with self._token_lock:
+            if self._token != stale:
+                return
+            request = codec.authenticate_request(self._user, self._password)
+            try:
+                answer = await self._call("/v3/auth/authenticate", request, authenticate=False)
+            except EtcdError as exc:
+                if codec.is_auth_not_enabled(exc):
+                    log.warning("etcd has auth disabled; [etcd] username %r unused", self._user)
+                    self._token = ""
+                    return
+                if isinstance(exc, EtcdUnavailable):
+                    raise
+                raise EtcdAccessDenied(f"etcd refused user {self._user!r}: {exc}") from None
+            self._token = codec.decode_authenticate(answer)
+            log.info("etcd: authenticated as %r", self._user)
+
+    async def _auth_headers(self, authenticate: bool) -> dict[str, str]:
+        if not authenticate or self._user is None:
+            return {}
+        if self._token is None:
+            await self._renew_token(None)
+        return {"authorization": self._token} if self._token else {}
 
     async def compact(self, revision: int) -> None:
         try:
@@ -234,7 +340,11 @@ class EtcdClient:
         """Every message of one watch stream, with the endpoint that serves it."""
         body = codec.watch_create_request(prefix, start_revision)
         failures: list[str] = []
-        for index, endpoint in self._rotation():
+        rotation = self._rotation()
+        renewed = tls_failed = False
+        while rotation:
+            index, endpoint = rotation.pop(0)
+            headers = await self._auth_headers(True)
             request = self._http.build_request(
                 "POST",
                 endpoint + "/v3/watch",
@@ -242,77 +352,45 @@ class EtcdClient:
                 # A watch may be idle for hours: no read timeout. Hangs are caught by
                 # the first-message deadline below and by Watch.check_member.
                 timeout=httpx.Timeout(self._timeout, connect=self._timeout / 2, read=None),
-                # Forwarded as gRPC metadata: etcd refuses the watch on a member with
-                # no leader, where it would be confirmed and then stay silent. (A watch
-                # opened before the leader went is not cancelled: the health check is.)
-                headers={"Grpc-Metadata-Hasleader": "true"},
+                # _REQUIRE_LEADER (a client default) makes etcd refuse the watch on a
+                # member with no leader, where it would be confirmed and then stay
+                # silent; etcd also cancels it once its member has lost the leader
+                # for a few election timeouts. The health check covers the rest.
+                headers=headers,
             )
             self.requests_made += 1
             try:
                 with trio.fail_after(self._timeout):
                     response = await self._http.send(request, stream=True)
             except (httpx.TransportError, trio.TooSlowError) as exc:
-                failures.append(f"{endpoint}: {_describe(exc)}")
+                if tls_failure(exc):
+                    tls_failed = True
+                failures.append(f"{endpoint}: {describe(exc)}")
                 continue
             try:
                 if response.status_code != 200:
-                    refusal = await self._watch_refusal(response)
-                    if not _is_unavailable(refusal):
+                    refusal = await watch_refusal(response, self._timeout)
+                    if not is_unavailable(refusal):
                         raise refusal
                     failures.append(f"{endpoint}: {refusal}")  # e.g. no leader
                     continue
                 self._preferred = index
                 log.debug("etcd watch on %s from %d via %s", prefix, start_revision, endpoint)
-                async with aclosing(self._read_watch(endpoint, response)) as messages:
+                async with aclosing(read_watch(endpoint, response, self._timeout)) as messages:
                     async for message in messages:
                         yield endpoint, message
+            except TokenRejected as exc:
+                if renewed:  # a fresh token refused too: not a matter of expiry
+                    raise EtcdAccessDenied(f"etcd refused the watch on {endpoint}: {exc}") from None
+                renewed = True
+                await self._renew_token(headers.get("authorization"))
+                rotation.insert(0, (index, endpoint))
             finally:
                 with trio.move_on_after(5, shield=True):
                     await response.aclose()
+        if tls_failed and len(failures) == len(self._endpoints):
+            raise EtcdAccessDenied("TLS with etcd failed: " + "; ".join(failures))
         raise EtcdUnavailable("could not open an etcd watch: " + "; ".join(failures))
-
-    async def _watch_refusal(self, response: httpx.Response) -> EtcdError:
-        try:
-            with trio.fail_after(self._timeout):
-                data = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
-            codec.decode_response(response.status_code, data)
-        except EtcdError as exc:
-            if exc.grpc_code is None and response.status_code in (502, 503, 504):
-                # Not etcd's own answer (no gRPC code): a member starting or stopping.
-                return EtcdUnavailable(str(exc))
-            return exc
-        except (httpx.TransportError, trio.TooSlowError) as exc:
-            return EtcdUnavailable(f"etcd refused the watch: {_describe(exc)}")
-        return EtcdError(f"etcd answered the watch with HTTP {response.status_code}")
-
-    async def _read_watch(
-        self, endpoint: str, response: httpx.Response
-    ) -> AsyncGenerator[codec.WatchMessage, None]:
-        splitter = codec.LineSplitter(MAX_WATCH_LINE)
-        chunks = response.aiter_bytes()
-        # etcd confirms a watch at once; until it has, a silent server is a hang.
-        deadline = trio.current_time() + self._timeout
-        while True:
-            try:
-                with trio.move_on_at(deadline) as waiting:
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                raise EtcdUnavailable(f"etcd watch stream from {endpoint} ended") from None
-            except httpx.TransportError as exc:
-                raise EtcdUnavailable(
-                    f"etcd watch stream from {endpoint} broke: {_describe(exc)}"
-                ) from exc
-            if waiting.cancelled_caught:
-                raise EtcdUnavailable(f"{endpoint} did not confirm the watch in {self._timeout}s")
-            for line in splitter.feed(chunk):
-                try:
-                    message = codec.decode_watch_line(line)
-                except codec.EtcdStreamError as exc:
-                    # etcd ended this watch (no leader, say); resuming it is the cure.
-                    raise EtcdUnavailable(f"etcd watch on {endpoint}: {exc}") from exc
-                if isinstance(message, WatchCreated):
-                    deadline = math.inf
-                yield message
 
     # --- plumbing ---------------------------------------------------------------
 
@@ -336,109 +414,86 @@ class EtcdClient:
         return [(i, self._endpoints[i]) for i in indexes if only in (None, self._endpoints[i])]
 
     async def _call(
-        self, path: str, body: dict[str, Any], idempotent: bool = True, *, only: str | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        idempotent: bool = True,
+        *,
+        only: str | None = None,
+        authenticate: bool = True,
     ) -> dict[str, Any]:
         failures: list[str] = []
+        tls_failures = 0
         for index, endpoint in self._rotation(only):
             try:
-                status, data = await self._post(endpoint + path, body)
+                status, data = await self._send(endpoint + path, body, authenticate)
             except _NotSent as exc:
+                tls_failures += isinstance(exc, _TlsRefused)
                 failures.append(f"{endpoint}: {exc}")
                 continue
             except _MaybeSent as exc:
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
                     continue
-                raise EtcdUnavailable(
+                raise EtcdOutcomeUnknown(
                     f"etcd {path} on {endpoint} failed after sending ({exc});"
                     " it may or may not have been applied"
                 ) from exc
             try:
                 answer = codec.decode_response(status, data)
             except EtcdError as exc:
-                if not _is_unavailable(exc):
+                if codec.is_permission_denied(exc):
+                    raise EtcdAccessDenied(f"etcd {path} on {endpoint}: {exc}") from None
+                if codec.is_token_rejected(exc) and self._user is None:
+                    raise EtcdAccessDenied(
+                        f"etcd {path} on {endpoint}: {exc} (set [etcd] username and password_file)"
+                    ) from None
+                if not is_unavailable(exc):
                     raise
-                if idempotent:
+                # "no leader" is a refusal before any proposal (a member cut off
+                # from the quorum): a write too may go to the next member. "request
+                # timed out" or "leader changed" come after it, which may still commit.
+                if idempotent or codec.ERR_NO_LEADER in str(exc):
                     failures.append(f"{endpoint}: {exc}")
                     continue
-                raise EtcdUnavailable(f"etcd {path} on {endpoint}: {exc}") from exc
+                raise EtcdOutcomeUnknown(f"etcd {path} on {endpoint}: {exc}") from exc
             self._preferred = index
             return answer
-        raise EtcdUnavailable(f"no etcd endpoint answered {path}: " + "; ".join(failures))
+        text = f"no etcd endpoint answered {path}: " + "; ".join(failures)
+        if tls_failures and tls_failures == len(failures):
+            raise EtcdAccessDenied(f"TLS with etcd failed: {text}")
+        raise EtcdUnavailable(text)
 
-    async def _post(self, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    async def _send(self, url: str, body: dict[str, Any], authenticate: bool) -> tuple[int, bytes]:
+        """One POST with our token; a token etcd no longer knows is renewed once.
+
+        A refused token means etcd did not apply the request: resending is safe."""
+        headers = await self._auth_headers(authenticate)
+        status, data = await self._post(url, body, headers)
+        if status == 200 or not authenticate or self._user is None:
+            return status, data
+        try:
+            codec.decode_response(status, data)
+        except EtcdError as exc:
+            if not codec.is_token_rejected(exc):
+                return status, data
+        await self._renew_token(headers.get("authorization"))
+        return await self._post(url, body, await self._auth_headers(authenticate))
+
+    async def _post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[int, bytes]:
         self.requests_made += 1
         try:
             with trio.fail_after(self._timeout):
-                async with self._http.stream("POST", url, json=body) as response:
-                    data = await _read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
+                async with self._http.stream("POST", url, json=body, headers=headers) as response:
+                    data = await read_capped(response.aiter_bytes(), MAX_RESPONSE_BYTES)
                     return response.status_code, data
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _NotSent(_describe(exc)) from exc
+        except httpx.TransportError as exc:
+            if tls_failure(exc):
+                raise _TlsRefused(describe(exc)) from exc
+            if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+                raise _NotSent(describe(exc)) from exc
+            raise _MaybeSent(describe(exc)) from exc
         except trio.TooSlowError as exc:
             raise _MaybeSent(f"no answer within {self._timeout}s") from exc
-        except httpx.TransportError as exc:
-            raise _MaybeSent(_describe(exc)) from exc
-
-
-class Watch:
-    """One confirmed watch stream, served by one etcd member (`endpoint`).
-
-    Iterate it for the batches that carry events (progress notifications are
-    dropped). A watch on a member that lost its quorum, or on a TCP connection a
-    hung host never closes, can stay silent forever: `check_member` is the probe
-    for that, to be called by whoever owns the watch, as often as it can afford.
-    """
-
-    def __init__(
-        self,
-        client: EtcdClient,
-        prefix: str,
-        endpoint: str,
-        created_revision: int,
-        messages: AsyncGenerator[tuple[str, codec.WatchMessage], None],
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
-        self.endpoint = endpoint
-        self.created_revision = created_revision  # the store's revision when it was registered
-        self._messages = messages
-
-    def __aiter__(self) -> Watch:
-        return self
-
-    async def __anext__(self) -> WatchBatch:
-        while True:
-            _endpoint, message = await anext(self._messages)
-            if isinstance(message, WatchBatch) and message.events:
-                return message
-
-    async def check_member(self) -> None:
-        """Raise EtcdUnavailable unless the member serving this watch answers a
-        linearizable read in time; the client then prefers another member."""
-        try:
-            await self._client._probe(self.endpoint, self._prefix)
-        except EtcdError as exc:
-            self._client._demote(self.endpoint)
-            raise EtcdUnavailable(f"etcd health check of {self.endpoint} failed: {exc}") from exc
-
-
-async def _read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    data = bytearray()
-    async for chunk in chunks:
-        data += chunk
-        if len(data) > limit:
-            raise EtcdError(f"etcd answer larger than {limit} bytes")
-    return bytes(data)
-
-
-def _is_unavailable(error: EtcdError) -> bool:
-    """This member cannot serve now (no leader, say), but another one may."""
-    return isinstance(error, EtcdUnavailable) or error.grpc_code == codec.GRPC_UNAVAILABLE
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

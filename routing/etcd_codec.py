@@ -31,6 +31,23 @@ _KEY_ERRORS = "surrogateescape"
 GRPC_OUT_OF_RANGE = 11
 GRPC_NOT_FOUND = 5
 GRPC_UNAVAILABLE = 14  # no leader, leader changed, request timed out
+GRPC_INVALID_ARGUMENT = 3  # also: wrong password, no user name on an auth-enabled etcd
+GRPC_FAILED_PRECONDITION = 9  # also: authentication is not enabled
+GRPC_PERMISSION_DENIED = 7
+GRPC_UNAUTHENTICATED = 16  # an expired or unknown auth token
+_GRPC_NAMES = {
+    "InvalidArgument": GRPC_INVALID_ARGUMENT,
+    "NotFound": GRPC_NOT_FOUND,
+    "PermissionDenied": GRPC_PERMISSION_DENIED,
+    "FailedPrecondition": GRPC_FAILED_PRECONDITION,
+    "OutOfRange": GRPC_OUT_OF_RANGE,
+    "Unavailable": GRPC_UNAVAILABLE,
+    "Unauthenticated": GRPC_UNAUTHENTICATED,
+}
+ERR_NO_LEADER = "etcdserver: no leader"
+ERR_INVALID_TOKEN = "invalid auth token"
+ERR_USER_EMPTY = "user name is empty"
+ERR_AUTH_NOT_ENABLED = "authentication is not enabled"
 ERR_COMPACTED = "mvcc: required revision has been compacted"
 ERR_LEASE_NOT_FOUND = "requested lease not found"
 
@@ -242,6 +259,16 @@ def compare_absent(key: str) -> dict[str, Any]:
     }
 
 
+def compare_value(key: str, value: bytes) -> dict[str, Any]:
+    """Holds while `key` exists with exactly this value."""
+    return {
+        "target": "VALUE",
+        "result": "EQUAL",
+        "key": encode_etcd_key(key),
+        "value": encode_bytes(value),
+    }
+
+
 def put_op(key: str, value: bytes) -> dict[str, Any]:
     return {"request_put": put_request(key, value)}
 
@@ -427,6 +454,39 @@ def decode_response(status: int, data: bytes) -> dict[str, Any]:
     )
 
 
+def authenticate_request(name: str, password: str) -> dict[str, Any]:
+    return {"name": name, "password": password}
+
+
+def decode_authenticate(body: dict[str, Any]) -> str:
+    """The token of a `/v3/auth/authenticate` answer."""
+    token = body.get("token")
+    if not isinstance(token, str) or not token:
+        raise EtcdError("etcd authenticate answer has no token")
+    return token
+
+
+def is_token_rejected(error: EtcdError) -> bool:
+    """etcd wants a (new) token: ours expired or was dropped, or we sent none."""
+    return (error.grpc_code == GRPC_UNAUTHENTICATED and ERR_INVALID_TOKEN in str(error)) or (
+        error.grpc_code == GRPC_INVALID_ARGUMENT and ERR_USER_EMPTY in str(error)
+    )
+
+
+def is_auth_not_enabled(error: EtcdError) -> bool:
+    return error.grpc_code == GRPC_FAILED_PRECONDITION and ERR_AUTH_NOT_ENABLED in str(error)
+
+
+def is_permission_denied(error: EtcdError) -> bool:
+    return error.grpc_code == GRPC_PERMISSION_DENIED
+
+
+def grpc_code_in(reason: str) -> int | None:
+    """The code of a watch's `cancel_reason` ("rpc error: code = Unauthenticated desc = ...")."""
+    _, found, rest = reason.partition("code = ")
+    return _GRPC_NAMES.get(rest.split(" ", 1)[0]) if found else None
+
+
 def is_compacted(error: EtcdError) -> bool:
     return error.grpc_code == GRPC_OUT_OF_RANGE and ERR_COMPACTED in str(error)
 
@@ -488,7 +548,7 @@ def decode_watch_line(line: bytes) -> WatchMessage:
         if compact_revision:
             raise WatchCompacted(compact_revision)
         reason = _str(result, "cancel_reason") or "no reason given"
-        raise EtcdStreamError(f"etcd canceled the watch: {reason}")
+        raise EtcdStreamError(f"etcd canceled the watch: {reason}", grpc_code=grpc_code_in(reason))
     revision = header_revision(result)
     if _bool(result, "created"):
         return WatchCreated(revision)

@@ -30,7 +30,7 @@ from routing import etcd_codec as codec
 from routing.cache import RoutingCache
 from routing.consensus import encode_applied
 from routing.errors import AlreadyExists, StoreUnavailable
-from routing.etcd import EtcdClient, EtcdError
+from routing.etcd import EtcdClient, EtcdError, EtcdOutcomeUnknown
 from routing.model import (
     NodeRecord,
     Region,
@@ -205,14 +205,18 @@ async def _write_record(
     """The create-if-absent txn: (key, the revision it was written at)."""
     keys = cache.keys
     key = keys.repo(record.name)
-    ops = [codec.put_op(key, encode_repo(record))]
+    value = encode_repo(record)
+    ops = [codec.put_op(key, value)]
+    put_keys = [key]
     if record.replicated:
-        ops += [
-            codec.put_op(keys.repl_applied(record.name, v), encode_applied(0))
-            for v in record.replicas
-        ]
+        put_keys += [keys.repl_applied(record.name, v) for v in record.replicas]
+        ops += [codec.put_op(k, encode_applied(0)) for k in put_keys[1:]]
     try:
         txn = await etcd.txn([codec.compare_absent(key)], ops)
+    except EtcdOutcomeUnknown as exc:
+        # The client gets 503, so the record must not appear later (unsettled.py).
+        cache.unsettled.add(key, value, tuple(put_keys))
+        raise StoreUnavailable(f"create {key}: {exc}") from exc
     except EtcdError as exc:
         raise StoreUnavailable(f"create {key}: {exc}") from exc
     if not txn.succeeded:

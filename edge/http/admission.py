@@ -6,7 +6,8 @@ A connection over a cap is refused before any of it is parsed:
 - plain HTTP: one `503 Service Unavailable` with `connection: close` and
   `retry-after`, written without parsing the request, then closed once the
   client has closed too or after REFUSAL_WRITE_TIMEOUT.
-The count covers a connection's whole life, TLS handshake included.
+The count covers a connection's whole life, TLS handshake included, from when
+its client address is known (after a PROXY header, when the listener takes one).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import trio
 
 from edge.proto.exchange import refusal
 from plumbing.connlimit import ConnLimiter
-from plumbing.listen import client_ip
 
 log = logging.getLogger("edge.access")
 
@@ -39,18 +39,16 @@ def over_limit_answer(reason: str) -> bytes:
 Handler = Callable[[trio.SocketStream, str], Awaitable[None]]
 
 
-def admitted(
-    limiter: ConnLimiter, scheme: str, handler: Handler
-) -> Callable[[trio.SocketStream], Awaitable[None]]:
-    """A `trio.serve_listeners` handler that counts its connection in `limiter`,
-    and refuses one over a cap; `handler(stream, peer_ip)` serves the rest."""
+def admitted(limiter: ConnLimiter, scheme: str, handler: Handler) -> Handler:
+    """A `(stream, client_ip)` handler that counts its connection in `limiter`, and
+    refuses one over a cap; `handler(stream, client_ip)` serves the rest.
 
-    async def serve(stream: trio.SocketStream) -> None:
-        try:
-            peer = client_ip(stream.socket.getpeername()[0])
-        except OSError:  # reset before we looked
-            await trio.aclose_forcefully(stream)
-            return
+    `client_ip` is the client's address: the socket's, or its PROXY header's
+    (edge/proxy_accept.with_client_address runs first), so a load balancer's
+    clients are counted each at its own address.
+    """
+
+    async def serve(stream: trio.SocketStream, peer: str) -> None:
         refused = limiter.admit(peer)
         if refused is not None:
             log.info("%s - %s connection refused: %s", peer, scheme, refused.value)

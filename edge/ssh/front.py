@@ -18,17 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import asyncssh
 import trio
 
 from edge.auth import authorize, routing_errors
-from edge.config import OpLimits, SshFrontConfig
+from edge.config import OpLimits, ProxyMode, SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
 from edge.limits import Limits
+from edge.proxy_accept import with_client_address
 from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
 from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
 from edge.ssh.channel import Activity, ClientChannel
@@ -108,6 +111,8 @@ class SshFront:
         self._idle = trio.Event()
         self._idle.set()
         self._acceptors: list[asyncssh.SSHAcceptor] = []
+        self._options: dict[str, Any] = {}
+        """asyncssh's server options; a SIGHUP replaces the host keys in them."""
         self.stats = SshStats()
 
     def stats_dict(self) -> dict[str, int]:
@@ -134,28 +139,33 @@ class SshFront:
         host_keys = await trio.to_thread.run_sync(
             lambda: [load_or_create_key(path) for path in cfg.host_key_files]
         )
-        # Bound here, one acceptor per socket: asyncio would set IPV6_V6ONLY on
-        # `[::]` (plumbing/listen.py), asyncssh.listen(sock=...) keeps ours.
+        options = {
+            "server_host_keys": host_keys,
+            # Ptys are refused at the SSH level: `ssh -t` then fails with
+            # OpenSSH's "PTY allocation request failed", while a plain
+            # `ssh git@edge` typed in a terminal (pty requested, not
+            # required) still gets the greeting.
+            **GIT_ONLY_SSH_SERVER,
+            "window": cfg.window,
+            "encryption_algs": cfg.ciphers,  # () is asyncssh's defaults
+            "login_timeout": cfg.login_grace_time,
+        }
+        # Bound here: asyncio would set IPV6_V6ONLY on `[::]` (plumbing/listen.py).
         sockets = [s for a in cfg.listen for s in bind_listeners(a.host, a.port)]
+        addresses = [address_text(sock.getsockname()) for sock in sockets]
+        self._options = options
+        if cfg.proxy_protocol.mode is not ProxyMode.OFF:
+            await self._serve_proxied(sockets, addresses, task_status)
+            return
         acceptors = self._acceptors = []
         try:
             for sock in sockets:
+                # One acceptor per socket: asyncssh.listen(sock=...) keeps our options.
                 acceptors.append(
                     await aio_as_trio(asyncssh.listen)(
-                        sock=sock,
-                        server_factory=lambda: _ClientConnection(self),
-                        server_host_keys=host_keys,
-                        # Ptys are refused at the SSH level: `ssh -t` then fails with
-                        # OpenSSH's "PTY allocation request failed", while a plain
-                        # `ssh git@edge` typed in a terminal (pty requested, not
-                        # required) still gets the greeting.
-                        **GIT_ONLY_SSH_SERVER,
-                        window=cfg.window,
-                        encryption_algs=cfg.ciphers,  # () is asyncssh's defaults
-                        login_timeout=cfg.login_grace_time,
+                        sock=sock, server_factory=lambda: _ClientConnection(self), **options
                     )
                 )
-            addresses = [address_text(sock.getsockname()) for sock in sockets]
             log.info("SSH listening on %s", " ".join(addresses))
             task_status.started(addresses)
             await trio.sleep_forever()
@@ -164,6 +174,40 @@ class SshFront:
                 sock.close()
             for acceptor in acceptors:
                 acceptor.close()  # new connections only: open ones are closed by aclose()
+
+    async def _serve_proxied(
+        self,
+        sockets: list[socket.socket],
+        addresses: list[str],
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
+        """Accept in trio, read the PROXY header, then hand the socket to asyncssh.
+
+        The header comes before the SSH banner, where asyncssh's own accept loop
+        cannot look. After it, asyncssh drives the socket itself
+        (`asyncssh.run_server`), as `listen()` does: no copy per packet.
+        """
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        policy = self._config.proxy_protocol
+
+        async def start(stream: trio.SocketStream, client: str) -> None:
+            sock = stream.socket
+            own = socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+            try:
+                # Returns once the client has authenticated (or raises); the
+                # connection then lives on asyncio, as listen()'s do.
+                await aio_as_trio(asyncssh.run_server)(
+                    own, server_factory=lambda: _ClientConnection(self, client), **self._options
+                )
+            except Exception as exc:
+                # A failed login. asyncssh has closed the socket, unless it failed
+                # before taking it; closing the same socket object twice is harmless.
+                own.close()
+                log.debug("SSH connection from %s ended before login: %r", client, exc)
+
+        log.info("SSH listening on %s (PROXY protocol %s)", " ".join(addresses), policy.mode)
+        task_status.started(addresses)
+        await trio.serve_listeners(with_client_address(policy, "ssh", start), listeners)
 
     async def aclose(self) -> None:
         """Disconnect every client; their sessions end (and close their node connections)."""
@@ -184,6 +228,7 @@ class SshFront:
         keep theirs. Raises OSError or ValueError (the old keys stay) on a bad file."""
         paths = self._config.host_key_files
         keys = await trio.to_thread.run_sync(lambda: [load_or_create_key(p) for p in paths])
+        self._options = {**self._options, "server_host_keys": keys}  # PROXY-protocol accepts
         for acceptor in self._acceptors:  # on the loop's thread, as asyncssh expects
             acceptor.update(server_host_keys=keys)
 
@@ -303,8 +348,10 @@ def _lookup_deadline(seconds: float) -> Iterator[None]:
 class _ClientConnection(asyncssh.SSHServer):
     """One client connection: its key's user, its sessions, its idle timer."""
 
-    def __init__(self, front: SshFront) -> None:
+    def __init__(self, front: SshFront, client_ip: str | None = None) -> None:
         self._front = front
+        self._client_ip = client_ip
+        """The client's address from a PROXY header; None: the socket's peer."""
         self._config = front._config
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer_ip = "-"
@@ -318,7 +365,8 @@ class _ClientConnection(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         peer = conn.get_extra_info("peername")
-        self._peer_ip = client_ip(peer[0]) if peer else "-"
+        # The PROXY header's address when there was one: limits and logs count clients.
+        self._peer_ip = self._client_ip or (client_ip(peer[0]) if peer else "-")
         refused = self._front.admit(self._peer_ip)
         if refused is not None:
             # Before our version line is sent (asyncssh sends it after this returns,
@@ -402,7 +450,12 @@ class _ClientConnection(asyncssh.SSHServer):
         self._activity.touch()
         self._authenticated = True
         self._front.authenticated()
-        log.info("SSH %s authenticated from %s", self._user, self._peer_ip)
+        log.info("SSH %s authenticated from %s", self._user, self.client_ip)
+
+    @property
+    def client_ip(self) -> str:
+        """Where the client is: its PROXY header's address, else the socket's peer."""
+        return self._peer_ip
 
     # -- what an authenticated client may open --------------------------------
 

@@ -66,6 +66,12 @@ def production_edge(
     assert 'listen = "[::]:443"' in text and 'listen = "[::]:22"' in text
     text = _substitute(text, r'^(listen = "\[::\]):\d+"', r'\1:0"')
     text = _substitute(text, r"/etc/gitedge/", f"{etc}/")
+    # This test's etcd is a plain single member: no TLS, no users (tests/e2e/test_etcd_cluster.py
+    # covers those).
+    text = _substitute(
+        text, r"^(ca_file|cert_file|key_file|username|password_file) = .*/etcd/.*\n", ""
+    )
+    text = _substitute(text, r'^username = "gitedge"\n', "")
     text = _substitute(text, r"^endpoints = .*$", f"endpoints = {json.dumps([etcd.url])}")
     config = tmp_path / "edge.toml"
     config.write_text(text)

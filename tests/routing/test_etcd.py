@@ -22,6 +22,7 @@ from devnet.procs import EtcdServer, free_port, http_ok, spawn, start_etcd, wait
 from routing.etcd import (
     EtcdClient,
     EtcdError,
+    EtcdOutcomeUnknown,
     EtcdUnavailable,
     KeyValue,
     WatchCompacted,
@@ -771,3 +772,21 @@ async def test_mirror_waits_for_etcd_at_startup(relay: Relay, key_prefix: str) -
         assert mirror.synced_history == [False, True]
         assert mirror.resets
         nursery.cancel_scope.cancel()
+
+
+async def test_reads_and_writes_move_past_a_member_without_leader(
+    leaderless_member: str, etcd_server: EtcdServer, key_prefix: str
+) -> None:
+    """A member cut off from its quorum refuses at once ("no leader", asked for with
+    the require-leader metadata on every request), and nothing was proposed: reads
+    and writes alike go on to the next member instead of waiting or failing."""
+    async with EtcdClient([leaderless_member, etcd_server.url], timeout=2.0) as client:
+        with trio.fail_after(2):
+            created = await client.create(key_prefix + "k", b"v")
+            assert created.succeeded
+            found = await client.get(key_prefix + "k")
+        assert found is not None and found.value == b"v"
+    async with EtcdClient(leaderless_member, timeout=2.0) as alone:
+        with trio.fail_after(2), pytest.raises(EtcdUnavailable, match="no leader") as refused:
+            await alone.create(key_prefix + "other", b"v")
+        assert not isinstance(refused.value, EtcdOutcomeUnknown)  # known: not applied
