@@ -181,10 +181,12 @@ class Devnet:
         timeout: float = 30.0,
         tls: bool = False,
         etcd_table: list[str] | None = None,
+        extra: str = "",
     ) -> NodeHandle:
         """A node; with `tls` it serves HTTPS with a self-signed certificate it
         makes in the work dir (kept across restarts of the same node id).
-        `etcd_table` replaces the keys of its `[etcd]` table (`etcd_lines()`)."""
+        `etcd_table` replaces the keys of its `[etcd]` table (`etcd_lines()`);
+        `extra` is more tables for its config (`[limits]`)."""
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
         config_path.write_text(
@@ -200,6 +202,7 @@ class Devnet:
                     "[etcd]",
                     *(etcd_table if etcd_table is not None else self.etcd_lines()),
                     *(self._node_tls_table(node_id) if tls else []),
+                    extra,
                     "",
                 ]
             )

@@ -251,6 +251,7 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             sessions,
             region=config.region,
             read_wait=config.replica_read_wait,
+            limits=state.limits,
             limiter=ConnLimiter(
                 config.ssh.max_connections,
                 config.ssh.max_connections_per_address,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from edge.errors import (
     AuthRequired,
@@ -104,6 +105,36 @@ def check_namespace(name: RepoName, user: str | None, admin: bool) -> str:
     if name.owner != user:
         raise Forbidden(f"you may only create repositories under {user}/")
     return user
+
+
+class FailedAuthLimit(Protocol):
+    """The failed-authentication bucket of one client address (edge/limits.py)."""
+
+    def check_auth_allowed(self, client_ip: str) -> None: ...
+
+    def auth_failed(self, client_ip: str) -> None: ...
+
+
+@contextmanager
+def counting_failed_auth(
+    limits: FailedAuthLimit, client_ip: str, authorization: bytes | None
+) -> Iterator[None]:
+    """Around one request: an address that failed too often is refused (429) before
+    its credentials are checked, and credentials answered with 401 count as a failure.
+
+    Only requests that offer credentials: git's first, anonymous request of a
+    clone is answered 401 by design. Per address, not per user name: a bucket per
+    claimed name would let anyone lock a user out, and tokens are not guessable.
+    """
+    if authorization is None:
+        yield
+        return
+    limits.check_auth_allowed(client_ip)
+    try:
+        yield
+    except AuthRequired:
+        limits.auth_failed(client_ip)
+        raise
 
 
 @contextmanager

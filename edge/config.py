@@ -161,6 +161,79 @@ class NodeDial:
 
 
 @dataclass(frozen=True)
+class SlotRule:
+    """At most `limit` at once (0: no limit), then at most `queue` waiting."""
+
+    limit: int
+    queue: int
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """A token bucket: `per_minute` refill (0: no limit), `burst` at most at once."""
+
+    per_minute: int
+    burst: int
+
+
+@dataclass(frozen=True)
+class OpLimits:
+    """`[limits]` on git operations, failed authentications and API writes (edge/limits.py).
+
+    Anchors: Gitaly's concurrency limiter (`max_per_repo`, `max_queue_size`,
+    `max_queue_wait`) and GitLab's 600 SSH git operations per minute per user.
+    """
+
+    per_user: SlotRule = SlotRule(10, 20)
+    per_repo: SlotRule = SlotRule(20, 40)
+    per_address: SlotRule = SlotRule(10, 10)
+    """Anonymous operations, per client address."""
+    per_node: SlotRule = SlotRule(64, 128)
+    node_user_share: float = 0.5
+    """The most of a node's slots (and queue) one user or anonymous address holds."""
+    queue_wait: float = 10.0
+    """The longest an operation waits in the queues (all of them) before a refusal."""
+    git_rate_per_user: RateRule = RateRule(600, 600)
+    git_rate_per_address: RateRule = RateRule(1200, 1200)
+    auth_fail_rate_per_address: RateRule = RateRule(10, 30)
+    api_write_rate: RateRule = RateRule(60, 60)
+    """Per user and per client address; the admin token's writes are not counted."""
+    tracked_keys: int = 65536
+    """Most users or addresses each rate table remembers (least recently used dropped)."""
+
+
+def _op_limits(limits: Table) -> OpLimits:
+    d = OpLimits()
+
+    def slots(name: str, rule: SlotRule) -> SlotRule:
+        return SlotRule(
+            limits.int(f"git_{name}", rule.limit, 0, 100_000),
+            limits.int(f"git_{name}_queue", rule.queue, 0, 100_000),
+        )
+
+    def rate(name: str, rule: RateRule) -> RateRule:
+        """`<what>_rate[_per_address]` (per minute) and `<what>_burst[_per_address]`."""
+        return RateRule(
+            limits.int(name, rule.per_minute, 0, 10_000_000),
+            limits.int(name.replace("_rate", "_burst"), rule.burst, 1, 10_000_000),
+        )
+
+    return OpLimits(
+        per_user=slots("per_user", d.per_user),
+        per_repo=slots("per_repo", d.per_repo),
+        per_address=slots("per_address", d.per_address),
+        per_node=slots("per_node", d.per_node),
+        node_user_share=limits.float("git_node_user_share", d.node_user_share, 0.01, 1.0),
+        queue_wait=limits.float("git_queue_wait", d.queue_wait, 0, 600),
+        git_rate_per_user=rate("git_rate_per_user", d.git_rate_per_user),
+        git_rate_per_address=rate("git_rate_per_address", d.git_rate_per_address),
+        auth_fail_rate_per_address=rate("auth_fail_rate_per_address", d.auth_fail_rate_per_address),
+        api_write_rate=rate("api_write_rate", d.api_write_rate),
+        tracked_keys=limits.int("tracked_keys", d.tracked_keys, 16, 10_000_000),
+    )
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     region: Region
     etcd_endpoints: tuple[str, ...]
@@ -222,6 +295,8 @@ class EdgeConfig:
     etcd_write_timeout: float = 1.5
     """`[etcd] write_timeout`: a create (any etcd write) not acknowledged by then, over
     all endpoints, answers 503; its outcome is unknown (a majority of etcd is down)."""
+    ops: OpLimits = OpLimits()
+    """`[limits]` on git operations, failed authentications and API writes."""
 
     def dial_overrides(self) -> dict[str, NodeDial]:
         return dict(self.node_dial)
@@ -300,6 +375,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         per_write_timeout=limits.float("per_write_timeout", 30.0, 0.1, 3600),
         body_min_rate=limits.float("body_min_rate", 1024.0, 0, 1e9),
         body_rate_grace=limits.float("body_rate_grace", 30.0, 0.1, 3600),
+        ops=_op_limits(limits),
         admin_token=(
             edge.secret("admin_token")
             if edge.has("admin_token") or edge.has("admin_token_file")
@@ -451,8 +527,11 @@ __all__ = [
     "Listeners",
     "NodeDial",
     "NodeTlsPolicy",
+    "OpLimits",
     "ProxyMode",
     "ProxyProtocol",
+    "RateRule",
+    "SlotRule",
     "SshFrontConfig",
     "load_edge_config",
 ]

@@ -6,6 +6,8 @@ address, etcd error, internal paths) goes to the log only.
 
 from __future__ import annotations
 
+import math
+
 
 class EdgeError(Exception):
     http_status = 500
@@ -118,3 +120,41 @@ class RoutingUnavailable(EdgeError):
 class BadGateway(EdgeError):
     http_status = 502
     public_message = "bad response from the repository's node"
+
+
+class TooManyOperations(EdgeError):
+    """A concurrency limit (user, repository, node, address) and its queue are full,
+    or the queue wait ran out. Refused before the node is asked: no git ran."""
+
+    http_status = 429
+    public_message = "too many concurrent operations, try again later"
+    ssh_exit_status = 1
+    RETRY_AFTER = 5
+    """Seconds a client is told to wait: long enough for a short operation to end."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.headers = ((b"retry-after", str(self.RETRY_AFTER).encode()),)
+
+    @property
+    def ssh_message(self) -> str:
+        # The issue's exact line (lowercase, no full stop), as gitlab-shell words its refusals.
+        return f"ERROR: {self.public_message}"
+
+
+class RateLimited(EdgeError):
+    """A token bucket (git operations, failed authentications, API writes) is empty."""
+
+    http_status = 429
+    ssh_exit_status = 1
+
+    def __init__(self, what: str, retry_after: float, detail: str = "") -> None:
+        seconds = max(1, math.ceil(retry_after))
+        self.retry_after = seconds
+        self.public_message = f"too many {what}, try again in {seconds} seconds"
+        super().__init__(detail or self.public_message)
+        self.headers = ((b"retry-after", str(seconds).encode()),)
+
+    @property
+    def ssh_message(self) -> str:
+        return f"ERROR: {self.public_message}"

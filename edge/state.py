@@ -9,6 +9,7 @@ from typing import Protocol
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
+from edge.limits import Limits
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
@@ -35,6 +36,15 @@ class EdgeState:
     ssh_front: StatsSource | None = None
     connection_limits: dict[str, ConnLimiter] = field(default_factory=dict)
     """The HTTP(S) fronts' connection counts, by front ("https", "http")."""
+    limits: Limits = field(init=False)
+    """Git operation, failed-auth and API-write limits, shared by both fronts."""
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(
+            self.config.ops,
+            ipv6_prefix=self.config.address_ipv6_prefix,
+            exempt=self.config.is_trusted_proxy,
+        )
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
@@ -64,4 +74,5 @@ class EdgeState:
             # SSH front (when configured): connections, sessions, and their share of
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),
+            **self.limits.stats_dict(),
         }

@@ -107,6 +107,7 @@ async def run_node(
             store,
             config.admin_secret,
             keepalive_timeout=config.keepalive_timeout,
+            max_push_size=config.max_push_size,
             repl=ReplApi(
                 replicator,
                 ReplicaOps(replicator, store, config.keys, volume.volume_id),

@@ -45,6 +45,9 @@ __all__ = ["ConfigError", "NodeConfig", "TlsConfig", "load_node_config"]
 
 _NODE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DEFAULT_ETCD = "http://127.0.0.1:2379"
+# GitHub refuses pushes over 2 GiB; a pack that size is already a repository to
+# import, not a push.
+DEFAULT_MAX_PUSH_SIZE = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class NodeConfig:
     etcd_timeout: float = 5.0
     snapshot_after: int = SNAPSHOT_AFTER
     """Ref-log entries past the newest snapshot that make this node write one."""
+    max_push_size: int = DEFAULT_MAX_PUSH_SIZE
+    """`[limits] max_push_size`: the largest pack one client push may send, in bytes
+    (git's receive.maxInputSize; 0: no limit). Peer transfers are not limited."""
 
     @property
     def keys(self) -> Keys:
@@ -95,6 +101,7 @@ def load_node_config(path: Path) -> NodeConfig:
             " its HTTP listener (delete the table, and the node's SSH firewall rule)",
         )
     tls = root.table("tls") if root.has("tls") else None
+    limits = root.table("limits")
 
     node_id = node.str("id")
     if not _NODE_ID.fullmatch(node_id):
@@ -133,8 +140,9 @@ def load_node_config(path: Path) -> NodeConfig:
         etcd_timeout=etcd.float("timeout", 5.0, lo=0.1, hi=120.0),
         tls=_tls(tls) if tls is not None else None,
         snapshot_after=node.int("snapshot_after", SNAPSHOT_AFTER, lo=1, hi=1_000_000),
+        max_push_size=limits.int("max_push_size", DEFAULT_MAX_PUSH_SIZE, lo=0, hi=2**50),
     )
-    for table in (root, node, etcd, *(t for t in (tls,) if t is not None)):
+    for table in (root, node, etcd, limits, *(t for t in (tls,) if t is not None)):
         table.check_unknown()
     return config
 

@@ -57,12 +57,14 @@ class GitHttpServer:
         repl: ReplApi | None = None,
         drain: Drain | None = None,
         requests: RequestTracker | None = None,
+        max_push_size: int = 0,
     ) -> None:
         self._store = store
         self._auth = EdgeAuth(admin_secret)
         self._admin = AdminApi(store)
         self._repl = repl
-        self._ssh = SshSessions(store)
+        self._ssh = SshSessions(store, max_push_size)
+        self._max_push_size = max_push_size
         self._keepalive_timeout = keepalive_timeout
         self.drain = drain or Drain()
         self.requests = requests or RequestTracker()
@@ -141,9 +143,11 @@ class GitHttpServer:
             await conn.respond_text(404, "not found")
 
     def _argv(self, argv: list[str], transfer: bool) -> list[str]:
-        """A peer's transfer runs the store's transfer hooks instead of the repo's (the vote)."""
+        """A peer's transfer runs the store's transfer hooks instead of the repo's (the vote);
+        a client's push is held to the push size limit (a peer's is not: it may carry a
+        replica's whole catch-up)."""
         if not transfer:
-            return argv
+            return git_proto.limit_push(argv, self._max_push_size)
         return [argv[0], "-c", f"core.hooksPath={self._store.transfer_hooks}", *argv[1:]]
 
     def _env(self, request: h11.Request) -> dict[str, str]:

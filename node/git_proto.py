@@ -65,6 +65,16 @@ def session_argv(service: Service, repo_dir: Path) -> list[str]:
     return ["git", service.verb, str(repo_dir)]
 
 
+def limit_push(argv: list[str], max_push_size: int) -> list[str]:
+    """A client's receive-pack with git's receive.maxInputSize: index-pack (or
+    unpack-objects) stops reading at that many bytes and dies with "pack exceeds
+    maximum allowed size"; receive-pack relays that over the sideband, refuses
+    every ref, and the quarantined objects are dropped, so nothing changes."""
+    if max_push_size <= 0 or argv[1:2] != [Service.RECEIVE_PACK.verb]:
+        return argv
+    return [argv[0], "-c", f"receive.maxInputSize={max_push_size}", *argv[1:]]
+
+
 def advertisement_type(service: Service) -> str:
     return f"application/x-{service.value}-advertisement"
 

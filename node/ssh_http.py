@@ -37,7 +37,13 @@ from gitproto.ssh_frame import (
     encode_stderr,
     frame_header,
 )
-from node.git_proto import StderrTail, on_behalf_of, session_argv, user_from_header
+from node.git_proto import (
+    StderrTail,
+    limit_push,
+    on_behalf_of,
+    session_argv,
+    user_from_header,
+)
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
@@ -63,8 +69,9 @@ COALESCE_DELAY = 0.001
 class SshSessions:
     """Serves `SshSession` routes for the node's HTTP server."""
 
-    def __init__(self, store: RepoStore) -> None:
+    def __init__(self, store: RepoStore, max_push_size: int = 0) -> None:
         self._store = store
+        self._max_push_size = max_push_size
 
     async def serve(self, conn: HttpConn, request: h11.Request, route: SshSession) -> None:
         """One session, already admitted by `EdgeAuth`: only the edge may run git
@@ -81,7 +88,11 @@ class SshSessions:
                 self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
             )
             await run_session(
-                conn, session_argv(route.service, repo_dir), env, self._store.root, what
+                conn,
+                limit_push(session_argv(route.service, repo_dir), self._max_push_size),
+                env,
+                self._store.root,
+                what,
             )
         await _drain_body(conn)
 

@@ -17,8 +17,8 @@ import trio
 
 from edge.api.handlers import handle_api
 from edge.api.repo_ops import handle_repo_op
-from edge.auth import authorize, http_user, routing_errors
-from edge.errors import EdgeError
+from edge.auth import authorize, counting_failed_auth, http_user, is_admin, routing_errors
+from edge.errors import AuthRequired, EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
@@ -34,8 +34,10 @@ from edge.proto.http_route import (
     ListCredentials,
     RepoOp,
     RevokeCredential,
+    Route,
     Stats,
     Unrouted,
+    is_api_write,
     parse_route,
 )
 from edge.proto.pace import BodyRate
@@ -174,32 +176,8 @@ async def handle_request(
         extra = [(b"allow", exc.allow.encode())] if exc.allow else None
         return await reply.text(exc.http_status, exc.message, extra=extra)
     try:
-        match route:
-            case InfoRefs() | Rpc():
-                return await _git(state, reply, route, info)
-            case Health(ready=False):
-                return await reply.text(200, "ok")
-            case Health(ready=True):
-                ready = state.cache.synced
-                return await reply.json(
-                    200 if ready else 503, {"ready": ready, "cache_revision": state.cache.revision}
-                )
-            case (
-                CreateRepo()
-                | GetRepo()
-                | CreateUser()
-                | CreateToken()
-                | AddKey()
-                | ListCredentials()
-                | RevokeCredential()
-            ):
-                return await handle_api(state, reply, route, info)
-            case RepoOp():
-                return await handle_repo_op(state, reply, route)
-            case Stats() if info.trusted_proxy:
-                return await reply.json(200, state.stats())
-            case Unrouted() | Stats():
-                return await reply.text(404, "not found")
+        with counting_failed_auth(state.limits, info.peer_ip, head.header(b"authorization")):
+            return await _dispatch(state, reply, route, info)
     except EdgeError as exc:
         return await reply.text(
             exc.http_status, exc.public_message, extra=list(exc.headers), note=exc.detail
@@ -207,7 +185,55 @@ async def handle_request(
     except BodyError as exc:
         # A malformed or oversized request body: the client's own doing (4xx).
         return await reply.text(exc.http_status, exc.public_message, note=exc.detail)
+
+
+async def _dispatch(state: EdgeState, reply: Reply, route: Route, info: ClientInfo) -> Outcome:
+    if is_api_write(route):
+        await _charge_api_write(state, reply, info)
+    match route:
+        case InfoRefs() | Rpc():
+            return await _git(state, reply, route, info)
+        case Health(ready=False):
+            return await reply.text(200, "ok")
+        case Health(ready=True):
+            ready = state.cache.synced
+            return await reply.json(
+                200 if ready else 503, {"ready": ready, "cache_revision": state.cache.revision}
+            )
+        case (
+            CreateRepo()
+            | GetRepo()
+            | CreateUser()
+            | CreateToken()
+            | AddKey()
+            | ListCredentials()
+            | RevokeCredential()
+        ):
+            return await handle_api(state, reply, route, info)
+        case RepoOp():
+            return await handle_repo_op(state, reply, route)
+        case Stats() if info.trusted_proxy:
+            return await reply.json(200, state.stats())
+        case Unrouted() | Stats():
+            return await reply.text(404, "not found")
     raise AssertionError(f"unhandled route {route!r}")
+
+
+async def _charge_api_write(state: EdgeState, reply: Reply, info: ClientInfo) -> None:
+    """An API write takes a token of its user's and its address's buckets (429 when out);
+    the admin token's writes take none.
+
+    Charged to the user only once their credentials check out: nobody can spend
+    someone else's budget by naming them.
+    """
+    authorization = reply.exchange.head.header(b"authorization")
+    if is_admin(authorization, state.config.admin_token):
+        return  # the operator's provisioning is not rate-limited
+    user = None
+    # Bad credentials: charged to the address; the handler answers them its own way.
+    with suppress(AuthRequired):
+        user = await http_user(state.cache, authorization)
+    state.limits.check_api_write(user, info.peer_ip)
 
 
 async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: ClientInfo) -> Outcome:
@@ -217,6 +243,7 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
         # an HTTP/1.0 connection is not persistent, so this answer closes it.
         return await reply.text(505, "HTTP/1.1 required")
     user = await http_user(state.cache, head.header(b"authorization"))
+    state.limits.check_git_rate(user, info.peer_ip)
     await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
     with routing_errors():
         # Reads and pushes of a replicated repository go to the in-sync replica
@@ -228,14 +255,18 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
             push=route.service.writes,
         )
     cfg = state.config
-    result = await proxy_git(
-        reply.client,
-        reply.exchange,
-        route,
-        location,
-        dataclasses.replace(info, user=user),
-        state.pool,
-        Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
-    )
+    # Admitted before the node is asked: a refusal (429) leaves no git behind.
+    async with state.limits.git_operation(
+        user=user, client_ip=info.peer_ip, repo=route.repo.path, node_id=location.node_id
+    ):
+        result = await proxy_git(
+            reply.client,
+            reply.exchange,
+            route,
+            location,
+            dataclasses.replace(info, user=user),
+            state.pool,
+            Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
+        )
     note = f"node={location.node_id} bytes={result.response_bytes}"
     return Outcome(result.status, f"{note} {result.note}" if result.note else note)

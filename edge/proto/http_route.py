@@ -123,6 +123,14 @@ Route = (
 )
 
 
+def is_api_write(route: Route) -> bool:
+    """A request that writes etcd or a node (creates, credentials, replica changes):
+    what the API-write rate limit counts."""
+    if isinstance(route, RepoOp):
+        return route.op != "verify"
+    return isinstance(route, CreateRepo | CreateUser | CreateToken | AddKey | RevokeCredential)
+
+
 # SHA256 fingerprints as OpenSSH prints them (base64, no padding); token ids as
 # edge.proto.basic_auth makes them.
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")

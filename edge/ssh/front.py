@@ -28,8 +28,9 @@ import asyncssh
 import trio
 
 from edge.auth import authorize, routing_errors
-from edge.config import ProxyMode, SshFrontConfig
+from edge.config import OpLimits, ProxyMode, SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
+from edge.limits import Limits
 from edge.proxy_accept import with_client_address
 from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
 from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
@@ -87,8 +88,11 @@ class SshFront:
         region: Region,
         read_wait: float = 0.0,
         limiter: ConnLimiter | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._config = config
+        # Shared with the HTTPS front (EdgeState.limits): one budget per user and address.
+        self.limits = limits or Limits(OpLimits())
         # `[ssh] max_connections*`; the edge passes one that exempts its trusted proxies.
         self._limiter = limiter or ConnLimiter(
             config.max_connections, config.max_connections_per_address
@@ -273,10 +277,10 @@ class SshFront:
         with trio.fail_after(LOOKUP_TIMEOUT):
             return await self._cache.key_owner(fingerprint)
 
-    def start_session(self, channel: ClientChannel, user: str) -> None:
+    def start_session(self, channel: ClientChannel, user: str, client_ip: str) -> None:
         """asyncssh's session_started callback: hand the session over to trio."""
         try:
-            self._sessions.start_soon(self._serve_session, channel, user)
+            self._sessions.start_soon(self._serve_session, channel, user, client_ip)
         except RuntimeError:  # the nursery is closed: we are shutting down
             channel.abort()
             return
@@ -286,8 +290,8 @@ class SshFront:
 
     # -- trio -----------------------------------------------------------------------
 
-    async def _serve_session(self, channel: ClientChannel, user: str) -> None:
-        session = GitSession(channel, user, self)
+    async def _serve_session(self, channel: ClientChannel, user: str, client_ip: str) -> None:
+        session = GitSession(channel, user, self, client_ip)
         try:
             with self._requests.track():  # a draining edge waits for SSH sessions too
                 await session.run()
@@ -305,7 +309,8 @@ class SshFront:
             if self.stats.sessions_active == 0:
                 self._idle.set()
 
-    async def route(self, command: GitCommand, user: str) -> NodeRecord:
+    async def route(self, command: GitCommand, user: str, client_ip: str) -> NodeRecord:
+        self.limits.check_git_rate(user, client_ip)
         writes = command.service.writes
         with _lookup_deadline(LOOKUP_TIMEOUT + self._read_wait):
             await authorize(self._cache, command.repo, user, write=writes, anonymous_401=False)
@@ -319,9 +324,16 @@ class SshFront:
         return node
 
     async def carry(
-        self, node: NodeRecord, request: SessionRequest, client: ClientStream
+        self, node: NodeRecord, request: SessionRequest, client: ClientStream, client_ip: str
     ) -> RelayResult:
-        return await self._nodes.carry(node, request, client)
+        # Admitted before the node is asked: a refusal leaves no git behind.
+        async with self.limits.git_operation(
+            user=request.user,
+            client_ip=client_ip,
+            repo=request.command.repo.path,
+            node_id=node.node_id,
+        ):
+            return await self._nodes.carry(node, request, client)
 
 
 @contextlib.contextmanager
@@ -343,6 +355,7 @@ class _ClientConnection(asyncssh.SSHServer):
         self._config = front._config
         self._conn: asyncssh.SSHServerConnection | None = None
         self._peer_ip = "-"
+        """The client's address: what logs, connection caps and git operation limits use."""
         self._admitted = False
         self._authenticated = False
         self._user: str | None = None
@@ -410,9 +423,21 @@ class _ClientConnection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        limits = self._front.limits
+        if limits.auth_blocked(self._peer_ip):
+            # Before the key is looked up; OpenSSH shows the reason ("Received
+            # disconnect from ...: too many failed authentications ...").
+            log.info("SSH login from %s refused: too many failed authentications", self._peer_ip)
+            if self._conn is not None:
+                self._conn.disconnect(
+                    asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE,
+                    "too many failed authentications from your address, try again later",
+                )
+            return False
         owner = await self._front.key_owner(key)
         if owner is None:
             self._front.stats.auth_rejected += 1
+            limits.auth_failed(self._peer_ip)
             log.info("SSH key %s: unknown, rejected", key.get_fingerprint("sha256"))
             return False
         # asyncssh calls this for a key query and again, right before checking the
@@ -449,9 +474,9 @@ class _ClientConnection(asyncssh.SSHServer):
             )
         self._open_sessions += 1
         channel = self._conn.create_server_channel(encoding=None, window=self._config.window)
-        user, front = self._user, self._front
+        user, front, address = self._user, self._front, self._peer_ip
         return channel, ClientChannel(
-            lambda session: front.start_session(session, user),
+            lambda session: front.start_session(session, user, address),
             self._session_closed,
             self._activity,
             write_timeout=self._config.per_write_timeout,

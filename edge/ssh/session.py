@@ -109,14 +109,15 @@ class SessionChannel(ClientStream, Protocol):
 class Backend(Protocol):
     """What a session needs from the edge (trio)."""
 
-    async def route(self, command: GitCommand, user: str) -> NodeRecord:
-        """The node to run `command` on for `user`; raises EdgeError."""
+    async def route(self, command: GitCommand, user: str, client_ip: str) -> NodeRecord:
+        """The node to run `command` on for `user`; raises EdgeError (a rate limit too)."""
         ...
 
     async def carry(
-        self, node: NodeRecord, request: SessionRequest, client: ClientStream
+        self, node: NodeRecord, request: SessionRequest, client: ClientStream, client_ip: str
     ) -> RelayResult:
-        """Run the session on the node; raises NodeUnavailable, NodeLost, ClientGone."""
+        """Run the session on the node once admitted; raises TooManyOperations (before the
+        node is asked), NodeUnavailable, NodeLost, ClientGone."""
         ...
 
 
@@ -135,10 +136,14 @@ class SessionOutcome:
 class GitSession:
     """Serves one client session from its first request to its exit status."""
 
-    def __init__(self, channel: SessionChannel, user: str, backend: Backend) -> None:
+    def __init__(
+        self, channel: SessionChannel, user: str, backend: Backend, client_ip: str
+    ) -> None:
         self._channel = channel
         self._user = user
         self._backend = backend
+        self._client_ip = client_ip
+        """The client's real address, as the front decided it: what the limits count."""
         self.outcome = SessionOutcome()
 
     async def run(self) -> None:
@@ -152,17 +157,20 @@ class GitSession:
                 raise subsystem_refusal(channel.subsystem)
             request = vet_session(user=self._user, command=channel.command, env=channel.environment)
             outcome.what = f"{request.command.service} {request.command.repo}"
-            node = await self._backend.route(request.command, self._user)
+            node = await self._backend.route(request.command, self._user, self._client_ip)
             outcome.node = node.node_id
             result = await self._backend.carry(
-                node, SessionRequest(request.command, request.git_protocol, self._user), channel
+                node,
+                SessionRequest(request.command, request.git_protocol, self._user),
+                channel,
+                self._client_ip,
             )
         except SessionRefused as exc:
             outcome.refused = True
             outcome.note = exc.line
             self._finish(exc.line, exc.status)
         except EdgeError as exc:
-            # Access, routing, or no connection to the node: nothing ran.
+            # Access, routing, limits, or no connection to the node: nothing ran.
             outcome.refused = True
             outcome.note = exc.detail
             self._finish(exc.ssh_message, exc.ssh_exit_status)
