@@ -73,6 +73,23 @@ EDGE_CONFIG: dict[str, dict[str, Any]] = {
         # The idle connections are held for the whole idle phase (minutes on a busy
         # machine); the default (60 s) would close them in the middle of it.
         "keepalive_timeout": 1800.0,
+        # One user from one address brings all the load: its per-user, per-address,
+        # per-repo and per-node budgets (10, 10, 20, 64 at once; 600/min) would refuse
+        # most of it by design. 0 turns each off; this measures the edge's cost, not
+        # its refusals (tests/e2e/test_limits.py tests those).
+        "git_per_user": 0,
+        "git_per_address": 0,
+        "git_per_repo": 0,
+        "git_per_node": 0,
+        "git_rate_per_user": 0,
+        "git_rate_per_address": 0,
+        # Loopback is in trusted_proxies, so the per-address connection caps do not
+        # apply; the per-front cap (4096) is above the 2,000 idle connections.
+    },
+    "ssh": {
+        # The handshake phase keeps up to --handshake-concurrency unauthenticated at
+        # once; the default 100:30:200 would start dropping above 100.
+        "max_startups": "1000:30:2000",
     },
 }
 # --------------------------------------------------------------------------------------------
