@@ -4,16 +4,20 @@
     python -m bench.load --quick  # 20 concurrent clones x1, 200 idle conns, 50 handshakes
 
 One run starts a devnet (etcd, nodes fra-1 and lax-1, one edge with HTTPS and
-SSH fronts; the edge restarted on `EDGE_CONFIG`) in a temp dir, and:
+SSH fronts; the edge restarted on `EDGE_CONFIG`; node lax-2 serving HTTPS)
+in a temp dir, and:
 
 1. generates a small repo (--repo-kb of random blobs in >= 128 files, one
-   pack) and pushes it through the edge as user `bench`;
+   pack) and pushes it through the edge as user `bench`, and straight to
+   lax-2 (the same commit);
 2. bursts: --clones `git clone`s started at once, all of one path, waited
-   for together; per round direct (plain HTTP to the node, the node's
-   credential sent as the edge sends it), edge (HTTPS) and edge-ssh (SSH
+   for together; per round direct (plain HTTP to the edge's node, the node's
+   credential sent as the edge sends it), direct-tls (the same, HTTPS to
+   lax-2: git's client TLS without the edge), edge (HTTPS) and edge-ssh (SSH
    through the edge, OpenSSH client), interleaved, after a warm-up burst of
    a few clones each. The figure is the burst's wall time (first start to
-   last exit), the ratio edge / direct of its medians, and the failures;
+   last exit), the ratios edge / direct and edge / direct-tls of its
+   medians, and the failures;
 3. idle: --idle-conns TLS connections to the edge, each having answered one
    `GET /healthz` and then left idle (keep-alive); the edge's RSS (VmRSS,
    VmHWM from /proc) and file descriptors, and the latency of a new
@@ -51,7 +55,7 @@ import psutil
 from bench import clones, load_probes
 from bench.clones import USER, Variant
 from bench.common import log, rmtree, work_dir
-from bench.load_clones import bursts, timed_clone
+from bench.load_clones import TLS_NODE, bursts, direct_tls_variant, timed_clone
 from bench.load_probes import HttpsTarget, SshTarget, spread, timed_calls, vm_status
 from bench.load_report import render, summarise
 from bench.meters import ProcMeter
@@ -284,6 +288,7 @@ def build_rig(net: TreeNet, work: Path, commit: str, client_key: Path) -> Rig:
     edge_base = net.https_url.replace("://", f"://{USER}:{net.token(USER)}@", 1)
     variants = {
         "direct": Variant("direct", f"{node.http_url}/{REPO}.git", direct_env, edge, node_meter),
+        "direct-tls": direct_tls_variant(net, REPO, home, edge),
         "edge": Variant("edge", f"{edge_base}/{REPO}.git", edge_env, edge, node_meter),
     }
     if net.ssh_url:
@@ -329,6 +334,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "Burst wall time: the first clone started to the last one ended; a burst's clones "
         "are one path's only, and the paths take turns round by round.",
         "Direct clones send the node's credential (`authorization: Bearer`, as the edge does).",
+        "Two references: direct = plain HTTP straight from fra-1, the node behind the edge "
+        "(git's client does no TLS: edge / direct includes the clients' TLS CPU); "
+        f"direct-tls = HTTPS straight from {TLS_NODE[0]}, a node serving TLS itself "
+        "(self-signed, git with http.sslVerify=false), holding the same commit (repo created "
+        "on that node and pushed to it directly): the clients do the same TLS work as "
+        "through the edge, so edge / direct-tls is what the edge itself adds.",
         "Edge config merged for this run (bench/load.py EDGE_CONFIG): " + repr(EDGE_CONFIG),
     ]
     result = new_result("load", args, notes, rlimit_nofile=nofile)
@@ -336,7 +347,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with work_dir("gitedge-bench-load-", args.keep_work) as work:
         client_key = keygen(work / "client_ed25519", "gitedge-bench-load")
         log(f"work dir {work}; starting the devnet ...")
-        with running_devnet(Tree.this(), work / "this", [USER], EDGE_CONFIG) as net:
+        devnet = running_devnet(Tree.this(), work / "this", [USER], EDGE_CONFIG, [TLS_NODE])
+        with devnet as net:
             edge_proc = psutil.Process(net.edge_pid)
             result["edge_rlimit_nofile"] = list(edge_proc.rlimit(psutil.RLIMIT_NOFILE))
             add_client_key(net, client_key.with_name(client_key.name + ".pub"))
@@ -352,6 +364,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.ssh_clones:
                 rig.variants.pop("edge-ssh", None)
             clones.push_through(rig.variants["edge"].url, repo, rig.variants["edge"].env, rig.edge)
+            tls = rig.variants["direct-tls"]
+            run_git(["push", "--quiet", tls.url, "main:main"], tls.env, cwd=repo.path, timeout=600)
             rmtree(repo.path)
             log(
                 f"edge pid {rig.edge.pid} (RLIMIT_NOFILE {result['edge_rlimit_nofile']}); "

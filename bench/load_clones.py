@@ -1,4 +1,5 @@
-"""bench.load's bursts: N `git clone`s of one path started at once, waited for together."""
+"""bench.load's bursts: N `git clone`s of one path started at once, waited for together;
+and the direct-tls reference's repository on the devnet's HTTPS node."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from bench import clones
 from bench.clones import Variant
 from bench.common import MiB, log, rmtree
 from bench.load_probes import HealthzSampler, HttpsTarget
-from bench.meters import RssSampler
-from bench.repos import run_git
+from bench.meters import ProcMeter, RssSampler
+from bench.repos import clean_git_env, run_git
 from bench.runner import interleave
+from bench.trees import TreeNet
 
 WARMUP_CLONES = 3
 CLONE_TIMEOUT_S = 600.0
@@ -47,6 +51,43 @@ class BurstSample:
     edge_healthz: dict[str, Any] = field(default_factory=dict)
     """`GET /healthz` on a kept connection every 0.1 s during the burst (load_probes)."""
     errors: list[str] = field(default_factory=list)
+
+
+TLS_NODE = ("lax-2", "lax")
+"""The direct-tls reference: one more node, serving HTTPS with its own self-signed
+certificate. In lax, not fra: a second fra node would be a candidate when the edge
+places the repo in fra, and the edge's path must stay edge -> fra-1 (plain HTTP).
+Regions are only labels here: every process is on this machine's loopback."""
+
+
+def direct_tls_variant(net: TreeNet, repo: str, home: Path, edge: ProcMeter) -> Variant:
+    """`repo` created straight on the TLS node (its internal API, the node's credential,
+    no etcd record: the edge never routes to it) and a variant that clones it from there
+    as the direct variant does, over HTTPS. git (gnutls) cannot check the node's
+    certificate (self-signed, no subjectAltName): http.sslVerify=false skips the chain
+    check only; the handshake and the encryption are the same work."""
+    node = net.node(TLS_NODE[0])
+    credential = f"Bearer {net.admin_secret}"
+    created = httpx.post(
+        f"{node.http_url}/_gitedge/repos",
+        json={"name": repo},
+        headers={"authorization": credential},
+        verify=False,  # pinned by edges from etcd; nothing to pin against here
+        timeout=30.0,
+    )
+    if created.status_code not in (200, 201):
+        raise RuntimeError(f"create {repo} on {node.node_id}: HTTP {created.status_code}")
+    env = clean_git_env(
+        home,
+        GIT_CONFIG_COUNT="2",
+        GIT_CONFIG_KEY_0="http.extraHeader",
+        GIT_CONFIG_VALUE_0=f"authorization: {credential}",
+        GIT_CONFIG_KEY_1="http.sslVerify",
+        GIT_CONFIG_VALUE_1="false",
+    )
+    if not node.http_url.startswith("https://"):
+        raise RuntimeError(f"{node.node_id} serves {node.http_url}, not HTTPS")
+    return Variant("direct-tls", f"{node.http_url}/{repo}.git", env, edge, ProcMeter(node.pid))
 
 
 def timed_clone(v: Variant, dest: Path, nice: int = 0) -> tuple[float, str]:

@@ -91,8 +91,17 @@ def _target(target: str, value: float, ok: bool) -> dict[str, Any]:
     return {"target": target, "value": value, "pass": ok}
 
 
+REFERENCES = {
+    "direct": "plain HTTP straight from the edge's node: git's client does no TLS",
+    "direct-tls": "HTTPS straight from a node serving TLS: git's client does the same TLS "
+    "work as through the edge",
+}
+"""The references the edge's clones are compared with, and what each is."""
+
+
 def summarise(result: dict[str, Any], samples: Sequence[Burst]) -> None:
-    """`result["summary"]`: each path, edge / direct (and edge-ssh / direct), the targets."""
+    """`result["summary"]`: each path, edge / direct and edge / direct-tls (and the other
+    paths / direct), the targets."""
     paths = list(dict.fromkeys(s.path for s in samples))
     repo_bytes, nproc = int(result["repo"]["bytes"]), int(result["machine"]["nproc"] or 1)
     each = {p: path_summary(samples, p, repo_bytes, nproc) for p in paths}
@@ -100,12 +109,17 @@ def summarise(result: dict[str, Any], samples: Sequence[Burst]) -> None:
     for path in paths:
         if path != "direct":
             summary[f"ratio_{path}_direct"] = compare(samples, path, "direct").as_dict()
-    ratio = summary["ratio_edge_direct"]["ratio"]
+    if "direct-tls" in paths:
+        summary["ratio_edge_direct-tls"] = compare(samples, "edge", "direct-tls").as_dict()
     failures = summary["paths"]["edge"]["failures"]
     summary["targets"] = {
-        "ratio_edge_direct": _target(f"<= {TARGET_RATIO}", ratio, ratio <= TARGET_RATIO),
-        "edge_failures": _target(f"== {TARGET_FAILURES}", failures, failures == TARGET_FAILURES),
+        f"ratio_edge_{ref}": _target(f"<= {TARGET_RATIO}", r, r <= TARGET_RATIO)
+        for ref in REFERENCES
+        if (r := summary.get(f"ratio_edge_{ref}", {}).get("ratio")) is not None
     }
+    summary["targets"]["edge_failures"] = _target(
+        f"== {TARGET_FAILURES}", failures, failures == TARGET_FAILURES
+    )
     result["summary"] = summary
 
 
@@ -144,7 +158,8 @@ def burst_section(result: dict[str, Any]) -> list[str]:
         f"{repo['bytes'] / 1024:.0f} KiB repo ({repo['files']} files), clone with checkout"
         + (f" under `nice -n {a['client_nice']}`" if a.get("client_nice") else "")
         + "; "
-        "direct = plain HTTP to the node, edge = HTTPS through the edge, edge-ssh = SSH "
+        "direct = plain HTTP to the node, direct-tls = HTTPS to a node serving TLS itself, "
+        "edge = HTTPS through the edge, edge-ssh = SSH "
         "through the edge (OpenSSH client); each burst after a warm-up burst of 3. "
         "`GET /healthz` meanwhile: one kept connection to the edge, every 0.1 s during the "
         "burst; during a direct burst the edge is idle and it measures the machine alone.",
@@ -173,12 +188,23 @@ def burst_section(result: dict[str, Any]) -> list[str]:
                 ", ".join(f"{x:.1f}" for x in p["loadavg_1m"]),
             )
         )
-    lines += ["", *METRIC_HEAD]
+    lines += ["", *reference_table(s), "", *METRIC_HEAD]
     r = s["ratio_edge_direct"]
     lines += [
         metric_row("burst wall, edge (HTTPS) / direct (ratio of medians)", f"{r['ratio']:.3f}",
                    t["ratio_edge_direct"]["target"], verdict(t["ratio_edge_direct"]["pass"])),
         metric_row("median of per-round ratios", f"{r['median_pair_ratio']:.3f}"),
+    ]  # fmt: skip
+    if "ratio_edge_direct-tls" in s:
+        rt, tt = s["ratio_edge_direct-tls"], t["ratio_edge_direct-tls"]
+        lines += [
+            metric_row("burst wall, edge (HTTPS) / direct-tls (ratio of medians)",
+                       f"{rt['ratio']:.3f}", tt["target"], verdict(tt["pass"])),
+            metric_row("median of per-round ratios", f"{rt['median_pair_ratio']:.3f}"),
+            metric_row("burst wall, direct-tls / direct: git's client TLS",
+                       f"{s['ratio_direct-tls_direct']['ratio']:.3f}"),
+        ]  # fmt: skip
+    lines += [
         metric_row("failed edge clones (all timed bursts)", str(t["edge_failures"]["value"]),
                    t["edge_failures"]["target"], verdict(t["edge_failures"]["pass"])),
     ]  # fmt: skip
@@ -190,6 +216,37 @@ def burst_section(result: dict[str, Any]) -> list[str]:
             )
         )
         lines.append(metric_row("failed edge-ssh clones", str(s["paths"]["edge-ssh"]["failures"])))
+    return lines
+
+
+def reference_table(s: dict[str, Any]) -> list[str]:
+    """edge / each reference side by side, with the machine's load during both paths'
+    bursts and the clients' CPU per clone (what differs most between the references)."""
+    lines = [
+        row("edge (HTTPS) / reference", "ratio of median bursts", "median of per-round ratios",
+            "target", "result", "load 1m per burst: edge; reference",
+            "client CPU per clone, s: edge / reference", "the reference"),
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | --- |",
+    ]  # fmt: skip
+    edge = s["paths"]["edge"]
+    for ref, what in REFERENCES.items():
+        if f"ratio_edge_{ref}" not in s:
+            continue
+        r, t, p = s[f"ratio_edge_{ref}"], s["targets"][f"ratio_edge_{ref}"], s["paths"][ref]
+        lines.append(
+            row(
+                f"edge / {ref}",
+                f"{r['ratio']:.3f}",
+                f"{r['median_pair_ratio']:.3f}",
+                t["target"],
+                verdict(t["pass"]),
+                ", ".join(f"{x:.1f}" for x in edge["loadavg_1m"])
+                + "; "
+                + ", ".join(f"{x:.1f}" for x in p["loadavg_1m"]),
+                f"{edge['client_cpu_s_per_clone']:.3f} / {p['client_cpu_s_per_clone']:.3f}",
+                what,
+            )
+        )
     return lines
 
 

@@ -1,7 +1,7 @@
 """Run one source tree's devnet until SIGTERM; describe it in a ready file.
 
     <tree>/.venv/bin/python bench/tree_devnet.py --tree <tree> --work-dir D --ready-file F
-        [--edge-config JSON]
+        [--edge-config JSON] [--tls-node ID:REGION ...]
 
 Started by `bench.trees` so that a benchmark can measure an edge and nodes
 built from another checkout (an older commit in its own worktree and .venv)
@@ -16,6 +16,10 @@ tree: `-m` imports from there first.
 into the edge's TOML config (any table, the devnet's own included) and
 restarts the edge on it: a benchmark that must set a limit the devnet does
 not take as an argument (bench/load.py).
+
+`--tls-node lax-2:lax` starts one more node, serving HTTPS with its own
+self-signed certificate (`Devnet.start_node(..., tls=True)`), once the rest
+is up: a reference that git clones straight over TLS (bench/load.py).
 """
 
 from __future__ import annotations
@@ -127,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-file", type=Path, required=True)
     p.add_argument("--user", action="append", default=[], help="make a token for this user")
     p.add_argument("--edge-config", default="", metavar="JSON", help="merge into the edge's TOML")
+    p.add_argument(
+        "--tls-node", action="append", default=[], metavar="ID:REGION", help="one more HTTPS node"
+    )
     args = p.parse_args(argv)
+    tls_nodes = [spec.partition(":")[::2] for spec in args.tls_node]
+    if any(not node_id or not region for node_id, region in tls_nodes):
+        p.error("--tls-node: ID:REGION")
     root = args.tree.resolve()
     os.chdir(root)
     sys.path[0] = str(root)  # the tree's packages, not this script's directory
@@ -137,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         with start_devnet(args.work_dir.resolve()) as net:
             if args.edge_config:
                 reconfigure_edge(net, json.loads(args.edge_config))
+            for node_id, region in tls_nodes:
+                net.start_node(node_id, region, tls=True)
             info = describe(net, module, root)
             info["tokens"] = {user: net.user_token(user) for user in args.user}
             partial = args.ready_file.with_name(args.ready_file.name + ".partial")

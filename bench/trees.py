@@ -156,17 +156,20 @@ def running_devnet(
     work_dir: Path,
     users: Sequence[str],
     edge_config: Mapping[str, Mapping[str, Any]] | None = None,
+    tls_nodes: Sequence[tuple[str, str]] = (),
 ) -> Iterator[TreeNet]:
     """`tree`'s devnet in `work_dir`, with a token for each of `users`; stopped on exit.
 
     `edge_config` (`{table: {key: value}}`) is merged into the edge's config, which
-    then restarts on it (bench/tree_devnet.py)."""
+    then restarts on it; `tls_nodes` (node id, region) are more nodes serving HTTPS,
+    started last (bench/tree_devnet.py)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ready = work_dir / "tree-devnet.ready.json"
     argv = [str(tree.python), str(DRIVER), "--tree", str(tree.root)]
     argv += ["--work-dir", str(work_dir / "devnet"), "--ready-file", str(ready)]
     argv += [x for user in users for x in ("--user", user)]
     argv += ["--edge-config", json.dumps(edge_config)] if edge_config else []
+    argv += [x for node_id, region in tls_nodes for x in ("--tls-node", f"{node_id}:{region}")]
     # PYTHONPATH too: whatever the caller's environment says, `-m edge.cli`
     # in the driver's children must import the tree's packages.
     driver = spawn(f"devnet-{tree.label}", argv, work_dir, env={"PYTHONPATH": str(tree.root)})

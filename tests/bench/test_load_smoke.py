@@ -25,11 +25,17 @@ def test_quick_load_run_writes_every_phase(tmp_path: Path) -> None:
     markdown = (tmp_path / "load.md").read_text()
 
     timed = [(s["path"], s["clones"]) for s in result["burst_samples"] if not s["warmup"]]
-    assert timed == [("direct", 2), ("edge", 2), ("edge-ssh", 2)]
+    assert timed == [("direct", 2), ("direct-tls", 2), ("edge", 2), ("edge-ssh", 2)]
     paths = result["summary"]["paths"]
     assert all(p["failures"] == 0 for p in paths.values()), result["burst_samples"]
     assert result["summary"]["ratio_edge_direct"]["ratio"] > 0
-    assert set(result["summary"]["targets"]) == {"ratio_edge_direct", "edge_failures"}
+    # The TLS reference: straight from a node that serves HTTPS itself.
+    tls = next(s for s in result["burst_samples"] if s["path"] == "direct-tls")
+    assert tls["node_cpu_s"] > 0
+    assert result["summary"]["ratio_edge_direct-tls"]["reference"] == "direct-tls"
+    assert result["summary"]["ratio_edge_direct-tls"]["ratio"] > 0
+    targets = {"ratio_edge_direct", "ratio_edge_direct-tls", "edge_failures"}
+    assert set(result["summary"]["targets"]) == targets
 
     idle = result["idle"]
     assert idle["held"] == idle["answered_again"] == 8
@@ -48,4 +54,6 @@ def test_quick_load_run_writes_every_phase(tmp_path: Path) -> None:
     for heading in ("## 2 concurrent clones", "## 8 idle keep-alive", "## 4 SSH handshakes"):
         assert heading in markdown
     assert "| burst wall, edge (HTTPS) / direct (ratio of medians) |" in markdown
+    assert "| burst wall, edge (HTTPS) / direct-tls (ratio of medians) |" in markdown
+    assert "| edge / direct | " in markdown and "| edge / direct-tls | " in markdown
     assert "load avg (1/5/15 min)" in markdown
