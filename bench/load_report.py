@@ -336,6 +336,8 @@ def render(result: dict[str, Any]) -> str:
             "clone errors (first of each kind):",
             *(f"- `{e}`" for e in sorted(set(errors))[:10]),
         ]
+    if result.get("notes"):
+        lines += ["", "notes:", "", *(f"- {n}" for n in result["notes"])]
     problems = result.get("edge_log_problems", {})
     if problems.get("count"):
         lines += ["", f"edge log: {problems['count']} warning/error/4xx/5xx lines (401s left out), "

@@ -56,4 +56,5 @@ def test_quick_load_run_writes_every_phase(tmp_path: Path) -> None:
     assert "| burst wall, edge (HTTPS) / direct (ratio of medians) |" in markdown
     assert "| burst wall, edge (HTTPS) / direct-tls (ratio of medians) |" in markdown
     assert "| edge / direct | " in markdown and "| edge / direct-tls | " in markdown
+    assert "- Two references: direct = plain HTTP" in markdown
     assert "load avg (1/5/15 min)" in markdown
