@@ -49,7 +49,8 @@ from bench.trees import Tree, TreeNet, running_devnet
 
 REPO = "bench/small"
 HEADINGS = (
-    "variant|wall|to connect|TLS set-up|CA dir|401|info/refs|ls-refs|git requests|edge log lines"
+    "variant|wall|to connect|TLS set-up|CA dir|401|info/refs|ls-refs|slowest request (max)"
+    "|git requests|edge log lines"
 )
 VARIANTS = ("direct-http", "edge-https", "edge-https-upfront", "edge-https-no-capath")
 
@@ -332,6 +333,7 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             "info_refs": ms(lambda s: request_ms(200, 0, s)),
             "ls_refs": ms(lambda s: request_ms(200, 1, s)),
             "requests": median([float(len(s["requests"])) for s in rows]),
+            "slowest_request": max(r["seconds"] * 1000 for s in rows for r in s["requests"]),
             "edge_requests": median([float(s["edge_requests"]) for s in rows]),
             "rounds": float(len(rows)),
         }
@@ -340,7 +342,16 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def render(result: dict[str, Any]) -> str:
     summary = summarise(result["samples"])
-    cols = ("wall", "to_connect", "tls_setup", "ca_dir", "r401", "info_refs", "ls_refs")
+    cols = [
+        "wall",
+        "to_connect",
+        "tls_setup",
+        "ca_dir",
+        "r401",
+        "info_refs",
+        "ls_refs",
+        "slowest_request",
+    ]
     lines = [
         f"Medians of {int(summary[VARIANTS[0]]['rounds'])} interleaved rounds, in ms. "
         f"Load average {result['loadavg_start'][0]:.1f} at the start, "
@@ -349,10 +360,12 @@ def render(result: dict[str, Any]) -> str:
         "`wall` is an untraced run; the phases come from a traced run of the same round "
         "(bench/curl_trace.py). `to connect`: process start, the remote helper's exec, "
         "libcurl/GnuTLS init. `TLS set-up`: connect to handshake done, of which `CA dir` "
-        "is GnuTLS loading /etc/ssl/certs. Each request: sent to its response read.",
+        "is GnuTLS loading /etc/ssl/certs. Each request: sent to its response read; "
+        "the slowest is the maximum over every request of every timed round (a Nagle / "
+        "delayed-ACK stall would show as >= 40 ms).",
         "",
         row(*HEADINGS.split("|")),
-        row(*["---"] * 10),
+        row(*["---"] * 11),
     ]
     for name, s in summary.items():
         cells = [f"{s[c]:.1f}" for c in cols]
