@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import resource
 import socket
 import ssl
 import time
@@ -43,13 +44,13 @@ from bench import clones
 from bench.clones import USER
 from bench.common import log, median, work_dir
 from bench.curl_trace import parse_trace
-from bench.repos import clean_git_env, run_git
+from bench.repos import Timed, clean_git_env, run_git
 from bench.results import RESULTS_DIR, new_result, row, run_main
 from bench.trees import Tree, TreeNet, running_devnet
 
 REPO = "bench/small"
 HEADINGS = (
-    "variant|wall|to connect|TLS set-up|CA dir|401|info/refs|ls-refs|slowest request (max)"
+    "variant|wall|git CPU|to connect|TLS set-up|CA dir|401|info/refs|ls-refs|slowest request (max)"
     "|git requests|edge log lines"
 )
 VARIANTS = ("direct-http", "edge-https", "edge-https-upfront", "edge-https-no-capath")
@@ -133,13 +134,17 @@ def settled_access_lines(net: TreeNet, expected: int, timeout: float = 2.0) -> i
     return count
 
 
-def ls_remote(url: str, env: dict[str, str], commit: str) -> float:
+def ls_remote(url: str, env: dict[str, str], commit: str) -> Timed:
+    """Wall time and the CPU time of git's process tree (git and its remote helper)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = run_git(["ls-remote", url, "refs/heads/main"], env, timeout=60)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if not out.startswith(commit):
         raise RuntimeError(f"ls-remote {url}: {out!r}, expected {commit}")
-    return wall
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Timed(wall, cpu)
 
 
 def traced(url: str, env: dict[str, str], trace: Path) -> dict[str, Any]:
@@ -298,11 +303,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 url, env = envs[name]
                 before = access_lines(net)
                 phases = traced(url, env, work / "trace.txt")
-                wall = ls_remote(url, env, commit)
+                timed = ls_remote(url, env, commit)
                 sent = 2 * len(phases["requests"]) if name.startswith("edge") else 0
                 seen = settled_access_lines(net, before + sent) - before
                 sample = {"round": round_no, "variant": name, "warmup": round_no == 0}
-                samples.append({**sample, "wall_s": wall, "edge_requests": seen / 2, **phases})
+                samples.append(
+                    {**sample, "wall_s": timed.wall_s, "client_cpu_s": timed.client_cpu_s}
+                    | {"edge_requests": seen / 2, **phases}
+                )
             log(f"round {round_no}/{args.rounds} done")
         node_url = envs["direct-http"][0].removesuffix(f"/{REPO}.git")
         result["server_probes_ms"] = server_probes(net, node_url, args.rounds)
@@ -326,6 +334,7 @@ def summarise(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
         out[name] = {
             "wall": ms(lambda s: s["wall_s"]),
+            "client_cpu": ms(lambda s: s["client_cpu_s"]),
             "to_connect": ms(lambda s: s["to_connect_s"]),
             "tls_setup": ms(lambda s: s["tls_setup_s"] or 0.0),
             "ca_dir": ms(lambda s: s["ca_loading_s"].get("/etc/ssl/certs", 0.0)),
@@ -344,6 +353,7 @@ def render(result: dict[str, Any]) -> str:
     summary = summarise(result["samples"])
     cols = [
         "wall",
+        "client_cpu",
         "to_connect",
         "tls_setup",
         "ca_dir",
@@ -357,7 +367,8 @@ def render(result: dict[str, Any]) -> str:
         f"Load average {result['loadavg_start'][0]:.1f} at the start, "
         f"{result['loadavg_end'][0]:.1f} at the end (2 shared cores).",
         "",
-        "`wall` is an untraced run; the phases come from a traced run of the same round "
+        "`wall` is an untraced run, `git CPU` the user+system time of its processes; the "
+        "phases come from a traced run of the same round "
         "(bench/curl_trace.py). `to connect`: process start, the remote helper's exec, "
         "libcurl/GnuTLS init. `TLS set-up`: connect to handshake done, of which `CA dir` "
         "is GnuTLS loading /etc/ssl/certs. Each request: sent to its response read; "
@@ -365,7 +376,7 @@ def render(result: dict[str, Any]) -> str:
         "delayed-ACK stall would show as >= 40 ms).",
         "",
         row(*HEADINGS.split("|")),
-        row(*["---"] * 11),
+        row(*["---"] * 12),
     ]
     for name, s in summary.items():
         cells = [f"{s[c]:.1f}" for c in cols]
