@@ -283,12 +283,18 @@ def build_rig(net: TreeNet, work: Path, commit: str, client_key: Path) -> Rig:
         GIT_CONFIG_KEY_0="http.extraHeader",
         GIT_CONFIG_VALUE_0=credential,
     )
-    edge_env = clean_git_env(home, GIT_SSL_CAINFO=str(net.ca_file))
+    # Debian's git (libcurl-gnutls) parses every certificate in /etc/ssl/certs on each
+    # HTTPS connection, GIT_SSL_CAINFO or not: ~55 ms of client CPU per clone, measured
+    # in bench/results/lsremote_latency.md. An empty CA path leaves the handshake and the
+    # encryption and takes out only that, which is no server's cost.
+    ca_path = work / "empty-ca-path"
+    ca_path.mkdir(exist_ok=True)
+    edge_env = clean_git_env(home, GIT_SSL_CAINFO=str(net.ca_file), GIT_SSL_CAPATH=str(ca_path))
     ssh_env = clean_git_env(home, GIT_SSH_COMMAND=git_ssh_command(client_key, net.known_hosts))
     edge_base = net.https_url.replace("://", f"://{USER}:{net.token(USER)}@", 1)
     variants = {
         "direct": Variant("direct", f"{node.http_url}/{REPO}.git", direct_env, edge, node_meter),
-        "direct-tls": direct_tls_variant(net, REPO, home, edge),
+        "direct-tls": direct_tls_variant(net, REPO, home, edge, ca_path),
         "edge": Variant("edge", f"{edge_base}/{REPO}.git", edge_env, edge, node_meter),
     }
     if net.ssh_url:
@@ -334,6 +340,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "Burst wall time: the first clone started to the last one ended; a burst's clones "
         "are one path's only, and the paths take turns round by round.",
         "Direct clones send the node's credential (`authorization: Bearer`, as the edge does).",
+        "HTTPS clients (edge, direct-tls) run with an empty GIT_SSL_CAPATH: Debian's git "
+        "otherwise parses all of /etc/ssl/certs per connection (~55 ms CPU, "
+        "bench/results/lsremote_latency.md), a client cost no server can change.",
         "Two references: direct = plain HTTP straight from fra-1, the node behind the edge "
         "(git's client does no TLS: edge / direct includes the clients' TLS CPU); "
         f"direct-tls = HTTPS straight from {TLS_NODE[0]}, a node serving TLS itself "

@@ -60,12 +60,15 @@ places the repo in fra, and the edge's path must stay edge -> fra-1 (plain HTTP)
 Regions are only labels here: every process is on this machine's loopback."""
 
 
-def direct_tls_variant(net: TreeNet, repo: str, home: Path, edge: ProcMeter) -> Variant:
+def direct_tls_variant(
+    net: TreeNet, repo: str, home: Path, edge: ProcMeter, ca_path: Path
+) -> Variant:
     """`repo` created straight on the TLS node (its internal API, the node's credential,
     no etcd record: the edge never routes to it) and a variant that clones it from there
     as the direct variant does, over HTTPS. git (gnutls) cannot check the node's
     certificate (self-signed, no subjectAltName): http.sslVerify=false skips the chain
-    check only; the handshake and the encryption are the same work."""
+    check only; the handshake and the encryption are the same work. `ca_path`: an
+    empty GIT_SSL_CAPATH, as the edge's clients get (bench/load.py build_rig says why)."""
     node = net.node(TLS_NODE[0])
     credential = f"Bearer {net.admin_secret}"
     created = httpx.post(
@@ -84,6 +87,7 @@ def direct_tls_variant(net: TreeNet, repo: str, home: Path, edge: ProcMeter) -> 
         GIT_CONFIG_VALUE_0=f"authorization: {credential}",
         GIT_CONFIG_KEY_1="http.sslVerify",
         GIT_CONFIG_VALUE_1="false",
+        GIT_SSL_CAPATH=str(ca_path),
     )
     if not node.http_url.startswith("https://"):
         raise RuntimeError(f"{node.node_id} serves {node.http_url}, not HTTPS")
