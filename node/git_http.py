@@ -10,6 +10,7 @@ request then runs the git service the way git's own `http-backend` would (see
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import h11
 import trio
@@ -160,10 +161,15 @@ class GitHttpServer:
     async def _info_refs(
         self, conn: HttpConn, request: h11.Request, route: InfoRefs, transfer: bool = False
     ) -> None:
-        repo_dir = self._store.existing(route.repo)
-        if repo_dir is None:
-            await conn.respond_text(404, "repository not found")
-            return
+        with self._store.serving(route.repo) as repo_dir:
+            if repo_dir is None:
+                await conn.respond_text(404, "repository not found")
+                return
+            await self._advertise(conn, request, route, repo_dir, transfer)
+
+    async def _advertise(
+        self, conn: HttpConn, request: h11.Request, route: InfoRefs, repo_dir: Path, transfer: bool
+    ) -> None:
         content_type = git_proto.advertisement_type(route.service)
         if request.method == b"HEAD":
             await conn.respond(200, content_type=content_type, headers=NO_CACHE)
@@ -181,10 +187,15 @@ class GitHttpServer:
     async def _rpc(
         self, conn: HttpConn, request: h11.Request, route: Rpc, transfer: bool = False
     ) -> None:
-        repo_dir = self._store.existing(route.repo)
-        if repo_dir is None:
-            await conn.respond_text(404, "repository not found")
-            return
+        with self._store.serving(route.repo) as repo_dir:
+            if repo_dir is None:
+                await conn.respond_text(404, "repository not found")
+                return
+            await self._run_rpc(conn, request, route, repo_dir, transfer)
+
+    async def _run_rpc(
+        self, conn: HttpConn, request: h11.Request, route: Rpc, repo_dir: Path, transfer: bool
+    ) -> None:
         expected = git_proto.request_type(route.service)
         if header(request, b"content-type") != expected.encode():
             # As http-backend's check_content_type().

@@ -13,6 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -44,6 +46,11 @@ done
 """
 
 
+DELETE_WAIT = 5.0
+"""Below the edge's node-admin timeout (10 s): a removed copy's in-flight requests
+(a stale-routed push or fetch) finish first; a longer clone is cut as before."""
+
+
 class RepoStoreError(Exception):
     """Creating or deleting a repository failed on this node (an operator problem)."""
 
@@ -59,6 +66,8 @@ class RepoStore:
         self.hook_env: dict[str, str] = {}
         # core.hooksPath of a peer node's transfer push (node/repl_api.py): no vote.
         self.transfer_hooks = self.root / ".gitedge-transfer-hooks"
+        self._serving: dict[RepoName, int] = {}
+        self._idle: dict[RepoName, trio.Event] = {}
 
     def prepare(self) -> None:
         """Create the volume's own dirs and drop temp dirs left by a crash (blocking)."""
@@ -77,6 +86,27 @@ class RepoStore:
     def existing(self, repo: RepoName) -> Path | None:
         path = self.path(repo)
         return path if path.is_dir() else None
+
+    @contextmanager
+    def serving(self, repo: RepoName) -> Iterator[Path | None]:
+        """`existing(repo)`, counted as in use until the block ends: a delete waits
+        for it (DELETE_WAIT at most). A request routed here by an edge whose cache
+        had not yet seen a move then runs on the whole copy (a push is refused by
+        its vote, "push again"), instead of git failing in a directory renamed away
+        between the check and its start ("not a git repository")."""
+        path = self.existing(repo)
+        if path is None:
+            yield None
+            return
+        self._serving[repo] = self._serving.get(repo, 0) + 1
+        try:
+            yield path
+        finally:
+            left = self._serving.pop(repo) - 1
+            if left:
+                self._serving[repo] = left
+            elif (idle := self._idle.pop(repo, None)) is not None:
+                idle.set()
 
     def env(self, git_protocol: str | None = None) -> dict[str, str]:
         return {**child_env(os.environ, self.home_dir, git_protocol), **self.hook_env}
@@ -120,7 +150,11 @@ class RepoStore:
                 await trio.to_thread.run_sync(_remove, tmp)
 
     async def delete(self, repo: RepoName) -> bool:
-        """Remove the repo; False if it did not exist. Gone at once (rename), then erased."""
+        """Remove the repo; False if it did not exist. Requests being served from it
+        finish first (DELETE_WAIT at most); then it is gone at once (rename), and erased."""
+        with trio.move_on_after(DELETE_WAIT):
+            while self._serving.get(repo):
+                await self._idle.setdefault(repo, trio.Event()).wait()
         final = self.path(repo)
         trash = Path(tempfile.mkdtemp(prefix="delete-", dir=self.tmp_dir)) / "repo"
         try:

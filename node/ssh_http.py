@@ -77,23 +77,24 @@ class SshSessions:
         """One session, already admitted by `EdgeAuth`: only the edge may run git
         as a user it vouches for."""
         _detect_dead_peer(conn.stream)
-        repo_dir = self._store.existing(route.repo)
         user = user_from_header(header(request, b"gitedge-user"))
         what = f"ssh {route.service} {route.repo} for {user or '-'}"
-        if repo_dir is None:
-            log.info("%s: no such repository here", what)
-            await _respond_frames(conn, encode_stderr(NOT_FOUND) + encode_exit(NOT_FOUND_STATUS))
-        else:
-            env = on_behalf_of(
-                self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
-            )
-            await run_session(
-                conn,
-                limit_push(session_argv(route.service, repo_dir), self._max_push_size),
-                env,
-                self._store.root,
-                what,
-            )
+        with self._store.serving(route.repo) as repo_dir:
+            if repo_dir is None:
+                log.info("%s: no such repository here", what)
+                frames = encode_stderr(NOT_FOUND) + encode_exit(NOT_FOUND_STATUS)
+                await _respond_frames(conn, frames)
+            else:
+                env = on_behalf_of(
+                    self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
+                )
+                await run_session(
+                    conn,
+                    limit_push(session_argv(route.service, repo_dir), self._max_push_size),
+                    env,
+                    self._store.root,
+                    what,
+                )
         await _drain_body(conn)
 
 
