@@ -139,6 +139,8 @@ class EtcdClient:
         # HTTP requests attempted (watch opens and failed connects included): the edge
         # reports it to show that its hot path does not touch etcd.
         self.requests_made = 0
+        self.request_errors = 0
+        """Requests (per endpoint tried) that failed or were refused: /metrics."""
         self._http = httpx.AsyncClient(
             # Connect gets half the budget so that a dead endpoint shows up as a
             # ConnectTimeout (known unsent, safe to fail over) before the attempt's deadline.
@@ -366,6 +368,7 @@ class EtcdClient:
                 if tls_failure(exc):
                     tls_failed = True
                 failures.append(f"{endpoint}: {describe(exc)}")
+                self.request_errors += 1
                 continue
             try:
                 if response.status_code != 200:
@@ -430,10 +433,12 @@ class EtcdClient:
             except _NotSent as exc:
                 tls_failures += isinstance(exc, _TlsRefused)
                 failures.append(f"{endpoint}: {exc}")
+                self.request_errors += 1
                 continue
             except _MaybeSent as exc:
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
+                    self.request_errors += 1
                     continue
                 raise EtcdOutcomeUnknown(
                     f"etcd {path} on {endpoint} failed after sending ({exc});"
@@ -455,6 +460,7 @@ class EtcdClient:
                 # timed out" or "leader changed" come after it, which may still commit.
                 if idempotent or codec.ERR_NO_LEADER in str(exc):
                     failures.append(f"{endpoint}: {exc}")
+                    self.request_errors += 1
                     continue
                 raise EtcdOutcomeUnknown(f"etcd {path} on {endpoint}: {exc}") from exc
             self._preferred = index
