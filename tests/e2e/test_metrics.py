@@ -7,6 +7,7 @@ edge and compares the differences, so other tests' traffic does not matter.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devnet.network import Devnet
-from tests.e2e.conftest import Git, create_repo, repo_url, ssh_git_command, tls
+from tests.e2e.conftest import Git, create_repo, poll, repo_url, ssh_git_command, tls
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
 
@@ -177,3 +178,42 @@ def test_admin_listener_serves_only_metrics(net: Devnet, path: str) -> None:
     url = net.edge.metrics_url
     assert url is not None
     assert httpx.get(url.removesuffix("/metrics") + path, timeout=10).status_code == 404
+
+
+def test_json_log_has_one_line_per_git_operation(net: Devnet, git: Git, tmp_path: Path) -> None:
+    edge = net.start_edge("fra", ssh=False, extra='[log]\nformat = "json"')
+    try:
+        assert create_repo(net, "alice/metrics-json").status_code == 201
+        work = git.new_worktree(tmp_path / "work")
+        git.commit(work, "a.txt", b"hello\n")
+        url = repo_url(net, "alice/metrics-json", edge_url=edge.https_url)
+        git.run("-c", "protocol.version=2", "push", "-q", url, "main", cwd=work)
+        git.run("-c", "protocol.version=2", "clone", "-q", url, str(tmp_path / "clone"))
+        token = net.user_token("alice")
+
+        def logged() -> list[dict[str, object]] | None:
+            lines = edge.process.log_path.read_text().splitlines()
+            entries = [json.loads(line) for line in lines]  # every line is one object
+            ops = [e for e in entries if e.get("event") == "git_operation"]
+            done = [e for e in ops if e["service"] == "git-upload-pack" and e["result"] == "ok"]
+            return ops if len(done) == 3 else None
+
+        ops = poll(10, logged, "three git-upload-pack lines in the JSON log")
+        pushes = [e for e in ops if e["service"] == "git-receive-pack" and e["result"] == "ok"]
+        assert len(pushes) == 2
+        assert {e["protocol"] for e in pushes} == {"0"}  # git pushes with protocol v0
+        assert any(isinstance(e["bytes_in"], int) and e["bytes_in"] > 0 for e in pushes)
+        post = [e for e in ops if e["service"] == "git-upload-pack"][-1]  # the v2 fetch
+        assert post["user"] == "alice"
+        assert post["repo"] == "alice/metrics-json"
+        assert post["protocol"] == "2"
+        assert post["front"] == "https"
+        assert post["client"] == "127.0.0.1"
+        assert post["region"] == "fra" and post["edge_region"] == "fra"
+        assert post["node"] == "fra-1"
+        assert isinstance(post["bytes_out"], int) and post["bytes_out"] > 0
+        assert isinstance(post["duration_s"], float)
+        assert token not in edge.process.log_path.read_text()
+    finally:
+        edge.process.stop()
+        net.edges.remove(edge)
