@@ -53,6 +53,7 @@ async def serve_admin(
 
 async def _serve_one(registry: CollectorRegistry, stream: trio.SocketStream) -> None:
     try:
+        request = None
         with trio.move_on_after(READ_TIMEOUT):
             request = await _read_request(stream)
         if request is None:

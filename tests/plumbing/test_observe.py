@@ -110,3 +110,34 @@ async def test_admin_listener_serves_metrics_and_nothing_else() -> None:
     assert query.status_code == 200
     assert head.status_code == 200 and head.content == b""
     assert post.status_code == 405 and root.status_code == 404
+
+
+async def _exchange(listeners: list[trio.SocketListener], data: bytes) -> bytes:
+    """Connect, send `data` (may be nothing), read until the listener closes (a close
+    with our bytes unread is a reset)."""
+    host, _, port = admin_addresses(listeners)[0].rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    answer = b""
+    async with stream:
+        try:
+            if data:
+                await stream.send_all(data)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        except trio.BrokenResourceError:
+            pass
+    return answer
+
+
+async def test_a_silent_or_oversized_client_is_closed_unanswered(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    listeners = open_admin_listeners((("127.0.0.1", 0),))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_admin, listeners, CollectorRegistry())
+        with trio.fail_after(60):  # virtual time: the read deadline is 10 s
+            assert await _exchange(listeners, b"") == b""
+            huge = b"GET /metrics HTTP/1.1\r\nx: " + b"a" * 20000 + b"\r\n\r\n"
+            assert await _exchange(listeners, huge) == b""
+            assert await _exchange(listeners, b"\x16\x03\x01 not http\r\n\r\n") == b""
+        nursery.cancel_scope.cancel()
