@@ -217,3 +217,29 @@ def test_json_log_has_one_line_per_git_operation(net: Devnet, git: Git, tmp_path
     finally:
         edge.process.stop()
         net.edges.remove(edge)
+
+
+def test_limit_rejections_are_counted_by_limit(net: Devnet, git: Git) -> None:
+    edge = net.start_edge(
+        "fra",
+        ssh=False,
+        edge_options='trusted_proxies = ["127.0.0.2/32"]',  # 127.0.0.1 is limited too
+        extra="[limits]\ngit_rate_per_user = 1\ngit_burst_per_user = 1\n",
+    )
+    try:
+        assert create_repo(net, "alice/metrics-limits").status_code == 201
+        url = repo_url(net, "alice/metrics-limits", edge_url=edge.https_url)
+        before = scrape_url(edge.metrics_url)
+        runs = [git.run("ls-remote", url, check=False) for _ in range(3)]
+        after = scrape_url(edge.metrics_url)
+        refused = sum(run.returncode != 0 for run in runs)
+        assert refused >= 1  # a burst of one per user: the second ls-remote is over it
+        rejections = "gitedge_limit_rejections_total"
+        assert moved(before, after, rejections, limit="git_rate") == refused
+        for other in ("git_concurrency", "auth_failures", "api_write_rate"):
+            assert moved(before, after, rejections, limit=other) == 0
+        refused_ops = moved(before, after, "gitedge_git_operations_total", result="refused")
+        assert refused_ops >= refused  # each 429, and git's anonymous first tries (401)
+    finally:
+        edge.process.stop()
+        net.edges.remove(edge)
