@@ -140,7 +140,7 @@ class EtcdClient:
         # reports it to show that its hot path does not touch etcd.
         self.requests_made = 0
         self.request_errors = 0
-        """Requests (per endpoint tried) that failed or were refused: /metrics."""
+        """Requests (per endpoint tried) that failed or that etcd refused: /metrics."""
         self._http = httpx.AsyncClient(
             # Connect gets half the budget so that a dead endpoint shows up as a
             # ConnectTimeout (known unsent, safe to fail over) before the attempt's deadline.
@@ -436,9 +436,9 @@ class EtcdClient:
                 self.request_errors += 1
                 continue
             except _MaybeSent as exc:
+                self.request_errors += 1
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
-                    self.request_errors += 1
                     continue
                 raise EtcdOutcomeUnknown(
                     f"etcd {path} on {endpoint} failed after sending ({exc});"
@@ -447,6 +447,7 @@ class EtcdClient:
             try:
                 answer = codec.decode_response(status, data)
             except EtcdError as exc:
+                self.request_errors += 1
                 if codec.is_permission_denied(exc):
                     raise EtcdAccessDenied(f"etcd {path} on {endpoint}: {exc}") from None
                 if codec.is_token_rejected(exc) and self._user is None:
@@ -460,7 +461,6 @@ class EtcdClient:
                 # timed out" or "leader changed" come after it, which may still commit.
                 if idempotent or codec.ERR_NO_LEADER in str(exc):
                     failures.append(f"{endpoint}: {exc}")
-                    self.request_errors += 1
                     continue
                 raise EtcdOutcomeUnknown(f"etcd {path} on {endpoint}: {exc}") from exc
             self._preferred = index
