@@ -54,6 +54,11 @@ class NodeHandle:
         return str(self.ready["http_url"])
 
     @property
+    def metrics_url(self) -> str | None:
+        value = self.ready.get("metrics_url")
+        return str(value) if value else None
+
+    @property
     def volume_id(self) -> str:
         return str(self.ready["volume_id"])
 
@@ -79,6 +84,12 @@ class EdgeHandle:
     @property
     def http_url(self) -> str | None:
         value = self.ready.get("http_url")
+        return str(value) if value else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """`http://127.0.0.1:PORT/metrics` on its admin listener (`[admin]`)."""
+        value = self.ready.get("metrics_url")
         return str(value) if value else None
 
     @property
@@ -199,6 +210,8 @@ class Devnet:
                     'listen = "127.0.0.1:0"',
                     f"admin_secret_file = {_toml(str(self.admin_secret_file))}",
                     f"lease_ttl = {lease_ttl}",
+                    "[admin]",  # /metrics on a free loopback port
+                    'listen = "127.0.0.1:0"',
                     "[etcd]",
                     *(etcd_table if etcd_table is not None else self.etcd_lines()),
                     *(self._node_tls_table(node_id) if tls else []),
@@ -312,6 +325,9 @@ class Devnet:
                 else self.etcd_lines()
             ),
             rtt.to_toml() if rtt.links else "",
+            # /metrics on a free loopback port (the default, 9464, would collide).
+            "[admin]",
+            'listen = "127.0.0.1:0"',
             extra,
             "",
         ]

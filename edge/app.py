@@ -32,6 +32,7 @@ from edge.ssh.aio import open_aio_loop
 from edge.ssh.front import SshFront
 from edge.ssh.relay import NodeSessions
 from edge.state import EdgeState
+from plumbing.admin_http import admin_addresses, open_admin_listeners, serve_admin
 from plumbing.connlimit import ConnLimiter
 from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import write_ready_file
@@ -54,9 +55,12 @@ class EdgeRuntime:
     ssh_address: str | None = None
     """`host:port` of the SSH front, when `[ssh]` is configured."""
     listening: dict[str, list[str]] = field(default_factory=dict)
-    """Every bound `host:port` per front ("https", "http", "ssh"); the URLs name the first."""
+    """Every bound `host:port` per front ("https", "http", "ssh", "admin"); the URLs name
+    the first."""
     server_tls: ServerTls | None = None
     """The HTTPS front's certificate, reloaded by SIGHUP."""
+    metrics_url: str | None = None
+    """`http://host:port/metrics` on the admin listener, when `[admin]` is configured."""
 
     async def reload(self) -> None:
         """SIGHUP: the TLS certificate and key, and the SSH host keys, read again."""
@@ -204,6 +208,13 @@ async def run_edge(
                                 handler_nursery=handlers,
                             )
                         )
+                    metrics_url = None
+                    if config.observe.admin_listen:
+                        admin = open_admin_listeners(config.observe.admin_listen)
+                        listening["admin"] = admin_addresses(admin)
+                        metrics_url = f"http://{listening['admin'][0]}/metrics"
+                        # Not in `accepting`: a draining edge can still be watched.
+                        root.start_soon(serve_admin, admin, state.registry, handlers)
                     if ssh_front is not None:
                         # In `accepting`: a drain stops the SSH listener with the others.
                         listening["ssh"] = await accepting.start(ssh_front.serve)
@@ -220,6 +231,7 @@ async def run_edge(
                             ssh_address,
                             listening,
                             server_tls,
+                            metrics_url,
                         )
                     )
         finally:
@@ -252,6 +264,7 @@ async def _ssh_front(config: EdgeConfig, state: EdgeState) -> AsyncIterator[SshF
             region=config.region,
             read_wait=config.replica_read_wait,
             limits=state.limits,
+            git_ops=state.git_ops,
             limiter=ConnLimiter(
                 config.ssh.max_connections,
                 config.ssh.max_connections_per_address,
@@ -280,6 +293,7 @@ async def _main(config: EdgeConfig, ready_file: Path | None) -> None:
                         "http_url": runtime.http_url,
                         "ssh_address": runtime.ssh_address,
                         "listening": runtime.listening,
+                        "metrics_url": runtime.metrics_url,
                         "region": config.region,
                     },
                 )

@@ -154,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                 from edge.app import run
                 from edge.config import load_edge_config
 
-                run(load_edge_config(args.config), args.ready_file)
+                config = load_edge_config(args.config)
+                setup_logging(args.log_level, config.observe.log_format)
+                run(config, args.ready_file)
                 return 0
             case "node":
                 from node.app import main as node_main
@@ -331,13 +333,14 @@ def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
         url = edge.https_url
         token = net.user_token("alice")  # a ready user, made through the admin API
         ssh_port, known_hosts = edge.ssh_port, net.known_hosts
-        ready = {
+        ready: dict[str, object] = {
             "https_url": url,
             "ca_file": str(net.ca_file),
             "regions": {n.region: n.http_url for n in net.nodes.values()},
             "etcd": net.etcd.url,
             "workdir": str(work),
             "ssh_url": edge.ssh_url,
+            "metrics_url": edge.metrics_url,
             "ssh_known_hosts": str(known_hosts),
             "user": "alice",
             "token": token,
@@ -345,7 +348,12 @@ def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
         }
         if regions:
             ready["edges"] = {
-                e.region: {"https_url": e.https_url, "ssh_url": e.ssh_url} for e in net.edges
+                e.region: {
+                    "https_url": e.https_url,
+                    "ssh_url": e.ssh_url,
+                    "metrics_url": e.metrics_url,
+                }
+                for e in net.edges
             }
         edge_lines = "".join(
             f"\n  edge {e.region:<8} {e.https_url}  {e.ssh_url}" for e in net.edges[1:]
@@ -355,6 +363,7 @@ def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
 gitedge demo is up.
   edge (HTTPS)  {url}
   edge (SSH)    {edge.ssh_url}   host key in {known_hosts}{edge_lines}
+  metrics       {edge.metrics_url}
   CA bundle     {net.ca_file}
   etcd          {net.etcd.url}
   nodes         {", ".join(f"{n.node_id} ({n.region}) {n.http_url}" for n in net.nodes.values())}

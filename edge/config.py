@@ -12,6 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from plumbing.maxstartups import MaxStartups, MaxStartupsError
+from plumbing.observe import Observability, load_observability
 from plumbing.sshkeys import KeyFileError, load_or_create_key
 from plumbing.tomlconf import ConfigError, Table
 from routing.etcd_security import EtcdSecurity, load_etcd_security
@@ -297,6 +298,8 @@ class EdgeConfig:
     all endpoints, answers 503; its outcome is unknown (a majority of etcd is down)."""
     ops: OpLimits = OpLimits()
     """`[limits]` on git operations, failed authentications and API writes."""
+    observe: Observability = field(default_factory=Observability)
+    """`[admin] listen` (`/metrics`) and `[log] format` (plumbing/observe.py)."""
 
     def dial_overrides(self) -> dict[str, NodeDial]:
         return dict(self.node_dial)
@@ -387,6 +390,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         etcd_security=load_etcd_security(etcd, _etcd_endpoints(etcd)),
         etcd_timeout=etcd.float("timeout", 5.0, 0.1, 120),
         etcd_write_timeout=etcd.float("write_timeout", 1.5, 0.1, 120),
+        observe=load_observability(root),
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")

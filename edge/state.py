@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+
+from prometheus_client import CollectorRegistry
 
 from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
 from edge.limits import Limits
+from edge.metrics import EdgeCollector, GitOps, StatsSource
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
-
-
-class StatsSource(Protocol):
-    """A front that reports its own counters (the SSH front)."""
-
-    def stats_dict(self) -> Mapping[str, object]: ...
 
 
 @dataclass
@@ -38,6 +33,9 @@ class EdgeState:
     """The HTTP(S) fronts' connection counts, by front ("https", "http")."""
     limits: Limits = field(init=False)
     """Git operation, failed-auth and API-write limits, shared by both fronts."""
+    registry: CollectorRegistry = field(init=False)
+    """What `/metrics` shows (edge/metrics.py): the counters below, read at scrape time."""
+    git_ops: GitOps = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(
@@ -45,10 +43,15 @@ class EdgeState:
             ipv6_prefix=self.config.address_ipv6_prefix,
             exempt=self.config.is_trusted_proxy,
         )
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.git_ops = GitOps(self.registry, self.config.region)
+        self.registry.register(EdgeCollector(self))
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
-        move none of `node_connects` or `lookup_etcd_reads`."""
+        move none of `node_connects` or `lookup_etcd_reads`.
+
+        The same counters `/metrics` reads (edge/metrics.py), under their older names."""
         return {
             "requests_active": self.requests.active,
             "draining": self.drain.begun,
@@ -56,6 +59,7 @@ class EdgeState:
             "node_reuses": self.pool.stats.reuses,
             "node_stale_dropped": self.pool.stats.stale_dropped,
             "etcd_requests": self.etcd.requests_made,
+            "etcd_request_errors": self.etcd.request_errors,
             "lookup_etcd_reads": self.cache.stats.etcd_reads,
             "cache_synced": self.cache.synced,
             "cache_revision": self.cache.revision,
@@ -75,4 +79,5 @@ class EdgeState:
             # the node pool above (warm sessions move only ssh_pool_reuses).
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),
             **self.limits.stats_dict(),
+            **self.git_ops.totals(),
         }

@@ -38,6 +38,7 @@ from node.repl_ops import ReplicaOps
 from node.replication import Replicator
 from node.repos import RepoStore
 from node.tls import CertFileError, NodeTls, load_node_tls
+from plumbing.admin_http import admin_addresses, open_admin_listeners, serve_admin
 from plumbing.drain import Drain, RequestTracker
 from plumbing.listen import address_text, open_trio_listeners
 from plumbing.runtime import setup_logging, write_ready_file
@@ -61,6 +62,8 @@ class NodeRuntime:
     tls_cert_sha256: str | None = None
     listening: str | None = None
     """The bound `host:port` (http_url may be an advertise_url naming another)."""
+    metrics_url: str | None = None
+    """`http://host:port/metrics` on the admin listener, when `[admin]` is configured."""
 
     def ready_info(self) -> dict[str, str]:
         return {key: value for key, value in asdict(self).items() if value is not None}
@@ -132,6 +135,13 @@ async def run_node(
                 # Bound already: clients queue in the backlog until the loop runs.
                 nursery.start_soon(_accept, accepting, handler, listeners, nursery)
                 log.info("node %s listening on %s", config.node_id, http_url)
+                metrics_url = None
+                if config.observe.admin_listen:
+                    admin = open_admin_listeners(config.observe.admin_listen)
+                    metrics_url = f"http://{admin_addresses(admin)[0]}/metrics"
+                    # Not in `accepting`: a draining node can still be watched.
+                    nursery.start_soon(serve_admin, admin, server.metrics.registry, nursery)
+
                 registration = Registration(
                     etcd,
                     config.keys,
@@ -159,6 +169,7 @@ async def run_node(
                         http_url,
                         tls_cert_sha256=tls.cert_sha256 if tls else None,
                         listening=address_text(listeners[0].socket.getsockname()),
+                        metrics_url=metrics_url,
                     )
                 )
         finally:
@@ -245,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     try:
         config = load_node_config(args.config)
+        setup_logging(args.log_level, config.observe.log_format)
         faults = FaultPoints(os.environ.get(PAUSE_ENV, ""))
     except (ConfigError, FaultPointError) as exc:
         print(f"gitedge node: {exc}", file=sys.stderr)

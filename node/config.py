@@ -25,6 +25,10 @@ timeout = 5                   # seconds per request and endpoint
 [tls]                         # optional: without it the node serves plain HTTP
 cert_file = "/var/lib/gitedge/node-tls-cert.pem"   # both missing: a self-signed pair is made
 key_file = "/var/lib/gitedge/node-tls-key.pem"     # (0600) and kept; edges pin the cert
+[admin]                       # optional: GET /metrics (plumbing/observe.py)
+listen = "127.0.0.1:9464"     # the default; loopback or a private network only
+[log]
+format = "text"               # or "json"
 ```
 """
 
@@ -35,6 +39,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from plumbing.observe import Observability, load_observability
 from plumbing.tomlconf import ConfigError, Table
 from routing.etcd_security import EtcdSecurity, load_etcd_security
 from routing.model import InvalidRegion, NodeId, Region, parse_region
@@ -80,6 +85,8 @@ class NodeConfig:
     etcd_timeout: float = 5.0
     snapshot_after: int = SNAPSHOT_AFTER
     """Ref-log entries past the newest snapshot that make this node write one."""
+    observe: Observability = field(default_factory=Observability)
+    """`[admin] listen` (`/metrics`) and `[log] format` (plumbing/observe.py)."""
     max_push_size: int = DEFAULT_MAX_PUSH_SIZE
     """`[limits] max_push_size`: the largest pack one client push may send, in bytes
     (git's receive.maxInputSize; 0: no limit). Peer transfers are not limited."""
@@ -141,6 +148,7 @@ def load_node_config(path: Path) -> NodeConfig:
         tls=_tls(tls) if tls is not None else None,
         snapshot_after=node.int("snapshot_after", SNAPSHOT_AFTER, lo=1, hi=1_000_000),
         max_push_size=limits.int("max_push_size", DEFAULT_MAX_PUSH_SIZE, lo=0, hi=2**50),
+        observe=load_observability(root),
     )
     for table in (root, node, etcd, limits, *(t for t in (tls,) if t is not None)):
         table.check_unknown()

@@ -30,6 +30,7 @@ from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.http_conn import HttpConn, header
+from node.metrics import GitProcessMetrics
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
 from node.ssh_http import SshSessions
@@ -59,12 +60,15 @@ class GitHttpServer:
         drain: Drain | None = None,
         requests: RequestTracker | None = None,
         max_push_size: int = 0,
+        metrics: GitProcessMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or GitProcessMetrics()
+        """The git processes this server runs, for `/metrics` (node/metrics.py)."""
         self._store = store
         self._auth = EdgeAuth(admin_secret)
         self._admin = AdminApi(store)
         self._repl = repl
-        self._ssh = SshSessions(store, max_push_size)
+        self._ssh = SshSessions(store, max_push_size, self.metrics)
         self._max_push_size = max_push_size
         self._keepalive_timeout = keepalive_timeout
         self.drain = drain or Drain()
@@ -175,14 +179,15 @@ class GitHttpServer:
             await conn.respond(200, content_type=content_type, headers=NO_CACHE)
             return
         git_protocol = accept_git_protocol(header(request, b"git-protocol"))
-        await serve_git(
-            conn,
-            self._argv(git_proto.info_refs_argv(route.service, repo_dir), transfer),
-            env=self._env(request),
-            volume=self._store.root,
-            content_type=content_type,
-            prefix=git_proto.advertisement_prefix(route.service, git_protocol),
-        )
+        with self.metrics.track(str(route.service), _kind("info_refs", transfer)) as process:
+            process.returncode = await serve_git(
+                conn,
+                self._argv(git_proto.info_refs_argv(route.service, repo_dir), transfer),
+                env=self._env(request),
+                volume=self._store.root,
+                content_type=content_type,
+                prefix=git_proto.advertisement_prefix(route.service, git_protocol),
+            )
 
     async def _rpc(
         self, conn: HttpConn, request: h11.Request, route: Rpc, transfer: bool = False
@@ -206,11 +211,17 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
-        await serve_git(
-            conn,
-            self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),
-            env=self._env(request),
-            volume=self._store.root,
-            content_type=git_proto.result_type(route.service),
-            decoder=decoder,
-        )
+        with self.metrics.track(str(route.service), _kind("rpc", transfer)) as process:
+            process.returncode = await serve_git(
+                conn,
+                self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),
+                env=self._env(request),
+                volume=self._store.root,
+                content_type=git_proto.result_type(route.service),
+                decoder=decoder,
+            )
+
+
+def _kind(kind: str, transfer: bool) -> str:
+    """The metrics' `kind`: a peer's replication fetch is "transfer", not a client's."""
+    return "transfer" if transfer else kind

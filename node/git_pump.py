@@ -157,8 +157,9 @@ async def serve_git(
     volume: Path,
     prefix: bytes = b"",
     decoder: BodyDecoder | None = None,
-) -> None:
-    """Run `argv`, feed it the request body (if `decoder`), stream its stdout back."""
+) -> int | None:
+    """Run `argv`, feed it the request body (if `decoder`), stream its stdout back;
+    git's exit status (None: killed before it exited)."""
     proc = await spawn_git(argv, env=env, stdin=decoder is not None)
     exchange = GitExchange(
         conn, proc, content_type=content_type, prefix=prefix, decoder=decoder, volume=volume
@@ -172,6 +173,7 @@ async def serve_git(
         if conn.response_started:
             raise RequestAborted(str(exchange.body_error))
         await conn.respond_text(400, str(exchange.body_error))
+    return exchange.returncode
 
 
 async def spawn_git(argv: Sequence[str], *, env: dict[str, str], stdin: bool) -> trio.Process:

@@ -46,6 +46,7 @@ from node.git_proto import (
 )
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.http_conn import HttpConn, header
+from node.metrics import GitProcessMetrics
 from node.repos import RepoStore
 from node.scrub import PathScrubber, PktLineScrubber
 from plumbing.tcp import enable_keepalive
@@ -69,9 +70,12 @@ COALESCE_DELAY = 0.001
 class SshSessions:
     """Serves `SshSession` routes for the node's HTTP server."""
 
-    def __init__(self, store: RepoStore, max_push_size: int = 0) -> None:
+    def __init__(
+        self, store: RepoStore, max_push_size: int = 0, metrics: GitProcessMetrics | None = None
+    ) -> None:
         self._store = store
         self._max_push_size = max_push_size
+        self._metrics = metrics or GitProcessMetrics()
 
     async def serve(self, conn: HttpConn, request: h11.Request, route: SshSession) -> None:
         """One session, already admitted by `EdgeAuth`: only the edge may run git
@@ -88,21 +92,23 @@ class SshSessions:
                 env = on_behalf_of(
                     self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
                 )
-                await run_session(
-                    conn,
-                    limit_push(session_argv(route.service, repo_dir), self._max_push_size),
-                    env,
-                    self._store.root,
-                    what,
-                )
+                with self._metrics.track(str(route.service), "ssh") as process:
+                    process.returncode = await run_session(
+                        conn,
+                        limit_push(session_argv(route.service, repo_dir), self._max_push_size),
+                        env,
+                        self._store.root,
+                        what,
+                    )
         await _drain_body(conn)
 
 
 async def run_session(
     conn: HttpConn, argv: list[str], env: dict[str, str], volume: Path, what: str
-) -> None:
-    """Run git for one session and relay it; raises RequestAborted and friends when
-    the exchange cannot complete (the connection then closes)."""
+) -> int | None:
+    """Run git for one session and relay it; git's exit status (None: killed). Raises
+    RequestAborted and friends when the exchange cannot complete (the connection then
+    closes)."""
     proc = await spawn_git(argv, env=env, stdin=True)  # OSError: the server answers 500
     session = _Session(conn, proc, volume)
     try:
@@ -111,6 +117,7 @@ async def run_session(
     finally:
         await reap_git(proc, exited=session.returncode is not None)
         session.log_outcome(what)
+    return session.returncode
 
 
 def _response_head() -> h11.Response:

@@ -16,6 +16,8 @@ sites; tracebacks keep their lines.
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 
@@ -78,3 +80,31 @@ class OneLineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape_controls(redact(record.message))
         return super().formatMessage(record)
+
+
+class JsonLineFormatter(logging.Formatter):
+    """`[log] format = "json"`: one JSON object per line, redacted and escaped as above.
+
+    Keys: `ts` (UTC, RFC 3339), `level`, `logger`, `msg`, and a git operation's
+    fields when the record carries them (`extra={"fields": {...}}`); a traceback
+    goes in `exc`. json.dumps escapes what escape_controls left (quotes,
+    backslashes, non-ASCII), so a line end never appears inside an entry.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        entry: dict[str, object] = {
+            "ts": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": escape_controls(redact(record.getMessage())),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                entry[str(key)] = (
+                    escape_controls(redact(value)) if isinstance(value, str) else value
+                )
+        if record.exc_info:
+            entry["exc"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=True, separators=(",", ":"))

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from plumbing.logsafe import OneLineFormatter
+from plumbing.logsafe import JsonLineFormatter, OneLineFormatter
+from plumbing.observe import LogFormat
 
 
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
@@ -18,10 +19,19 @@ def write_ready_file(path: Path, info: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", log_format: LogFormat = LogFormat.TEXT) -> None:
+    """Called again once the config is read (`[log] format`): replaces the handler."""
     handler = logging.StreamHandler()
     # One line per message, no credentials, whatever a call site passed in.
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
+    if log_format is LogFormat.JSON:
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # Each git operation has its access line already; its record with every
+        # field (edge/metrics.py, node/metrics.py) is for the JSON log.
+        handler.addFilter(lambda record: not hasattr(record, "fields"))
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
+    )
     # httpx logs every request at INFO: one line per etcd keepalive is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)

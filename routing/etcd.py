@@ -139,6 +139,8 @@ class EtcdClient:
         # HTTP requests attempted (watch opens and failed connects included): the edge
         # reports it to show that its hot path does not touch etcd.
         self.requests_made = 0
+        self.request_errors = 0
+        """Requests (per endpoint tried) that failed or that etcd refused: /metrics."""
         self._http = httpx.AsyncClient(
             # Connect gets half the budget so that a dead endpoint shows up as a
             # ConnectTimeout (known unsent, safe to fail over) before the attempt's deadline.
@@ -366,6 +368,7 @@ class EtcdClient:
                 if tls_failure(exc):
                     tls_failed = True
                 failures.append(f"{endpoint}: {describe(exc)}")
+                self.request_errors += 1
                 continue
             try:
                 if response.status_code != 200:
@@ -430,8 +433,10 @@ class EtcdClient:
             except _NotSent as exc:
                 tls_failures += isinstance(exc, _TlsRefused)
                 failures.append(f"{endpoint}: {exc}")
+                self.request_errors += 1
                 continue
             except _MaybeSent as exc:
+                self.request_errors += 1
                 if idempotent:
                     failures.append(f"{endpoint}: {exc}")
                     continue
@@ -442,6 +447,7 @@ class EtcdClient:
             try:
                 answer = codec.decode_response(status, data)
             except EtcdError as exc:
+                self.request_errors += 1
                 if codec.is_permission_denied(exc):
                     raise EtcdAccessDenied(f"etcd {path} on {endpoint}: {exc}") from None
                 if codec.is_token_rejected(exc) and self._user is None:

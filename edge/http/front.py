@@ -22,6 +22,7 @@ from edge.errors import AuthRequired, EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
+from edge.metrics import FAILED, OK, GitOp, protocol_version
 from edge.proto.body import BodyError
 from edge.proto.exchange import Exchange, refusal
 from edge.proto.http_head import HeadError
@@ -242,7 +243,32 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
         # Bodies are relayed with their HTTP/1.1 framing (chunked) as they are;
         # an HTTP/1.0 connection is not persistent, so this answer closes it.
         return await reply.text(505, "HTTP/1.1 required")
-    user = await http_user(state.cache, head.header(b"authorization"))
+    client = reply.client
+    # Bytes of this request from the client: read from the socket now, less what
+    # stays read ahead for the next request (the head itself is not counted).
+    read_before = client.bytes_in - len(client.pending)
+    sent_before = client.bytes_out
+    op = GitOp(
+        info.scheme,
+        str(route.service),
+        info.peer_ip,
+        repo=route.repo.path,
+        protocol=protocol_version(head.header(b"git-protocol")),
+    )
+    with state.git_ops.track(op):
+        try:
+            outcome = await _relay_git(state, reply, route, info, op)
+        finally:
+            op.bytes_in = client.bytes_in - len(client.pending) - read_before
+            op.bytes_out = client.bytes_out - sent_before
+    return outcome
+
+
+async def _relay_git(
+    state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: ClientInfo, op: GitOp
+) -> Outcome:
+    head = reply.exchange.head
+    user = op.user = await http_user(state.cache, head.header(b"authorization"))
     state.limits.check_git_rate(user, info.peer_ip)
     await authorize(state.cache, route.repo, user, write=route.service.writes, anonymous_401=True)
     with routing_errors():
@@ -254,6 +280,7 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
             wait=state.config.replica_read_wait,
             push=route.service.writes,
         )
+    op.region, op.node = location.region, location.node_id
     cfg = state.config
     # Admitted before the node is asked: a refusal (429) leaves no git behind.
     async with state.limits.git_operation(
@@ -268,5 +295,7 @@ async def _git(state: EdgeState, reply: Reply, route: InfoRefs | Rpc, info: Clie
             state.pool,
             Timeouts(response=cfg.node_response_timeout, body_idle=cfg.body_idle_timeout),
         )
+    op.status = str(result.status)
+    op.result = OK if result.status < 400 and not result.note else FAILED
     note = f"node={location.node_id} bytes={result.response_bytes}"
     return Outcome(result.status, f"{note} {result.note}" if result.note else note)

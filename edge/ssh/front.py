@@ -31,6 +31,7 @@ from edge.auth import authorize, routing_errors
 from edge.config import OpLimits, ProxyMode, SshFrontConfig
 from edge.errors import NodeUnavailable, RoutingUnavailable
 from edge.limits import Limits
+from edge.metrics import FAILED, OK, REFUSED, GitOp, GitOps, protocol_version
 from edge.proxy_accept import with_client_address
 from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
 from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
@@ -60,6 +61,8 @@ class SshStats:
     connections: int = 0
     connections_active: int = 0
     auth_rejected: int = 0
+    authenticated: int = 0
+    """Connections through key exchange and authentication (handshakes done)."""
     sessions: int = 0
     sessions_active: int = 0
     sessions_refused: int = 0
@@ -89,8 +92,10 @@ class SshFront:
         read_wait: float = 0.0,
         limiter: ConnLimiter | None = None,
         limits: Limits | None = None,
+        git_ops: GitOps | None = None,
     ) -> None:
         self._config = config
+        self._git_ops = git_ops
         # Shared with the HTTPS front (EdgeState.limits): one budget per user and address.
         self.limits = limits or Limits(OpLimits())
         # `[ssh] max_connections*`; the edge passes one that exempts its trusted proxies.
@@ -294,7 +299,8 @@ class SshFront:
         session = GitSession(channel, user, self, client_ip)
         try:
             with self._requests.track():  # a draining edge waits for SSH sessions too
-                await session.run()
+                with self._tracked(session, user, client_ip):
+                    await session.run()
                 # Until the client has closed its end too: a drain that disconnects
                 # right after the exit status makes OpenSSH exit 255 instead of 0.
                 with trio.move_on_after(CLOSE_GRACE):
@@ -308,6 +314,25 @@ class SshFront:
             self.stats.sessions_refused += session.outcome.refused
             if self.stats.sessions_active == 0:
                 self._idle.set()
+
+    @contextlib.contextmanager
+    def _tracked(self, session: GitSession, user: str, client_ip: str) -> Iterator[None]:
+        """The session as a git operation for /metrics and the JSON log (edge/metrics.py)."""
+        if self._git_ops is None:
+            yield
+            return
+        op = GitOp("ssh", "-", client_ip, user=user)
+        with self._git_ops.track(op):
+            try:
+                yield
+            finally:
+                outcome = session.outcome
+                op.service, op.repo = outcome.service, outcome.repo
+                op.protocol = protocol_version(outcome.protocol)
+                op.region, op.node = outcome.region, outcome.node
+                op.bytes_in, op.bytes_out = outcome.bytes_up, outcome.bytes_down
+                op.status = str(outcome.status)
+                op.result = REFUSED if outcome.refused else OK if outcome.status == 0 else FAILED
 
     async def route(self, command: GitCommand, user: str, client_ip: str) -> NodeRecord:
         self.limits.check_git_rate(user, client_ip)
@@ -449,6 +474,7 @@ class _ClientConnection(asyncssh.SSHServer):
     def auth_completed(self) -> None:
         self._activity.touch()
         self._authenticated = True
+        self._front.stats.authenticated += 1
         self._front.authenticated()
         log.info("SSH %s authenticated from %s", self._user, self.client_ip)
 

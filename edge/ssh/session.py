@@ -131,6 +131,11 @@ class SessionOutcome:
     """Ran nothing: refused by vet_session, access, routing or the node's reachability."""
     bytes_up: int = 0
     bytes_down: int = 0
+    service: str = "-"
+    repo: str = "-"
+    protocol: str | None = None
+    """The client's GIT_PROTOCOL, as vetted."""
+    region: str = "-"
 
 
 class GitSession:
@@ -157,8 +162,10 @@ class GitSession:
                 raise subsystem_refusal(channel.subsystem)
             request = vet_session(user=self._user, command=channel.command, env=channel.environment)
             outcome.what = f"{request.command.service} {request.command.repo}"
+            outcome.service, outcome.repo = str(request.command.service), request.command.repo.path
+            outcome.protocol = request.git_protocol
             node = await self._backend.route(request.command, self._user, self._client_ip)
-            outcome.node = node.node_id
+            outcome.node, outcome.region = node.node_id, node.region
             result = await self._backend.carry(
                 node,
                 SessionRequest(request.command, request.git_protocol, self._user),

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.e2e.conftest import Git, gitedge, poll
 
 
@@ -82,6 +84,9 @@ def test_demo_runs_the_user_story_and_stops_clean(tmp_path: Path) -> None:
         git.run("push", "-q", f"{url}/alice/hello.git", "main", cwd=work_tree)
         git.run("clone", "-q", f"{url}/alice/hello.git", str(tmp_path / "c"))
         assert git.run("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == head
+        # The READY line names the edge's /metrics, which saw that clone.
+        metrics = httpx.get(ready["metrics_url"], timeout=10).text
+        assert 'front="https",region="lax",result="ok",service="git-upload-pack"' in metrics
 
         # The operator's admin token, where the demo says it is.
         admin = Path(ready["admin_token_file"]).read_text().strip()
