@@ -32,7 +32,7 @@ import httpx
 import trustme
 
 from devnet.procs import EtcdServer, StartupError, free_port, spawn
-from routing.schema import DEFAULT_PREFIX
+from routing.schema import DEFAULT_PREFIX, Keys
 
 ETCD_USER = "gitedge"
 CLIENT_CN = "gitedge-client"
@@ -278,7 +278,7 @@ def _prefix_end(prefix: str) -> str:
 
 
 def _enable_auth(cluster: EtcdCluster, prefix: str) -> None:
-    """Users root and gitedge (readwrite on `prefix`), then auth on."""
+    """Users root and gitedge (readwrite on `prefix` and its ref logs), then auth on."""
     cluster.root_password = secrets.token_urlsafe(16)
     password = secrets.token_urlsafe(16)
     cluster.password_file = cluster.work_dir / "etcd-password"
@@ -288,16 +288,20 @@ def _enable_auth(cluster: EtcdCluster, prefix: str) -> None:
         ("/v3/auth/user/add", {"name": "root", "password": cluster.root_password}),
         ("/v3/auth/user/grant", {"user": "root", "role": "root"}),
         ("/v3/auth/role/add", {"name": ETCD_USER}),
-        (
-            "/v3/auth/role/grant",
-            {
-                "name": ETCD_USER,
-                "perm": {
-                    "permType": "READWRITE",
-                    "key": _b64(prefix),
-                    "range_end": _b64(_prefix_end(prefix)),
+        *(
+            (
+                "/v3/auth/role/grant",
+                {
+                    "name": ETCD_USER,
+                    "perm": {
+                        "permType": "READWRITE",
+                        "key": _b64(granted),
+                        "range_end": _b64(_prefix_end(granted)),
+                    },
                 },
-            },
+            )
+            # The prefix, and the replicated repositories' ref logs beside it.
+            for granted in (prefix, Keys(prefix).refs_root)
         ),
         ("/v3/auth/user/add", {"name": ETCD_USER, "password": password}),
         ("/v3/auth/user/grant", {"user": ETCD_USER, "role": ETCD_USER}),

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
+from edge.cli_tables import format_table
 from plumbing.runtime import setup_logging
 from plumbing.tomlconf import ConfigError
 
@@ -51,10 +52,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    for name, text in (("edge", "run an edge"), ("node", "run a regional git node")):
+    for name, text in (
+        ("edge", "run an edge"),
+        ("node", "run a regional git node (--config); or drain|undrain NODE (admin token)"),
+    ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", required=True, type=Path)
+        p.add_argument("--config", required=name == "edge", type=Path)
         p.add_argument("--ready-file", type=Path, help="write JSON here once serving")
+    node = sub.choices["node"]
+    node.add_argument(
+        "node_command",
+        nargs="?",
+        choices=("drain", "undrain"),
+        help="drain: place nothing new on NODE and move its replicas off; undrain: undo",
+    )
+    node.add_argument("node_id", nargs="?", metavar="NODE")
 
     demo = sub.add_parser("demo", help="etcd, two regional nodes and an edge on this machine")
     demo.add_argument("--workdir", type=Path, help="default: a new temporary directory")
@@ -79,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated regions for the replicas after the home, in order (default: "
         "placement's choice, distinct regions first)",
     )
+    ls = repo_sub.add_parser("ls", help="list repositories (admin token)")
+    ls.add_argument("--region", help="only those with a copy in REGION")
+    ls.add_argument("--node", help="only those with a copy on NODE")
+    ls.add_argument("--json", action="store_true", help="print the JSON answer")
     where = repo_sub.add_parser("where", help="print where OWNER/NAME lives (JSON)")
     where.add_argument("name")
     replicas = repo_sub.add_parser("replicas", help="change OWNER/NAME's replica set online")
@@ -105,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         " 3: one could not be asked)",
     ).add_argument("name")
 
+    for name, text in (("nodes", "nodes"), ("volumes", "volumes")):
+        listing = sub.add_parser(
+            name, help=f"{text}: region, liveness, repositories, free space (admin token)"
+        )
+        listing.add_argument("--json", action="store_true", help="print the JSON answer")
     user = sub.add_parser("user", help="manage users (admin token)")
     user_sub = user.add_subparsers(dest="user_command", required=True)
     user_sub.add_parser("add", help="create user NAME").add_argument("name")
@@ -158,7 +179,15 @@ def main(argv: list[str] | None = None) -> int:
                 setup_logging(args.log_level, config.observe.log_format)
                 run(config, args.ready_file)
                 return 0
+            case "node" if args.node_command:
+                if not args.node_id:
+                    print(f"gitedge: node {args.node_command} needs NODE", file=sys.stderr)
+                    return 2
+                return api_command(args)
             case "node":
+                if args.config is None:
+                    print("gitedge: node needs --config (or drain|undrain NODE)", file=sys.stderr)
+                    return 2
                 from node.app import main as node_main
 
                 ready = ["--ready-file", str(args.ready_file)] if args.ready_file else []
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             case "demo":
                 return demo(args.workdir, args.regions)
-            case "repo" | "user" | "token" | "key":
+            case "repo" | "user" | "token" | "key" | "nodes" | "volumes":
                 return api_command(args)
     except ConfigError as exc:
         print(f"gitedge: config error: {exc}", file=sys.stderr)
@@ -186,9 +215,11 @@ def api_command(args: argparse.Namespace) -> int:
     base = args.edge.rstrip("/")
     user_auth = (args.user, args.token) if args.user and args.token else None
     admin = {"authorization": f"Bearer {args.admin_token}"} if args.admin_token else {}
-    action = getattr(args, f"{args.command}_command")
-    admin_only = (args.command, action) in (("user", "add"), ("token", "create")) or (
-        action == "list" and args.name
+    action = getattr(args, f"{args.command}_command", args.command)
+    admin_only = (
+        (args.command, action) in (("user", "add"), ("token", "create"), ("repo", "ls"))
+        or args.command in ("nodes", "volumes", "node")
+        or (action == "list" and args.name)
     )
     if admin_only and not admin:
         print("gitedge: this command needs --admin-token (or GITEDGE_ADMIN_TOKEN)", file=sys.stderr)
@@ -216,8 +247,19 @@ def api_command(args: argparse.Namespace) -> int:
                         print(f"gitedge: {REPAIR_WARNING}", file=sys.stderr)
                         return 2
                     response = _repo_op(client, args)
+                case "repo", "ls":
+                    filters = {k: v for k in ("region", "node") if (v := getattr(args, k))}
+                    response = client.get("/api/admin/repos", params=filters)
                 case "repo", _:
                     response = client.get(f"/api/repos/{args.name}")
+                case "nodes" | "volumes", _:
+                    response = client.get(f"/api/admin/{args.command}")
+                case "node", _:
+                    drain = f"/api/admin/nodes/{quote(args.node_id, safe='')}/drain"
+                    if action == "drain":
+                        response = client.post(drain, timeout=DRAIN_TIMEOUT)
+                    else:
+                        response = client.delete(drain)
                 case "user", _:
                     response = client.post("/api/admin/users", json={"name": args.name})
                 case "token", "create":
@@ -248,6 +290,9 @@ def api_command(args: argparse.Namespace) -> int:
         return 1
     if response.is_success and action == "verify":
         return print_verify(response.json())
+    if response.is_success and action in ("nodes", "volumes", "ls") and not args.json:
+        print("\n".join(format_table(action, response.json())))
+        return 0
     if response.is_success:
         print(json.dumps(response.json(), indent=2, sort_keys=True))
         return 0
@@ -261,6 +306,8 @@ REPAIR_WARNING = (
 )
 # A change waits for the new replica to catch up (the edge gives up after a minute or so).
 LONG_TIMEOUT = 330.0
+# A drain makes one such change per replicated repository on the node.
+DRAIN_TIMEOUT = 3600.0
 
 
 def _repo_op(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:

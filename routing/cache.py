@@ -33,6 +33,7 @@ from routing.errors import (
 )
 from routing.etcd import EtcdClient, EtcdError, KeyValue, WatchEvent
 from routing.model import (
+    DrainRecord,
     KeyRecord,
     NodeId,
     NodeRecord,
@@ -45,12 +46,13 @@ from routing.model import (
     VolumeId,
     VolumeRecord,
 )
-from routing.placement import choose_replicas, choose_volume
+from routing.placement import choose_replicas, choose_volume, placeable_nodes
 from routing.regions import RttTable
 from routing.replicas import ReplicaStatus, choose_read_replica, replica_statuses
 from routing.schema import (
     Keys,
     SchemaError,
+    decode_drain,
     decode_key_record,
     decode_node,
     decode_repo,
@@ -108,6 +110,7 @@ class RoutingCache:
         self._tokens: dict[str, TokenRecord] = {}
         self._consensus: dict[RepoName, ConsensusState] = {}
         self._applied: dict[RepoName, dict[VolumeId, int]] = {}
+        self._drains: dict[NodeId, DrainRecord] = {}
         # Live read-only views: the tables are cleared and refilled, never replaced.
         self.repos: Final[Mapping[RepoName, RepoRecord]] = MappingProxyType(self._repos)
         self.volumes: Final[Mapping[VolumeId, VolumeRecord]] = MappingProxyType(self._volumes)
@@ -118,6 +121,7 @@ class RoutingCache:
             self._keys_by_fingerprint
         )
         self.tokens: Final[Mapping[str, TokenRecord]] = MappingProxyType(self._tokens)
+        self.drains: Final[Mapping[NodeId, DrainRecord]] = MappingProxyType(self._drains)
         self.stats: Final = CacheStats()
         self._synced = False
         self._ever_synced = False
@@ -208,6 +212,8 @@ class RoutingCache:
                 self.put_token(decode_token(value))
             elif key.startswith(keys.repl):
                 self._put_repl(key, value)
+            elif key.startswith(keys.drains):
+                self.put_drain(decode_drain(value))
         except SchemaError as exc:
             # One bad record must not stop routing for everything else. What it
             # replaced is gone too: a key overwritten with garbage is no key.
@@ -236,6 +242,8 @@ class RoutingCache:
             self.drop_key(key.removeprefix(keys.keys))
         elif key.startswith(keys.tokens):
             self.drop_token(key.removeprefix(keys.tokens))
+        elif key.startswith(keys.drains):
+            self.drop_drain(NodeId(key.removeprefix(keys.drains)))
         elif key.startswith(keys.repl) and (parsed := keys.parse_repl_key(key)) is not None:
             name, volume = parsed
             if volume is None:
@@ -263,6 +271,7 @@ class RoutingCache:
             self._tokens,
             self._consensus,
             self._applied,
+            self._drains,
         )
 
     def _add_repo(self, record: RepoRecord) -> None:
@@ -295,6 +304,17 @@ class RoutingCache:
     def drop_token(self, token_id: str) -> None:
         """Forget a revoked token: requests with it are refused from now on."""
         self._tokens.pop(token_id, None)
+
+    def put_drain(self, drain: DrainRecord) -> None:
+        self._drains[drain.node_id] = drain
+
+    def drop_drain(self, node_id: NodeId) -> None:
+        self._drains.pop(node_id, None)
+
+    @property
+    def placeable_nodes(self) -> Mapping[NodeId, NodeRecord]:
+        """The live nodes that may take a new repository or replica (not drained)."""
+        return placeable_nodes(self._nodes, self._drains)
 
     # -- lookups ---------------------------------------------------------------
 
@@ -424,7 +444,7 @@ class RoutingCache:
     def place(self, region: Region, fallback: Region | None) -> tuple[VolumeRecord, NodeRecord]:
         """A live volume for a new repository (raises PlacementError)."""
         volume = choose_volume(
-            region, self._volumes.values(), self._nodes, self._repo_counts, fallback
+            region, self._volumes.values(), self.placeable_nodes, self._repo_counts, fallback
         )
         return volume, self._nodes[volume.node_id]
 
@@ -441,7 +461,7 @@ class RoutingCache:
             region,
             factor,
             self._volumes.values(),
-            self._nodes,
+            self.placeable_nodes,
             self._repo_counts,
             fallback,
             regions,

@@ -109,6 +109,16 @@ class VolumeRecord:
 
 
 @dataclass(frozen=True)
+class DrainRecord:
+    """A node the operator is draining: no new repository or replica goes there.
+    Durable (not under the node's lease): a drained node stays drained across restarts."""
+
+    node_id: NodeId
+    since: float
+    by: str = ""
+
+
+@dataclass(frozen=True)
 class RepoRecord:
     """Where a repository lives and who may use it. Written on create."""
 

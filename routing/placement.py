@@ -3,17 +3,26 @@
 A volume is live when its node's leased record exists and still lists it.
 Among the live volumes of the region: fewest repositories first, then most
 free space, then the volume id (so equal inputs give equal answers).
+A drained node (`gitedge node drain`) takes nothing new: callers pass
+`placeable_nodes(...)`, not every live node.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 
 from routing.model import NodeId, NodeRecord, Region, VolumeId, VolumeRecord
 
 
 class PlacementError(Exception):
     """No volume for the request; the message is safe to show the client."""
+
+
+def placeable_nodes(
+    nodes: Mapping[NodeId, NodeRecord], drained: Container[NodeId]
+) -> dict[NodeId, NodeRecord]:
+    """The live nodes that may take a new repository or replica: not drained."""
+    return {node_id: node for node_id, node in nodes.items() if node_id not in drained}
 
 
 def live_volumes(

@@ -159,7 +159,11 @@ async def add_replica(
     if not record.replicated and home is None:
         raise ReplicaChangeRefused(f"{name}: its only copy's node is down")
     volume = choose_added_replica(
-        region, record.replica_volumes, cache.volumes.values(), cache.nodes, cache.repo_counts
+        region,
+        record.replica_volumes,
+        cache.volumes.values(),
+        cache.placeable_nodes,
+        cache.repo_counts,
     )  # PlacementError propagates
     node = cache.nodes[volume.node_id]
     await nodes.init_replica(node, name)

@@ -9,6 +9,8 @@ Layout under the configurable prefix (default `/gitedge/`):
     users/<name>            UserRecord, created in a create-if-absent txn
     keys/<fingerprint>      KeyRecord: SSH key -> user (SHA256:... fingerprint, unique)
     tokens/<token-id>       TokenRecord: a personal HTTPS token's hash and owner
+    drains/<node-id>        DrainRecord, durable: `gitedge node drain`; placement puts
+                            no new repository or replica on that node (routing/drain.py)
 
 Replicated repositories (issue 8; docs/replication.md has the whole design):
 
@@ -58,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from routing.model import (
+    DrainRecord,
     InvalidRegion,
     InvalidRepoName,
     KeyRecord,
@@ -130,6 +133,13 @@ class Keys:
 
     def token(self, token_id: str) -> str:
         return self.tokens + token_id
+
+    @property
+    def drains(self) -> str:
+        return self.prefix + "drains/"
+
+    def drain(self, node_id: str) -> str:
+        return self.drains + node_id
 
     # -- replication (issue 8) ----------------------------------------------------
 
@@ -400,4 +410,15 @@ def decode_token(raw: bytes) -> TokenRecord:
         user=_str(obj, "user"),
         secret_sha256=_str(obj, "secret_sha256"),
         created_at=_num(obj, "created_at"),
+    )
+
+
+def encode_drain(drain: DrainRecord) -> bytes:
+    return _dump({"node_id": drain.node_id, "since": drain.since, "by": drain.by})
+
+
+def decode_drain(raw: bytes) -> DrainRecord:
+    obj = _load(raw)
+    return DrainRecord(
+        node_id=NodeId(_str(obj, "node_id")), since=_num(obj, "since"), by=str(obj.get("by") or "")
     )

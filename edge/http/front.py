@@ -16,6 +16,7 @@ from contextlib import suppress
 import trio
 
 from edge.api.handlers import handle_api
+from edge.api.operator import handle_operator
 from edge.api.repo_ops import handle_repo_op
 from edge.auth import authorize, counting_failed_auth, http_user, is_admin, routing_errors
 from edge.errors import AuthRequired, EdgeError
@@ -23,6 +24,7 @@ from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
 from edge.metrics import FAILED, OK, GitOp, protocol_version
+from edge.proto.admin_route import DrainNode, Inventory
 from edge.proto.body import BodyError
 from edge.proto.exchange import Exchange, refusal
 from edge.proto.http_head import HeadError
@@ -213,6 +215,8 @@ async def _dispatch(state: EdgeState, reply: Reply, route: Route, info: ClientIn
             return await handle_api(state, reply, route, info)
         case RepoOp():
             return await handle_repo_op(state, reply, route)
+        case Inventory() | DrainNode():
+            return await handle_operator(state, reply, route)
         case Stats() if info.trusted_proxy:
             return await reply.json(200, state.stats())
         case Unrouted() | Stats():

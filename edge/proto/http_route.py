@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
 
+from edge.proto.admin_route import DrainNode, Inventory, admin_route
 from gitproto.routes import (
     Health,
     InfoRefs,
@@ -117,6 +118,8 @@ Route = (
     | AddKey
     | ListCredentials
     | RevokeCredential
+    | Inventory
+    | DrainNode
     | Health
     | Stats
     | Unrouted
@@ -128,7 +131,9 @@ def is_api_write(route: Route) -> bool:
     what the API-write rate limit counts."""
     if isinstance(route, RepoOp):
         return route.op != "verify"
-    return isinstance(route, CreateRepo | CreateUser | CreateToken | AddKey | RevokeCredential)
+    return isinstance(
+        route, CreateRepo | DrainNode | CreateUser | CreateToken | AddKey | RevokeCredential
+    )
 
 
 # SHA256 fingerprints as OpenSSH prints them (base64, no padding); token ids as
@@ -146,6 +151,8 @@ def parse_route(method: bytes, target: bytes) -> Route:
     if path == "/_gitedge/stats":
         require(method, b"GET")
         return Stats()
+    if (operator := admin_route(method, path, query)) is not None:
+        return operator
     if path == "/api/admin/users":
         require(method, b"POST")
         return CreateUser()

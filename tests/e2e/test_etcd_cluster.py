@@ -17,10 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import trio
 
 from devnet.etcdcluster import EtcdCluster, change_password, start_etcd_cluster
 from devnet.network import Devnet, EdgeHandle, start_devnet
 from devnet.procs import StartupError
+from routing.etcd import EtcdClient
+from routing.etcd_security import EtcdSecurity
+from routing.schema import DEFAULT_PREFIX, Keys
 from tests.e2e.conftest import Git, create_repo, gitedge, poll, repo_url, tls
 
 CI = os.environ.get("CI") == "true"
@@ -242,3 +246,28 @@ def test_majority_down_then_back(cluster_net: Devnet, git: Git, tmp_path: Path) 
 def _created(net: Devnet, name: str, edge: EdgeHandle) -> httpx.Response | None:
     answer = create_repo(net, name, "fra", edge.https_url)
     return answer if answer.status_code != 503 else None
+
+
+def test_the_gitedge_user_may_write_the_ref_logs_beside_its_prefix(cluster_net: Devnet) -> None:
+    """Replicated pushes write their ref log under `/gitedge.refs/`, outside the prefix:
+    a role granted the prefix alone (as docs/etcd.md once said) was refused there (403)."""
+
+    cluster = etcd(cluster_net)
+    assert cluster.tls is not None and cluster.password_file is not None
+    security = EtcdSecurity(
+        ca_file=cluster.tls.ca_file,
+        cert_file=cluster.tls.client_cert,
+        key_file=cluster.tls.client_key,
+        username="gitedge",
+        password_file=cluster.password_file,
+    )
+    key = Keys(DEFAULT_PREFIX).refs_root + "probe/permission"
+
+    async def write_and_read() -> bytes | None:
+        async with EtcdClient(cluster.urls, security=security) as client:
+            await client.put(key, b"ok")
+            kv = await client.get(key)
+            await client.delete(key)
+            return None if kv is None else kv.value
+
+    assert trio.run(write_and_read) == b"ok"
