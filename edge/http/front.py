@@ -22,6 +22,7 @@ from edge.errors import AuthRequired, EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
+from edge.http.web import proxy_web
 from edge.proto.body import BodyError
 from edge.proto.exchange import Exchange, refusal
 from edge.proto.http_head import HeadError
@@ -214,6 +215,8 @@ async def _dispatch(state: EdgeState, reply: Reply, route: Route, info: ClientIn
             return await handle_repo_op(state, reply, route)
         case Stats() if info.trusted_proxy:
             return await reply.json(200, state.stats())
+        case Unrouted(web=True) if state.web_pool is not None:
+            return await proxy_web(state, state.web_pool, reply, info)
         case Unrouted() | Stats():
             return await reply.text(404, "not found")
     raise AssertionError(f"unhandled route {route!r}")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import unquote
 
+from edge.proto.web_head import is_edge_path
 from gitproto.routes import (
     Health,
     InfoRefs,
@@ -103,7 +104,10 @@ class Stats:
 
 @dataclass(frozen=True)
 class Unrouted:
-    """Not a route of ours (later: the web frontend's)."""
+    """Not a route of ours: the web frontend's (`web`), unless under the edge's
+    own `/api` or `/_gitedge`, which it never shadows (404 there)."""
+
+    web: bool = False
 
 
 Route = (
@@ -185,7 +189,7 @@ def parse_route(method: bytes, target: bytes) -> Route:
             return op
         require(method, b"GET", b"HEAD")
         return GetRepo(repo_in_path(path.removeprefix("/api/repos/")))
-    return git_route(method, path, query) or Unrouted()
+    return git_route(method, path, query) or Unrouted(web=not is_edge_path(path))
 
 
 def _credential_id(kind: str, raw: str) -> str:
