@@ -139,6 +139,8 @@ class Devnet:
     _tokens: dict[str, str] = field(default_factory=dict)
     etcd_cluster: EtcdCluster | None = None
     """A multi-member etcd (devnet/etcdcluster.py); `etcd` is then its first member."""
+    web_upstream: str | None = None
+    """The `[web] upstream` of every edge started (`gitedge demo --web-upstream`)."""
 
     def etcd_lines(self) -> list[str]:
         """The keys of the `[etcd]` table every node and edge gets."""
@@ -271,6 +273,8 @@ class Devnet:
         rtt: RttTable = DEVNET_RTT,
         cert_files: tuple[Path, Path] | None = None,
         host_key_file: Path | None = None,
+        web_upstream: str | None = None,
+        web_options: str = "",
     ) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `ssh_options` for
         its [ssh] table, `extra` more tables.
@@ -285,6 +289,8 @@ class Devnet:
         (a test that rewrites them and sends SIGHUP); `host_key_file` the shared
         SSH host key (it is made if missing, and added to `known_hosts`).
         `listener_options` are lines for each of [https], [http] and [ssh].
+        `web_upstream` (default: the network's) is its `[web] upstream`; `web_options`
+        more lines for that table. Without either, no [web] table: non-git requests 404.
         """
         cert_file, key_file = cert_files or (self.cert_file, self.key_file)
         name = f"edge-{region}-{len(self.edges) + 1}"
@@ -328,9 +334,11 @@ class Devnet:
             # /metrics on a free loopback port (the default, 9464, would collide).
             "[admin]",
             'listen = "127.0.0.1:0"',
-            extra,
-            "",
         ]
+        upstream = web_upstream or self.web_upstream
+        if upstream:
+            lines += ["[web]", f"upstream = {_toml(upstream)}", web_options]
+        lines += [extra, ""]
         config_path.write_text("\n".join(lines))
         proc, info = _start_and_wait(
             name, ["edge", "--config", str(config_path)], self.work_dir, timeout
@@ -388,6 +396,7 @@ def start_devnet(
     edge_per_region: bool = False,
     edge_options: str = "",
     etcd_cluster: EtcdCluster | None = None,
+    web_upstream: str | None = None,
 ) -> Devnet:
     """etcd, one node per region (`<region>-1`) and one edge, all ready.
 
@@ -395,7 +404,8 @@ def start_devnet(
     devnet stops it with the rest).
 
     With `edge_per_region`, one edge in each region (the first region's first).
-    The nodes of `tls_regions` serve HTTPS (see `Devnet.start_node`)."""
+    The nodes of `tls_regions` serve HTTPS (see `Devnet.start_node`).
+    `web_upstream`: every edge's `[web] upstream` (docs/web.md)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1", "::1")
@@ -422,6 +432,7 @@ def start_devnet(
         secret_file,
         admin_token_file,
         etcd_cluster=etcd_cluster,
+        web_upstream=web_upstream,
     )
     try:
         for region in regions:

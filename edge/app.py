@@ -163,6 +163,10 @@ async def run_edge(
             require_tls=config.node_require_tls,
         )
         state = EdgeState(config, etcd, cache, pool, NodeAdmin(pool))
+        if config.web is not None:
+            # Its own pool: the frontend is no node (no credential, no pin, no dial table).
+            web = config.web
+            state.web_pool = NodePool(web.connect_timeout, web.idle_timeout, web.max_idle)
         try:
             async with _ssh_front(config, state) as ssh_front, trio.open_nursery() as root:
                 root.start_soon(mirror_prefix, etcd, keys.prefix, cache)
@@ -237,6 +241,8 @@ async def run_edge(
         finally:
             with trio.move_on_after(5, shield=True):
                 await pool.aclose()
+                if state.web_pool is not None:
+                    await state.web_pool.aclose()
 
 
 @asynccontextmanager

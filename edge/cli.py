@@ -10,7 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -74,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
         "--regions",
         type=_region_list,
         help="comma-separated regions, e.g. fra,lax,syd: one node and one edge in each",
+    )
+    demo.add_argument(
+        "--web-upstream",
+        type=_web_upstream,
+        metavar="URL",
+        help="http://host:port of a web frontend: every edge's [web] upstream (docs/web.md)",
     )
 
     repo = sub.add_parser("repo", help="create or locate a repository through an edge")
@@ -154,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _web_upstream(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"expected http://host:port, got {raw!r}")
+    return raw
+
+
 def _region_list(raw: str) -> tuple[str, ...]:
     from routing.model import InvalidRegion, parse_region
 
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     ["--config", str(args.config), "--log-level", args.log_level, *ready]
                 )
             case "demo":
-                return demo(args.workdir, args.regions)
+                return demo(args.workdir, args.regions, args.web_upstream)
             case "repo" | "user" | "token" | "key" | "nodes" | "volumes":
                 return api_command(args)
     except ConfigError as exc:
@@ -352,7 +365,11 @@ def print_verify(report: dict[str, object]) -> int:
     return 3 if "unreachable" in verdicts else 0
 
 
-def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
+def demo(
+    workdir: Path | None,
+    regions: tuple[str, ...] | None = None,
+    web_upstream: str | None = None,
+) -> int:
     from devnet.network import start_devnet
 
     work = workdir or Path(tempfile.mkdtemp(prefix="gitedge-demo-"))
@@ -374,7 +391,11 @@ def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     script = Path(sys.executable).with_name("gitedge")
     gitedge = str(script) if script.exists() else "gitedge"
-    started = start_devnet(work, regions, edge_per_region=True) if regions else start_devnet(work)
+    started = (
+        start_devnet(work, regions, edge_per_region=True, web_upstream=web_upstream)
+        if regions
+        else start_devnet(work, web_upstream=web_upstream)
+    )
     with started as net:
         edge = net.edge
         url = edge.https_url
@@ -392,6 +413,7 @@ def demo(workdir: Path | None, regions: tuple[str, ...] | None = None) -> int:
             "user": "alice",
             "token": token,
             "admin_token_file": str(net.admin_token_file),
+            "web_upstream": web_upstream,
         }
         if regions:
             ready["edges"] = {
@@ -414,6 +436,7 @@ gitedge demo is up.
   CA bundle     {net.ca_file}
   etcd          {net.etcd.url}
   nodes         {", ".join(f"{n.node_id} ({n.region}) {n.http_url}" for n in net.nodes.values())}
+  web upstream  {web_upstream or "none (other requests: 404); --web-upstream URL sets one"}
   user          alice, token {token}
   admin token   in {net.admin_token_file}
   logs          {work / "logs"}

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from plumbing.maxstartups import MaxStartups, MaxStartupsError
 from plumbing.observe import Observability, load_observability
@@ -235,6 +236,66 @@ def _op_limits(limits: Table) -> OpLimits:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """`[web]`: the web frontend behind the edge (docs/web.md).
+
+    Every request that is neither git nor the edge's own (`/api`, `/_gitedge`,
+    `/healthz`, `/readyz`) goes to the upstream of the edge's own region.
+    """
+
+    upstream: str
+    """The default upstream, `http://host:port`."""
+    regions: tuple[tuple[Region, str], ...] = ()
+    """`[web.upstreams]`: region -> upstream, for regions whose frontend is elsewhere."""
+    connect_timeout: float = 3.0
+    idle_timeout: float = 30.0
+    """Pooled keep-alive connections to an upstream are closed after this."""
+    response_timeout: float = 120.0
+    """Longest wait for the response head, and longest silence inside its body."""
+    max_idle: int = 32
+    secret: str = ""
+    """Sent as `x-gitedge-secret` on every request upstream ("" : none sent); what a
+    frontend checks before it trusts the edge's `x-gitedge-*` headers."""
+
+    def upstream_for(self, region: str) -> str:
+        return dict(self.regions).get(Region(region), self.upstream)
+
+
+def _web_upstream(table: Table, key: str) -> str:
+    raw = table.str(key)
+    parts = urlsplit(raw)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise table.error(key, f"must be http://host[:port] (no path), got {raw!r}")
+    if parts.query or parts.fragment or parts.username:
+        raise table.error(key, f"must be http://host[:port] (no path), got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _web(web: Table) -> WebConfig:
+    regions: list[tuple[Region, str]] = []
+    if web.has("upstreams"):
+        upstreams = web.table("upstreams")
+        for name in sorted(upstreams.entries()):
+            try:
+                region = parse_region(name)
+            except InvalidRegion as exc:
+                raise upstreams.error(name, str(exc)) from None
+            regions.append((region, _web_upstream(upstreams, name)))
+    has_secret = web.has("secret") or web.has("secret_file")
+    config = WebConfig(
+        upstream=_web_upstream(web, "upstream"),
+        regions=tuple(regions),
+        connect_timeout=web.float("connect_timeout", 3.0, 0.1, 60),
+        idle_timeout=web.float("idle_timeout", 30.0, 1, 3600),
+        response_timeout=web.float("response_timeout", 120.0, 1, 86400),
+        max_idle=web.int("max_idle", 32, 0, 10000),
+        secret=web.secret("secret") if has_secret else "",
+    )
+    web.check_unknown()
+    return config
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     region: Region
     etcd_endpoints: tuple[str, ...]
@@ -300,6 +361,8 @@ class EdgeConfig:
     """`[limits]` on git operations, failed authentications and API writes."""
     observe: Observability = field(default_factory=Observability)
     """`[admin] listen` (`/metrics`) and `[log] format` (plumbing/observe.py)."""
+    web: WebConfig | None = None
+    """`[web]`; None: requests that are neither git nor the edge's own get 404."""
 
     def dial_overrides(self) -> dict[str, NodeDial]:
         return dict(self.node_dial)
@@ -391,6 +454,7 @@ def load_edge_config(path: Path) -> EdgeConfig:
         etcd_timeout=etcd.float("timeout", 5.0, 0.1, 120),
         etcd_write_timeout=etcd.float("write_timeout", 1.5, 0.1, 120),
         observe=load_observability(root),
+        web=_web(root.table("web")) if root.has("web") else None,
     )
     if not config.etcd_prefix.startswith("/") or not config.etcd_prefix.endswith("/"):
         raise etcd.error("prefix", "must start and end with '/'")
@@ -537,5 +601,6 @@ __all__ = [
     "RateRule",
     "SlotRule",
     "SshFrontConfig",
+    "WebConfig",
     "load_edge_config",
 ]

@@ -29,6 +29,8 @@ class EdgeState:
     drain: Drain = field(default_factory=Drain)
     """Begun by SIGTERM (edge/app.py): listeners stop, idle connections close."""
     ssh_front: StatsSource | None = None
+    web_pool: NodePool | None = None
+    """Keep-alive connections to the web frontend (`[web]`); None: no frontend."""
     connection_limits: dict[str, ConnLimiter] = field(default_factory=dict)
     """The HTTP(S) fronts' connection counts, by front ("https", "http")."""
     limits: Limits = field(init=False)

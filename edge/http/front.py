@@ -23,6 +23,7 @@ from edge.errors import AuthRequired, EdgeError
 from edge.http.proxy import ClientInfo, Timeouts, proxy_git
 from edge.http.respond import Outcome, Reply
 from edge.http.stream import BufferedStream, HeadTimeout
+from edge.http.web import proxy_web
 from edge.metrics import FAILED, OK, GitOp, protocol_version
 from edge.proto.admin_route import DrainNode, Inventory
 from edge.proto.body import BodyError
@@ -219,6 +220,8 @@ async def _dispatch(state: EdgeState, reply: Reply, route: Route, info: ClientIn
             return await handle_operator(state, reply, route)
         case Stats() if info.trusted_proxy:
             return await reply.json(200, state.stats())
+        case Unrouted(web=True) if state.web_pool is not None:
+            return await proxy_web(state, state.web_pool, reply, info)
         case Unrouted() | Stats():
             return await reply.text(404, "not found")
     raise AssertionError(f"unhandled route {route!r}")

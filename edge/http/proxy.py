@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -84,6 +85,11 @@ class RequestBodyBroken(EdgeError):
     public_message = "request body incomplete"
 
 
+RequestHeadBuilder = Callable[[NodeConn], bytes]
+"""The request head for the upstream, given the connection it goes on (its host
+and credential lines are the connection's)."""
+
+
 @dataclass
 class ProxyResult:
     status: int = 0
@@ -133,10 +139,36 @@ async def proxy_git(
     pool: NodePool,
     timeouts: Timeouts,
 ) -> ProxyResult:
-    """Relay one request.
+    """Relay one git request to the repository's node (see `relay_request`)."""
+    return await relay_request(
+        client,
+        exchange,
+        lambda conn: build_node_request(exchange, route, conn, info),
+        pool,
+        timeouts,
+        upstream_url=location.node_url,
+        node_id=location.node_id,
+    )
+
+
+async def relay_request(
+    client: BufferedStream,
+    exchange: Exchange,
+    request_head: RequestHeadBuilder,
+    pool: NodePool,
+    timeouts: Timeouts,
+    *,
+    upstream_url: str,
+    node_id: str | None = None,
+    may_retry: bool = True,
+) -> ProxyResult:
+    """Relay one request, whose head for the upstream `request_head` writes, to a
+    node or a web upstream over `pool`, and its response back.
 
     Raises EdgeError or BodyError only while nothing was sent to the client;
     after that, a failure is recorded with `exchange.fail` and returned.
+    `may_retry`: a request whose body is all in hand is sent once more on a
+    fresh connection when a pooled one turns out closed (see below).
     """
     if (go_ahead := exchange.continue_head()) is not None:
         # We will read the body, so say so now; the node is not asked (RFC 9110 10.1.1).
@@ -145,19 +177,20 @@ async def proxy_git(
     # malformed body is refused before the node sees any of it). A request
     # whose body is all in hand (GETs, most negotiation POSTs) can be replayed.
     first = client.take(exchange.request_body.feed(client.pending))
-    replayable = exchange.request_body.done
+    replayable = exchange.request_body.done and may_retry
+    where = f"node {node_id}" if node_id else upstream_url
     for attempt in range(2):
-        conn = await pool.acquire(location.node_url, fresh=attempt > 0, node_id=location.node_id)
+        conn = await pool.acquire(upstream_url, fresh=attempt > 0, node_id=node_id)
         try:
-            result = await _relay(client, exchange, route, conn, info, timeouts, first)
+            result = await _relay(client, exchange, request_head(conn), conn, timeouts, first)
         except _NodeClosedEarly:
             await conn.stream.aclose()
             if conn.reused and replayable and attempt == 0:
                 # The pooled connection raced the node's idle close; nothing
                 # of the request was lost, so send it again on a fresh one.
-                log.info("node %s closed a pooled connection; retrying", location.node_id)
+                log.info("%s closed a pooled connection; retrying", where)
                 continue
-            raise NodeUnavailable(f"node {location.node_id} closed the connection") from None
+            raise NodeUnavailable(f"{where} closed the connection") from None
         except BaseException:
             await conn.stream.aclose()
             raise
@@ -170,16 +203,15 @@ async def proxy_git(
 async def _relay(
     client: BufferedStream,
     exchange: Exchange,
-    route: InfoRefs | Rpc,
+    request_head: bytes,
     conn: NodeConn,
-    info: ClientInfo,
     timeouts: Timeouts,
     first: bytes,
 ) -> ProxyResult:
     node = conn.stream
     received_before = node.bytes_in
     try:
-        await node.send_all(build_node_request(exchange, route, conn, info) + first)
+        await node.send_all(request_head + first)
     except _STREAM_ERRORS as exc:
         if conn.reused:
             raise _NodeClosedEarly() from exc

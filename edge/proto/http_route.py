@@ -13,6 +13,7 @@ from typing import Literal
 from urllib.parse import unquote
 
 from edge.proto.admin_route import DrainNode, Inventory, admin_route
+from edge.proto.web_head import is_edge_path
 from gitproto.routes import (
     Health,
     InfoRefs,
@@ -104,7 +105,10 @@ class Stats:
 
 @dataclass(frozen=True)
 class Unrouted:
-    """Not a route of ours (later: the web frontend's)."""
+    """Not a route of ours: the web frontend's (`web`), unless under the edge's
+    own `/api` or `/_gitedge`, which it never shadows (404 there)."""
+
+    web: bool = False
 
 
 Route = (
@@ -192,7 +196,7 @@ def parse_route(method: bytes, target: bytes) -> Route:
             return op
         require(method, b"GET", b"HEAD")
         return GetRepo(repo_in_path(path.removeprefix("/api/repos/")))
-    return git_route(method, path, query) or Unrouted()
+    return git_route(method, path, query) or Unrouted(web=not is_edge_path(path))
 
 
 def _credential_id(kind: str, raw: str) -> str:

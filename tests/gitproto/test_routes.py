@@ -215,7 +215,7 @@ def test_target_not_an_absolute_path_is_400(target: bytes) -> None:
 def test_target_at_max_length_is_routed() -> None:
     target = b"/" + b"a" * (MAX_TARGET - 1)
     assert len(target) == MAX_TARGET
-    assert parse_route(b"GET", target) == Unrouted()
+    assert parse_route(b"GET", target) == Unrouted(web=True)
 
 
 def test_over_long_target_is_414() -> None:
@@ -272,7 +272,10 @@ def test_health_ignores_a_query_string() -> None:
     ],
 )
 def test_anything_else_is_not_found(method: bytes, target: bytes) -> None:
-    assert parse_route(method, target) == Unrouted()
+    route = parse_route(method, target)
+    assert isinstance(route, Unrouted)
+    # The web frontend's, unless the path is under the edge's own /api or /_gitedge.
+    assert route.web == (not target.startswith((b"/api", b"/_gitedge")))
 
 
 def test_route_error_is_an_exception_with_its_message() -> None:

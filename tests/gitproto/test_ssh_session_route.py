@@ -67,4 +67,4 @@ def test_bad_repository_paths_are_400(target: bytes) -> None:
 @pytest.mark.parametrize("service", list(Service))
 def test_clients_of_the_edge_cannot_ask_for_a_session(service: Service) -> None:
     """The edge's own grammar does not know the route: it is not a git URL there."""
-    assert parse_route(b"POST", ssh_session_target(AB, service)) == Unrouted()
+    assert parse_route(b"POST", ssh_session_target(AB, service)) == Unrouted(web=True)

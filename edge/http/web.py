@@ -1,0 +1,139 @@
+"""Requests for the web frontend, relayed to the upstream of the edge's region.
+
+The relay is git's (edge/http/proxy.py `relay_request`): both bodies stream
+through one exchange, one chunk in flight per direction. What is the web's
+own: the head sent upstream (edge/proto/web_head.py), the repository hints
+looked up in the routing cache (memory only: a web request never reads etcd
+for a repository), and error pages in the form the client asked for.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from edge.auth import http_user
+from edge.errors import AuthRequired, EdgeError, NodeUnavailable, RoutingUnavailable
+from edge.http.pool import NodeConn, NodePool
+from edge.http.proxy import ClientInfo, Timeouts, relay_request
+from edge.http.respond import Outcome, Reply
+from edge.proto.web_head import (
+    IDEMPOTENT,
+    Header,
+    ReplicaHint,
+    RepoHint,
+    error_page,
+    repo_of_path,
+    upstream_head,
+)
+from edge.state import EdgeState
+from gitproto.routes import split_target
+from routing.cache import RoutingCache
+from routing.replicas import IN_SYNC
+
+
+class WebUnavailable(EdgeError):
+    """The frontend could not be reached (refused, or no connection in time)."""
+
+    http_status = 503
+    public_message = "the web frontend is unavailable, try again later"
+    headers = ((b"retry-after", b"5"),)
+
+
+class WebBadGateway(EdgeError):
+    """The frontend was reached but gave no usable response in time."""
+
+    http_status = 502
+    public_message = "bad response from the web frontend"
+
+
+def repo_hint(cache: RoutingCache, path: str) -> RepoHint | None:
+    """Where the repository a path is under lives, if the cache knows it."""
+    name = repo_of_path(path)
+    record = cache.repos.get(name) if name is not None else None
+    if record is None:
+        return None
+    volume = cache.volumes.get(record.volume_id)
+    node = cache.nodes.get(volume.node_id) if volume is not None else None
+    replicas: tuple[ReplicaHint, ...] = ()
+    if record.replicated:
+        replicas = tuple(
+            ReplicaHint(status.volume_id, status.node.node_id, status.region)
+            for status in cache.replica_statuses(record)
+            if status.state == IN_SYNC and status.node is not None and status.region is not None
+        )
+    return RepoHint(
+        record.name.path,
+        record.region,
+        record.volume_id,
+        node.node_id if node is not None else None,
+        replicas,
+    )
+
+
+async def _web_user(cache: RoutingCache, authorization: bytes | None) -> str | None:
+    """The edge user whose credentials the request carries; None for none, or for
+    credentials that are not the edge's (the frontend may have its own scheme)."""
+    with suppress(AuthRequired, RoutingUnavailable):
+        return await http_user(cache, authorization)
+    return None
+
+
+async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: ClientInfo) -> Outcome:
+    """Relay one request to this edge's region's frontend; errors answered here."""
+    web = state.config.web
+    assert web is not None
+    exchange = reply.exchange
+    head = exchange.head
+    accept = head.header(b"accept")
+    if head.http_version != b"1.1":
+        # Bodies are relayed with their HTTP/1.1 framing, as for git (front.py).
+        return await _error(reply, 505, "HTTP/1.1 required", accept)
+    path, _ = split_target(head.target)
+    added: list[Header] = []
+    if (hint := repo_hint(state.cache, path)) is not None:
+        added += hint.headers()
+    user = await _web_user(state.cache, head.header(b"authorization"))
+    if user is not None:
+        added.append((b"x-gitedge-user", user.encode()))
+    if web.secret:
+        added.append((b"x-gitedge-secret", web.secret.encode()))
+
+    def build(conn: NodeConn) -> bytes:
+        return upstream_head(
+            head,
+            peer_ip=info.peer_ip,
+            scheme=info.scheme,
+            trusted_proxy=info.trusted_proxy,
+            added=added,
+        )
+
+    upstream = web.upstream_for(state.config.region)
+    try:
+        result = await relay_request(
+            reply.client,
+            exchange,
+            build,
+            pool,
+            Timeouts(response=web.response_timeout, body_idle=state.config.body_idle_timeout),
+            upstream_url=upstream,
+            may_retry=head.method in IDEMPOTENT,
+        )
+    except NodeUnavailable as exc:
+        return await _error(reply, WebUnavailable, exc.detail, accept)
+    except EdgeError as exc:
+        if exc.http_status != 502:
+            raise  # the client's own doing (a broken body): the front answers it
+        return await _error(reply, WebBadGateway, exc.detail, accept)
+    note = f"web={upstream} bytes={result.response_bytes}"
+    return Outcome(result.status, f"{note} {result.note}" if result.note else note)
+
+
+async def _error(
+    reply: Reply, error: type[EdgeError] | int, detail: str, accept: bytes | None
+) -> Outcome:
+    if isinstance(error, int):
+        status, message, extra = error, detail, []
+    else:
+        status, message, extra = error.http_status, error.public_message, list(error.headers)
+    content_type, body = error_page(status, message, accept)
+    return await reply.send(status, body, content_type, extra=extra, note=detail)
