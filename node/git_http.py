@@ -10,6 +10,7 @@ request then runs the git service the way git's own `http-backend` would (see
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import h11
 import trio
@@ -28,6 +29,8 @@ from node import git_proto
 from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
+from node.housekeeper import Housekeeper
+from node.housekeeping import HousekeepingConfig
 from node.http_conn import HttpConn, header
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
@@ -54,6 +57,7 @@ class GitHttpServer:
         admin_secret: str,
         *,
         keepalive_timeout: float,
+        housekeeper: Housekeeper | None = None,
         repl: ReplApi | None = None,
         drain: Drain | None = None,
         requests: RequestTracker | None = None,
@@ -61,9 +65,10 @@ class GitHttpServer:
     ) -> None:
         self._store = store
         self._auth = EdgeAuth(admin_secret)
-        self._admin = AdminApi(store)
+        self._housekeeper = housekeeper or Housekeeper(store, HousekeepingConfig(enabled=False))
+        self._admin = AdminApi(store, self._housekeeper)
         self._repl = repl
-        self._ssh = SshSessions(store, max_push_size)
+        self._ssh = SshSessions(store, self._housekeeper, max_push_size)
         self._max_push_size = max_push_size
         self._keepalive_timeout = keepalive_timeout
         self.drain = drain or Drain()
@@ -195,6 +200,25 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
+        if route.service is not Service.RECEIVE_PACK:
+            await self._serve_rpc(conn, request, route, repo_dir, transfer, decoder)
+            return
+        # A peer's transfer adds objects too: replicas get optimized like primaries.
+        try:
+            async with self._housekeeper.pushing(route.repo):
+                await self._serve_rpc(conn, request, route, repo_dir, transfer, decoder)
+        finally:
+            self._housekeeper.push_ended(route.repo)
+
+    async def _serve_rpc(
+        self,
+        conn: HttpConn,
+        request: h11.Request,
+        route: Rpc,
+        repo_dir: Path,
+        transfer: bool,
+        decoder: git_proto.BodyDecoder,
+    ) -> None:
         await serve_git(
             conn,
             self._argv(git_proto.rpc_argv(route.service, repo_dir), transfer),

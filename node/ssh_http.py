@@ -27,7 +27,7 @@ from pathlib import Path
 import h11
 import trio
 
-from gitproto.protocol import CHUNK, accept_git_protocol
+from gitproto.protocol import CHUNK, Service, accept_git_protocol
 from gitproto.routes import SshSession
 from gitproto.ssh_frame import (
     CONTENT_TYPE,
@@ -45,6 +45,7 @@ from node.git_proto import (
     user_from_header,
 )
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
+from node.housekeeper import Housekeeper
 from node.http_conn import HttpConn, header
 from node.repos import RepoStore
 from node.scrub import PathScrubber, PktLineScrubber
@@ -69,8 +70,9 @@ COALESCE_DELAY = 0.001
 class SshSessions:
     """Serves `SshSession` routes for the node's HTTP server."""
 
-    def __init__(self, store: RepoStore, max_push_size: int = 0) -> None:
+    def __init__(self, store: RepoStore, housekeeper: Housekeeper, max_push_size: int = 0) -> None:
         self._store = store
+        self._housekeeper = housekeeper
         self._max_push_size = max_push_size
 
     async def serve(self, conn: HttpConn, request: h11.Request, route: SshSession) -> None:
@@ -87,13 +89,15 @@ class SshSessions:
             env = on_behalf_of(
                 self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
             )
-            await run_session(
-                conn,
-                limit_push(session_argv(route.service, repo_dir), self._max_push_size),
-                env,
-                self._store.root,
-                what,
-            )
+            argv = limit_push(session_argv(route.service, repo_dir), self._max_push_size)
+            if route.service is Service.RECEIVE_PACK:
+                try:
+                    async with self._housekeeper.pushing(route.repo):
+                        await run_session(conn, argv, env, self._store.root, what)
+                finally:
+                    self._housekeeper.push_ended(route.repo)
+            else:
+                await run_session(conn, argv, env, self._store.root, what)
         await _drain_body(conn)
 
 

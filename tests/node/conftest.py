@@ -51,6 +51,7 @@ def make_config(tmp_path: Path, etcd_server: EtcdServer) -> ConfigFactory:
         lease_ttl: int = 10,
         endpoints: str | None = None,
         tls: bool = False,
+        extra: str = "",
     ) -> NodeConfig:
         path = tmp_path / f"{node_id}-{volume}.toml"
         tls_toml = tls_table(tmp_path, node_id) if tls else ""
@@ -66,7 +67,8 @@ lease_ttl = {lease_ttl}
 [etcd]
 endpoints = ["{endpoints or etcd_server.url}"]
 prefix = "{prefix}"
-{tls_toml}"""
+{tls_toml}
+{extra}"""
         )
         return load_node_config(path)
 
