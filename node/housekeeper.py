@@ -85,6 +85,7 @@ class Housekeeper:
         self._repl_lock = repl_lock
         self._limiter = trio.CapacityLimiter(config.max_concurrent)
         self._running: set[RepoName] = set()
+        self._again: set[RepoName] = set()
         self._guards: dict[RepoName, _RepoGuard] = {}
         self._nursery: trio.Nursery | None = None
         self.completed = 0
@@ -116,7 +117,10 @@ class Housekeeper:
 
     def push_ended(self, name: RepoName) -> None:
         """A receive-pack into `name` ended: optimize in the background if it needs it."""
-        if not self._config.enabled or self._nursery is None or name in self._running:
+        if not self._config.enabled or self._nursery is None:
+            return
+        if name in self._running:
+            self._again.add(name)  # look again once the running one ends
             return
         self._running.add(name)
         self._nursery.start_soon(self._background, name)
@@ -132,6 +136,9 @@ class Housekeeper:
             log.warning("%s: background optimization failed: %s", name, exc)
         finally:
             self._done(name)
+        if name in self._again:
+            self._again.discard(name)
+            self.push_ended(name)
 
     # -- on demand -------------------------------------------------------------------
 
