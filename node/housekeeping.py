@@ -64,8 +64,10 @@ class RepoStats:
 
 @dataclass(frozen=True)
 class Limits:
-    loose_objects: int = 1024
-    """Loose objects that make a geometric repack worth it (Gitaly's limit)."""
+    loose_objects: int = 256
+    """Loose objects that make a geometric repack worth it. Gitaly waits for 1024; a
+    geometric repack costs what was pushed since, and 600 loose objects (200 small
+    pushes) already made a clone 4x dearer in CPU (bench/results/housekeeping.md)."""
     loose_kib: int = 64 * 1024
     """Or this much loose data: a few huge loose blobs cost a clone as much as many."""
     max_packs: int = 32

@@ -39,9 +39,9 @@ def test_an_optimized_repository_needs_nothing() -> None:
 
 
 def test_many_loose_objects_call_for_a_geometric_repack_and_commit_graph() -> None:
-    plan = hk.plan(stats(loose=1024, in_pack=10, packs=1))
+    plan = hk.plan(stats(loose=256, in_pack=10, packs=1))
     assert plan == hk.Plan(repack=hk.Repack.GEOMETRIC, commit_graph=True)
-    assert not hk.plan(stats(loose=1023, in_pack=10, packs=1)).needed
+    assert not hk.plan(stats(loose=255, in_pack=10, packs=1)).needed
 
 
 def test_a_few_huge_loose_objects_count_by_size() -> None:
