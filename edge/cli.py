@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     repair.add_argument("--from", required=True, dest="from_volume", metavar="VOLUME")
     repair.add_argument("--yes", action="store_true", help="yes, replace the agreed refs")
     repo_sub.add_parser(
+        "optimize", help="repack, commit-graph, pack-refs and prune every copy now"
+    ).add_argument("name")
+    repo_sub.add_parser(
         "verify",
         help="compare every replica's refs with the agreed ones (exit 1: one differs,"
         " 3: one could not be asked)",
@@ -255,7 +258,7 @@ def api_command(args: argparse.Namespace) -> int:
                     if args.replica_regions:
                         payload["replica_regions"] = args.replica_regions.split(",")
                     response = client.post("/api/repos", json=payload, headers=region)
-                case "repo", "replicas" | "move" | "repair" | "verify":
+                case "repo", "replicas" | "move" | "repair" | "verify" | "optimize":
                     if action == "repair" and not args.yes:
                         print(f"gitedge: {REPAIR_WARNING}", file=sys.stderr)
                         return 2
@@ -338,6 +341,8 @@ def _repo_op(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
             )
         case "repair":
             return client.post(f"{path}/repair", json={"volume": args.from_volume, "confirm": True})
+        case "optimize":
+            return client.post(f"{path}/optimize", timeout=LONG_TIMEOUT)
     return client.get(f"{path}/verify", timeout=LONG_TIMEOUT)
 
 

@@ -3,6 +3,8 @@
     POST   /_gitedge/repos                {"name": "owner/name"[, "replicated": true]}
                                                               -> 201 / 200 {"created": bool}
     DELETE /_gitedge/repos/<owner>/<name>                         -> 204 / 404
+    POST   /_gitedge/repos/<owner>/<name>/optimize   -> 200 {"ran": ..., "before": ..., ...}
+                                                        / 404 / 409 (already running) / 500
 
 The edge creates a repository by first writing its record to etcd, then asking
 the owning node to init it; DELETE rolls that back.
@@ -15,6 +17,7 @@ import logging
 
 import h11
 
+from node.housekeeper import Housekeeper, OptimizeBusy, OptimizeFailed
 from node.http_conn import BodyTooLarge, HttpConn
 from node.repos import RepoStore, RepoStoreError
 from routing.model import InvalidRepoName, RepoName
@@ -22,6 +25,7 @@ from routing.model import InvalidRepoName, RepoName
 log = logging.getLogger(__name__)
 
 ADMIN_PATH = b"/_gitedge/repos"
+OPTIMIZE_SUFFIX = b"/optimize"
 MAX_BODY = 64 * 1024
 
 
@@ -31,8 +35,9 @@ def is_admin_target(target: bytes) -> bool:
 
 
 class AdminApi:
-    def __init__(self, store: RepoStore) -> None:
+    def __init__(self, store: RepoStore, housekeeper: Housekeeper) -> None:
         self._store = store
+        self._housekeeper = housekeeper
 
     async def handle(self, conn: HttpConn, request: h11.Request) -> None:
         """One internal-API request, already admitted by `EdgeAuth`."""
@@ -42,6 +47,18 @@ class AdminApi:
                 await conn.respond_text(405, "method not allowed", [("allow", "POST")])
                 return
             await self._create(conn)
+            return
+        if path.endswith(OPTIMIZE_SUFFIX):
+            if request.method != b"POST":
+                await conn.respond_text(405, "method not allowed", [("allow", "POST")])
+                return
+            path = path.removesuffix(OPTIMIZE_SUFFIX)
+            try:
+                repo = RepoName.parse(path.removeprefix(ADMIN_PATH + b"/").decode("ascii"))
+            except (UnicodeDecodeError, InvalidRepoName) as exc:
+                await conn.respond_text(400, f"bad repository name: {exc}")
+                return
+            await self._optimize(conn, repo)
             return
         if request.method != b"DELETE":
             await conn.respond_text(405, "method not allowed", [("allow", "DELETE")])
@@ -77,6 +94,24 @@ class AdminApi:
             201 if created else 200,
             json.dumps({"created": created}).encode(),
             content_type="application/json",
+        )
+
+    async def _optimize(self, conn: HttpConn, repo: RepoName) -> None:
+        try:
+            result = await self._housekeeper.optimize(repo)
+        except OptimizeBusy:
+            await conn.respond_text(409, "the repository is being optimized already")
+            return
+        except (OptimizeFailed, OSError) as exc:
+            log.error("optimizing %s failed: %s", repo, exc)
+            await conn.respond_text(500, "could not optimize the repository")
+            return
+        if result is None:
+            await conn.respond_text(404, "repository not found")
+            return
+        log.info("optimized %s (%s) in %.1fs", repo, result.plan.describe(), result.seconds)
+        await conn.respond(
+            200, json.dumps(result.to_json()).encode(), content_type="application/json"
         )
 
     async def _delete(self, conn: HttpConn, repo: RepoName) -> None:

@@ -31,6 +31,7 @@ import trio
 from node.config import ConfigError, NodeConfig, load_node_config
 from node.faultpoints import PAUSE_ENV, FaultPointError, FaultPoints
 from node.git_http import GitHttpServer
+from node.housekeeper import Housekeeper
 from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repl_api import ReplApi
@@ -106,9 +107,11 @@ async def run_node(
         )
         # The replication hooks run inside receive-pack and call back here.
         store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
+        housekeeper = Housekeeper(store, config.housekeeping, replicator.lock)
         server = GitHttpServer(
             store,
             config.admin_secret,
+            housekeeper=housekeeper,
             keepalive_timeout=config.keepalive_timeout,
             max_push_size=config.max_push_size,
             repl=ReplApi(
@@ -128,6 +131,7 @@ async def run_node(
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(replicator.run)
+                await nursery.start(housekeeper.run)
                 # Connections live in `nursery`, the listener in `accepting`: a
                 # drain stops the one and lets the others finish.
                 accepting = trio.CancelScope()

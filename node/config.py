@@ -39,6 +39,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from node.housekeeping import HousekeepingConfig, Limits
 from plumbing.observe import Observability, load_observability
 from plumbing.tomlconf import ConfigError, Table
 from routing.etcd_security import EtcdSecurity, load_etcd_security
@@ -90,6 +91,8 @@ class NodeConfig:
     max_push_size: int = DEFAULT_MAX_PUSH_SIZE
     """`[limits] max_push_size`: the largest pack one client push may send, in bytes
     (git's receive.maxInputSize; 0: no limit). Peer transfers are not limited."""
+    housekeeping: HousekeepingConfig = field(default_factory=HousekeepingConfig)
+    """`[housekeeping]`: background optimization after pushes (docs/housekeeping.md)."""
 
     @property
     def keys(self) -> Keys:
@@ -109,6 +112,7 @@ def load_node_config(path: Path) -> NodeConfig:
         )
     tls = root.table("tls") if root.has("tls") else None
     limits = root.table("limits")
+    housekeeping = root.table("housekeeping")
 
     node_id = node.str("id")
     if not _NODE_ID.fullmatch(node_id):
@@ -149,10 +153,27 @@ def load_node_config(path: Path) -> NodeConfig:
         snapshot_after=node.int("snapshot_after", SNAPSHOT_AFTER, lo=1, hi=1_000_000),
         max_push_size=limits.int("max_push_size", DEFAULT_MAX_PUSH_SIZE, lo=0, hi=2**50),
         observe=load_observability(root),
+        housekeeping=_housekeeping(housekeeping),
     )
-    for table in (root, node, etcd, limits, *(t for t in (tls,) if t is not None)):
+    for table in (root, node, etcd, limits, housekeeping, *(t for t in (tls,) if t is not None)):
         table.check_unknown()
     return config
+
+
+def _housekeeping(table: Table) -> HousekeepingConfig:
+    default = HousekeepingConfig()
+    limits = default.limits
+    return HousekeepingConfig(
+        enabled=table.bool("enabled", default.enabled),
+        max_concurrent=table.int("max_concurrent", default.max_concurrent, lo=1, hi=64),
+        timeout=table.float("timeout", default.timeout, lo=1.0, hi=86400.0),
+        limits=Limits(
+            loose_objects=table.int("loose_objects_limit", limits.loose_objects, lo=1, hi=2**30),
+            loose_kib=table.int("loose_kib_limit", limits.loose_kib, lo=1, hi=2**40),
+            max_packs=table.int("max_packs", limits.max_packs, lo=1, hi=100_000),
+            loose_refs=table.int("loose_refs_limit", limits.loose_refs, lo=1, hi=2**30),
+        ),
+    )
 
 
 def _tls(tls: Table) -> TlsConfig:

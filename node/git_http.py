@@ -29,6 +29,8 @@ from node import git_proto
 from node.admin_api import AdminApi, is_admin_target
 from node.edge_auth import EdgeAuth
 from node.git_pump import NO_CACHE, RequestAborted, serve_git
+from node.housekeeper import Housekeeper
+from node.housekeeping import HousekeepingConfig
 from node.http_conn import HttpConn, header
 from node.metrics import GitProcessMetrics
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
@@ -56,6 +58,7 @@ class GitHttpServer:
         admin_secret: str,
         *,
         keepalive_timeout: float,
+        housekeeper: Housekeeper | None = None,
         repl: ReplApi | None = None,
         drain: Drain | None = None,
         requests: RequestTracker | None = None,
@@ -66,9 +69,10 @@ class GitHttpServer:
         """The git processes this server runs, for `/metrics` (node/metrics.py)."""
         self._store = store
         self._auth = EdgeAuth(admin_secret)
-        self._admin = AdminApi(store)
+        self._housekeeper = housekeeper or Housekeeper(store, HousekeepingConfig(enabled=False))
+        self._admin = AdminApi(store, self._housekeeper)
         self._repl = repl
-        self._ssh = SshSessions(store, max_push_size, self.metrics)
+        self._ssh = SshSessions(store, self._housekeeper, max_push_size, self.metrics)
         self._max_push_size = max_push_size
         self._keepalive_timeout = keepalive_timeout
         self.drain = drain or Drain()
@@ -211,6 +215,25 @@ class GitHttpServer:
         except git_proto.UnsupportedEncoding as exc:
             await conn.respond_text(415, f"unsupported Content-Encoding {exc}")
             return
+        if route.service is not Service.RECEIVE_PACK:
+            await self._serve_rpc(conn, request, route, repo_dir, transfer, decoder)
+            return
+        # A peer's transfer adds objects too: replicas get optimized like primaries.
+        try:
+            async with self._housekeeper.pushing(route.repo):
+                await self._serve_rpc(conn, request, route, repo_dir, transfer, decoder)
+        finally:
+            self._housekeeper.push_ended(route.repo)
+
+    async def _serve_rpc(
+        self,
+        conn: HttpConn,
+        request: h11.Request,
+        route: Rpc,
+        repo_dir: Path,
+        transfer: bool,
+        decoder: git_proto.BodyDecoder,
+    ) -> None:
         with self.metrics.track(str(route.service), _kind("rpc", transfer)) as process:
             process.returncode = await serve_git(
                 conn,

@@ -27,7 +27,7 @@ from pathlib import Path
 import h11
 import trio
 
-from gitproto.protocol import CHUNK, accept_git_protocol
+from gitproto.protocol import CHUNK, Service, accept_git_protocol
 from gitproto.routes import SshSession
 from gitproto.ssh_frame import (
     CONTENT_TYPE,
@@ -45,6 +45,7 @@ from node.git_proto import (
     user_from_header,
 )
 from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
+from node.housekeeper import Housekeeper
 from node.http_conn import HttpConn, header
 from node.metrics import GitProcessMetrics
 from node.repos import RepoStore
@@ -71,9 +72,14 @@ class SshSessions:
     """Serves `SshSession` routes for the node's HTTP server."""
 
     def __init__(
-        self, store: RepoStore, max_push_size: int = 0, metrics: GitProcessMetrics | None = None
+        self,
+        store: RepoStore,
+        housekeeper: Housekeeper,
+        max_push_size: int = 0,
+        metrics: GitProcessMetrics | None = None,
     ) -> None:
         self._store = store
+        self._housekeeper = housekeeper
         self._max_push_size = max_push_size
         self._metrics = metrics or GitProcessMetrics()
 
@@ -92,15 +98,22 @@ class SshSessions:
                 env = on_behalf_of(
                     self._store.env(accept_git_protocol(header(request, b"git-protocol"))), user
                 )
-                with self._metrics.track(str(route.service), "ssh") as process:
-                    process.returncode = await run_session(
-                        conn,
-                        limit_push(session_argv(route.service, repo_dir), self._max_push_size),
-                        env,
-                        self._store.root,
-                        what,
-                    )
+                argv = limit_push(session_argv(route.service, repo_dir), self._max_push_size)
+                if route.service is Service.RECEIVE_PACK:
+                    try:
+                        async with self._housekeeper.pushing(route.repo):
+                            await self._run(conn, route, argv, env, what)
+                    finally:
+                        self._housekeeper.push_ended(route.repo)
+                else:
+                    await self._run(conn, route, argv, env, what)
         await _drain_body(conn)
+
+    async def _run(
+        self, conn: HttpConn, route: SshSession, argv: list[str], env: dict[str, str], what: str
+    ) -> None:
+        with self._metrics.track(str(route.service), "ssh") as process:
+            process.returncode = await run_session(conn, argv, env, self._store.root, what)
 
 
 async def run_session(

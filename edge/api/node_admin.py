@@ -27,6 +27,7 @@ from routing.replica_changes import ReplicaChangeRefused
 MAX_ANSWER = 4096
 MAX_REFS_ANSWER = 64 * 1024 * 1024  # every ref of a replica: ~70 bytes a ref
 APPLY_TIMEOUT = 120.0  # a catch-up may fetch the whole repository
+OPTIMIZE_TIMEOUT = 300.0  # a full repack of a large repository (the node's own limit is longer)
 _FAILED = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, HeadError, BodyError)
 _REPL = b"/_gitedge/repl/"
 
@@ -49,6 +50,18 @@ class NodeAdmin:
     async def drop_replica(self, node: NodeRecord, name: RepoName) -> None:
         """Delete a replica (rollback of a failed create, a removed replica)."""
         await self._call(node, name, b"DELETE", b"/_gitedge/repos/" + name.path.encode(), None)
+
+    async def optimize(self, node: NodeRecord, name: RepoName) -> dict[str, Any]:
+        """Optimize one copy now (node/admin_api.py); its report."""
+        target = b"/_gitedge/repos/" + name.path.encode() + b"/optimize"
+        raw = await self._call(node, name, b"POST", target, None, OPTIMIZE_TIMEOUT)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise NodeUnavailable(f"optimize {name} on {node.node_id}: bad answer") from None
+        if not isinstance(answer, dict):
+            raise NodeUnavailable(f"optimize {name} on {node.node_id}: not a JSON object")
+        return answer
 
     async def seed(
         self, node: NodeRecord, name: RepoName, added: VolumeId, sync_replicas: int

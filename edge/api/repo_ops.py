@@ -33,6 +33,7 @@ from routing.placement import PlacementError
 from routing.replica_changes import (
     ReplicaChangeRefused,
     add_replica,
+    live_node,
     move_repo,
     remove_replica,
 )
@@ -104,6 +105,17 @@ async def handle_repo_op(state: EdgeState, reply: Reply, route: RepoOp) -> Outco
             case "verify":
                 report = await verify_repo(state.etcd, state.cache, nodes, name)
                 return await reply.json(200, report)
+            case "optimize":
+                log.info("%s: optimization requested by %s", name, who)
+                copies = []
+                for volume in record.replica_volumes:
+                    node = live_node(state.cache, volume)
+                    if node is None:
+                        copies.append({"volume": volume, "error": "its node is not live"})
+                        continue
+                    answer = await nodes.optimize(node, name)
+                    copies.append({"volume": volume, "node": node.node_id, **answer})
+                return await reply.json(200, {"copies": copies})
     raise AssertionError(route.op)
 
 

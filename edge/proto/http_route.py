@@ -40,7 +40,7 @@ class GetRepo:
     repo: RepoName
 
 
-RepoOpName = Literal["replicas-add", "replicas-remove", "move", "repair", "verify"]
+RepoOpName = Literal["replicas-add", "replicas-remove", "move", "repair", "verify", "optimize"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class RepoOp:
     POST   /api/repos/<owner>/<name>/move              {"region": R}        move
     POST   /api/repos/<owner>/<name>/repair            {"volume", "confirm": true}
     GET    /api/repos/<owner>/<name>/verify
+    POST   /api/repos/<owner>/<name>/optimize          (node/housekeeper.py, every replica)
     """
 
     repo: RepoName
@@ -214,6 +215,7 @@ _SIMPLE_OPS: dict[str, tuple[bytes, RepoOpName]] = {
     "move": (b"POST", "move"),
     "repair": (b"POST", "repair"),
     "verify": (b"GET", "verify"),
+    "optimize": (b"POST", "optimize"),
 }
 
 

@@ -289,3 +289,32 @@ def test_replica_changes_refuse_bad_input_clearly(net3: Devnet, git: Git, tmp_pa
         assert "Traceback" not in done.stderr
     shown: dict[str, Any] = where(net3, "alice/plain")
     assert shown["region"] == "fra" and "replicas" not in shown
+
+
+def test_repo_optimize_repacks_every_replica_and_loses_nothing(
+    net3: Devnet, git: Git, tmp_path: Path
+) -> None:
+    """`gitedge repo optimize` (node/housekeeper.py) on each copy of a replicated repo."""
+    assert create(net3, "alice/opt", "lax", 3).status_code == 201
+    work = git.new_worktree(tmp_path / "w")
+    url = repo_url(net3, "alice/opt", edge_url=edge(net3, "lax").https_url)
+    for i in range(3):
+        head = git.commit(work, f"{i}.txt", f"{i}\n".encode())
+        git.run("push", "-q", url, "main", cwd=work)
+    poll(20, lambda: in_sync(net3, "alice/opt", 3), "all three in sync")
+    done = cli(net3, "repo", "optimize", "alice/opt")
+    assert done.returncode == 0, done.stdout + done.stderr
+    copies = json.loads(done.stdout)["copies"]
+    assert len(copies) == 3
+    for copy in copies:
+        assert copy["ran"].startswith("repack=full"), copy
+        assert copy["before"]["loose"] > 0 and copy["after"]["loose"] == 0, copy
+    for node in net3.nodes.values():
+        repo = node.volume_dir / "alice/opt.git"
+        if repo.is_dir():
+            git.run("fsck", "--strict", "--no-progress", cwd=repo)
+    clone = tmp_path / "clone"
+    git.run("clone", "-q", url, str(clone), cwd=tmp_path)
+    assert git.run("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
+    refused = cli(net3, "repo", "optimize", "alice/nope")
+    assert refused.returncode == 1

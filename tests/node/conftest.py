@@ -20,6 +20,9 @@ ADMIN_SECRET = "test-secret-" + secrets.token_hex(8)
 # What an edge sends on every request (node/edge_auth.py).
 EDGE_AUTH = {"authorization": f"Bearer {ADMIN_SECRET}"}
 ConfigFactory = Callable[..., NodeConfig]
+# Background housekeeping spawns git after pushes; the tests that count the node's
+# git processes would see it. tests/node/test_housekeeper.py turns it on.
+HOUSEKEEPING_OFF = "[housekeeping]\nenabled = false\n"
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +54,7 @@ def make_config(tmp_path: Path, etcd_server: EtcdServer) -> ConfigFactory:
         lease_ttl: int = 10,
         endpoints: str | None = None,
         tls: bool = False,
+        extra: str = HOUSEKEEPING_OFF,
     ) -> NodeConfig:
         path = tmp_path / f"{node_id}-{volume}.toml"
         tls_toml = tls_table(tmp_path, node_id) if tls else ""
@@ -66,7 +70,8 @@ lease_ttl = {lease_ttl}
 [etcd]
 endpoints = ["{endpoints or etcd_server.url}"]
 prefix = "{prefix}"
-{tls_toml}"""
+{tls_toml}
+{extra}"""
         )
         return load_node_config(path)
 

@@ -1,0 +1,265 @@
+"""Runs node/housekeeping.py's plans: after pushes in the background, or on demand.
+
+Bounds: one optimization per repository at a time (`_running`), at most
+`max_concurrent` on the node (a CapacityLimiter), each under `timeout`.
+
+Safety against concurrent pushes and fetches (tests/e2e/test_housekeeping.py):
+repack, commit-graph and prune take no ref locks, and git makes them safe to
+run beside receive-pack and upload-pack: new packs are renamed into place,
+old ones deleted only after, `--cruft` keeps what is unreachable, and prune
+only touches objects older than the grace period. pack-refs does lock refs,
+so it runs only when no push to the repository is in flight: pushes register
+with `pushing()`, and for replicated repositories the replication lock
+(node/replication.py `Replicator.lock`, held from vote to post-receive and
+by `apply`) must be free too. If either is busy, pack-refs waits for the next
+round instead of making a push wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import trio
+
+from node import housekeeping as hk
+from node.repos import RepoStore
+from routing.model import RepoName
+
+log = logging.getLogger(__name__)
+
+PUSH_WAIT = 30.0
+"""How long a push waits for a pack-refs that started first (it takes milliseconds)."""
+PACK_REFS_TIMEOUT = 30.0
+
+
+class OptimizeBusy(Exception):
+    """An optimization of this repository is already running."""
+
+
+class OptimizeFailed(Exception):
+    """A git step failed or timed out; the repository is as git left it (still valid)."""
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    plan: hk.Plan
+    before: hk.ObjectCounts
+    after: hk.ObjectCounts
+    seconds: float
+    skipped: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ran": self.plan.describe(),
+            "skipped": list(self.skipped),
+            "before": asdict(self.before),
+            "after": asdict(self.after),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _RepoGuard:
+    """Pushes in flight, and whether pack-refs holds the repository's refs."""
+
+    def __init__(self) -> None:
+        self.pushes = 0
+        self.packing_refs = False
+        self.changed = trio.Event()
+
+
+class Housekeeper:
+    def __init__(
+        self,
+        store: RepoStore,
+        config: hk.HousekeepingConfig,
+        repl_lock: Callable[[RepoName], trio.Semaphore] | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config
+        self._repl_lock = repl_lock
+        self._limiter = trio.CapacityLimiter(config.max_concurrent)
+        self._running: set[RepoName] = set()
+        self._again: set[RepoName] = set()
+        self._guards: dict[RepoName, _RepoGuard] = {}
+        self._nursery: trio.Nursery | None = None
+        self.completed = 0
+        """Optimizations finished since start (background and on demand): tests wait on it."""
+        self.completed_changed = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The nursery background optimizations run in."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- pushes ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def pushing(self, name: RepoName) -> AsyncIterator[None]:
+        """Around a receive-pack: keeps pack-refs off this repository meanwhile."""
+        guard = self._guards.setdefault(name, _RepoGuard())
+        with trio.fail_after(PUSH_WAIT):
+            while guard.packing_refs:
+                await guard.changed.wait()
+        guard.pushes += 1
+        try:
+            yield
+        finally:
+            guard.pushes -= 1
+            self._forget_idle(name, guard)
+
+    def push_ended(self, name: RepoName) -> None:
+        """A receive-pack into `name` ended: optimize in the background if it needs it."""
+        if not self._config.enabled or self._nursery is None:
+            return
+        if name in self._running:
+            self._again.add(name)  # look again once the running one ends
+            return
+        self._running.add(name)
+        self._nursery.start_soon(self._background, name)
+
+    async def _background(self, name: RepoName) -> None:
+        try:
+            async with self._limiter:
+                result = await self._optimize_now(name, force=False)
+            if result is not None and result.plan.needed:
+                what, seconds = result.plan.describe(), result.seconds
+                log.info("%s: optimized (%s) in %.1fs", name, what, seconds)
+        except (OptimizeFailed, OSError, hk.CountObjectsError) as exc:
+            log.warning("%s: background optimization failed: %s", name, exc)
+        finally:
+            self._done(name)
+        if name in self._again:
+            self._again.discard(name)
+            self.push_ended(name)
+
+    # -- on demand -------------------------------------------------------------------
+
+    async def optimize(self, name: RepoName) -> OptimizeResult | None:
+        """`gitedge repo optimize`: everything worth doing, now. None: no such repository.
+        Waits for a slot under the node's limit; raises OptimizeBusy if one is running."""
+        if name in self._running:
+            raise OptimizeBusy(f"{name} is being optimized")
+        self._running.add(name)
+        try:
+            async with self._limiter:
+                return await self._optimize_now(name, force=True)
+        except hk.CountObjectsError as exc:
+            raise OptimizeFailed(str(exc)) from None
+        finally:
+            self._done(name)
+
+    # -- the work --------------------------------------------------------------------
+
+    async def _optimize_now(self, name: RepoName, *, force: bool) -> OptimizeResult | None:
+        git_dir = self._store.existing(name)
+        if git_dir is None:
+            return None
+        start = time.monotonic()
+        skipped: list[str] = []
+        try:
+            with trio.fail_after(self._config.timeout):
+                stats = await self._stats(git_dir)
+                plan = hk.forced_plan(stats) if force else hk.plan(stats, self._config.limits)
+                if plan.repack is not hk.Repack.NONE:
+                    await self._git(git_dir, hk.repack_argv(plan.repack))
+                if plan.commit_graph:
+                    await self._git(git_dir, hk.COMMIT_GRAPH_ARGV)
+                if plan.pack_refs and not await self._pack_refs(name, git_dir):
+                    skipped.append("pack_refs")
+                if plan.prune:
+                    await self._git(git_dir, hk.PRUNE_ARGV)
+                after = (await self._stats(git_dir)).objects if plan.needed else stats.objects
+        except trio.TooSlowError:
+            raise OptimizeFailed(f"took longer than {self._config.timeout}s") from None
+        return OptimizeResult(plan, stats.objects, after, time.monotonic() - start, tuple(skipped))
+
+    async def _pack_refs(self, name: RepoName, git_dir: Path) -> bool:
+        """pack-refs while no push holds the refs; False (skipped) if one does."""
+        guard = self._guards.setdefault(name, _RepoGuard())
+        repl_lock = self._repl_lock(name) if self._repl_lock is not None else None
+        if guard.pushes or guard.packing_refs:
+            return False
+        if repl_lock is not None:
+            try:
+                repl_lock.acquire_nowait()
+            except trio.WouldBlock:
+                return False
+        guard.packing_refs = True
+        try:
+            with trio.fail_after(PACK_REFS_TIMEOUT):
+                await self._git(git_dir, hk.PACK_REFS_ARGV)
+        finally:
+            guard.packing_refs = False
+            guard.changed.set()
+            guard.changed = trio.Event()
+            if repl_lock is not None:
+                repl_lock.release()
+            self._forget_idle(name, guard)
+        return True
+
+    async def _stats(self, git_dir: Path) -> hk.RepoStats:
+        counts = hk.parse_count_objects(await self._git(git_dir, hk.COUNT_OBJECTS_ARGV))
+        return await trio.to_thread.run_sync(scan_repo, git_dir, counts)
+
+    async def _git(self, git_dir: Path, args: list[str]) -> str:
+        result = await trio.run_process(
+            ["git", f"--git-dir={git_dir}", *args],
+            env=self._store.env(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            stderr = result.stderr.decode("utf-8", "replace").strip()
+            raise OptimizeFailed(f"git {args[0]} exited with {result.returncode}: {stderr}")
+        return bytes(result.stdout).decode("utf-8", "replace")
+
+    def _done(self, name: RepoName) -> None:
+        self._running.discard(name)
+        self.completed += 1
+        self.completed_changed.set()
+        self.completed_changed = trio.Event()
+
+    def _forget_idle(self, name: RepoName, guard: _RepoGuard) -> None:
+        if not guard.pushes and not guard.packing_refs and self._guards.get(name) is guard:
+            del self._guards[name]
+
+
+def scan_repo(git_dir: Path, counts: hk.ObjectCounts) -> hk.RepoStats:
+    """What count-objects does not say: bitmaps, commit-graph, loose refs, old loose
+    objects (blocking; costs one stat per loose object and ref file)."""
+    objects = git_dir / "objects"
+    pack_dir = objects / "pack"
+    has_bitmap = pack_dir.is_dir() and any(p.suffix == ".bitmap" for p in pack_dir.iterdir())
+    info = objects / "info"
+    has_commit_graph = (info / "commit-graph").is_file() or (
+        info / "commit-graphs" / "commit-graph-chain"
+    ).is_file()
+    loose_refs = sum(len(files) for _dir, _subdirs, files in os.walk(git_dir / "refs"))
+    stale = 0
+    if counts.loose:
+        cutoff = time.time() - hk.PRUNE_GRACE_SECONDS
+        for shard in objects.iterdir():
+            if len(shard.name) != 2 or not shard.is_dir():
+                continue
+            for entry in os.scandir(shard):
+                try:
+                    if entry.stat().st_mtime < cutoff:
+                        stale += 1
+                except FileNotFoundError:
+                    continue  # packed and removed meanwhile
+    return hk.RepoStats(
+        objects=counts,
+        has_bitmap=has_bitmap,
+        has_commit_graph=has_commit_graph,
+        loose_refs=loose_refs,
+        stale_loose_objects=stale,
+    )
