@@ -73,6 +73,8 @@ def production_edge(
     )
     text = _substitute(text, r'^username = "gitedge"\n', "")
     text = _substitute(text, r"^endpoints = .*$", f"endpoints = {json.dumps([etcd.url])}")
+    # Its admin listener (/metrics) has a fixed loopback port: any free one here.
+    text = _substitute(text, r'^listen = "127\.0\.0\.1:9464"', 'listen = "127.0.0.1:0"')
     config = tmp_path / "edge.toml"
     config.write_text(text)
     ready_file = tmp_path / "edge.ready.json"
@@ -117,7 +119,7 @@ def test_production_example_listens_on_both_families(
     production_edge: ProductionEdge, host: str
 ) -> None:
     listening = production_edge.ready["listening"]
-    assert set(listening) == {"https", "ssh"}
+    assert set(listening) == {"https", "ssh", "admin"}
     for address in listening["https"]:
         answer = _https_get(production_edge.ca, host, _port(address))
         assert answer.startswith(b"HTTP/1.1 200 "), (host, answer)
@@ -126,7 +128,9 @@ def test_production_example_listens_on_both_families(
     # IPv4 clients arrive as ::ffff:127.0.0.1 on the dual-stack socket; the log
     # (and the trusted-proxy check) see the address the client has.
     log = production_edge.log.read_text()
-    assert re.search(rf"edge\.access: {re.escape(host)} GET /healthz HTTP/1.1 200 ", log), log
+    # (The example logs JSON lines: logger and message are fields of one line.)
+    access = rf'edge\.access"?[:,].*?{re.escape(host)} GET /healthz HTTP/1.1 200 '
+    assert re.search(access, log), log
     assert "::ffff:" not in log
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -32,11 +33,21 @@ def test_wildcard_v6_is_one_dual_stack_socket() -> None:
 
 @needs_ipv6
 def test_a_specific_v6_address_is_v6_only() -> None:
-    # So that "0.0.0.0:P" and "[::1]:P" can both be bound in one `listen` list.
-    (v6,) = bind_listeners("::1", 0)
-    with v6, socket.socket() as v4:
-        assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
-        v4.bind(("127.0.0.1", v6.getsockname()[1]))
+    # So that "0.0.0.0:P" and "[::1]:P" can both be bound in one `listen` list. The
+    # free v6 port may be taken on 127.0.0.1 by another process (CI saw it): then
+    # another port is tried; a v6 socket that took the v4 port too fails every time.
+    for _attempt in range(20):
+        (v6,) = bind_listeners("::1", 0)
+        with v6, socket.socket() as v4:
+            assert v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+            try:
+                v4.bind(("127.0.0.1", v6.getsockname()[1]))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                continue
+            return
+    raise AssertionError("every free ::1 port was also taken on 127.0.0.1")
 
 
 def test_ipv4_listener_takes_ipv4() -> None:
