@@ -8,7 +8,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+from websockets.http11 import Request, Response
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
 
@@ -32,9 +33,16 @@ def _echo(ws: ServerConnection) -> None:
         return
 
 
+def _refuse(ws: ServerConnection, request: Request) -> Response | None:
+    """`/forbidden` is answered 403 instead of switching protocols."""
+    if request.path == "/forbidden":
+        return ws.respond(403, "no sockets here\n")
+    return None
+
+
 @pytest.fixture(scope="module")
 def ws_upstream() -> Iterator[str]:
-    with serve(_echo, "127.0.0.1", 0) as server:
+    with serve(_echo, "127.0.0.1", 0, process_request=_refuse) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         port = server.socket.getsockname()[1]
@@ -100,3 +108,11 @@ def test_an_idle_tunnel_is_closed_after_the_upgrade_idle_timeout(
             assert ws.protocol.close_rcvd is None
     finally:
         edge.process.stop()
+
+
+def test_an_upgrade_answered_without_101_is_relayed_as_a_response(ws_net: Devnet) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        _connect(ws_net, "/forbidden")
+    response = refused.value.response
+    assert response.status_code == 403
+    assert response.body == b"no sockets here\n"
