@@ -253,6 +253,8 @@ class WebConfig:
     response_timeout: float = 120.0
     """Longest wait for the response head, and longest silence inside its body."""
     max_idle: int = 32
+    upgrade_idle_timeout: float = 300.0
+    """An upgraded connection (WebSocket) with no bytes either way this long is closed."""
     secret: str = ""
     """Sent as `x-gitedge-secret` on every request upstream ("" : none sent); what a
     frontend checks before it trusts the edge's `x-gitedge-*` headers."""
@@ -289,6 +291,7 @@ def _web(web: Table) -> WebConfig:
         idle_timeout=web.float("idle_timeout", 30.0, 1, 3600),
         response_timeout=web.float("response_timeout", 120.0, 1, 86400),
         max_idle=web.int("max_idle", 32, 0, 10000),
+        upgrade_idle_timeout=web.float("upgrade_idle_timeout", 300.0, 1, 86400),
         secret=web.secret("secret") if has_secret else "",
     )
     web.check_unknown()

@@ -27,6 +27,7 @@ import trio
 from edge.errors import BadGateway, EdgeError, NodeUnavailable
 from edge.http.pool import NodeConn, NodePool
 from edge.http.stream import BodyTimeout, BufferedStream, HeadTimeout, relay_body
+from edge.http.tunnel import tunnel
 from edge.proto.body import BodyError
 from edge.proto.exchange import Exchange
 from edge.proto.http_head import HeadError, parse_response_head
@@ -161,6 +162,7 @@ async def relay_request(
     upstream_url: str,
     node_id: str | None = None,
     may_retry: bool = True,
+    upgrade_idle: float | None = None,
 ) -> ProxyResult:
     """Relay one request, whose head for the upstream `request_head` writes, to a
     node or a web upstream over `pool`, and its response back.
@@ -169,6 +171,8 @@ async def relay_request(
     after that, a failure is recorded with `exchange.fail` and returned.
     `may_retry`: a request whose body is all in hand is sent once more on a
     fresh connection when a pooled one turns out closed (see below).
+    `upgrade_idle`: the request asks for an `Upgrade`; a `101` answer turns both
+    connections into a tunnel (edge/http/tunnel.py) idle-closed after this long.
     """
     if (go_ahead := exchange.continue_head()) is not None:
         # We will read the body, so say so now; the node is not asked (RFC 9110 10.1.1).
@@ -182,7 +186,9 @@ async def relay_request(
     for attempt in range(2):
         conn = await pool.acquire(upstream_url, fresh=attempt > 0, node_id=node_id)
         try:
-            result = await _relay(client, exchange, request_head(conn), conn, timeouts, first)
+            result = await _relay(
+                client, exchange, request_head(conn), conn, timeouts, first, upgrade_idle
+            )
         except _NodeClosedEarly:
             await conn.stream.aclose()
             if conn.reused and replayable and attempt == 0:
@@ -207,6 +213,7 @@ async def _relay(
     conn: NodeConn,
     timeouts: Timeouts,
     first: bytes,
+    upgrade_idle: float | None,
 ) -> ProxyResult:
     node = conn.stream
     received_before = node.bytes_in
@@ -236,7 +243,7 @@ async def _relay(
         if not exchange.request_body.done:
             nursery.start_soon(upload)
         try:
-            await _respond(client, exchange, conn, timeouts, received_before, result)
+            await _respond(client, exchange, conn, timeouts, received_before, result, upgrade_idle)
         except Exception as exc:
             node_error = exc
         # Whatever is left of the upload is not wanted now: the node has
@@ -263,6 +270,7 @@ async def _respond(
     timeouts: Timeouts,
     received_before: int,
     result: ProxyResult,
+    upgrade_idle: float | None = None,
 ) -> None:
     """The node's response head, checked, then its body, relayed to the client."""
     node = conn.stream
@@ -287,9 +295,18 @@ async def _respond(
             raise _NodeClosedEarly()
         raise BadGateway(f"node {conn.address} closed inside its response head")
     try:
-        response = parse_response_head(raw)
+        # A 101 only for a request that asked to upgrade, with no body left to send.
+        upgrade = upgrade_idle is not None and exchange.request_body.done
+        response = parse_response_head(raw, upgrade=upgrade)
     except HeadError as exc:
         raise BadGateway(f"node {conn.address}: {exc.message}") from None
+    if response.status == 101 and upgrade_idle is not None:
+        result.status = 101
+        await client.send_all(exchange.receive_upgrade(response))
+        tunnelled = await tunnel(client, node, upgrade_idle)
+        result.response_bytes = tunnelled.down
+        result.note = f"tunnel up={tunnelled.up} ended: {tunnelled.ended}"
+        return
     head = exchange.receive_response_head(response)
     framer = exchange.response_body
     assert framer is not None

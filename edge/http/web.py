@@ -22,6 +22,7 @@ from edge.proto.web_head import (
     ReplicaHint,
     RepoHint,
     error_page,
+    is_upgrade,
     repo_of_path,
     upstream_head,
 )
@@ -117,6 +118,7 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
             Timeouts(response=web.response_timeout, body_idle=state.config.body_idle_timeout),
             upstream_url=upstream,
             may_retry=head.method in IDEMPOTENT,
+            upgrade_idle=web.upgrade_idle_timeout if is_upgrade(head) else None,
         )
     except NodeUnavailable as exc:
         return await _error(reply, WebUnavailable, exc.detail, accept)

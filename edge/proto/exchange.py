@@ -196,6 +196,28 @@ class Exchange:
             lines.append(b"connection: close")
         return b"\r\n".join([*lines, b"", b""])
 
+    def receive_upgrade(self, response: ResponseHead) -> bytes:
+        """Take a `101 Switching Protocols`; returns its head for the client.
+
+        The connections become a tunnel (edge/http/tunnel.py): the exchange is
+        marked failed, so neither goes back to a pool or carries another request.
+        """
+        assert not self.response_started, "one answer per exchange"
+        assert response.status == 101
+        self.response = response
+        self.response_body = BodyFramer.length(0)
+        self.status = 101
+        self.fail("upgraded: the connections became a tunnel")
+        named = _connection_options(response)
+        lines = [b"HTTP/1.1 101 %s" % (response.reason or b"Switching Protocols")]
+        lines += [
+            name + b": " + value
+            for name, value in response.headers
+            if name not in _HOP_BY_HOP and name not in named
+        ]
+        lines += [b"connection: upgrade", b"upgrade: " + (response.header(b"upgrade") or b"")]
+        return b"\r\n".join([*lines, b"", b""])
+
     @property
     def response_complete(self) -> bool:
         return self.response_body is not None and self.response_body.done

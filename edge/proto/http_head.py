@@ -154,17 +154,31 @@ def _reason(exc: h11.ProtocolError) -> str:
     return _QUOTED_INPUT.sub("", str(exc))
 
 
-def parse_response_head(head: bytes) -> ResponseHead:
-    """Parse a node's response head (HeadError 502 if it is not a final response)."""
+def parse_response_head(head: bytes, *, upgrade: bool = False) -> ResponseHead:
+    """Parse a node's response head (HeadError 502 if it is not a final response).
+
+    `upgrade`: the request asked for an `Upgrade`, so `101 Switching Protocols`
+    is taken too (its framing "none": what follows is the new protocol's)."""
     conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
     # h11 needs to have "sent" a request to accept a response; framing is ours.
-    conn.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"node")]))
+    proposal = [(b"connection", b"upgrade"), (b"upgrade", b"any")] if upgrade else []
+    conn.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"node"), *proposal]))
     conn.receive_data(head)
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError as exc:
         raise HeadError(502, f"bad response from node: {exc}") from None
     if isinstance(event, h11.InformationalResponse):
+        if upgrade and event.status_code == 101:
+            return ResponseHead(
+                status=101,
+                reason=event.reason,
+                http_version=event.http_version,
+                headers=list(event.headers),
+                persistent=False,
+                framing="none",
+                content_length=0,
+            )
         raise HeadError(502, "node sent an interim response")
     if not isinstance(event, h11.Response):
         raise HeadError(502, "node sent an incomplete response head")

@@ -46,6 +46,18 @@ def is_edge_path(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in EDGE_PREFIXES)
 
 
+def is_upgrade(head: RequestHead) -> bool:
+    """The request asks to switch protocols (RFC 9110 7.8): an `Upgrade` field that
+    its `Connection` names. Such a request is relayed with both (edge/http/tunnel.py)."""
+    tokens = {
+        token.strip().lower()
+        for name, value in head.headers
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    return b"upgrade" in tokens and head.header(b"upgrade") is not None
+
+
 def repo_of_path(path: str) -> RepoName | None:
     """The repository a web path is under (`/<owner>/<name>` or `/<owner>/<name>/...`),
     if its first two segments are a valid name; None otherwise."""
@@ -108,6 +120,7 @@ def upstream_head(
     names, and any `x-gitedge-*` (the edge's to set: `added`). The target and
     `Host` are the client's, as frontends build their links from them.
     `X-Forwarded-For` is the peer, after the client's value only from a trusted proxy.
+    An upgrade request (`is_upgrade`) keeps its `Connection: upgrade` and `Upgrade`.
     """
     named = {
         token.strip().lower()
@@ -124,6 +137,8 @@ def upstream_head(
         elif name not in _DROPPED and name not in named and not name.startswith(HINT_PREFIX):
             lines.append(name + b": " + value)
     lines += [name + b": " + value for name, value in added]
+    if is_upgrade(head):
+        lines += [b"connection: upgrade", b"upgrade: " + (head.header(b"upgrade") or b"")]
     lines += [
         b"x-forwarded-for: " + forwarded_for,
         b"x-forwarded-proto: " + scheme.encode(),

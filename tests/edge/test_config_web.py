@@ -36,6 +36,7 @@ def test_defaults_and_the_region_table(tmp_path: Path) -> None:
     assert web.upstream_for("lax") == "http://10.1.0.1:4000"
     assert web.upstream_for("fra") == "http://10.0.0.1:4000"
     assert web.connect_timeout == 3.0 and web.response_timeout == 120.0 and web.secret == ""
+    assert web.upgrade_idle_timeout == 300.0
 
 
 def test_secret(tmp_path: Path) -> None:
@@ -50,6 +51,7 @@ def test_secret(tmp_path: Path) -> None:
         'upstream = "http://h:1/app"',
         'upstream = "h:1"',
         'upstream = "http://h:1"\nconnect_timeout = 0',
+        'upstream = "http://h:1"\nupgrade_idle_timeout = 0.5',
         'upstream = "http://h:1"\ntimeout = 3',
         'upstream = "http://h:1"\n[web.upstreams]\nLAX = "http://h:2"',
         'upstream = "http://h:1"\n[web.upstreams]\nlax = "ftp://h:2"',

@@ -429,3 +429,24 @@ def test_decoded_body_refused_by_h11_is_a_body_error() -> None:
     with pytest.raises(BodyError) as info:
         exchange.decoded_request_body(body)
     assert info.value.http_status == 400
+
+
+def test_a_101_becomes_a_tunnel_that_neither_connection_survives() -> None:
+    exchange = Exchange(
+        b"GET /socket HTTP/1.1\r\nHost: edge\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    response = parse_response_head(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Keep-Alive: timeout=5\r\nSec-WebSocket-Accept: abc\r\n\r\n",
+        upgrade=True,
+    )
+    head = exchange.receive_upgrade(response)
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    lines = head.split(b"\r\n")
+    assert b"sec-websocket-accept: abc" in lines
+    assert b"connection: upgrade" in lines
+    assert b"upgrade: websocket" in lines
+    assert not any(line.startswith(b"keep-alive") for line in lines)
+    assert exchange.status == 101
+    assert not exchange.client_reusable
+    assert not exchange.node_reusable

@@ -410,3 +410,23 @@ def test_a_control_character_in_a_header_value_is_a_400(ctl: bytes) -> None:
 def test_a_tab_in_a_header_value_is_still_fine() -> None:
     head = parse_request_head(b"GET / HTTP/1.1\r\nHost: edge.example\r\nX-A: a\tb\r\n\r\n")
     assert head.header(b"x-a") == b"a\tb"
+
+
+def test_a_101_is_taken_only_when_the_request_asked_to_upgrade() -> None:
+    raw = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Accept: abc\r\n\r\n"
+    )
+    with pytest.raises(HeadError):
+        parse_response_head(raw)
+    response = parse_response_head(raw, upgrade=True)
+    assert response.status == 101
+    assert response.header(b"upgrade") == b"websocket"
+    assert not response.persistent
+    # Other interim answers stay refused; final ones parse as ever.
+    with pytest.raises(HeadError):
+        parse_response_head(b"HTTP/1.1 100 Continue\r\n\r\n", upgrade=True)
+    assert (
+        parse_response_head(b"HTTP/1.1 426 x\r\nContent-Length: 0\r\n\r\n", upgrade=True).status
+        == 426
+    )

@@ -12,6 +12,7 @@ from edge.proto.web_head import (
     RepoHint,
     error_page,
     is_edge_path,
+    is_upgrade,
     prefers_json,
     repo_of_path,
     upstream_head,
@@ -126,3 +127,23 @@ def test_error_page_form(accept: bytes | None, json: bool) -> None:
     assert content_type.startswith(b"application/json" if json else b"text/html")
     if not json:
         assert b"down &lt;now&gt;" in body
+
+
+def test_an_upgrade_request_keeps_connection_upgrade_and_upgrade() -> None:
+    raw = (
+        b"GET /live/websocket HTTP/1.1\r\nhost: example.org\r\nconnection: keep-alive, Upgrade\r\n"
+        b"upgrade: websocket\r\nsec-websocket-key: k\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+    assert is_upgrade(parse_request_head(raw))
+    lines = _head(raw).split(b"\r\n")
+    assert b"connection: upgrade" in lines
+    assert b"upgrade: websocket" in lines
+    assert b"sec-websocket-key: k" in lines
+    assert not any(line.startswith(b"connection: keep-alive") for line in lines)
+    # Upgrade without Connection naming it (or the reverse) is no upgrade: both dropped.
+    for fields in (b"upgrade: websocket\r\n", b"connection: upgrade\r\n"):
+        plain = b"GET / HTTP/1.1\r\nhost: example.org\r\n" + fields + b"\r\n"
+        assert not is_upgrade(parse_request_head(plain))
+        assert not any(
+            line.startswith((b"upgrade", b"connection")) for line in _head(plain).split(b"\r\n")
+        )
