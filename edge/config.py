@@ -258,6 +258,10 @@ class WebConfig:
     secret: str = ""
     """Sent as `x-gitedge-secret` on every request upstream ("" : none sent); what a
     frontend checks before it trusts the edge's `x-gitedge-*` headers."""
+    replay_max_body: int = 2**20
+    """Request bodies up to this size are read before the first send, so that a
+    `Gitedge-Replay` answer can be replayed with them; a larger body streams, and
+    a replay asked for it is answered 413 (docs/web.md)."""
 
     def upstream_for(self, region: str) -> str:
         return dict(self.regions).get(Region(region), self.upstream)
@@ -293,6 +297,7 @@ def _web(web: Table) -> WebConfig:
         max_idle=web.int("max_idle", 32, 0, 10000),
         upgrade_idle_timeout=web.float("upgrade_idle_timeout", 300.0, 1, 86400),
         secret=web.secret("secret") if has_secret else "",
+        replay_max_body=web.int("replay_max_body", 2**20, 0, 2**30),
     )
     web.check_unknown()
     return config

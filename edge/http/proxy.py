@@ -30,7 +30,7 @@ from edge.http.stream import BodyTimeout, BufferedStream, HeadTimeout, relay_bod
 from edge.http.tunnel import tunnel
 from edge.proto.body import BodyError
 from edge.proto.exchange import Exchange
-from edge.proto.http_head import HeadError, parse_response_head
+from edge.proto.http_head import HeadError, ResponseHead, parse_response_head
 from gitproto.routes import InfoRefs, Rpc
 from routing.model import RepoLocation
 
@@ -89,6 +89,11 @@ class RequestBodyBroken(EdgeError):
 RequestHeadBuilder = Callable[[NodeConn], bytes]
 """The request head for the upstream, given the connection it goes on (its host
 and credential lines are the connection's)."""
+
+ResponseHook = Callable[[ResponseHead], ResponseHead]
+"""Sees the upstream's response head before the client does: returns the head to
+relay (headers taken out), or raises to discard the answer (its connection is
+closed) and have the caller answer instead (web replay, edge/http/replay.py)."""
 
 
 @dataclass
@@ -163,6 +168,8 @@ async def relay_request(
     node_id: str | None = None,
     may_retry: bool = True,
     upgrade_idle: float | None = None,
+    first: bytes | None = None,
+    on_response: ResponseHook | None = None,
 ) -> ProxyResult:
     """Relay one request, whose head for the upstream `request_head` writes, to a
     node or a web upstream over `pool`, and its response back.
@@ -173,6 +180,9 @@ async def relay_request(
     fresh connection when a pooled one turns out closed (see below).
     `upgrade_idle`: the request asks for an `Upgrade`; a `101` answer turns both
     connections into a tunnel (edge/http/tunnel.py) idle-closed after this long.
+    `first`: the request body bytes already taken from the client and fed to its
+    framer by the caller (buffered for a replay); None: what came with the head.
+    `on_response`: see `ResponseHook`.
     """
     if (go_ahead := exchange.continue_head()) is not None:
         # We will read the body, so say so now; the node is not asked (RFC 9110 10.1.1).
@@ -180,14 +190,22 @@ async def relay_request(
     # What came with the head goes up with it, checked by the framer first (a
     # malformed body is refused before the node sees any of it). A request
     # whose body is all in hand (GETs, most negotiation POSTs) can be replayed.
-    first = client.take(exchange.request_body.feed(client.pending))
+    if first is None:
+        first = client.take(exchange.request_body.feed(client.pending))
     replayable = exchange.request_body.done and may_retry
     where = f"node {node_id}" if node_id else upstream_url
     for attempt in range(2):
         conn = await pool.acquire(upstream_url, fresh=attempt > 0, node_id=node_id)
         try:
             result = await _relay(
-                client, exchange, request_head(conn), conn, timeouts, first, upgrade_idle
+                client,
+                exchange,
+                request_head(conn),
+                conn,
+                timeouts,
+                first,
+                upgrade_idle,
+                on_response,
             )
         except _NodeClosedEarly:
             await conn.stream.aclose()
@@ -214,6 +232,7 @@ async def _relay(
     timeouts: Timeouts,
     first: bytes,
     upgrade_idle: float | None,
+    on_response: ResponseHook | None,
 ) -> ProxyResult:
     node = conn.stream
     received_before = node.bytes_in
@@ -243,7 +262,9 @@ async def _relay(
         if not exchange.request_body.done:
             nursery.start_soon(upload)
         try:
-            await _respond(client, exchange, conn, timeouts, received_before, result, upgrade_idle)
+            await _respond(
+                client, exchange, conn, timeouts, received_before, result, upgrade_idle, on_response
+            )
         except Exception as exc:
             node_error = exc
         # Whatever is left of the upload is not wanted now: the node has
@@ -271,6 +292,7 @@ async def _respond(
     received_before: int,
     result: ProxyResult,
     upgrade_idle: float | None = None,
+    on_response: ResponseHook | None = None,
 ) -> None:
     """The node's response head, checked, then its body, relayed to the client."""
     node = conn.stream
@@ -300,6 +322,8 @@ async def _respond(
         response = parse_response_head(raw, upgrade=upgrade)
     except HeadError as exc:
         raise BadGateway(f"node {conn.address}: {exc.message}") from None
+    if on_response is not None:
+        response = on_response(response)
     if response.status == 101 and upgrade_idle is not None:
         result.status = 101
         await client.send_all(exchange.receive_upgrade(response))

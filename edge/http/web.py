@@ -14,7 +14,8 @@ from contextlib import suppress
 from edge.auth import http_user
 from edge.errors import AuthRequired, EdgeError, NodeUnavailable, RoutingUnavailable
 from edge.http.pool import NodeConn, NodePool
-from edge.http.proxy import ClientInfo, Timeouts, relay_request
+from edge.http.proxy import ClientInfo, ProxyResult, Timeouts, relay_request
+from edge.http.replay import ReplayRequested, asks_replay, buffer_body, strip, target_region
 from edge.http.respond import Outcome, Reply
 from edge.proto.web_head import (
     IDEMPOTENT,
@@ -108,34 +109,65 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
             added=added,
         )
 
-    upstream = web.upstream_for(state.config.region)
-    try:
-        result = await relay_request(
+    timeouts = Timeouts(response=web.response_timeout, body_idle=state.config.body_idle_timeout)
+    upgrade = is_upgrade(head)
+
+    async def send(upstream: str, first: bytes, replayed: bool) -> ProxyResult:
+        return await relay_request(
             reply.client,
             exchange,
             build,
             pool,
-            Timeouts(response=web.response_timeout, body_idle=state.config.body_idle_timeout),
+            timeouts,
             upstream_url=upstream,
             may_retry=head.method in IDEMPOTENT,
-            upgrade_idle=web.upgrade_idle_timeout if is_upgrade(head) else None,
+            upgrade_idle=web.upgrade_idle_timeout if upgrade else None,
+            first=first,
+            on_response=strip if replayed else asks_replay,
         )
+
+    upstream = web.upstream_for(state.config.region)
+    note = ""
+    try:
+        buffered = await buffer_body(
+            reply.client, exchange, web.replay_max_body, timeouts.body_idle
+        )
+        try:
+            result = await send(upstream, buffered.body, replayed=False)
+        except ReplayRequested as asked:
+            value = asked.value.decode("latin-1")
+            if not buffered.complete:
+                exchange.fail("replay asked for a body over replay_max_body")
+                detail = f"replay ({value}) of a body over {web.replay_max_body} bytes"
+                return await _error(reply, 413, "request body too large to replay", accept, detail)
+            known = {str(region) for region, _ in web.regions} | {state.config.region}
+            region = target_region(asked.value, state.cache, known)
+            if region is None:
+                detail = f"replay to an unknown place: {value!r}"
+                return await _error(reply, 502, "replay to an unknown region", accept, detail)
+            note = f"replayed from={upstream} ({value}) "
+            upstream = web.upstream_for(region)
+            result = await send(upstream, buffered.body, replayed=True)
     except NodeUnavailable as exc:
         return await _error(reply, WebUnavailable, exc.detail, accept)
     except EdgeError as exc:
         if exc.http_status != 502:
             raise  # the client's own doing (a broken body): the front answers it
         return await _error(reply, WebBadGateway, exc.detail, accept)
-    note = f"web={upstream} bytes={result.response_bytes}"
+    note += f"web={upstream} bytes={result.response_bytes}"
     return Outcome(result.status, f"{note} {result.note}" if result.note else note)
 
 
 async def _error(
-    reply: Reply, error: type[EdgeError] | int, detail: str, accept: bytes | None
+    reply: Reply,
+    error: type[EdgeError] | int,
+    detail: str,
+    accept: bytes | None,
+    note: str | None = None,
 ) -> Outcome:
     if isinstance(error, int):
         status, message, extra = error, detail, []
     else:
         status, message, extra = error.http_status, error.public_message, list(error.headers)
     content_type, body = error_page(status, message, accept)
-    return await reply.send(status, body, content_type, extra=extra, note=detail)
+    return await reply.send(status, body, content_type, extra=extra, note=note or detail)

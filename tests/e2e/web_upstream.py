@@ -2,11 +2,14 @@
 
 `GET /big?bytes=N` streams N bytes (N at most 1 GiB) in 256 KiB writes; any other
 request is answered with JSON echoing its method, target, headers and body size
-(the body is read and counted, not kept).
+(the body is read and counted, and its SHA-256 given, not kept). The echo names
+the upstream (`WebUpstream(name)`); a request carrying `x-replay-from-<name>: V`
+is answered by the upstream of that name with a `gitedge-replay: V` header (replay).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import socketserver
@@ -43,11 +46,14 @@ class _Handler(socketserver.BaseRequestHandler):
         if not isinstance(request, h11.Request):
             return False
         received = 0
+        digest = hashlib.sha256()
         while not isinstance(event := self._next(conn, sock), h11.EndOfMessage):
             if isinstance(event, h11.Data):
                 received += len(event.data)
+                digest.update(event.data)
             elif isinstance(event, h11.ConnectionClosed):
                 return False
+        name: str = self.server.name  # type: ignore[attr-defined]
         target = request.target.decode()
         parts = urlsplit(target)
         if parts.path == "/big":
@@ -74,11 +80,21 @@ class _Handler(socketserver.BaseRequestHandler):
                 "target": target,
                 "headers": [[k.decode(), v.decode()] for k, v in request.headers],
                 "received": received,
+                "sha256": digest.hexdigest(),
+                "upstream": name,
             }
         ).encode()
+        extra: list[tuple[bytes, bytes]] = []
+        for key, value in request.headers:
+            if key == b"x-replay-from-" + name.encode():
+                extra.append((b"gitedge-replay", value))
         head = h11.Response(
             status_code=200,
-            headers=[("content-type", "application/json"), ("content-length", str(len(body)))],
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
         )
         sock.sendall((conn.send(head) or b"") + (conn.send(h11.Data(data=body)) or b""))
         sock.sendall(conn.send(h11.EndOfMessage()) or b"")
@@ -93,8 +109,10 @@ class _Server(socketserver.ThreadingTCPServer):
 class WebUpstream:
     """Started on entry, shut down (its threads too) on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "web") -> None:
+        self.name = name
         self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.name = name  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
