@@ -227,6 +227,10 @@ def test_majority_down_then_back(cluster_net: Devnet, git: Git, tmp_path: Path) 
     poll(30, lambda: stats(net, edge_a)["cache_synced"] is True, "the cache to resync")
     again = poll(20, lambda: _created(net, "alice/after", edge_a))
     assert again.status_code == 201, again.text
+    # Refused creates that etcd applied after all are deleted meanwhile (below): wait
+    # for that first, or their deletes could cancel out the count this waits on
+    # (a CI run saw it time out so).
+    poll(30, lambda: stats(net, edge_a)["creates_unsettled"] == 0, "unsettled creates")
     before = repos_cached(net, edge_a)
     other = create_repo(net, "alice/via-b", "fra", edge_b.https_url)
     assert other.status_code == 201, other.text
