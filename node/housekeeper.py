@@ -1,9 +1,11 @@
 """Runs node/housekeeping.py's plans: after pushes in the background, or on demand.
 
 Bounds: one optimization per repository at a time (`_running`), at most
-`max_concurrent` on the node (a CapacityLimiter), each under `timeout`.
+`max_concurrent` on the node (a CapacityLimiter), each under `timeout`, past
+which its git and git's children are killed; a push's trigger tries again
+(tests/node/test_housekeeper_bounds.py).
 
-Safety against concurrent pushes and fetches (tests/e2e/test_housekeeping.py):
+Safety against concurrent pushes and fetches (tests/node/test_housekeeper.py):
 repack, commit-graph and prune take no ref locks, and git makes them safe to
 run beside receive-pack and upload-pack: new packs are renamed into place,
 old ones deleted only after, `--cruft` keeps what is unreachable, and prune
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +39,8 @@ log = logging.getLogger(__name__)
 PUSH_WAIT = 30.0
 """How long a push waits for a pack-refs that started first (it takes milliseconds)."""
 PACK_REFS_TIMEOUT = 30.0
+KILL_GRACE = 5.0
+"""After the timeout's SIGTERM, how long git may take to clean up before SIGKILL."""
 
 
 class OptimizeBusy(Exception):
@@ -216,6 +221,8 @@ class Housekeeper:
             capture_stdout=True,
             capture_stderr=True,
             check=False,
+            start_new_session=True,  # its own process group, for _stop_git
+            deliver_cancel=_stop_git,
         )
         if result.returncode != 0:
             stderr = result.stderr.decode("utf-8", "replace").strip()
@@ -231,6 +238,20 @@ class Housekeeper:
     def _forget_idle(self, name: RepoName, guard: _RepoGuard) -> None:
         if not guard.pushes and not guard.packing_refs and self._guards.get(name) is guard:
             del self._guards[name]
+
+
+async def _stop_git(process: trio.Process) -> None:
+    """On the timeout (a cancel): SIGTERM to git's whole process group, SIGKILL if it
+    lingers. `git repack` runs `git pack-objects` as its child, and a SIGTERM to
+    repack alone left pack-objects running on past the timeout (seen in
+    tests/node/test_housekeeper_bounds.py). What a killed git leaves is at most
+    `.tmp-*` files, which git never reads."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        await trio.sleep(KILL_GRACE)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone already
 
 
 def scan_repo(git_dir: Path, counts: hk.ObjectCounts) -> hk.RepoStats:

@@ -17,6 +17,7 @@ from node.app import run_node
 from node.config import NodeConfig
 from tests.node.conftest import EDGE_AUTH, ConfigFactory, RunningNode
 from tests.node.gitutil import create_repo, git
+from tests.node.test_ssh_http import BridgedGit
 
 CI = os.environ.get("CI") == "true"
 ROUNDS = 8 if CI else 20
@@ -82,6 +83,28 @@ async def test_small_pushes_trigger_a_background_optimization(
     await git("fsck", "--strict", cwd=git_dir, home=home)
     clone = await clone_work(node, "alice/small", tmp_path, home, "clone")
     assert await git("rev-parse", "HEAD", cwd=clone, home=home) == pushed[-1]
+
+
+async def test_pushes_over_ssh_trigger_it_too(
+    make_config: ConfigFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    # An SSH session is its own route on the node (node/ssh_http.py), not git_http's.
+    node = await start(make_config, nursery, "[housekeeping]\nloose_objects_limit = 6\n")
+    home = tmp_path / "home"
+    assert (await create_repo(node.url, "alice/by-ssh")).status_code == 201
+    bgit = BridgedGit(node, home)
+    work = tmp_path / "work"
+    await bgit.ok("clone", "-q", bgit.url("alice/by-ssh"), str(work), cwd=tmp_path)
+    for i in range(2):  # 3 loose objects each
+        (work / f"{i}.txt").write_text(f"{i}\n")
+        await git("add", "-A", cwd=work, home=home)
+        await git("commit", "-q", "-m", f"{i}", cwd=work, home=home)
+        await bgit.ok("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+    git_dir = repo_dir(node, "alice/by-ssh")
+    with trio.fail_after(30):  # repacked, and the packed loose objects pruned
+        while not (has_bitmap(git_dir) and loose_objects(git_dir) == 0):
+            await trio.sleep(0.05)
+    await git("fsck", "--strict", "--no-progress", cwd=git_dir, home=home)
 
 
 async def test_optimize_beside_pushes_and_clones_loses_nothing(
