@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -64,9 +65,16 @@ def _parser() -> argparse.ArgumentParser:
         "node_command",
         nargs="?",
         choices=("drain", "undrain"),
-        help="drain: place nothing new on NODE and move its replicas off; undrain: undo",
+        help="drain: place nothing new on NODE and move every repository's copy off"
+        " (exit 1: some stay, listed under failed); undrain: place on it again",
     )
     node.add_argument("node_id", nargs="?", metavar="NODE")
+    node.add_argument(
+        "--catch-up-timeout",
+        type=float,
+        metavar="S",
+        help="drain: seconds each new copy may take to catch up (default 60)",
+    )
 
     demo = sub.add_parser("demo", help="etcd, two regional nodes and an edge on this machine")
     demo.add_argument("--workdir", type=Path, help="default: a new temporary directory")
@@ -273,7 +281,9 @@ def api_command(args: argparse.Namespace) -> int:
                 case "node", _:
                     drain = f"/api/admin/nodes/{quote(args.node_id, safe='')}/drain"
                     if action == "drain":
-                        response = client.post(drain, timeout=DRAIN_TIMEOUT)
+                        timeout = args.catch_up_timeout
+                        params = {"catch_up_timeout": timeout} if timeout is not None else {}
+                        response = client.post(drain, params=params, timeout=DRAIN_TIMEOUT)
                     else:
                         response = client.delete(drain)
                 case "user", _:
@@ -311,7 +321,7 @@ def api_command(args: argparse.Namespace) -> int:
         return 0
     if response.is_success:
         print(json.dumps(response.json(), indent=2, sort_keys=True))
-        return 0
+        return print_drain_left(response.json()) if action == "drain" else 0
     print(f"gitedge: {response.status_code}: {response.text.strip()}", file=sys.stderr)
     return 1
 
@@ -344,6 +354,24 @@ def _repo_op(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         case "optimize":
             return client.post(f"{path}/optimize", timeout=LONG_TIMEOUT)
     return client.get(f"{path}/verify", timeout=LONG_TIMEOUT)
+
+
+def print_drain_left(report: dict[str, Any]) -> int:
+    """A drain that left copies on the node says which and why, and exits 1."""
+    failed = report.get("failed") or []
+    for entry in failed:
+        print(
+            f"gitedge: {entry['repo']} stays on {entry['volume']}: {entry['reason']}",
+            file=sys.stderr,
+        )
+    if failed:
+        print(
+            f"gitedge: drain of {report['node']} is not complete: {len(failed)}"
+            f" {'repository stays' if len(failed) == 1 else 'repositories stay'} on it"
+            " (drain again to retry)",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 def print_verify(report: dict[str, object]) -> int:

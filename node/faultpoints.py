@@ -1,9 +1,12 @@
 """Test-only pauses at named points of a push's vote, so a test can SIGKILL the
-node exactly there, or change the replica set under the push (tests/e2e/test_repl_crash.py).
+node exactly there, or change the replica set under the push (tests/e2e/test_repl_crash.py);
+and of an apply, so a new replica never catches up (tests/e2e/test_operator_cli.py).
 
     GITEDGE_TEST_PAUSE="vote-start=5"           the record read, before git reads the refs
     GITEDGE_TEST_PAUSE="vote-before-commit=5"   after the transfer, before the etcd txn
     GITEDGE_TEST_PAUSE="vote-after-commit=5"    after the txn won, before the hook's answer
+    GITEDGE_TEST_PAUSE="apply-start=60"         an apply (a catch-up) asked of this node,
+                                                before it takes the repository's lock
 
 Several points: comma-separated. Read once from the node's environment at start;
 unset (production) there is no pause and no cost. At a pause the node logs one
@@ -22,7 +25,7 @@ import trio
 log = logging.getLogger(__name__)
 
 PAUSE_ENV = "GITEDGE_TEST_PAUSE"
-POINTS = ("vote-start", "vote-before-commit", "vote-after-commit")
+POINTS = ("vote-start", "vote-before-commit", "vote-after-commit", "apply-start")
 
 
 class FaultPointError(ValueError):

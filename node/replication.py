@@ -420,6 +420,7 @@ class Replicator:
         git_dir = self._store.existing(name)
         if git_dir is None:
             raise ApplyError(f"{name} is not on this volume")
+        await self._faults.reach("apply-start", name)
         async with self.lock(name):
             for _attempt in range(PUBLISH_ATTEMPTS):
                 applied = await self._apply_locked(name, git_dir)

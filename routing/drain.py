@@ -2,13 +2,24 @@
 
 The drain flag is a durable key (`drains/<node-id>`, routing/schema.py) that
 every edge mirrors; placement honours it (RoutingCache.placeable_nodes), so
-no edge places a new repository or replica on the node from then on. Then each
-replicated repository with a copy there gets one more replica elsewhere
-(routing/replica_changes.add_replica) and, once that replica has caught up,
-loses the drained one (remove_replica): the set is never smaller than it was.
-Unreplicated repositories stay where they are (`repo move` moves one, and the
-report lists them). Repositories are taken one at a time: a drain competes
-with pushes for the nodes' disks, not with itself.
+no edge places a new repository or replica on the node from then on. Then
+every copy the node holds moves off, one repository at a time (a drain
+competes with pushes for the nodes' disks, not with itself), to a live volume
+of the same region if another node there can take it, else of a region the
+repository's set does not cover yet, else any (`replacement_region`):
+
+- a replicated repository gets one more replica there
+  (routing/replica_changes.add_replica) and, once that one has caught up,
+  loses the drained one (remove_replica): the set is never smaller than it was;
+- an unreplicated one is moved as `repo move` moves it (replicated W=2 on both
+  copies while the new one catches up, then back to one copy, the new one).
+
+A new copy that does not catch up in time never costs the old one: a
+replicated repository keeps the drained replica (and the new one, which
+catches up later); an unreplicated one has its move undone (undo_move), back
+to its one copy on the drained node, as before. Either way the report lists
+it under `failed` with the reason, and the CLI exits 1; draining again
+retries what is left.
 """
 
 from __future__ import annotations
@@ -25,10 +36,13 @@ from routing.inventory import copies_on_node
 from routing.model import DrainRecord, NodeId, Region, RepoName, RepoRecord, VolumeId
 from routing.placement import PlacementError, choose_added_replica
 from routing.replica_changes import (
+    CATCH_UP_TIMEOUT,
     ReplicaChangeRefused,
     ReplicaNodes,
     add_replica,
+    finish_move,
     remove_replica,
+    undo_move,
 )
 from routing.schema import encode_drain
 
@@ -44,15 +58,15 @@ class DrainReport:
     node_id: NodeId
     moved: list[dict[str, str]] = field(default_factory=list)
     failed: list[dict[str, str]] = field(default_factory=list)
-    unreplicated: list[str] = field(default_factory=list)
+    """Copies still on the node: repo, volume and the reason."""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node_id,
             "drained": True,
+            "complete": not self.failed,
             "moved": self.moved,
             "failed": self.failed,
-            "unreplicated": self.unreplicated,
         }
 
 
@@ -105,19 +119,22 @@ def replacement_region(cache: RoutingCache, record: RepoRecord, leaving: VolumeI
     raise PlacementError(f"{record.name}: no live volume outside the drained node(s) for a replica")
 
 
-async def move_replicas_off(
-    etcd: EtcdClient, cache: RoutingCache, nodes: ReplicaNodes, node_id: NodeId
+async def move_copies_off(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    nodes: ReplicaNodes,
+    node_id: NodeId,
+    *,
+    catch_up_timeout: float = CATCH_UP_TIMEOUT,
 ) -> DrainReport:
-    """Move every replicated repository's copy off `node_id` (which must be drained)."""
+    """Move every repository's copy off `node_id` (which must be drained)."""
     report = DrainReport(node_id)
     for name, volume_id, replicated in copies_on_node(
         list(cache.repos.values()), cache.volumes, node_id
     ):
-        if not replicated:
-            report.unreplicated.append(name.path)
-            continue
+        move = _move_replica if replicated else _move_only_copy
         try:
-            moved_to = await _move_one(etcd, cache, nodes, name, volume_id)
+            moved_to = await move(etcd, cache, nodes, name, volume_id, catch_up_timeout)
         except (
             PlacementError,
             ReplicaChangeRefused,
@@ -132,16 +149,56 @@ async def move_replicas_off(
     return report
 
 
-async def _move_one(
-    etcd: EtcdClient, cache: RoutingCache, nodes: ReplicaNodes, name: RepoName, leaving: VolumeId
+async def _move_replica(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    nodes: ReplicaNodes,
+    name: RepoName,
+    leaving: VolumeId,
+    catch_up_timeout: float,
 ) -> VolumeId:
     record = await cache.record(name)
     region = replacement_region(cache, record, leaving)
-    added = await add_replica(etcd, cache, nodes, name, region)
+    added = await add_replica(etcd, cache, nodes, name, region, catch_up_timeout=catch_up_timeout)
     if not added.in_sync:
         raise ReplicaChangeRefused(
-            f"the new replica {added.volume} has not caught up yet; {leaving} stays in the set"
+            f"the new replica {added.volume} did not catch up within {catch_up_timeout:.0f}s;"
+            f" {leaving} stays in the set (the new one catches up later)"
         )
     await remove_replica(etcd, cache, nodes, name, leaving)
     log.info("drain: %s moved from %s to %s", name, leaving, added.volume)
     return added.volume
+
+
+async def _move_only_copy(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    nodes: ReplicaNodes,
+    name: RepoName,
+    leaving: VolumeId,
+    catch_up_timeout: float,
+) -> VolumeId:
+    """`repo move`, to the region replacement_region picks (its own, if it can)."""
+    record = await cache.record(name)
+    region = replacement_region(cache, record, leaving)
+    added = await add_replica(etcd, cache, nodes, name, region, catch_up_timeout=catch_up_timeout)
+    if added.in_sync:
+        try:
+            await finish_move(etcd, cache, nodes, name, added.volume, catch_up_timeout)
+        except ReplicaChangeRefused as exc:
+            log.warning("drain: %s: %s", name, exc)
+        else:
+            log.info("drain: %s moved from %s to %s", name, leaving, added.volume)
+            return added.volume
+    try:
+        await undo_move(etcd, cache, nodes, name, added.volume)
+    except (ReplicaChangeRefused, ChangedMeanwhile, NotFound, StoreUnavailable) as exc:
+        raise ReplicaChangeRefused(
+            f"the new copy {added.volume} did not catch up within {catch_up_timeout:.0f}s"
+            f" and undoing the move failed ({exc}): it stays replicated on {leaving} and"
+            f" {added.volume} (W=2) until `repo move` finishes it"
+        ) from None
+    raise ReplicaChangeRefused(
+        f"the new copy {added.volume} did not catch up within {catch_up_timeout:.0f}s;"
+        f" the move is undone: {name} stays on {leaving} alone, as before"
+    )

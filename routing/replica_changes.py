@@ -251,12 +251,29 @@ async def move_repo(
                 " repository; use repo replicas add/remove"
             )
         target = here[0]
+    return await finish_move(etcd, cache, nodes, name, target, catch_up_timeout)
+
+
+class NotCaughtUp(ReplicaChangeRefused):
+    """A move's new copy did not catch up in time; both copies are still in the set."""
+
+
+async def finish_move(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    nodes: ReplicaNodes,
+    name: RepoName,
+    target: VolumeId,
+    catch_up_timeout: float,
+) -> ChangeResult:
+    """The second half of a move: once the added copy `target` is in sync, the
+    other one leaves the set and its disk; NotCaughtUp if it does not catch up."""
     node = live_node(cache, target)
     if node is None:
         raise ReplicaChangeRefused(f"{name}: the node of the new copy {target} is down")
     for _attempt in range(CHANGE_ATTEMPTS):
         if not await catch_up(etcd, cache.keys, nodes, node, name, target, catch_up_timeout):
-            raise ReplicaChangeRefused(
+            raise NotCaughtUp(
                 f"{name}: the new copy {target} did not catch up within {catch_up_timeout:.0f}s;"
                 " the repository stays replicated on both for now: run repo move again"
             )
@@ -268,6 +285,25 @@ async def move_repo(
             log.info("%s: moved from %s to %s", name, old, target)
             return ChangeResult(new, old, in_sync=True, disk_deleted=deleted)
     raise ChangedMeanwhile(f"{name} kept changing (pushes); run repo move again")
+
+
+async def undo_move(
+    etcd: EtcdClient, cache: RoutingCache, nodes: ReplicaNodes, name: RepoName, added: VolumeId
+) -> ChangeResult:
+    """Back out a move whose new copy `added` did not catch up: it leaves the set and
+    its disk, and the old copy is the repository's one copy again (factor 1), as
+    before the move. Refused unless the old copy is in sync and up."""
+    for _attempt in range(CHANGE_ATTEMPTS):
+        snap = await read_snapshot(etcd, cache.keys, name)
+        others = [v for v in snap.record.replica_volumes if v != added]
+        if len(others) != 1 or added not in snap.record.replica_volumes:
+            raise ReplicaChangeRefused(f"{name}: not a move to {added} in progress")
+        new = await _take_out(etcd, cache, snap, added, keep=others[0])
+        if new is not None:
+            deleted = await _after_take_out(cache, nodes, new, added)
+            log.info("%s: move to %s undone; it stays on %s", name, added, others[0])
+            return ChangeResult(new, added, disk_deleted=deleted)
+    raise ChangedMeanwhile(f"{name} kept changing (pushes); the move to {added} is not undone")
 
 
 async def catch_up(

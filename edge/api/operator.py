@@ -2,7 +2,7 @@
 
 The listings are the routing cache's tables as routing/inventory.py shows them
 (no etcd read: what this edge routes by); a drain writes its flag and moves
-replicas with routing/drain.py.
+every copy off it with routing/drain.py.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from edge.errors import BadRequest, Forbidden, NoCapacity, RoutingUnavailable
 from edge.http.respond import Outcome, Reply
 from edge.proto.admin_route import DrainNode, Inventory
 from edge.state import EdgeState
-from routing.drain import UnknownNode, clear_drain, move_replicas_off, set_drain
+from routing.drain import UnknownNode, clear_drain, move_copies_off, set_drain
 from routing.errors import StoreUnavailable
 from routing.inventory import node_rows, repo_rows, volume_rows
 from routing.model import NodeId, Region
 from routing.placement import PlacementError
+from routing.replica_changes import CATCH_UP_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,19 @@ async def handle_operator(state: EdgeState, reply: Reply, route: Inventory | Dra
                 NodeId(node) if node else None,
             )
             return await reply.json(200, {"repos": repos})
-        case DrainNode(node_id=node_id, drain=drain):
+        case DrainNode(node_id=node_id, drain=drain, catch_up_timeout=timeout):
             try:
                 if not drain:
                     was = await clear_drain(state.etcd, cache, NodeId(node_id))
                     log.info("node %s undrained by admin (was drained: %s)", node_id, was)
                     return await reply.json(200, {"node": node_id, "drained": False, "was": was})
                 await set_drain(state.etcd, cache, NodeId(node_id), "admin")
-                report = await move_replicas_off(
-                    state.etcd, cache, state.node_admin, NodeId(node_id)
+                report = await move_copies_off(
+                    state.etcd,
+                    cache,
+                    state.node_admin,
+                    NodeId(node_id),
+                    catch_up_timeout=timeout or CATCH_UP_TIMEOUT,
                 )
             except UnknownNode:
                 raise BadRequest(f"unknown node {node_id!r}") from None

@@ -3,7 +3,8 @@
 GET    /api/admin/nodes                     -> Inventory("nodes")
 GET    /api/admin/volumes                   -> Inventory("volumes")
 GET    /api/admin/repos[?region=R&node=N]   -> Inventory("repos", R, N)
-POST   /api/admin/nodes/<node-id>/drain     -> DrainNode(node-id, drain=True)
+POST   /api/admin/nodes/<node-id>/drain[?catch_up_timeout=S]
+                                            -> DrainNode(node-id, drain=True, S)
 DELETE /api/admin/nodes/<node-id>/drain     -> DrainNode(node-id, drain=False)
 """
 
@@ -34,6 +35,11 @@ class Inventory:
 class DrainNode:
     node_id: str
     drain: bool
+    catch_up_timeout: float | None = None
+    """Seconds each new copy may take to catch up (None: routing's default)."""
+
+
+MAX_CATCH_UP_TIMEOUT = 3600.0
 
 
 def admin_route(method: bytes, path: str, query: str) -> Inventory | DrainNode | None:
@@ -49,7 +55,7 @@ def admin_route(method: bytes, path: str, query: str) -> Inventory | DrainNode |
         return _repo_filters(query)
     if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "drain":
         require(method, b"POST", b"DELETE")
-        return DrainNode(_node_id(parts[1]), method == b"POST")
+        return DrainNode(_node_id(parts[1]), method == b"POST", _catch_up_timeout(query))
     return None
 
 
@@ -57,6 +63,22 @@ def _node_id(raw: str) -> str:
     if not _NODE_ID.fullmatch(raw) or ".." in raw:
         raise RouteError(400, "bad node id")
     return raw
+
+
+def _catch_up_timeout(query: str) -> float | None:
+    timeout = None
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "catch_up_timeout":
+            raise RouteError(400, f"unknown parameter {name!r}: catch_up_timeout")
+        try:
+            timeout = float(value)
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout <= MAX_CATCH_UP_TIMEOUT:
+            raise RouteError(
+                400, f"catch_up_timeout must be seconds in (0, {MAX_CATCH_UP_TIMEOUT:.0f}]"
+            )
+    return timeout
 
 
 def _repo_filters(query: str) -> Inventory:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from devnet.network import Devnet
+from node.app import STARTUP_CATCH_UP_TIMEOUT
 from tests.e2e.conftest import Git, gitedge, poll, region_edge, repo_url, three_regions, tls
 from tests.e2e.test_replication import in_sync, where
 
@@ -108,23 +109,28 @@ def test_drain_moves_replicas_off_and_stops_placement_until_undrained(
     assert create(net, "alice/solo", "lax").status_code == 201
     work = git.new_worktree(tmp_path / "work")
     head = git.commit(work, "a.txt", b"kept through the drain\n")
-    git.run("push", "-q", repo_url(net, "alice/drained"), "main", cwd=work)
+    for name in ("alice/drained", "alice/solo"):
+        git.run("push", "-q", repo_url(net, name), "main", cwd=work)
     poll(20, lambda: in_sync(net, "alice/drained", 2), "both replicas in sync")
 
     report = admin_json(net, "node", "drain", lax)
-    assert report["drained"] is True and report["failed"] == []
-    assert [m["repo"] for m in report["moved"]] == ["alice/drained"]
-    assert report["unreplicated"] == ["alice/solo"]
+    assert report["drained"] is True and report["complete"] is True and report["failed"] == []
+    assert [m["repo"] for m in report["moved"]] == ["alice/drained", "alice/solo"]
     shown = where(net, "alice/drained")
     assert sorted(r["region"] for r in shown["replicas"]) == ["fra", "syd"]
-    clone = tmp_path / "clone"
-    git.run(
-        "clone",
-        "-q",
-        repo_url(net, "alice/drained", edge_url=region_edge(net, "syd").https_url),
-        str(clone),
-    )
-    assert git.run("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
+    # The unreplicated one is moved (lax has no other node): one copy again, not on lax.
+    solo = listed(net, "alice/solo")
+    assert solo["node"] != lax and "replicas" not in solo, solo
+    assert not (net.nodes[lax].volume_dir / "alice" / "solo.git").exists()
+    for i, name in enumerate(("alice/drained", "alice/solo")):
+        clone = tmp_path / f"clone-{i}"
+        git.run(
+            "clone",
+            "-q",
+            repo_url(net, name, edge_url=region_edge(net, "syd").https_url),
+            str(clone),
+        )
+        assert git.run("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
 
     nodes = {n["node"]: n for n in admin_json(net, "nodes", "--json")["nodes"]}
     assert nodes[lax]["drained"] is True and nodes[lax]["live"] is True
@@ -138,3 +144,45 @@ def test_drain_moves_replicas_off_and_stops_placement_until_undrained(
 def test_drain_of_an_unknown_node_is_refused(net: Devnet) -> None:
     refused = admin(net, "node", "drain", "no-such-node")
     assert refused.returncode == 1 and "unknown node" in refused.stderr
+
+
+def test_a_drain_whose_new_copy_never_catches_up_keeps_the_old_one_and_says_so(
+    net: Devnet, git: Git, tmp_path: Path
+) -> None:
+    syd = node_in(net, "syd")
+    assert create(net, "alice/stuck", "syd").status_code == 201
+    work = git.new_worktree(tmp_path / "work")
+    head = git.commit(work, "a.txt", b"must survive a stuck drain\n")
+    git.run("push", "-q", repo_url(net, "alice/stuck"), "main", cwd=work)
+    # The new copy goes to fra (syd has no other node; fra sorts first): fra's node
+    # now holds every catch-up (apply) far longer than the drain waits. Its own
+    # startup catch-up is held too, for the 30 s it is given before serving.
+    fra = node_in(net, "fra")
+    pause = {"GITEDGE_TEST_PAUSE": "apply-start=120"}
+    net.restart_node(net.nodes[fra], env=pause, timeout=STARTUP_CATCH_UP_TIMEOUT + 30)
+    try:
+        stuck = admin(net, "node", "drain", syd, "--catch-up-timeout", "3")
+        assert stuck.returncode == 1, (stuck.stdout, stuck.stderr)
+        report = json.loads(stuck.stdout)
+        assert report["complete"] is False and report["moved"] == []
+        assert [f["repo"] for f in report["failed"]] == ["alice/stuck"]
+        assert "did not catch up within 3s" in report["failed"][0]["reason"]
+        assert "alice/stuck stays on" in stuck.stderr and "not complete" in stuck.stderr
+        # The move is undone: one copy, the old one, on syd; nothing left on fra.
+        kept = listed(net, "alice/stuck")
+        assert kept["node"] == syd and "replicas" not in kept, kept
+        assert not (net.nodes[fra].volume_dir / "alice" / "stuck.git").exists()
+    finally:
+        net.restart_node(net.nodes[fra])
+        admin_json(net, "node", "undrain", syd)
+    clone = tmp_path / "clone"
+    git.run("clone", "-q", repo_url(net, "alice/stuck"), str(clone))
+    assert git.run("rev-parse", "HEAD", cwd=clone).stdout.strip() == head
+    git.commit(clone, "b.txt", b"and takes pushes as before\n")
+    git.run("push", "-q", "origin", "main", cwd=clone)
+
+
+def listed(net: Devnet, name: str) -> dict[str, Any]:
+    """`gitedge repo ls` row of `name`."""
+    rows = admin_json(net, "repo", "ls", "--json")["repos"]
+    return next(r for r in rows if r["repo"] == name)

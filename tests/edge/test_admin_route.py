@@ -18,6 +18,8 @@ def test_operator_routes() -> None:
     )
     assert parse_route(b"POST", b"/api/admin/nodes/lax-1/drain") == DrainNode("lax-1", True)
     assert parse_route(b"DELETE", b"/api/admin/nodes/lax-1/drain") == DrainNode("lax-1", False)
+    timed = parse_route(b"POST", b"/api/admin/nodes/lax-1/drain?catch_up_timeout=2.5")
+    assert timed == DrainNode("lax-1", True, 2.5)
 
 
 @pytest.mark.parametrize(
