@@ -142,10 +142,8 @@ class GitHttpServer:
         elif isinstance(route, RouteError):
             allow = [("allow", route.allow)] if route.allow else []
             await conn.respond_text(route.http_status, route.message, allow)
-        elif isinstance(route, InfoRefs):
-            await self._info_refs(conn, request, route, transfer is not None)
-        elif isinstance(route, Rpc):
-            await self._rpc(conn, request, route, transfer is not None)
+        elif isinstance(route, InfoRefs | Rpc):
+            await self._smart_http(conn, request, route, transfer is not None)
         elif isinstance(route, SshSession):
             await self._ssh.serve(conn, request, route)
         else:  # not a git URL (the edge's own /api/ routes among them)
@@ -166,14 +164,18 @@ class GitHttpServer:
         user = git_proto.user_from_header(header(request, b"gitedge-user"))
         return git_proto.on_behalf_of(self._store.env(git_protocol), user)
 
-    async def _info_refs(
-        self, conn: HttpConn, request: h11.Request, route: InfoRefs, transfer: bool = False
+    async def _smart_http(
+        self, conn: HttpConn, request: h11.Request, route: InfoRefs | Rpc, transfer: bool
     ) -> None:
+        """Either smart-HTTP request, with the repository counted as in use meanwhile
+        (a delete waits for it, node/repos.py `serving`); 404 if it is not here."""
         with self._store.serving(route.repo) as repo_dir:
             if repo_dir is None:
                 await conn.respond_text(404, "repository not found")
-                return
-            await self._advertise(conn, request, route, repo_dir, transfer)
+            elif isinstance(route, InfoRefs):
+                await self._advertise(conn, request, route, repo_dir, transfer)
+            else:
+                await self._run_rpc(conn, request, route, repo_dir, transfer)
 
     async def _advertise(
         self, conn: HttpConn, request: h11.Request, route: InfoRefs, repo_dir: Path, transfer: bool
@@ -192,15 +194,6 @@ class GitHttpServer:
                 content_type=content_type,
                 prefix=git_proto.advertisement_prefix(route.service, git_protocol),
             )
-
-    async def _rpc(
-        self, conn: HttpConn, request: h11.Request, route: Rpc, transfer: bool = False
-    ) -> None:
-        with self._store.serving(route.repo) as repo_dir:
-            if repo_dir is None:
-                await conn.respond_text(404, "repository not found")
-                return
-            await self._run_rpc(conn, request, route, repo_dir, transfer)
 
     async def _run_rpc(
         self, conn: HttpConn, request: h11.Request, route: Rpc, repo_dir: Path, transfer: bool

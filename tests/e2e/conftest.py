@@ -53,7 +53,15 @@ def three_regions(
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
+def net(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Devnet]:
+    """The module's network: etcd, fra-1, lax-1 and an edge; or, in a module that sets
+    `NETWORK = THREE_REGIONS`, three_regions()."""
+    if getattr(request.module, "NETWORK", None) == THREE_REGIONS:
+        with three_regions(tmp_path_factory, request.module.__name__.rsplit(".", 1)[-1]) as net3:
+            yield net3
+        return
     with start_devnet(tmp_path_factory.mktemp("net"), lease_ttl=3) as network:
         yield network
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from devnet.network import Devnet, NodeHandle
 from devnet.replcheck import Ack
 from routing.model import RepoName
 from tests.e2e.conftest import (
+    THREE_REGIONS,
     Git,
     consensus,
     disk_refs,
@@ -27,24 +27,13 @@ from tests.e2e.conftest import (
     repo_url,
     run_checker,
     ssh_git_command,
-    three_regions,
 )
 from tests.e2e.test_replication import create, edge, in_sync, where
 
 REGIONS = ("fra", "lax", "syd")
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with three_regions(tmp_path_factory, "net-crash") as network:
-        yield network
-
-
-@pytest.fixture
-def git(tmp_path: Path, net: Devnet) -> Git:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Git(home, net.ca_file)
+NETWORK = THREE_REGIONS  # tests/e2e/conftest.py's net fixture
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +22,7 @@ from routing.consensus import LOG_CHUNK_BYTES
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
 from tests.e2e.conftest import (
+    THREE_REGIONS,
     Git,
     consensus,
     disk_refs,
@@ -30,7 +30,6 @@ from tests.e2e.conftest import (
     repo_url,
     run_checker,
     ssh_git_command,
-    three_regions,
 )
 from tests.e2e.test_repl_crash import region_state
 from tests.e2e.test_replication import create, edge, in_sync
@@ -43,17 +42,7 @@ ETCD_REQUEST_LIMIT = 1536 * 1024  # etcd's default --max-request-bytes
 ETCD_MAX_TXN_OPS = 128
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with three_regions(tmp_path_factory, "net-scale") as network:
-        yield network
-
-
-@pytest.fixture
-def git(tmp_path: Path, net: Devnet) -> Git:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Git(home, net.ca_file)
+NETWORK = THREE_REGIONS  # tests/e2e/conftest.py's net fixture
 
 
 def url(net: Devnet, name: str, region: str) -> str:
