@@ -161,6 +161,7 @@ def test_a_drain_whose_new_copy_never_catches_up_keeps_the_old_one_and_says_so(
         # The move is undone: one copy, the old one, on syd; nothing left on fra.
         kept = listed(net, "alice/stuck")
         assert kept["node"] == syd and "replicas" not in kept, kept
+        assert (net.nodes[syd].volume_dir / "alice" / "stuck.git").is_dir()
         assert not (net.nodes[fra].volume_dir / "alice" / "stuck.git").exists()
     finally:
         net.restart_node(net.nodes[fra])

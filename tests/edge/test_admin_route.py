@@ -31,6 +31,10 @@ def test_operator_routes() -> None:
         (b"POST", b"/api/admin/nodes/-rf/drain", 400),
         (b"GET", b"/api/admin/repos?region=FRA", 400),
         (b"GET", b"/api/admin/repos?owner=alice", 400),
+        (b"POST", b"/api/admin/nodes/lax-1/drain?catch_up_timeout=0", 400),
+        (b"POST", b"/api/admin/nodes/lax-1/drain?catch_up_timeout=nan", 400),
+        (b"POST", b"/api/admin/nodes/lax-1/drain?catch_up_timeout=7200", 400),
+        (b"POST", b"/api/admin/nodes/lax-1/drain?wait=1", 400),
     ],
 )
 def test_bad_operator_requests(method: bytes, target: bytes, status: int) -> None:
