@@ -11,6 +11,7 @@ from edge.config import EdgeConfig
 from edge.http.pool import NodePool
 from edge.limits import Limits
 from edge.metrics import EdgeCollector, GitOps, StatsSource
+from edge.replica_metrics import ReplicationCollector
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
@@ -48,6 +49,7 @@ class EdgeState:
         self.registry = CollectorRegistry(auto_describe=False)
         self.git_ops = GitOps(self.registry, self.config.region)
         self.registry.register(EdgeCollector(self))
+        self.registry.register(ReplicationCollector(self.cache))
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
