@@ -136,19 +136,22 @@ def test_the_node_logs_each_git_operation_in_text_and_json_without_secrets(
     net: Devnet, git: Git, tmp_path: Path
 ) -> None:
     node = net.nodes["fra-1"]
-    # The test above pushed through fra-1 with the default text log.
-    text = node.process.log_path.read_text()
-    assert " node.gitops: git git-receive-pack alice/lag ok user=alice " in text
+    assert create_repo(net, "alice/nodelog", "fra").status_code == 201
+    url = repo_url(net, "alice/nodelog")
+    work = git.new_worktree(tmp_path / "work")
+    git.commit(work, "a.txt", b"hello\n" * 1000)
+    git.run("push", "-q", url, "main", cwd=work)
+    line = " node.gitops: git git-receive-pack alice/nodelog ok user=alice "
+    poll(10, lambda: line in node.process.log_path.read_text(), "the push in the text log")
+
     config = node.config_path.read_text()
     node.config_path.write_text(config + '[log]\nformat = "json"\n')
     try:
         node.process.stop()  # its last lines are text
         start = len(node.process.log_path.read_bytes())
         node = net.restart_node(node)
-        assert create_repo(net, "alice/nodelog", "fra").status_code == 201
-        work = git.new_worktree(tmp_path / "work")
-        git.commit(work, "a.txt", b"hello\n" * 1000)
-        git.run("push", "-q", repo_url(net, "alice/nodelog"), "main", cwd=work)
+        git.commit(work, "b.txt", b"again\n" * 1000)
+        git.run("push", "-q", url, "main", cwd=work)
         keys = tmp_path / "keys"
         keys.mkdir()
         ssh_url = f"{region_edge(net, 'fra').ssh_url}/alice/nodelog.git"
@@ -173,7 +176,6 @@ def test_the_node_logs_each_git_operation_in_text_and_json_without_secrets(
         assert ssh["service"] == "git-upload-pack" and ssh["user"] == "alice"
         assert ssh["protocol"] == "2" and ssh["result"] == "ok" and ssh["exit"] == 0
         assert isinstance(ssh["bytes_out"], int) and ssh["bytes_out"] > 200
-        assert str(ssh["peer"]).startswith("127.0.0.1:")
         assert isinstance(ssh["duration_s"], float)
         logged_text = node.process.log_path.read_text()
         assert net.admin_secret_file.read_text().strip() not in logged_text
