@@ -10,7 +10,8 @@ from edge.api.node_admin import NodeAdmin
 from edge.config import EdgeConfig
 from edge.http.pool import NodePool
 from edge.limits import Limits
-from edge.metrics import EdgeCollector, GitOps, StatsSource, WebOps
+from edge.metrics import EdgeCollector, GitOps, StatsSource
+from edge.web_metrics import WebOps
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache

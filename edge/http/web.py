@@ -4,7 +4,10 @@ The relay is git's (edge/http/proxy.py `relay_request`): both bodies stream
 through one exchange, one chunk in flight per direction. What is the web's
 own: the head sent upstream (edge/proto/web_head.py), the repository hints
 looked up in the routing cache (memory only: a web request never reads etcd
-for a repository), and error pages in the form the client asked for.
+for a repository), error pages in the form the client asked for, and a total
+timeout around the whole request. The relay's timeouts are idle ones (a
+server-sent event stream is never buffered, and lives while it talks); the
+total one is a cancel scope here, whose deadline a 101 moves to the tunnel's.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from edge.http.pool import NodeConn, NodePool
 from edge.http.proxy import ClientInfo, ProxyResult, ResponseHook, Timeouts, relay_request
 from edge.http.replay import ReplayRequested, asks_replay, buffer_body, strip, target_region
 from edge.http.respond import Outcome, Reply
-from edge.metrics import WebRequest
 from edge.proto.http_head import ResponseHead
 from edge.proto.web_head import (
     IDEMPOTENT,
@@ -35,6 +37,7 @@ from edge.proto.web_head import (
     upstream_head,
 )
 from edge.state import EdgeState
+from edge.web_metrics import WebRequest
 from gitproto.routes import split_target
 from routing.cache import RoutingCache
 from routing.replicas import IN_SYNC
