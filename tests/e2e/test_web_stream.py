@@ -1,6 +1,7 @@
-"""Server-sent events through the edge (docs/web.md, Streaming responses): a real
-upstream's event stream (tests/e2e/web_upstream.py `/events`) reaches the client
-event by event; `response_timeout` ends a silent stream and `total_timeout` a busy one."""
+"""Server-sent events and long polls through the edge (docs/web.md, Streaming
+responses): a real upstream's event stream (tests/e2e/web_upstream.py `/events`)
+reaches the client event by event; `response_timeout` ends a silent stream and
+`total_timeout` a busy one, or a long poll not answered in time."""
 
 from __future__ import annotations
 
@@ -104,3 +105,32 @@ def test_a_busy_stream_is_ended_at_the_total_timeout(
     assert 10 <= len(received) < 200, received
     after = scrape_url(timed_edge.metrics_url)
     assert moved(before, after, "gitedge_web_total_timeouts_total", kind="response") == 1
+
+
+def test_a_long_poll_not_answered_within_the_total_timeout_is_502(
+    stream_net: Devnet, upstream: WebUpstream
+) -> None:
+    edge = stream_net.start_edge(
+        "fra",
+        ssh=False,
+        web_upstream=upstream.url,
+        web_options="response_timeout = 30.0\ntotal_timeout = 1.0",
+    )
+    try:
+        url = f"{edge.https_url}/poll"
+        quick = httpx.get(url, params={"wait": "0.1"}, verify=tls(stream_net), timeout=10)
+        assert quick.status_code == 200
+        assert quick.json()["target"] == "/poll?wait=0.1"
+        started = time.monotonic()
+        slow = httpx.get(
+            url,
+            params={"wait": "20"},
+            headers={"Accept": "application/json"},
+            verify=tls(stream_net),
+            timeout=10,
+        )
+        assert time.monotonic() - started < 5
+        assert slow.status_code == 502
+        assert slow.json()["error"] == "bad response from the web frontend"
+    finally:
+        edge.process.stop()

@@ -4,7 +4,8 @@
 `GET /events?count=N&every=S` is a server-sent event stream (chunked): N events
 (`data: 1`, `data: 2`, …), the first at once, then one every S seconds, and the end;
 with `&gate=1` the second and later wait for `WebUpstream.gate` instead (30 s at
-most, then `data: gate timed out`), so a test can hold the stream. Any other
+most, then `data: gate timed out`), so a test can hold the stream.
+`GET /poll?wait=S` is a long poll: the echo below, S seconds after the request. Any other
 request is answered with JSON echoing its method, target, headers and body size
 (the body is read and counted, and its SHA-256 given, not kept). The echo names
 the upstream (`WebUpstream(name)`); a request carrying `x-replay-from-<name>: V`
@@ -68,6 +69,8 @@ class _Handler(socketserver.BaseRequestHandler):
         parts = urlsplit(target)
         if parts.path == "/events":
             return self._events(conn, sock, parse_qs(parts.query))
+        if parts.path == "/poll":
+            time.sleep(float(parse_qs(parts.query)["wait"][0]))
         if parts.path == "/big":
             size = min(int(parse_qs(parts.query)["bytes"][0]), 2**30)
             head = h11.Response(
