@@ -92,7 +92,7 @@ async def _web_user(cache: RoutingCache, authorization: bytes | None) -> str | N
 
 async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: ClientInfo) -> Outcome:
     """Relay one request to this edge's region's frontend; errors answered here.
-    Counted as it ends (edge/metrics.py `WebOps`), its bytes as git's are (front.py)."""
+    Counted as it ends (edge/web_metrics.py `WebOps`), its bytes as git's are (front.py)."""
     web = state.config.web
     assert web is not None
     client = reply.client
@@ -103,9 +103,10 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
         try:
             outcome = await _bounded(state, web, pool, reply, info, request)
         finally:
+            # What the client got, if anything (an error the front answers sets its own).
+            request.status = reply.exchange.status
             request.bytes_in = client.bytes_in - len(client.pending) - read_before
             request.bytes_out = client.bytes_out - sent_before
-        request.status = outcome.status
     return outcome
 
 
