@@ -132,7 +132,7 @@ async def _bounded(
         return await _proxy(state, web, pool, reply, info, request, upgraded)
     request.total_timeout = True
     if request.tunnelled:
-        detail = f"tunnel ended: upgrade_total_timeout ({web.upgrade_total_timeout}s)"
+        detail = f"upgrade_total_timeout ({web.upgrade_total_timeout}s)"
     else:
         detail = f"total_timeout ({web.total_timeout}s)"
     if exchange.response_started:
