@@ -4,6 +4,7 @@ Two kinds, one registry per edge:
 
 - git operations (count, bytes each way, duration, in flight) are recorded as
   they end, by `GitOps.record`, which also writes the operation's log line;
+  requests for the web frontend likewise, by `WebOps.record` (edge/web_metrics.py);
 - everything else (connections, limits, the node pool, etcd, the routing cache)
   is a counter some module keeps already. `EdgeCollector` reads those live
   objects at scrape time, and `/_gitedge/stats` reads the same ones: one source

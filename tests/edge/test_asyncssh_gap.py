@@ -17,10 +17,12 @@ of 9 interleaved runs): chacha20-poly1305 (what OpenSSH negotiates by default)
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -30,7 +32,11 @@ from asyncssh.packet import String
 
 from edge.ssh import asyncssh_gap
 from edge.ssh.aio import aio_as_trio, open_aio_loop
-from edge.ssh.asyncssh_gap import send_full_packets, skip_empty_ignore_packets
+from edge.ssh.asyncssh_gap import (
+    send_full_packets,
+    skip_empty_ignore_packets,
+    skip_unlogged_packet_logs,
+)
 
 PAYLOAD = 2**20  # 32 data packets of 32 KiB to an OpenSSH client
 
@@ -66,6 +72,9 @@ class _TestServer:
     payload: int = PAYLOAD
     hold_short_packets: bool = False
     data_packets: list[int] | None = None
+    packet_logs: list[int] | None = None
+    """If set: count the channel's formatted packet log lines into it."""
+    skip_packet_logs: bool = False
 
 
 async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -74,6 +83,10 @@ async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) 
         server.connections[-1].send_packet(MSG_IGNORE, String(b"keepalive"))
     if server.data_packets is not None:
         _count_data_packets(server.connections[-1], server.data_packets)
+    if server.packet_logs is not None:
+        _count_packet_logs(process.channel, server.packet_logs)
+    if server.skip_packet_logs:
+        skip_unlogged_packet_logs(process.channel)
     if server.hold_short_packets:
         send_full_packets(process.channel)
         assert type(process.channel) is asyncssh.SSHServerChannel
@@ -226,3 +239,59 @@ async def test_send_full_packets_sends_full_packets(
     # A few stay short: the last piece, and any the hold limit let out.
     assert len(short) <= max(3, len(sizes) // 20), short
     assert len(sizes) <= server.payload // 32768 + len(short)
+
+
+def _count_packet_logs(chan: asyncssh.SSHServerChannel[bytes], counts: list[int]) -> None:
+    """Count `_log_packet` calls, where asyncssh formats each packet's log line."""
+    format_line = chan._log_packet
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        counts.append(1)
+        format_line(*args, **kwargs)
+
+    chan._log_packet = counting  # type: ignore[method-assign]
+
+
+async def _download(server: _TestServer) -> None:
+    server.skip_next.append(True)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "u@127.0.0.1", "download"]
+    with trio.fail_after(30):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    assert len(done.stdout) == PAYLOAD
+
+
+async def test_asyncssh_still_formats_a_log_line_per_packet_at_info(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control: if this fails, asyncssh stopped formatting lines it drops (or
+    stopped routing packets through log_sent_packet): drop skip_unlogged_packet_logs."""
+    caplog.set_level(logging.INFO, logger="asyncssh")
+    server.packet_logs = []
+    await _download(server)
+    assert len(server.packet_logs) >= PAYLOAD // 32768
+
+
+async def test_skip_unlogged_packet_logs_formats_none_at_info(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncssh")
+    server.packet_logs, server.skip_packet_logs = [], True
+    await _download(server)
+    assert server.packet_logs == []
+
+
+async def test_skip_unlogged_packet_logs_still_logs_at_debug_level_3(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncssh")
+    asyncssh.set_debug_level(3)
+    try:
+        server.packet_logs, server.skip_packet_logs = [], True
+        await _download(server)
+    finally:
+        asyncssh.set_debug_level(1)
+    assert len(server.packet_logs) >= PAYLOAD // 32768
+    sent_data = [r for r in caplog.records if "Sent MSG_CHANNEL_DATA" in r.getMessage()]
+    assert len(sent_data) >= PAYLOAD // 32768
