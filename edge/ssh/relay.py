@@ -4,6 +4,7 @@
     authorization: Bearer ...                            (conn.auth_line: every request has it)
     git-protocol: version=2                              (the client's vetted GIT_PROTOCOL)
     gitedge-user: alice
+    x-forwarded-for: 203.0.113.7                         (the client's address, for the log)
     transfer-encoding: chunked
 
 The client's stdin streams up as the chunked request body while the node's
@@ -72,6 +73,9 @@ class SessionRequest:
     command: GitCommand
     git_protocol: str | None
     user: str
+    client_ip: str = ""
+    """The client's address as the front decided it (PROXY header included): the
+    node's log line names it (X-Forwarded-For, as the HTTPS front sends)."""
 
 
 class NodeLost(Exception):
@@ -168,6 +172,8 @@ def request_head(conn: NodeConn, request: SessionRequest) -> h11.Request:
         headers.append((name.strip(), value.strip()))
     if request.git_protocol:
         headers.append((b"git-protocol", request.git_protocol.encode()))
+    if request.client_ip:
+        headers.append((b"x-forwarded-for", request.client_ip.encode()))
     headers += [(b"gitedge-user", request.user.encode()), (b"transfer-encoding", b"chunked")]
     target = ssh_session_target(request.command.repo, request.command.service)
     return h11.Request(method=b"POST", target=target, headers=headers)

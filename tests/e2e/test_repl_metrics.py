@@ -175,6 +175,7 @@ def test_the_node_logs_each_git_operation_in_text_and_json_without_secrets(
         assert isinstance(push["bytes_in"], int) and push["bytes_in"] > 200
         [ssh] = [e for e in ops if e["kind"] == "ssh"]
         assert ssh["service"] == "git-upload-pack" and ssh["user"] == "alice"
+        assert ssh["client"] == "127.0.0.1"  # the edge's SSH relay forwards it too
         assert ssh["protocol"] == "2" and ssh["result"] == "ok" and ssh["exit"] == 0
         assert isinstance(ssh["bytes_out"], int) and ssh["bytes_out"] > 200
         assert isinstance(ssh["duration_s"], float)

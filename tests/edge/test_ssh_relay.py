@@ -184,7 +184,7 @@ async def test_a_session_is_one_full_duplex_request() -> None:
 
     client = FakeClient()
     request = SessionRequest(
-        parse_command("git-receive-pack 'alice/proj.git'"), "version=2", "alice"
+        parse_command("git-receive-pack 'alice/proj.git'"), "version=2", "alice", "203.0.113.7"
     )
 
     async def converse() -> None:
@@ -204,6 +204,7 @@ async def test_a_session_is_one_full_duplex_request() -> None:
     assert headers[b"authorization"] == b"Bearer " + SECRET.encode()
     assert headers[b"git-protocol"] == b"version=2"
     assert headers[b"gitedge-user"] == b"alice"
+    assert headers[b"x-forwarded-for"] == b"203.0.113.7"
     assert headers[b"transfer-encoding"] == b"chunked"
     assert seen["body"] == [b"want", b"have", b"done"]
     assert client.stdout == b"advertisement\nack wantack haveack done"
