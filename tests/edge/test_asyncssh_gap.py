@@ -28,6 +28,7 @@ import asyncssh
 import pytest
 import trio
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.crypto import ChachaCipher
 from asyncssh.packet import String
 
 from edge.ssh import asyncssh_gap
@@ -36,7 +37,9 @@ from edge.ssh.asyncssh_gap import (
     send_full_packets,
     skip_empty_ignore_packets,
     skip_unlogged_packet_logs,
+    use_sodium_chacha,
 )
+from edge.ssh.sodium_chacha import SodiumChacha
 
 PAYLOAD = 2**20  # 32 data packets of 32 KiB to an OpenSSH client
 
@@ -51,6 +54,8 @@ class _Server(asyncssh.SSHServer):
         self._host.connections.append(conn)
         if self._host.skip_next.pop(0):
             skip_empty_ignore_packets(conn)
+        if self._host.sodium:
+            assert use_sodium_chacha(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -72,6 +77,8 @@ class _TestServer:
     payload: int = PAYLOAD
     hold_short_packets: bool = False
     data_packets: list[int] | None = None
+    sodium: bool = False
+    """Apply use_sodium_chacha to the next connection."""
     packet_logs: list[int] | None = None
     """If set: count the channel's formatted packet log lines into it."""
     skip_packet_logs: bool = False
@@ -295,3 +302,38 @@ async def test_skip_unlogged_packet_logs_still_logs_at_debug_level_3(
     assert len(server.packet_logs) >= PAYLOAD // 32768
     sent_data = [r for r in caplog.records if "Sent MSG_CHANNEL_DATA" in r.getMessage()]
     assert len(sent_data) >= PAYLOAD // 32768
+
+
+def _ciphers(conn: asyncssh.SSHServerConnection) -> list[type]:
+    return [type(conn._send_encryption._cipher), type(conn._recv_encryption._cipher)]  # type: ignore[union-attr]
+
+
+async def test_asyncssh_still_builds_chacha_on_its_own_cipher_class(server: _TestServer) -> None:
+    """The control: if this fails, asyncssh changed how it holds its chacha cipher,
+    and use_sodium_chacha no longer finds it (revisit the swap)."""
+    await _download(server)
+    assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
+
+
+async def test_use_sodium_chacha_swaps_both_directions_and_the_bytes_arrive(
+    server: _TestServer,
+) -> None:
+    server.sodium = True
+    await _download(server)  # it checks all PAYLOAD bytes arrived, in a real OpenSSH client
+    assert _ciphers(server.connections[-1]) == [SodiumChacha, SodiumChacha]
+    # The next connection, not wrapped, keeps asyncssh's: nothing process-wide changed.
+    server.sodium = False
+    await _download(server)
+    assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
+
+
+async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
+    server.sodium = True
+    server.skip_next.append(True)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "-o", "Ciphers=aes128-gcm@openssh.com", "u@127.0.0.1", "x"]
+    with trio.fail_after(30):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    assert len(done.stdout) == PAYLOAD
+    assert SodiumChacha not in _ciphers(server.connections[-1])
