@@ -145,7 +145,7 @@ def use_sodium_chacha(conn: Connection) -> bool:
                 encryption = getattr(conn, name)
                 key = getattr(cipher, "_key", b"") + getattr(cipher, "_adkey", b"")
                 if len(key) == 64:
-                    encryption._cipher = SodiumChacha(sodium, key)
+                    encryption._cipher = SodiumChacha(sodium, key, cipher)
 
     def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
         swap()

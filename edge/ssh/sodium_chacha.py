@@ -13,8 +13,10 @@ object per call, three per packet each way, about 8 us each in Python. A clone
 makes OpenSSH send the edge one window adjust per data packet or so (3,600 per
 100 MiB through the edge; 8,900 from a bare asyncssh server to
 `ssh | git index-pack`), each a 36-byte packet: decrypting them was 30 % of the
-edge's CPU in py-spy, 38 us each here against 12 us (bench/results/
-ssh_clone_session13-*.md). 32 KiB data packets cost the same either way.
+edge's CPU in py-spy. Measured here (best of 7): a packet up to 1 KiB costs 5 us
+to encrypt or decrypt against 12-16 us; at 16 KiB both are even, and for a
+32 KiB packet OpenSSL's ChaCha20 is faster (30 against 38 us to decrypt), so
+packets from LARGE up go to asyncssh's own cipher.
 
 `SodiumChacha` has the interface of asyncssh's `ChachaCipher`; edge.ssh.asyncssh_gap
 puts it under a connection's chacha encryption objects. `load()` is None when
@@ -28,6 +30,10 @@ import ctypes.util
 import functools
 import hmac
 
+from asyncssh.crypto import ChachaCipher
+
+LARGE = 16384
+"""Payloads from this size up are left to asyncssh's cipher (OpenSSL's ChaCha20)."""
 _KEY = 32
 _TAG = 16
 _ZEROS = bytes(64)
@@ -62,14 +68,16 @@ def load() -> _Sodium | None:
 
 class SodiumChacha:
     """asyncssh's `ChachaCipher` interface: `key` is the 64 bytes asyncssh derives
-    (the payload key, then the length key)."""
+    (the payload key, then the length key); `large` (asyncssh's own cipher for the
+    same key) takes the packets of LARGE bytes and more."""
 
-    def __init__(self, sodium: _Sodium, key: bytes) -> None:
+    def __init__(self, sodium: _Sodium, key: bytes, large: ChachaCipher) -> None:
         if len(key) != 2 * _KEY:
             raise ValueError("chacha20-poly1305 takes a 64-byte key")
         self._na = sodium
         self._key = key[:_KEY]
         self._adkey = key[_KEY:]
+        self._large = large
 
     def _poly_key(self, nonce: bytes) -> ctypes.Array[ctypes.c_char]:
         out = ctypes.create_string_buffer(_KEY)
@@ -82,6 +90,8 @@ class SodiumChacha:
         return tag.raw
 
     def encrypt_and_sign(self, header: bytes, data: bytes, nonce: bytes) -> tuple[bytes, bytes]:
+        if len(data) >= LARGE:
+            return self._large.encrypt_and_sign(header, data, nonce)
         hlen, size = len(header), len(header) + len(data)
         out = ctypes.create_string_buffer(size)
         self._na.xor_ic(out, header, hlen, nonce, 0, self._adkey)
@@ -96,6 +106,8 @@ class SodiumChacha:
     def verify_and_decrypt(
         self, header: bytes, data: bytes, nonce: bytes, tag: bytes
     ) -> bytes | None:
+        if len(data) >= LARGE:
+            return self._large.verify_and_decrypt(header, data, nonce, tag)
         signed = header + data
         if not hmac.compare_digest(self._tag(signed, len(signed), nonce), tag):
             return None

@@ -12,9 +12,9 @@ import os
 import pytest
 from asyncssh.crypto.chacha import ChachaCipher
 
-from edge.ssh.sodium_chacha import SodiumChacha, load
+from edge.ssh.sodium_chacha import LARGE, SodiumChacha, load
 
-SIZES = [0, 1, 4, 12, 28, 63, 64, 65, 1000, 32768, 32768 + 13, 70_000]
+SIZES = [0, 1, 4, 12, 28, 63, 64, 65, 1000, LARGE - 1, LARGE, 32768 + 13, 70_000]
 SEQS = [0, 1, 255, 2**32 - 1, 2**32, 2**64 - 1]
 
 
@@ -23,7 +23,7 @@ def pair() -> tuple[ChachaCipher, SodiumChacha]:
     sodium = load()
     assert sodium is not None, "libsodium (libsodium23) is installed by ./dev"
     key = os.urandom(64)
-    return ChachaCipher(key), SodiumChacha(sodium, key)
+    return ChachaCipher(key), SodiumChacha(sodium, key, ChachaCipher(key))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -52,4 +52,4 @@ def test_the_key_must_be_64_bytes() -> None:
     sodium = load()
     assert sodium is not None
     with pytest.raises(ValueError):
-        SodiumChacha(sodium, bytes(32))
+        SodiumChacha(sodium, bytes(32), ChachaCipher(bytes(64)))
