@@ -252,9 +252,17 @@ class WebConfig:
     """Pooled keep-alive connections to an upstream are closed after this."""
     response_timeout: float = 120.0
     """Longest wait for the response head, and longest silence inside its body."""
+    total_timeout: float = 0.0
+    """A request is ended this long after its head arrived, however busy (0: never).
+    None by default: a large download may rightly take hours, and a stalled one is
+    caught by `response_timeout`; set it to bound server-sent events and long polls."""
     max_idle: int = 32
     upgrade_idle_timeout: float = 300.0
     """An upgraded connection (WebSocket) with no bytes either way this long is closed."""
+    upgrade_total_timeout: float = 3600.0
+    """An upgraded connection is closed this long after its 101, however busy (0: never).
+    An hour by default: WebSocket clients (LiveView, graphql-ws) reconnect, and the
+    reconnect re-checks the `X-Gitedge-User` credentials and may land on another edge."""
     secret: str = ""
     """Sent as `x-gitedge-secret` on every request upstream ("" : none sent); what a
     frontend checks before it trusts the edge's `x-gitedge-*` headers."""
@@ -294,8 +302,10 @@ def _web(web: Table) -> WebConfig:
         connect_timeout=web.float("connect_timeout", 3.0, 0.1, 60),
         idle_timeout=web.float("idle_timeout", 30.0, 1, 3600),
         response_timeout=web.float("response_timeout", 120.0, 1, 86400),
+        total_timeout=web.float("total_timeout", 0.0, 0, 7 * 86400),
         max_idle=web.int("max_idle", 32, 0, 10000),
         upgrade_idle_timeout=web.float("upgrade_idle_timeout", 300.0, 1, 86400),
+        upgrade_total_timeout=web.float("upgrade_total_timeout", 3600.0, 0, 7 * 86400),
         secret=web.secret("secret") if has_secret else "",
         replay_max_body=web.int("replay_max_body", 2**20, 0, 2**30),
     )

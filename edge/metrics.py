@@ -4,6 +4,7 @@ Two kinds, one registry per edge:
 
 - git operations (count, bytes each way, duration, in flight) are recorded as
   they end, by `GitOps.record`, which also writes the operation's log line;
+  requests for the web frontend likewise, by `WebOps.record` (edge/web_metrics.py);
 - everything else (connections, limits, the node pool, etcd, the routing cache)
   is a counter some module keeps already. `EdgeCollector` reads those live
   objects at scrape time, and `/_gitedge/stats` reads the same ones: one source
@@ -29,7 +30,8 @@ from edge.http.pool import NodePool
 from edge.limits import Limits
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
-from plumbing.logsafe import printable
+from plumbing.observe import log_git_operation
+from plumbing.observe import protocol_version as protocol_version  # the fronts' import
 from routing.cache import RoutingCache
 from routing.etcd import EtcdClient
 
@@ -63,16 +65,6 @@ class GitOp:
     """"ok", "refused" (access, routing, limits: nothing ran) or "failed"."""
     status: str = "-"
     """The HTTP status or the SSH exit status."""
-
-
-def protocol_version(git_protocol: str | bytes | None) -> str:
-    """ "2" for `version=2` (gitprotocol-v2: colon-separated key=value), else "0"."""
-    text = git_protocol.decode("latin-1") if isinstance(git_protocol, bytes) else git_protocol
-    for item in (text or "").split(":"):
-        key, _, value = item.partition("=")
-        if key == "version" and value in ("1", "2"):
-            return value
-    return "0"
 
 
 class GitOps:
@@ -141,9 +133,8 @@ class GitOps:
         self.bytes_sent.labels(op.front, op.service).inc(op.bytes_out)
         self.duration.labels(op.front, op.service, op.result).observe(seconds)
         fields = {
-            "event": "git_operation",
-            "user": printable(op.user or "-", 64),
-            "repo": printable(op.repo, 200),
+            "user": op.user,
+            "repo": op.repo,
             "service": op.service,
             "protocol": op.protocol,
             "front": op.front,
@@ -157,9 +148,8 @@ class GitOps:
             "result": op.result,
             "status": op.status,
         }
-        # The text log already has an access line per operation (plumbing/runtime.py
-        # drops these there); the JSON log has this one, with every field.
-        oplog.info("git %s %s %s", op.service, fields["repo"], op.result, extra={"fields": fields})
+        # The text log already has an access line per operation (edge.access).
+        log_git_operation(oplog, fields, in_text_log=False)
 
     def totals(self) -> dict[str, float]:
         """Operations by result, for /_gitedge/stats: read from the counters above."""

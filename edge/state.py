@@ -11,6 +11,8 @@ from edge.config import EdgeConfig
 from edge.http.pool import NodePool
 from edge.limits import Limits
 from edge.metrics import EdgeCollector, GitOps, StatsSource
+from edge.replica_metrics import ReplicationCollector
+from edge.web_metrics import WebOps
 from plumbing.connlimit import ConnLimiter, Refusal
 from plumbing.drain import Drain, RequestTracker
 from routing.cache import RoutingCache
@@ -38,6 +40,7 @@ class EdgeState:
     registry: CollectorRegistry = field(init=False)
     """What `/metrics` shows (edge/metrics.py): the counters below, read at scrape time."""
     git_ops: GitOps = field(init=False)
+    web_ops: WebOps = field(init=False)
 
     def __post_init__(self) -> None:
         self.limits = Limits(
@@ -47,7 +50,9 @@ class EdgeState:
         )
         self.registry = CollectorRegistry(auto_describe=False)
         self.git_ops = GitOps(self.registry, self.config.region)
+        self.web_ops = WebOps(self.registry)
         self.registry.register(EdgeCollector(self))
+        self.registry.register(ReplicationCollector(self.cache))
 
     def stats(self) -> dict[str, object]:
         """Counters for operators and benchmarks: warm requests, HTTPS or SSH, should
@@ -82,4 +87,5 @@ class EdgeState:
             **(self.ssh_front.stats_dict() if self.ssh_front else {}),
             **self.limits.stats_dict(),
             **self.git_ops.totals(),
+            **(self.web_ops.totals() if self.config.web else {}),
         }

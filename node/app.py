@@ -32,6 +32,7 @@ from node.config import ConfigError, NodeConfig, load_node_config
 from node.faultpoints import PAUSE_ENV, FaultPointError, FaultPoints
 from node.git_http import GitHttpServer
 from node.housekeeper import Housekeeper
+from node.metrics import GitProcessMetrics, ReplicaMetrics
 from node.refhook import SECRET_ENV, URL_ENV
 from node.registry import Registration, VolumeError, load_or_create_volume
 from node.repl_api import ReplApi
@@ -96,6 +97,7 @@ async def run_node(
         list(config.etcd_endpoints), timeout=config.etcd_timeout, security=config.etcd_security
     ) as etcd:
         await etcd.check_access(config.keys.prefix)  # wrong credentials: refuse to start
+        metrics = GitProcessMetrics()
         replicator = Replicator(
             etcd,
             config.keys,
@@ -104,6 +106,7 @@ async def run_node(
             config.admin_secret,
             snapshot_after=config.snapshot_after,
             faults=faults,
+            metrics=ReplicaMetrics(metrics.registry, volume.volume_id),
         )
         # The replication hooks run inside receive-pack and call back here.
         store.hook_env = {URL_ENV: http_url, SECRET_ENV: config.admin_secret}
@@ -121,6 +124,7 @@ async def run_node(
             ),
             drain=drain,
             requests=requests,
+            metrics=metrics,
         )
         handler = (
             server.handle_connection

@@ -32,12 +32,14 @@ from node.git_pump import NO_CACHE, RequestAborted, serve_git
 from node.housekeeper import Housekeeper
 from node.housekeeping import HousekeepingConfig
 from node.http_conn import HttpConn, header
-from node.metrics import GitProcessMetrics
+from node.metrics import GitOpLog, GitProcessMetrics, NodeGitOp
 from node.repl_api import ReplApi, is_repl_target, transfer_git_target
 from node.repos import RepoStore
 from node.ssh_http import SshSessions
 from plumbing.drain import Drain, RequestTracker
+from plumbing.listen import address_text
 from plumbing.logsafe import printable
+from plumbing.observe import protocol_version
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ class GitHttpServer:
     ) -> None:
         self.metrics = metrics or GitProcessMetrics()
         """The git processes this server runs, for `/metrics` (node/metrics.py)."""
+        self.oplog = GitOpLog()
+        """One log line per git request (node/metrics.py)."""
         self._store = store
         self._auth = EdgeAuth(admin_secret)
         self._housekeeper = housekeeper or Housekeeper(store, HousekeepingConfig(enabled=False))
@@ -142,12 +146,19 @@ class GitHttpServer:
         elif isinstance(route, RouteError):
             allow = [("allow", route.allow)] if route.allow else []
             await conn.respond_text(route.http_status, route.message, allow)
-        elif isinstance(route, InfoRefs | Rpc):
-            await self._smart_http(conn, request, route, transfer is not None)
-        elif isinstance(route, SshSession):
-            await self._ssh.serve(conn, request, route)
+        elif isinstance(route, InfoRefs | Rpc | SshSession):
+            with self.oplog.track(conn, _git_op(conn, request, route, transfer is not None)):
+                await self._serve_git(conn, request, route, transfer is not None)
         else:  # not a git URL (the edge's own /api/ routes among them)
             await conn.respond_text(404, "not found")
+
+    async def _serve_git(
+        self, conn: HttpConn, request: h11.Request, route: GitRoute | SshSession, transfer: bool
+    ) -> None:
+        if isinstance(route, InfoRefs | Rpc):
+            await self._smart_http(conn, request, route, transfer)
+        else:
+            await self._ssh.serve(conn, request, route)
 
     def _argv(self, argv: list[str], transfer: bool) -> list[str]:
         """A peer's transfer runs the store's transfer hooks instead of the repo's (the vote);
@@ -241,3 +252,36 @@ class GitHttpServer:
 def _kind(kind: str, transfer: bool) -> str:
     """The metrics' `kind`: a peer's replication fetch is "transfer", not a client's."""
     return "transfer" if transfer else kind
+
+
+def _git_op(
+    conn: HttpConn, request: h11.Request, route: GitRoute | SshSession, transfer: bool
+) -> NodeGitOp:
+    """What the log line says of a git request, from its route and the edge's headers."""
+    if isinstance(route, SshSession):
+        kind = "ssh"
+    else:
+        kind = _kind("info_refs" if isinstance(route, InfoRefs) else "rpc", transfer)
+    # The edge appends the address it saw last (edge/http/proxy.py).
+    forwarded = (header(request, b"x-forwarded-for") or b"").rpartition(b",")[2].strip()
+    return NodeGitOp(
+        service=str(route.service),
+        repo=route.repo.path,
+        kind=kind,
+        user=git_proto.user_from_header(header(request, b"gitedge-user")),
+        protocol=protocol_version(header(request, b"git-protocol")),
+        client=forwarded.decode("latin-1") or None,
+        peer=_peer(conn.stream),
+    )
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    """`host:port` of whoever is connected (through TLS too), or "-"."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return "-"
+    try:
+        return address_text(stream.socket.getpeername())
+    except OSError:
+        return "-"  # already disconnected

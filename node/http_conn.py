@@ -67,6 +67,12 @@ class HttpConn:
         self._idle_guard = idle_guard
         self.closing = False
         """Set by a drain: the next response says `connection: close`."""
+        self.received = 0
+        self.sent = 0
+        """Bytes read and written on this connection so far (for the git operation log)."""
+        self._request_base = 0
+        self.status = 0
+        """The status of the last response sent."""
 
     # --- requests -----------------------------------------------------------------
 
@@ -74,6 +80,8 @@ class HttpConn:
         """The next request head; None if the client closed, idled out or stalled."""
         if self._requests:
             self.h11.start_next_cycle()
+        # What already arrived of the next request (keep-alive) counts as its bytes.
+        self._request_base = self.received - len(self.h11.trailing_data[0])
         if not self.h11.trailing_data[0]:
             first_wait = self._keepalive_timeout if self._requests else self._head_timeout
             with trio.move_on_after(first_wait), self._idle_guard():
@@ -92,6 +100,11 @@ class HttpConn:
                     continue
                 return None  # ConnectionClosed
         return None  # head not complete within head_timeout
+
+    @property
+    def request_received(self) -> int:
+        """Bytes received since the current request's head began: head and body."""
+        return self.received - self._request_base
 
     async def next_body_piece(self, timeout: float | None = None) -> bytes | None:
         """The next piece of the request body; None at its end.
@@ -134,7 +147,9 @@ class HttpConn:
             return
 
     async def _receive(self) -> None:
-        self.h11.receive_data(bytes(await self.stream.receive_some(CHUNK)))  # b"" is EOF
+        data = bytes(await self.stream.receive_some(CHUNK))
+        self.received += len(data)
+        self.h11.receive_data(data)  # b"" is EOF
 
     # --- responses ----------------------------------------------------------------
 
@@ -166,9 +181,12 @@ class HttpConn:
                 headers=[*event.headers, (b"connection", b"close")],
                 reason=event.reason,
             )
+        if isinstance(event, h11.Response):
+            self.status = event.status_code
         async with self._send_lock:
             data = self.h11.send(event)
             if data:
+                self.sent += len(data)
                 with trio.fail_after(self._io_timeout):
                     await self.stream.send_all(data)
 
@@ -184,8 +202,10 @@ class HttpConn:
             parts: list[bytes] = []
             for piece in pieces:
                 parts += self.h11.send_with_data_passthrough(h11.Data(data=piece)) or []
+            data = b"".join(parts)
+            self.sent += len(data)
             with trio.fail_after(self._io_timeout):
-                await self.stream.send_all(b"".join(parts))
+                await self.stream.send_all(data)
 
     async def respond(
         self,

@@ -24,8 +24,10 @@ from typing import Any
 
 import httpx
 import trio
+from prometheus_client import CollectorRegistry
 
 from node.faultpoints import FaultPoints
+from node.metrics import ReplicaMetrics
 from node.peer_tls import PeerCerts, PeerTlsError
 from node.repl_git import (
     GIT_TIMEOUT,
@@ -77,8 +79,10 @@ class Replicator:
         *,
         snapshot_after: int = snapshots.SNAPSHOT_AFTER,
         faults: FaultPoints | None = None,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         self._snapshot_after = snapshot_after
+        self._metrics = metrics or ReplicaMetrics(CollectorRegistry(), volume_id)
         self._faults = faults or FaultPoints()
         self._etcd = etcd
         self._keys = keys
@@ -300,6 +304,8 @@ class Replicator:
                     log.info("%s: catch-up failed again (%s); next try in %.1fs", name, exc, delay)
         finally:
             self._retrying.discard(name)
+            if self._store.existing(name) is None:
+                self._metrics.forget(name.path)  # the copy is gone: nothing lags
 
     async def _withdraw_false_claim(self, name: RepoName) -> None:
         """After a failed apply: if this replica's applied key claims the consensus
@@ -421,13 +427,14 @@ class Replicator:
         if git_dir is None:
             raise ApplyError(f"{name} is not on this volume")
         await self._faults.reach("apply-start", name)
-        async with self.lock(name):
-            for _attempt in range(PUBLISH_ATTEMPTS):
-                applied = await self._apply_locked(name, git_dir)
-                if applied is not None:
-                    break
-            else:
-                raise ApplyError(f"{name}: its replica set kept changing; applied nothing")
+        with self._metrics.applying(name.path, not_lag=(NotAReplica,)):
+            async with self.lock(name):
+                for _attempt in range(PUBLISH_ATTEMPTS):
+                    applied = await self._apply_locked(name, git_dir)
+                    if applied is not None:
+                        break
+                else:
+                    raise ApplyError(f"{name}: its replica set kept changing; applied nothing")
         generation, snapshot = applied
         if snapshot is not None:
             await self._write_snapshot(name, *snapshot)

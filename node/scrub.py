@@ -103,11 +103,34 @@ class PktLineScrubber:
                     out.append(self._scrub_packet(bytes(self._held)))
                     self._held.clear()
                     self._text_len = 0
+            elif not self._held and (j := self._skip_passing_packets(data, i)) > i:
+                out.append(view[i:j])
+                i = j
             else:
                 i = self._read_header(view, i, out)
-        if len(out) == 1 and isinstance(out[0], memoryview) and len(out[0]) == len(data):
-            return data  # all of it inside one passed packet: no copy
+        if all(isinstance(piece, memoryview) for piece in out) and len(data) == sum(
+            len(piece) for piece in out
+        ):
+            # Only passed packets, in order, nothing held: `data` as it came, no copy.
+            return data
         return b"".join(out)
+
+    def _skip_passing_packets(self, data: bytes, i: int) -> int:
+        """From a packet boundary at `i`, past every whole packet that passes as it
+        is; sets `_passing` for one cut off at the end. The hot path: upload-pack
+        sends a pack as side-band packets of 8 KiB or so, thousands per clone, and
+        this visits only their headers. Whatever needs a closer look (a text packet,
+        a flush, a header not yet whole, not a pkt-line at all) stops it."""
+        end = len(data)
+        while i + _HEADER < end:
+            length = _pkt_length(data[i : i + _HEADER])
+            if length is None or length <= _HEADER or data[i + _HEADER] in _TEXT_STARTS:
+                return i
+            if i + length > end:
+                self._passing = i + length - end
+                return end
+            i += length
+        return i
 
     def finish(self) -> bytes:
         """At EOF: a packet cut short goes out as it came (the client reports it)."""

@@ -78,7 +78,12 @@ class OneLineFormatter(logging.Formatter):
     """Every log message on one line and without credentials (tracebacks stay whole)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = escape_controls(redact(record.message))
+        message = record.message
+        fields, shown = getattr(record, "fields", None), getattr(record, "text_fields", ())
+        if isinstance(fields, dict):
+            # A git operation's record (plumbing/observe.py): `key=value` after the message.
+            message += "".join(f" {key}={fields[key]}" for key in shown if key in fields)
+        record.message = escape_controls(redact(message))
         return super().formatMessage(record)
 
 

@@ -27,9 +27,11 @@ def setup_logging(level: str = "INFO", log_format: LogFormat = LogFormat.TEXT) -
         handler.setFormatter(JsonLineFormatter())
     else:
         handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        # Each git operation has its access line already; its record with every
-        # field (edge/metrics.py, node/metrics.py) is for the JSON log.
-        handler.addFilter(lambda record: not hasattr(record, "fields"))
+        # A record with fields (a git operation, plumbing/observe.py) shows in text
+        # only if it names the fields to show: the edge's have an access line already.
+        handler.addFilter(
+            lambda record: hasattr(record, "text_fields") or not hasattr(record, "fields")
+        )
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO), handlers=[handler], force=True
     )

@@ -4,7 +4,8 @@ Bytes are copied both ways, one chunk in flight per direction (a read waits
 for the previous chunk's send): memory is bounded by two chunks whatever
 either side does. The tunnel ends when either side closes or breaks, or when
 nothing has moved either way for `idle` seconds; then both connections close
-(the caller's job: neither is reused).
+(the caller's job: neither is reused). A limit on its whole life is the
+caller's too (`[web] upgrade_total_timeout`, edge/http/web.py).
 """
 
 from __future__ import annotations

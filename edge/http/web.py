@@ -4,19 +4,28 @@ The relay is git's (edge/http/proxy.py `relay_request`): both bodies stream
 through one exchange, one chunk in flight per direction. What is the web's
 own: the head sent upstream (edge/proto/web_head.py), the repository hints
 looked up in the routing cache (memory only: a web request never reads etcd
-for a repository), and error pages in the form the client asked for.
+for a repository), error pages in the form the client asked for, and a total
+timeout around the whole request. The relay's timeouts are idle ones (a
+server-sent event stream is never buffered, and lives while it talks); the
+total one is a cancel scope here, whose deadline a 101 moves to the tunnel's.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from contextlib import suppress
 
+import trio
+
 from edge.auth import http_user
+from edge.config import WebConfig
 from edge.errors import AuthRequired, EdgeError, NodeUnavailable, RoutingUnavailable
 from edge.http.pool import NodeConn, NodePool
-from edge.http.proxy import ClientInfo, ProxyResult, Timeouts, relay_request
+from edge.http.proxy import ClientInfo, ProxyResult, ResponseHook, Timeouts, relay_request
 from edge.http.replay import ReplayRequested, asks_replay, buffer_body, strip, target_region
 from edge.http.respond import Outcome, Reply
+from edge.proto.http_head import ResponseHead
 from edge.proto.web_head import (
     IDEMPOTENT,
     Header,
@@ -28,6 +37,7 @@ from edge.proto.web_head import (
     upstream_head,
 )
 from edge.state import EdgeState
+from edge.web_metrics import WebRequest
 from gitproto.routes import split_target
 from routing.cache import RoutingCache
 from routing.replicas import IN_SYNC
@@ -81,9 +91,69 @@ async def _web_user(cache: RoutingCache, authorization: bytes | None) -> str | N
 
 
 async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: ClientInfo) -> Outcome:
-    """Relay one request to this edge's region's frontend; errors answered here."""
+    """Relay one request to this edge's region's frontend; errors answered here.
+    Counted as it ends (edge/web_metrics.py `WebOps`), its bytes as git's are (front.py)."""
     web = state.config.web
     assert web is not None
+    client = reply.client
+    read_before = client.bytes_in - len(client.pending)
+    sent_before = client.bytes_out
+    request = WebRequest(str(state.config.region), web.upstream_for(state.config.region))
+    with state.web_ops.track(request):
+        try:
+            outcome = await _bounded(state, web, pool, reply, info, request)
+        finally:
+            # What the client got, if anything (an error the front answers sets its own).
+            request.status = reply.exchange.status
+            request.bytes_in = client.bytes_in - len(client.pending) - read_before
+            request.bytes_out = client.bytes_out - sent_before
+    return outcome
+
+
+async def _bounded(
+    state: EdgeState,
+    web: WebConfig,
+    pool: NodePool,
+    reply: Reply,
+    info: ClientInfo,
+    request: WebRequest,
+) -> Outcome:
+    """`_proxy` within the total timeouts: `total_timeout` from the request head,
+    and from a 101 on, `upgrade_total_timeout` instead. The idle ones
+    (`response_timeout`, `upgrade_idle_timeout`) are the relay's."""
+    exchange = reply.exchange
+    with trio.move_on_after(web.total_timeout or math.inf) as total:
+
+        def upgraded() -> None:
+            # Called with the 101 head, before the tunnel starts: it gets its own total.
+            total.deadline = trio.current_time() + (web.upgrade_total_timeout or math.inf)
+            state.web_ops.tunnel_opened(request)
+
+        return await _proxy(state, web, pool, reply, info, request, upgraded)
+    request.total_timeout = True
+    if request.tunnelled:
+        detail = f"upgrade_total_timeout ({web.upgrade_total_timeout}s)"
+    else:
+        detail = f"total_timeout ({web.total_timeout}s)"
+    if exchange.response_started:
+        # Mid-response or mid-tunnel: the cut-off ends both connections (the relay
+        # closed the upstream's as it was cancelled).
+        exchange.fail(detail)
+        return Outcome(exchange.status, f"web={request.upstream} ended at {detail}")
+    request.upstream_failed = True
+    accept = exchange.head.header(b"accept")
+    return await _error(reply, WebBadGateway, f"no response within {detail}", accept)
+
+
+async def _proxy(
+    state: EdgeState,
+    web: WebConfig,
+    pool: NodePool,
+    reply: Reply,
+    info: ClientInfo,
+    request: WebRequest,
+    upgraded: Callable[[], None],
+) -> Outcome:
     exchange = reply.exchange
     head = exchange.head
     accept = head.header(b"accept")
@@ -112,6 +182,15 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
     timeouts = Timeouts(response=web.response_timeout, body_idle=state.config.body_idle_timeout)
     upgrade = is_upgrade(head)
 
+    def watch(hook: ResponseHook) -> ResponseHook:
+        def seen(response: ResponseHead) -> ResponseHead:
+            response = hook(response)
+            if upgrade and response.status == 101:
+                upgraded()
+            return response
+
+        return seen
+
     async def send(upstream: str, first: bytes, replayed: bool) -> ProxyResult:
         return await relay_request(
             reply.client,
@@ -123,10 +202,10 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
             may_retry=head.method in IDEMPOTENT,
             upgrade_idle=web.upgrade_idle_timeout if upgrade else None,
             first=first,
-            on_response=strip if replayed else asks_replay,
+            on_response=watch(strip if replayed else asks_replay),
         )
 
-    upstream = web.upstream_for(state.config.region)
+    upstream = request.upstream
     note = ""
     try:
         buffered = await buffer_body(
@@ -137,22 +216,28 @@ async def proxy_web(state: EdgeState, pool: NodePool, reply: Reply, info: Client
         except ReplayRequested as asked:
             value = asked.value.decode("latin-1")
             if not buffered.complete:
+                request.replay = "too_large"
                 exchange.fail("replay asked for a body over replay_max_body")
                 detail = f"replay ({value}) of a body over {web.replay_max_body} bytes"
                 return await _error(reply, 413, "request body too large to replay", accept, detail)
             known = {str(region) for region, _ in web.regions} | {state.config.region}
             region = target_region(asked.value, state.cache, known)
             if region is None:
+                request.replay = "unknown_place"
                 detail = f"replay to an unknown place: {value!r}"
                 return await _error(reply, 502, "replay to an unknown region", accept, detail)
+            request.replay = "replayed"
             note = f"replayed from={upstream} ({value}) "
-            upstream = web.upstream_for(region)
+            upstream = request.upstream = web.upstream_for(region)
+            request.region = region
             result = await send(upstream, buffered.body, replayed=True)
     except NodeUnavailable as exc:
+        request.upstream_failed = True
         return await _error(reply, WebUnavailable, exc.detail, accept)
     except EdgeError as exc:
         if exc.http_status != 502:
             raise  # the client's own doing (a broken body): the front answers it
+        request.upstream_failed = True
         return await _error(reply, WebBadGateway, exc.detail, accept)
     note += f"web={upstream} bytes={result.response_bytes}"
     return Outcome(result.status, f"{note} {result.note}" if result.note else note)

@@ -147,6 +147,24 @@ class BodyFramer:
         self._taken += pos
         return pos
 
+    def decode(self, data: bytes | bytearray | memoryview) -> tuple[int, list[memoryview]]:
+        """`feed`, and the body's payload in `data`: views of it, chunk framing
+        stripped (for the one reader that needs the content, the SSH relay)."""
+        view = memoryview(data)
+        if not self._chunked:
+            take = self.feed(view)
+            return take, [view[:take]] if take else []
+        if self._state is _State.BROKEN:
+            raise BodyError("body framing already broken")
+        spans: list[memoryview] = []
+        try:
+            pos = self._feed_chunked(view, len(view), spans)
+        except BodyError:
+            self._state = _State.BROKEN
+            raise
+        self._taken += pos
+        return pos, spans
+
     def eof(self) -> None:
         """The peer closed. Raise BodyError unless that ends the body."""
         if self._state is not _State.DONE and not self.close_delimited:
@@ -154,13 +172,21 @@ class BodyFramer:
             raise BodyError("connection closed in the middle of a message body")
         self._state = _State.DONE
 
-    def _feed_chunked(self, data: bytes | bytearray | memoryview, size: int) -> int:
+    def _feed_chunked(
+        self,
+        data: bytes | bytearray | memoryview,
+        size: int,
+        spans: list[memoryview] | None = None,
+    ) -> int:
         pos = 0
         while pos < size:
             state = self._state
             if state is _State.DATA:
                 assert self._remaining is not None
                 take = min(size - pos, self._remaining)
+                if spans is not None:
+                    assert isinstance(data, memoryview)
+                    spans.append(data[pos : pos + take])
                 pos += take
                 self._remaining -= take
                 if self._remaining == 0:

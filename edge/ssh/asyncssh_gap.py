@@ -1,6 +1,6 @@
 """What gitedge needs from asyncssh that asyncssh's public API does not offer.
 
-Two gaps, one function each, applied per connection or per channel (never to
+Four gaps, one function each, applied per connection or per channel (never to
 the class):
 
 ## The empty IGNORE before each packet (`skip_empty_ignore_packets`)
@@ -41,15 +41,47 @@ spans two of them), and at most HOLD_LIMIT (the override timer RFC 1122
 asks for, against a peer that waits for a closed window before it grants).
 Its test fails if asyncssh stops sending short packets (drop the function) or
 if the shadow stops taking effect.
+
+## Packet log lines nobody reads (`skip_unlogged_packet_logs`)
+
+For every packet sent and received, asyncssh formats a log line (the packet's
+name, `plural(len, 'byte')`, f-strings) before its logger decides, at debug
+level 3 only, whether to write it: 4,000-5,000 formatted and dropped lines per
+100 MiB clone, 2-4 % of the edge's CPU in py-spy. `skip_unlogged_packet_logs(obj)`
+shadows that one connection's or channel's `log_sent_packet` and
+`log_received_packet`: they run as before whenever the object's logger is
+enabled for DEBUG (where asyncssh's `set_debug_level(3)` writes the lines), and
+do nothing otherwise. Its test fails if asyncssh stops routing packets through
+those methods or if the lines stop appearing with DEBUG on.
+
+## chacha20-poly1305 at a cost per packet that fits the traffic (`use_sodium_chacha`)
+
+asyncssh's chacha20-poly1305 (what OpenSSH clients pick first) builds three
+`cryptography` cipher objects per packet each way; for the small window-adjust
+packets a clone makes OpenSSH send, one per data packet or so, that is most of
+their cost (edge/ssh/sodium_chacha.py has the figures). asyncssh has no way to
+supply a cipher implementation. `use_sodium_chacha(conn)` shadows that one
+connection's `send_packet` to look, before each packet, at the encryption
+objects asyncssh holds (`_send_encryption`, `_next_recv_encryption`,
+`_recv_encryption`): a new one built on asyncssh's `ChachaCipher` gets a
+`SodiumChacha` with the same key in its place. The construction is stateless
+per packet (the nonce is the sequence number), so the swap is exact whenever it
+happens; rekeys make new objects, which get theirs in turn. Without libsodium,
+or if asyncssh's objects no longer look as expected, nothing is swapped. Its
+test fails if the swap stops taking effect or the bytes ever differ.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import asyncssh
 from asyncssh.constants import MSG_IGNORE
+from asyncssh.crypto import ChachaCipher
+
+from edge.ssh.sodium_chacha import SodiumChacha, load
 
 _EMPTY_STRING = b"\0\0\0\0"  # an SSH `string` of length 0 (RFC 4251 section 5)
 
@@ -70,6 +102,57 @@ def skip_empty_ignore_packets(conn: Connection) -> None:
         send(pkttype, *args, **kwargs)
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+
+
+def skip_unlogged_packet_logs(
+    obj: asyncssh.SSHServerConnection
+    | asyncssh.SSHClientConnection
+    | asyncssh.SSHServerChannel[Any]
+    | asyncssh.SSHClientChannel[Any],
+) -> None:
+    """Let `obj` (a connection or a channel) format its per-packet log lines only
+    while its logger is enabled for DEBUG."""
+    logger = obj.logger
+    sent, received = obj.log_sent_packet, obj.log_received_packet
+
+    def log_sent_packet(*args: Any, **kwargs: Any) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            sent(*args, **kwargs)
+
+    def log_received_packet(*args: Any, **kwargs: Any) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            received(*args, **kwargs)
+
+    obj.log_sent_packet = log_sent_packet  # type: ignore[method-assign]
+    obj.log_received_packet = log_received_packet  # type: ignore[method-assign]
+
+
+_ENCRYPTIONS = ("_send_encryption", "_next_recv_encryption", "_recv_encryption")
+
+
+def use_sodium_chacha(conn: Connection) -> bool:
+    """Give `conn`'s chacha20-poly1305 packets libsodium's implementation (call it
+    once, from `connection_made`). False, and nothing changed, without libsodium."""
+    sodium = load()
+    if sodium is None:
+        return False
+    send = conn.send_packet  # the class's, or an earlier shadow of it
+
+    def swap() -> None:
+        for name in _ENCRYPTIONS:
+            cipher = getattr(getattr(conn, name, None), "_cipher", None)
+            if type(cipher) is ChachaCipher:
+                encryption = getattr(conn, name)
+                key = getattr(cipher, "_key", b"") + getattr(cipher, "_adkey", b"")
+                if len(key) == 64:
+                    encryption._cipher = SodiumChacha(sodium, key, cipher)
+
+    def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
+        swap()
+        send(pkttype, *args, **kwargs)
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]
+    return True
 
 
 HOLD_LIMIT = 0.05

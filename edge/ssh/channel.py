@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 import asyncssh
 import trio
 
-from edge.ssh.asyncssh_gap import send_full_packets
+from edge.ssh.asyncssh_gap import send_full_packets, skip_unlogged_packet_logs
 from gitproto.protocol import CHUNK
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ class ClientChannel(asyncssh.SSHServerSession[bytes]):
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
         send_full_packets(chan)  # no short packets into a nearly closed window
+        skip_unlogged_packet_logs(chan)
 
     def shell_requested(self) -> bool:
         return True  # answered with the greeting

@@ -34,7 +34,11 @@ from edge.limits import Limits
 from edge.metrics import FAILED, OK, REFUSED, GitOp, GitOps, protocol_version
 from edge.proxy_accept import with_client_address
 from edge.ssh.aio import GIT_ONLY_SSH_SERVER, aio_as_trio, trio_as_aio
-from edge.ssh.asyncssh_gap import skip_empty_ignore_packets
+from edge.ssh.asyncssh_gap import (
+    skip_empty_ignore_packets,
+    skip_unlogged_packet_logs,
+    use_sodium_chacha,
+)
 from edge.ssh.channel import Activity, ClientChannel
 from edge.ssh.relay import ClientStream, NodeSessions, RelayResult, SessionRequest
 from edge.ssh.session import GitSession
@@ -404,6 +408,8 @@ class _ClientConnection(asyncssh.SSHServer):
         # Before key exchange: no empty SSH_MSG_IGNORE before every packet (1.2-1.3x
         # the CPU per byte sent, measured; see asyncssh_gap).
         skip_empty_ignore_packets(conn)
+        skip_unlogged_packet_logs(conn)
+        use_sodium_chacha(conn)  # chacha20-poly1305 at a third of the cost per small packet
         self._conn = conn
         self._front._connections.add(conn)
         self._front._clients.add(self)

@@ -168,7 +168,7 @@ class GitSession:
             outcome.node, outcome.region = node.node_id, node.region
             result = await self._backend.carry(
                 node,
-                SessionRequest(request.command, request.git_protocol, self._user),
+                SessionRequest(request.command, request.git_protocol, self._user, self._client_ip),
                 channel,
                 self._client_ip,
             )

@@ -3,54 +3,22 @@ server as the web upstream, a real websockets client over the edge's HTTPS."""
 
 from __future__ import annotations
 
-import socket
-import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
-from websockets.http11 import Request, Response
 from websockets.sync.client import ClientConnection, connect
-from websockets.sync.server import ServerConnection, serve
 
 from devnet.network import Devnet, start_devnet
 from tests.e2e.conftest import tls
-
-
-def _echo(ws: ServerConnection) -> None:
-    """Echoes every message; "bye" closes cleanly, "drop" cuts the TCP connection."""
-    try:
-        for message in ws:
-            if message == "bye":
-                ws.close()
-                return
-            if message == "drop":
-                ws.socket.shutdown(socket.SHUT_RDWR)
-                ws.socket.close()
-                return
-            ws.send(message)
-    except ConnectionClosed:
-        return
-
-
-def _refuse(ws: ServerConnection, request: Request) -> Response | None:
-    """`/forbidden` is answered 403 instead of switching protocols."""
-    if request.path == "/forbidden":
-        return ws.respond(403, "no sockets here\n")
-    return None
+from tests.e2e.web_upstream import WebSocketEcho
 
 
 @pytest.fixture(scope="module")
 def ws_upstream() -> Iterator[str]:
-    with serve(_echo, "127.0.0.1", 0, process_request=_refuse) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        port = server.socket.getsockname()[1]
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.shutdown()
-            thread.join(10)
+    with WebSocketEcho() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +74,33 @@ def test_an_idle_tunnel_is_closed_after_the_upgrade_idle_timeout(
             with pytest.raises(ConnectionClosedError):
                 ws.recv(timeout=30)
             assert ws.protocol.close_rcvd is None
+    finally:
+        edge.process.stop()
+
+
+def test_a_busy_tunnel_is_closed_at_the_upgrade_total_timeout(
+    ws_net: Devnet, ws_upstream: str
+) -> None:
+    edge = ws_net.start_edge(
+        "fra", ssh=False, web_upstream=ws_upstream, web_options="upgrade_total_timeout = 2.0"
+    )
+    try:
+        url = edge.https_url.replace("https://", "wss://", 1) + "/socket"
+        started = time.monotonic()
+        echoed = 0
+        with connect(url, ssl=tls(ws_net), open_timeout=10, close_timeout=5) as ws:
+            # A message every 0.1 s: never idle (upgrade_idle_timeout is 300 s), yet
+            # the edge ends the tunnel 2 s after its 101, without a close frame.
+            with pytest.raises(ConnectionClosedError):
+                while time.monotonic() - started < 30:
+                    ws.send("ping")
+                    assert ws.recv(timeout=10) == "ping"
+                    echoed += 1
+                    time.sleep(0.1)
+            assert ws.protocol.close_rcvd is None
+        elapsed = time.monotonic() - started
+        assert 2.0 <= elapsed < 15, elapsed
+        assert echoed >= 5
     finally:
         edge.process.stop()
 

@@ -17,20 +17,29 @@ of 9 interleaved runs): chacha20-poly1305 (what OpenSSH negotiates by default)
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
 import trio
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.crypto import ChachaCipher
 from asyncssh.packet import String
 
 from edge.ssh import asyncssh_gap
 from edge.ssh.aio import aio_as_trio, open_aio_loop
-from edge.ssh.asyncssh_gap import send_full_packets, skip_empty_ignore_packets
+from edge.ssh.asyncssh_gap import (
+    send_full_packets,
+    skip_empty_ignore_packets,
+    skip_unlogged_packet_logs,
+    use_sodium_chacha,
+)
+from edge.ssh.sodium_chacha import SodiumChacha
 
 PAYLOAD = 2**20  # 32 data packets of 32 KiB to an OpenSSH client
 
@@ -45,6 +54,8 @@ class _Server(asyncssh.SSHServer):
         self._host.connections.append(conn)
         if self._host.skip_next.pop(0):
             skip_empty_ignore_packets(conn)
+        if self._host.sodium:
+            assert use_sodium_chacha(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -66,6 +77,11 @@ class _TestServer:
     payload: int = PAYLOAD
     hold_short_packets: bool = False
     data_packets: list[int] | None = None
+    sodium: bool = False
+    """Apply use_sodium_chacha to the next connection."""
+    packet_logs: list[int] | None = None
+    """If set: count the channel's formatted packet log lines into it."""
+    skip_packet_logs: bool = False
 
 
 async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -74,6 +90,10 @@ async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) 
         server.connections[-1].send_packet(MSG_IGNORE, String(b"keepalive"))
     if server.data_packets is not None:
         _count_data_packets(server.connections[-1], server.data_packets)
+    if server.packet_logs is not None:
+        _count_packet_logs(process.channel, server.packet_logs)
+    if server.skip_packet_logs:
+        skip_unlogged_packet_logs(process.channel)
     if server.hold_short_packets:
         send_full_packets(process.channel)
         assert type(process.channel) is asyncssh.SSHServerChannel
@@ -226,3 +246,94 @@ async def test_send_full_packets_sends_full_packets(
     # A few stay short: the last piece, and any the hold limit let out.
     assert len(short) <= max(3, len(sizes) // 20), short
     assert len(sizes) <= server.payload // 32768 + len(short)
+
+
+def _count_packet_logs(chan: asyncssh.SSHServerChannel[bytes], counts: list[int]) -> None:
+    """Count `_log_packet` calls, where asyncssh formats each packet's log line."""
+    format_line = chan._log_packet
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        counts.append(1)
+        format_line(*args, **kwargs)
+
+    chan._log_packet = counting  # type: ignore[method-assign]
+
+
+async def _download(server: _TestServer) -> None:
+    server.skip_next.append(True)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "u@127.0.0.1", "download"]
+    with trio.fail_after(30):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    assert len(done.stdout) == PAYLOAD
+
+
+async def test_asyncssh_still_formats_a_log_line_per_packet_at_info(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control: if this fails, asyncssh stopped formatting lines it drops (or
+    stopped routing packets through log_sent_packet): drop skip_unlogged_packet_logs."""
+    caplog.set_level(logging.INFO, logger="asyncssh")
+    server.packet_logs = []
+    await _download(server)
+    assert len(server.packet_logs) >= PAYLOAD // 32768
+
+
+async def test_skip_unlogged_packet_logs_formats_none_at_info(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncssh")
+    server.packet_logs, server.skip_packet_logs = [], True
+    await _download(server)
+    assert server.packet_logs == []
+
+
+async def test_skip_unlogged_packet_logs_still_logs_at_debug_level_3(
+    server: _TestServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asyncssh")
+    asyncssh.set_debug_level(3)
+    try:
+        server.packet_logs, server.skip_packet_logs = [], True
+        await _download(server)
+    finally:
+        asyncssh.set_debug_level(1)
+    assert len(server.packet_logs) >= PAYLOAD // 32768
+    sent_data = [r for r in caplog.records if "Sent MSG_CHANNEL_DATA" in r.getMessage()]
+    assert len(sent_data) >= PAYLOAD // 32768
+
+
+def _ciphers(conn: asyncssh.SSHServerConnection) -> list[type]:
+    return [type(conn._send_encryption._cipher), type(conn._recv_encryption._cipher)]  # type: ignore[union-attr]
+
+
+async def test_asyncssh_still_builds_chacha_on_its_own_cipher_class(server: _TestServer) -> None:
+    """The control: if this fails, asyncssh changed how it holds its chacha cipher,
+    and use_sodium_chacha no longer finds it (revisit the swap)."""
+    await _download(server)
+    assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
+
+
+async def test_use_sodium_chacha_swaps_both_directions_and_the_bytes_arrive(
+    server: _TestServer,
+) -> None:
+    server.sodium = True
+    await _download(server)  # it checks all PAYLOAD bytes arrived, in a real OpenSSH client
+    assert _ciphers(server.connections[-1]) == [SodiumChacha, SodiumChacha]
+    # The next connection, not wrapped, keeps asyncssh's: nothing process-wide changed.
+    server.sodium = False
+    await _download(server)
+    assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
+
+
+async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
+    server.sodium = True
+    server.skip_next.append(True)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "-o", "Ciphers=aes128-gcm@openssh.com", "u@127.0.0.1", "x"]
+    with trio.fail_after(30):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    assert len(done.stdout) == PAYLOAD
+    assert SodiumChacha not in _ciphers(server.connections[-1])

@@ -565,3 +565,68 @@ def test_relayed_bytes_are_exactly_the_input(body: bytes) -> None:
                 break
             relayed += piece[: framer.feed(piece)]
         assert bytes(relayed) == body
+
+
+# -- decode: the payload, for the SSH relay -------------------------------------------
+
+
+def h11_payload(body: bytes) -> bytes:
+    """The payload h11 (as a server) reads from a chunked `body`."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(_CHUNKED_HEAD + body)
+    out = bytearray()
+    while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+        assert event is not h11.NEED_DATA
+        if isinstance(event, h11.Data):
+            out += event.data
+    return bytes(out)
+
+
+def decode_all(framer: BodyFramer, pieces: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """Decode pieces as the relay does: (payload, bytes left over after the body)."""
+    payload, rest = bytearray(), bytearray()
+    for piece in pieces:
+        if framer.done:
+            rest += piece
+            continue
+        used, spans = framer.decode(piece)
+        assert used == len(piece) or framer.done
+        for span in spans:
+            assert isinstance(span, memoryview)
+            payload += span
+        rest += piece[used:]
+    return bytes(payload), bytes(rest)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        h11_chunked([]),
+        h11_chunked([b"hello", b"world!"]),
+        h11_chunked([b"\r\n0\r\n\r\n", b"0\r\n\r\n", bytes(range(256)) * 300]),
+        h11_chunked([b"data"], [("X-Sum", "abc")]),
+        *HAND_WRITTEN.values(),
+    ],
+)
+def test_decode_gives_the_payload_h11_reads_in_every_split(body: bytes) -> None:
+    expected = h11_payload(body)
+    for pieces in splittings(body + NEXT_MESSAGE, trials=20):
+        framer = BodyFramer.chunked()
+        assert decode_all(framer, pieces) == (expected, NEXT_MESSAGE)
+        assert framer.done
+        assert framer.consumed == len(body)
+
+
+def test_decode_of_a_content_length_body_is_its_bytes() -> None:
+    framer = BodyFramer.length(5)
+    assert decode_all(framer, byte_by_byte(b"hello" + NEXT_MESSAGE)) == (b"hello", NEXT_MESSAGE)
+
+
+def test_decode_refuses_what_feed_refuses_and_stays_broken() -> None:
+    for bad in (b"5\nhello\r\n0\r\n\r\n", b" 5\r\nhello\r\n", b"5\r\nhello\r\r\n"):
+        framer = BodyFramer.chunked()
+        with pytest.raises(BodyError):
+            decode_all(framer, whole(bad))
+        assert framer.broken
+        with pytest.raises(BodyError):
+            framer.decode(b"0\r\n\r\n")

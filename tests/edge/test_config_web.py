@@ -37,6 +37,8 @@ def test_defaults_and_the_region_table(tmp_path: Path) -> None:
     assert web.upstream_for("fra") == "http://10.0.0.1:4000"
     assert web.connect_timeout == 3.0 and web.response_timeout == 120.0 and web.secret == ""
     assert web.upgrade_idle_timeout == 300.0
+    # No total for requests (a download may take hours), an hour for tunnels.
+    assert web.total_timeout == 0.0 and web.upgrade_total_timeout == 3600.0
     assert web.replay_max_body == 2**20
 
 
@@ -54,6 +56,8 @@ def test_secret(tmp_path: Path) -> None:
         'upstream = "http://h:1"\nconnect_timeout = 0',
         'upstream = "http://h:1"\nupgrade_idle_timeout = 0.5',
         'upstream = "http://h:1"\nreplay_max_body = -1',
+        'upstream = "http://h:1"\ntotal_timeout = -1',
+        'upstream = "http://h:1"\nupgrade_total_timeout = 700000',
         'upstream = "http://h:1"\ntimeout = 3',
         'upstream = "http://h:1"\n[web.upstreams]\nLAX = "http://h:2"',
         'upstream = "http://h:1"\n[web.upstreams]\nlax = "ftp://h:2"',

@@ -184,7 +184,7 @@ async def test_a_session_is_one_full_duplex_request() -> None:
 
     client = FakeClient()
     request = SessionRequest(
-        parse_command("git-receive-pack 'alice/proj.git'"), "version=2", "alice"
+        parse_command("git-receive-pack 'alice/proj.git'"), "version=2", "alice", "203.0.113.7"
     )
 
     async def converse() -> None:
@@ -204,6 +204,7 @@ async def test_a_session_is_one_full_duplex_request() -> None:
     assert headers[b"authorization"] == b"Bearer " + SECRET.encode()
     assert headers[b"git-protocol"] == b"version=2"
     assert headers[b"gitedge-user"] == b"alice"
+    assert headers[b"x-forwarded-for"] == b"203.0.113.7"
     assert headers[b"transfer-encoding"] == b"chunked"
     assert seen["body"] == [b"want", b"have", b"done"]
     assert client.stdout == b"advertisement\nack wantack haveack done"
@@ -255,6 +256,67 @@ async def test_stdout_of_every_size_and_split_arrives_whole() -> None:
             result = await relay_session(conn, UPLOAD, client, head_timeout=HEAD_TIMEOUT)
     assert client.stdout == pack
     assert (result.status, result.bytes_down) == (0, len(pack))
+
+
+async def _one_session_raw(response: bytes) -> tuple[bool, FakeClient]:
+    """A node that answers one session with `response` bytes as they are (head and
+    body framed by hand); (reusable, the client)."""
+
+    async def node(peer: ScriptedNode) -> None:
+        await peer.request()
+        await peer.stream.send_all(response)
+        while await peer.body_piece() is not None:
+            pass
+
+    client = FakeClient()
+    with trio.fail_after(5):
+        async with scripted(node) as conn:
+            await client.stdin.aclose()
+            result = await relay_session(conn, UPLOAD, client, head_timeout=HEAD_TIMEOUT)
+    assert result.status == 0
+    return result.reusable, client
+
+
+def _session_response(body: bytes, *, headers: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: " + CONTENT_TYPE.encode() + b"\r\n" + headers
+    return head + b"\r\n" + body
+
+
+_FRAMES = encode_stdout(b"pack") + encode_exit(0)
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_ONE_CHUNK = b"%x\r\n" % len(_FRAMES) + _FRAMES + b"\r\n0\r\n\r\n"
+
+
+async def test_a_chunked_session_response_leaves_the_connection_reusable() -> None:
+    reusable, client = await _one_session_raw(_session_response(_ONE_CHUNK, headers=_CHUNKED))
+    assert (reusable, client.stdout) == (True, bytearray(b"pack"))
+
+
+async def test_a_content_length_session_response_is_decoded_too() -> None:
+    length = b"content-length: %d\r\n" % len(_FRAMES)
+    reusable, client = await _one_session_raw(_session_response(_FRAMES, headers=length))
+    assert (reusable, client.stdout) == (True, bytearray(b"pack"))
+
+
+async def test_connection_close_from_the_node_is_not_pooled() -> None:
+    headers = _CHUNKED + b"connection: close\r\n"
+    reusable, client = await _one_session_raw(_session_response(_ONE_CHUNK, headers=headers))
+    assert (reusable, client.stdout) == (False, bytearray(b"pack"))
+
+
+async def test_bytes_after_the_response_body_are_not_pooled() -> None:
+    body = _ONE_CHUNK + b"HTTP/1.1 200 OK\r\n"
+    reusable, _ = await _one_session_raw(_session_response(body, headers=_CHUNKED))
+    assert reusable is False
+
+
+async def test_a_chunk_line_http_does_not_allow_is_node_lost() -> None:
+    async def node(peer: ScriptedNode) -> None:
+        await peer.request()
+        body = b"%x\n" % len(_FRAMES) + _FRAMES + b"\r\n0\r\n\r\n"  # bare LF
+        await peer.stream.send_all(_session_response(body, headers=_CHUNKED))
+
+    assert "bare LF" in await _lost(node)
 
 
 # -- a node that breaks off or answers something else -------------------------------------
