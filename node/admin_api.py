@@ -17,7 +17,7 @@ import logging
 
 import h11
 
-from node.housekeeper import Housekeeper, OptimizeBusy, OptimizeFailed
+from node.housekeeper import Housekeeper, OptimizeBusy, OptimizeFailed, OptimizeYielded
 from node.http_conn import BodyTooLarge, HttpConn
 from node.repos import RepoStore, RepoStoreError
 from routing.model import InvalidRepoName, RepoName
@@ -99,6 +99,9 @@ class AdminApi:
     async def _optimize(self, conn: HttpConn, repo: RepoName) -> None:
         try:
             result = await self._housekeeper.optimize(repo)
+        except OptimizeYielded as exc:
+            await conn.respond_text(409, str(exc))
+            return
         except OptimizeBusy:
             await conn.respond_text(409, "the repository is being optimized already")
             return

@@ -6,15 +6,21 @@ which its git and git's children are killed; a push's trigger tries again
 (tests/node/test_housekeeper_bounds.py).
 
 Safety against concurrent pushes and fetches (tests/node/test_housekeeper.py):
-repack, commit-graph and prune take no ref locks, and git makes them safe to
-run beside receive-pack and upload-pack: new packs are renamed into place,
-old ones deleted only after, `--cruft` keeps what is unreachable, and prune
-only touches objects older than the grace period. pack-refs does lock refs,
-so it runs only when no push to the repository is in flight: pushes register
-with `pushing()`, and for replicated repositories the replication lock
+fetches run beside every step (new packs are renamed into place, old ones
+deleted only after, `--cruft` keeps what is unreachable, prune only touches
+objects older than the grace period, and git looks again in the packs for a
+loose object that vanished). Pushes do not: `repack -d` and `prune` end with
+prune-packed, which removes emptied `objects/xx` directories, and a push
+moving its loose objects out of quarantine into such a directory fails
+("unable to migrate objects to permanent storage"; seen in this module's test
+under load). So an optimization of a repository and a push to it never
+overlap: pushes register with `pushing()`; an optimization starts only with
+none in flight, and a push that arrives cancels the running one (its git is
+stopped, which git's repack and prune survive) and waits for that, a moment,
+never for the optimization itself. Its own end triggers the next attempt.
+pack-refs locks refs, so for replicated repositories the replication lock
 (node/replication.py `Replicator.lock`, held from vote to post-receive and
-by `apply`) must be free too. If either is busy, pack-refs waits for the next
-round instead of making a push wait.
+by `apply`) must be free too, or it waits for the next round.
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ class OptimizeBusy(Exception):
     """An optimization of this repository is already running."""
 
 
+class OptimizeYielded(OptimizeBusy):
+    """A push to the repository arrived: the optimization stopped for it."""
+
+
 class OptimizeFailed(Exception):
     """A git step failed or timed out; the repository is as git left it (still valid)."""
 
@@ -75,7 +85,17 @@ class _RepoGuard:
     def __init__(self) -> None:
         self.pushes = 0
         self.packing_refs = False
+        self.optimizing: trio.CancelScope | None = None
+        """The running optimization's scope: a push arriving cancels it."""
         self.changed = trio.Event()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    @property
+    def idle(self) -> bool:
+        return not self.pushes and not self.packing_refs and self.optimizing is None
 
 
 class Housekeeper:
@@ -111,10 +131,13 @@ class Housekeeper:
 
     @asynccontextmanager
     async def pushing(self, name: RepoName) -> AsyncIterator[None]:
-        """Around a receive-pack: keeps pack-refs off this repository meanwhile."""
+        """Around a receive-pack: no optimization of this repository meanwhile (a
+        running one is stopped first)."""
         guard = self._guards.setdefault(name, _RepoGuard())
         with trio.fail_after(PUSH_WAIT):
-            while guard.packing_refs:
+            while guard.packing_refs or guard.optimizing is not None:
+                if guard.optimizing is not None:
+                    guard.optimizing.cancel()
                 await guard.changed.wait()
         guard.pushes += 1
         try:
@@ -140,6 +163,8 @@ class Housekeeper:
             if result is not None and result.plan.needed:
                 what, seconds = result.plan.describe(), result.seconds
                 log.info("%s: optimized (%s) in %.1fs", name, what, seconds)
+        except OptimizeYielded:
+            log.info("%s: optimization stopped for a push; it runs again after", name)
         except (OptimizeFailed, OSError, hk.CountObjectsError) as exc:
             log.warning("%s: background optimization failed: %s", name, exc)
         finally:
@@ -170,6 +195,20 @@ class Housekeeper:
         git_dir = self._store.existing(name)
         if git_dir is None:
             return None
+        guard = self._guards.setdefault(name, _RepoGuard())
+        if guard.pushes:
+            raise OptimizeYielded(f"a push to {name} is in flight; try again after it")
+        with trio.CancelScope() as scope:
+            guard.optimizing = scope
+            try:
+                return await self._steps(name, git_dir, force)
+            finally:
+                guard.optimizing = None
+                guard.notify()
+                self._forget_idle(name, guard)
+        raise OptimizeYielded(f"a push to {name} arrived; optimization stopped, try again")
+
+    async def _steps(self, name: RepoName, git_dir: Path, force: bool) -> OptimizeResult:
         start = time.monotonic()
         skipped: list[str] = []
         try:
@@ -206,8 +245,7 @@ class Housekeeper:
                 await self._git(git_dir, hk.PACK_REFS_ARGV)
         finally:
             guard.packing_refs = False
-            guard.changed.set()
-            guard.changed = trio.Event()
+            guard.notify()
             if repl_lock is not None:
                 repl_lock.release()
             self._forget_idle(name, guard)
@@ -239,7 +277,7 @@ class Housekeeper:
         self.completed_changed = trio.Event()
 
     def _forget_idle(self, name: RepoName, guard: _RepoGuard) -> None:
-        if not guard.pushes and not guard.packing_refs and self._guards.get(name) is guard:
+        if guard.idle and self._guards.get(name) is guard:
             del self._guards[name]
 
 

@@ -173,3 +173,26 @@ async def test_one_repository_is_never_optimized_twice_at_once(
     await wait_for("the second optimization", 2 * (2 + KILL_GRACE) + 5, second_one_ran)
     assert max(at_once) == 1, at_once
     await git("fsck", "--strict", "--no-progress", cwd=git_dir, home=home)
+
+
+async def test_a_push_stops_a_running_optimization_which_runs_again_after_it(
+    make_config: ConfigFactory, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A push and an optimization of one repository never overlap (prune-packed's
+    removal of emptied object directories races a push's move out of quarantine):
+    the push stops the running one, at once, and its end starts the next."""
+    node = await start(make_config, nursery, "[housekeeping]\ntimeout = 120\n")
+    home = tmp_path / "home"
+    work = await slow_worktree(node, "alice/slow", tmp_path, home)
+    git_dir = repo_dir(node, "alice/slow")
+    await push(work, home)  # its trigger starts a repack of minutes
+    await wait_for("the background repack", 10, lambda: repacks(git_dir))
+    first = repacks(git_dir)
+    await git("config", "pack.window", "0", cwd=git_dir, home=home)  # the next one is quick
+    with trio.fail_after(KILL_GRACE + 10):  # not the repack's minutes
+        pushed = await push_commits(work, home, 1, "main")
+    assert not first & set(git_processes(git_dir)), "the first repack outlived the push"
+    await wait_for("the optimization after the push", 30, lambda: has_commit_graph(git_dir))
+    assert has_bitmap(git_dir)
+    await git("fsck", "--strict", "--no-progress", cwd=git_dir, home=home)
+    assert await git("rev-parse", "refs/heads/main", cwd=git_dir, home=home) == pushed[-1]
