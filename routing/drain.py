@@ -37,6 +37,7 @@ from routing.model import DrainRecord, NodeId, Region, RepoName, RepoRecord, Vol
 from routing.placement import PlacementError, choose_added_replica
 from routing.replica_changes import (
     CATCH_UP_TIMEOUT,
+    ChangeResult,
     ReplicaChangeRefused,
     ReplicaNodes,
     add_replica,
@@ -149,6 +150,19 @@ async def move_copies_off(
     return report
 
 
+async def _add_replacement(
+    etcd: EtcdClient,
+    cache: RoutingCache,
+    nodes: ReplicaNodes,
+    name: RepoName,
+    leaving: VolumeId,
+    catch_up_timeout: float,
+) -> ChangeResult:
+    """A new copy of `name` where replacement_region says, given its time to catch up."""
+    region = replacement_region(cache, await cache.record(name), leaving)
+    return await add_replica(etcd, cache, nodes, name, region, catch_up_timeout=catch_up_timeout)
+
+
 async def _move_replica(
     etcd: EtcdClient,
     cache: RoutingCache,
@@ -157,9 +171,7 @@ async def _move_replica(
     leaving: VolumeId,
     catch_up_timeout: float,
 ) -> VolumeId:
-    record = await cache.record(name)
-    region = replacement_region(cache, record, leaving)
-    added = await add_replica(etcd, cache, nodes, name, region, catch_up_timeout=catch_up_timeout)
+    added = await _add_replacement(etcd, cache, nodes, name, leaving, catch_up_timeout)
     if not added.in_sync:
         raise ReplicaChangeRefused(
             f"the new replica {added.volume} did not catch up within {catch_up_timeout:.0f}s;"
@@ -179,9 +191,7 @@ async def _move_only_copy(
     catch_up_timeout: float,
 ) -> VolumeId:
     """`repo move`, to the region replacement_region picks (its own, if it can)."""
-    record = await cache.record(name)
-    region = replacement_region(cache, record, leaving)
-    added = await add_replica(etcd, cache, nodes, name, region, catch_up_timeout=catch_up_timeout)
+    added = await _add_replacement(etcd, cache, nodes, name, leaving, catch_up_timeout)
     if added.in_sync:
         try:
             await finish_move(etcd, cache, nodes, name, added.volume, catch_up_timeout)

@@ -61,7 +61,8 @@ asyncssh's chacha20-poly1305 (what OpenSSH clients pick first) builds three
 packets a clone makes OpenSSH send, one per data packet or so, that is most of
 their cost (edge/ssh/sodium_chacha.py has the figures). asyncssh has no way to
 supply a cipher implementation. `use_sodium_chacha(conn)` shadows that one
-connection's `send_packet` to look, before each packet, at the encryption
+connection's `send_packet` to look, before the packet after each NEWKEYS it
+sends (asyncssh installs the new keys, both ways, right after), at the encryption
 objects asyncssh holds (`_send_encryption`, `_next_recv_encryption`,
 `_recv_encryption`): a new one built on asyncssh's `ChachaCipher` gets a
 `SodiumChacha` with the same key in its place. The construction is stateless
@@ -78,7 +79,7 @@ import logging
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_IGNORE, MSG_NEWKEYS
 from asyncssh.crypto import ChachaCipher
 
 from edge.ssh.sodium_chacha import SodiumChacha, load
@@ -147,9 +148,18 @@ def use_sodium_chacha(conn: Connection) -> bool:
                 if len(key) == 64:
                     encryption._cipher = SodiumChacha(sodium, key, cipher)
 
+    new_keys = False
+
     def send_packet(pkttype: int, *args: bytes, **kwargs: Any) -> None:
-        swap()
+        # asyncssh sends NEWKEYS, then installs the new encryption objects (both
+        # ways): the packet after it is the first to find them.
+        nonlocal new_keys
+        if new_keys:
+            new_keys = False
+            swap()
         send(pkttype, *args, **kwargs)
+        if pkttype == MSG_NEWKEYS:
+            new_keys = True
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
     return True

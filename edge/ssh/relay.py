@@ -154,10 +154,9 @@ async def relay_session(
     return await _Exchange(conn, client).run(request, head_timeout)
 
 
-def _response_body(response: h11.Response) -> BodyFramer:
-    """The response body's framing, as h11 read it from the head (it checked that a
-    chunked response has no Content-Length too)."""
-    headers = dict(response.headers)
+def _response_body(headers: dict[bytes, bytes]) -> BodyFramer:
+    """The response body's framing, from the head h11 read (it checked that a chunked
+    response has no Content-Length too)."""
     if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
         return BodyFramer.chunked()
     if (length := headers.get(b"content-length")) is not None:
@@ -273,7 +272,7 @@ class _Exchange:
             content_type = headers.get(b"content-type", b"")
             if content_type != CONTENT_TYPE.encode():
                 raise NodeLost(f"node {self._conn.address}: not a session ({content_type!r})")
-            self._body = _response_body(event)
+            self._body = _response_body(headers)
             return
         raise NodeLost(f"node {self._conn.address}: no answer in {timeout}s")
 

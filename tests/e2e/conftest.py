@@ -29,6 +29,7 @@ from devnet.replcheck import Ack, Report, check, read_consensus, replica_refs
 from routing.etcd import EtcdClient
 from routing.model import RepoName
 from routing.schema import DEFAULT_PREFIX, Keys
+from tests.e2e.web_upstream import WebUpstream
 
 T = TypeVar("T")
 
@@ -63,6 +64,22 @@ def net(
             yield net3
         return
     with start_devnet(tmp_path_factory.mktemp("net"), lease_ttl=3) as network:
+        yield network
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[WebUpstream]:
+    """A web frontend (tests/e2e/web_upstream.py) for the module's web tests."""
+    with WebUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def web_net(tmp_path_factory: pytest.TempPathFactory, upstream: WebUpstream) -> Iterator[Devnet]:
+    """etcd, fra-1 and an edge whose web upstream is `upstream`."""
+    with start_devnet(
+        tmp_path_factory.mktemp("web"), ("fra",), lease_ttl=3, web_upstream=upstream.url
+    ) as network:
         yield network
 
 

@@ -10,14 +10,13 @@ and return to zero once the in-sync replica is back (docs/metrics.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from devnet.network import Devnet, NodeHandle
 from tests.e2e.conftest import (
+    THREE_REGIONS,
     Git,
     create_repo,
     poll,
@@ -25,23 +24,11 @@ from tests.e2e.conftest import (
     repo_url,
     repo_where,
     ssh_git_command,
-    three_regions,
     tls,
 )
 from tests.e2e.test_metrics import Sample, scrape_url
 
-
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
-    with three_regions(tmp_path_factory, "replmetrics") as network:
-        yield network
-
-
-@pytest.fixture
-def git(tmp_path: Path, net: Devnet) -> Git:
-    home = tmp_path / "home"
-    home.mkdir()
-    return Git(home, net.ca_file)
+NETWORK = THREE_REGIONS  # tests/e2e/conftest.py's net fixture
 
 
 def value(samples: dict[Sample, float], name: str, **labels: str) -> float:

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.network import Devnet, EdgeHandle
 from tests.e2e.conftest import create_repo, tls
-from tests.e2e.web_upstream import WebUpstream, unused_port
+from tests.e2e.web_upstream import unused_port
 
 # CI keeps the download smaller; the bound on the edge's memory is the same.
 DOWNLOAD = (32 if os.environ.get("CI") == "true" else 100) * 2**20
 RSS_GROWTH_LIMIT = 32 * 2**20
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[WebUpstream]:
-    with WebUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def web_net(tmp_path_factory: pytest.TempPathFactory, upstream: WebUpstream) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("web"), ("fra",), lease_ttl=3, web_upstream=upstream.url
-    ) as network:
-        yield network
 
 
 def _get(net: Devnet, edge: EdgeHandle, path: str, **kwargs: Any) -> httpx.Response:

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 import httpx
 import pytest
 
-from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.network import Devnet, EdgeHandle
 from tests.e2e.conftest import tls
 from tests.e2e.test_metrics import moved, scrape_url
 from tests.e2e.web_upstream import WebUpstream
@@ -21,23 +21,9 @@ IDLE, TOTAL = 1.0, 4.0
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[WebUpstream]:
-    with WebUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def stream_net(tmp_path_factory: pytest.TempPathFactory, upstream: WebUpstream) -> Iterator[Devnet]:
-    with start_devnet(
-        tmp_path_factory.mktemp("webstream"), ("fra",), lease_ttl=3, web_upstream=upstream.url
-    ) as network:
-        yield network
-
-
-@pytest.fixture(scope="module")
-def timed_edge(stream_net: Devnet, upstream: WebUpstream) -> Iterator[EdgeHandle]:
+def timed_edge(web_net: Devnet, upstream: WebUpstream) -> Iterator[EdgeHandle]:
     """An edge with both of a response's timeouts short."""
-    edge = stream_net.start_edge(
+    edge = web_net.start_edge(
         "fra",
         ssh=False,
         web_upstream=upstream.url,
@@ -62,10 +48,10 @@ def _stream(net: Devnet, edge: EdgeHandle, path: str) -> AbstractContextManager[
 
 
 def test_each_event_reaches_the_client_before_the_next_is_sent(
-    stream_net: Devnet, upstream: WebUpstream
+    web_net: Devnet, upstream: WebUpstream
 ) -> None:
     upstream.gate.clear()
-    with _stream(stream_net, stream_net.edge, "/events?count=3&gate=1") as response:
+    with _stream(web_net, web_net.edge, "/events?count=3&gate=1") as response:
         assert response.status_code == 200
         assert response.headers["content-type"] == "text/event-stream"
         events = _events(response)
@@ -77,10 +63,10 @@ def test_each_event_reaches_the_client_before_the_next_is_sent(
 
 
 def test_a_silent_stream_is_ended_after_the_response_timeout(
-    stream_net: Devnet, timed_edge: EdgeHandle
+    web_net: Devnet, timed_edge: EdgeHandle
 ) -> None:
     started = time.monotonic()
-    with _stream(stream_net, timed_edge, "/events?count=2&every=30") as response:
+    with _stream(web_net, timed_edge, "/events?count=2&every=30") as response:
         events = _events(response)
         assert next(events) == "1"
         # The edge closes the connection inside the chunked body: the end is missing.
@@ -91,14 +77,14 @@ def test_a_silent_stream_is_ended_after_the_response_timeout(
 
 
 def test_a_busy_stream_is_ended_at_the_total_timeout(
-    stream_net: Devnet, timed_edge: EdgeHandle
+    web_net: Devnet, timed_edge: EdgeHandle
 ) -> None:
     before = scrape_url(timed_edge.metrics_url)
     started = time.monotonic()
     received: list[str] = []
     # An event every 0.2 s: never IDLE apart, yet cut off TOTAL after the request.
     path = "/events?count=200&every=0.2"
-    with pytest.raises(httpx.RemoteProtocolError), _stream(stream_net, timed_edge, path) as stream:
+    with pytest.raises(httpx.RemoteProtocolError), _stream(web_net, timed_edge, path) as stream:
         received.extend(_events(stream))
     elapsed = time.monotonic() - started
     assert TOTAL <= elapsed < TOTAL + 10, elapsed
@@ -108,9 +94,9 @@ def test_a_busy_stream_is_ended_at_the_total_timeout(
 
 
 def test_a_long_poll_not_answered_within_the_total_timeout_is_502(
-    stream_net: Devnet, upstream: WebUpstream
+    web_net: Devnet, upstream: WebUpstream
 ) -> None:
-    edge = stream_net.start_edge(
+    edge = web_net.start_edge(
         "fra",
         ssh=False,
         web_upstream=upstream.url,
@@ -118,7 +104,7 @@ def test_a_long_poll_not_answered_within_the_total_timeout_is_502(
     )
     try:
         url = f"{edge.https_url}/poll"
-        quick = httpx.get(url, params={"wait": "0.1"}, verify=tls(stream_net), timeout=10)
+        quick = httpx.get(url, params={"wait": "0.1"}, verify=tls(web_net), timeout=10)
         assert quick.status_code == 200
         assert quick.json()["target"] == "/poll?wait=0.1"
         started = time.monotonic()
@@ -126,7 +112,7 @@ def test_a_long_poll_not_answered_within_the_total_timeout_is_502(
             url,
             params={"wait": "20"},
             headers={"Accept": "application/json"},
-            verify=tls(stream_net),
+            verify=tls(web_net),
             timeout=10,
         )
         assert time.monotonic() - started < 5

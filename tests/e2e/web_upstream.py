@@ -22,7 +22,9 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -142,7 +144,32 @@ class _Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-class WebUpstream:
+class _ServedInThread:
+    """A blocking server: `serve_forever` in a thread from entry, `_stop` on exit."""
+
+    _thread: threading.Thread
+
+    def _serve(self, serve_forever: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=serve_forever, daemon=True)
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop()
+        self._thread.join(10)
+
+
+class WebUpstream(_ServedInThread):
     """Started on entry, shut down (its threads too) on exit."""
 
     def __init__(self, name: str = "web") -> None:
@@ -154,21 +181,11 @@ class WebUpstream:
         self._server.gate = self.gate  # type: ignore[attr-defined]
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(self._server.serve_forever)
 
-    def __enter__(self) -> WebUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        self._thread.join(10)
 
 
 def unused_port() -> int:
@@ -201,23 +218,13 @@ def _refuse(ws: ServerConnection, request: Request) -> Response | None:
     return None
 
 
-class WebSocketEcho:
+class WebSocketEcho(_ServedInThread):
     """A websockets echo server (see `_echo`) on a free loopback port, while entered."""
 
     def __init__(self) -> None:
         self._server = serve(_echo, "127.0.0.1", 0, process_request=_refuse)
         self.url = f"http://127.0.0.1:{self._server.socket.getsockname()[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._serve(self._server.serve_forever)
 
-    def __enter__(self) -> WebSocketEcho:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _stop(self) -> None:
         self._server.shutdown()
-        self._thread.join(10)
