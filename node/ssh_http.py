@@ -44,7 +44,7 @@ from node.git_proto import (
     session_argv,
     user_from_header,
 )
-from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
+from node.git_pump import NO_CACHE, REAP_TIMEOUT, ReadPacer, RequestAborted, reap_git, spawn_git
 from node.housekeeper import Housekeeper
 from node.http_conn import HttpConn, header
 from node.metrics import GitProcessMetrics
@@ -64,8 +64,6 @@ EXIT_TIMEOUT = 30.0
 # After the exit status the edge ends its request body at once; reading that end
 # is what lets this connection carry the next request.
 BODY_DRAIN_TIMEOUT = 10.0
-COALESCE_DELAY = 0.001
-"""After a short read of git's stdout, how long the pipe may fill before the next."""
 
 
 class SshSessions:
@@ -228,21 +226,19 @@ class _Session:
     async def _stdout_out(self) -> None:
         stdout = self._proc.stdout
         assert stdout is not None
-        # bytes() of a bytes object is the object itself: no copy.
-        while read := bytes(await stdout.receive_some(CHUNK)):
+        pacer = ReadPacer()
+        while True:
+            started = trio.current_time()
+            # bytes() of a bytes object is the object itself: no copy.
+            read = bytes(await stdout.receive_some(CHUNK))
+            if not read:
+                break
+            waited = trio.current_time() - started
             # git's error and progress packets name the repository by its path here.
             if chunk := self._stdout_scrubber.feed(read):
                 await self._conn.send_body(frame_header(FrameType.STDOUT, len(chunk)), chunk)
-            if len(read) < CHUNK:
-                # git writes 8 KiB at a time (upload-pack relays pack-objects in
-                # 8 KiB pieces): read again at once and every piece costs a frame,
-                # a wakeup here and at the edge, and short SSH packets to the
-                # client. Letting the pipe fill for a moment took a 100 MiB clone
-                # from 1,300-2,600 frames to ~600, the edge's CPU from 0.63 to
-                # 0.46 s and the node's own from 0.31 to 0.18 s (interleaved runs).
-                # Only the read after a short one waits: a lone message of an
-                # interactive exchange goes out at once.
-                await trio.sleep(COALESCE_DELAY)
+            if delay := pacer.after_read(len(read), waited):
+                await trio.sleep(delay)
         if rest := self._stdout_scrubber.finish():
             await self._conn.send_body(frame_header(FrameType.STDOUT, len(rest)), rest)
 

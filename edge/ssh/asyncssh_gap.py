@@ -76,10 +76,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE, MSG_NEWKEYS
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_NEWKEYS
 from asyncssh.crypto import ChachaCipher
 
 from edge.ssh.sodium_chacha import SodiumChacha, load
@@ -133,7 +135,8 @@ _ENCRYPTIONS = ("_send_encryption", "_next_recv_encryption", "_recv_encryption")
 
 def use_sodium_chacha(conn: Connection) -> bool:
     """Give `conn`'s chacha20-poly1305 packets libsodium's implementation (call it
-    once, from `connection_made`). False, and nothing changed, without libsodium."""
+    once, from `connection_made`, after skip_empty_ignore_packets). False, and
+    nothing changed, without libsodium."""
     sodium = load()
     if sodium is None:
         return False
@@ -157,11 +160,44 @@ def use_sodium_chacha(conn: Connection) -> bool:
         if new_keys:
             new_keys = False
             swap()
+        if pkttype == MSG_CHANNEL_DATA and len(args) == 1 and _seal_data(conn, args[0], kwargs):
+            return
         send(pkttype, *args, **kwargs)
         if pkttype == MSG_NEWKEYS:
             new_keys = True
 
     conn.send_packet = send_packet  # type: ignore[method-assign]
+    return True
+
+
+def _seal_data(conn: Connection, payload: bytes, kwargs: dict[str, Any]) -> bool:
+    """Send one CHANNEL_DATA packet the way `SSHConnection.send_packet` would, built
+    and encrypted in one buffer (SodiumChacha.seal); False, nothing sent, wherever
+    asyncssh's own path has more to do: before or during a key exchange or
+    authentication, when a rekey is due, with compression, without our cipher,
+    or with the packet log on. No empty IGNORE goes first (skip_empty_ignore_packets).
+    """
+    c: Any = conn  # asyncssh's private state, read as its send_packet reads it
+    cipher = getattr(c._send_encryption, "_cipher", None)
+    if (
+        type(cipher) is not SodiumChacha
+        or not (c._kex_complete and c._auth_complete)
+        or c._compressor is not None
+        or c._rekey_bytes_sent >= c._rekey_bytes
+        or (c._rekey_seconds and time.monotonic() >= c._rekey_time)
+    ):
+        return False
+    handler = kwargs.get("handler") or conn
+    if handler.logger.isEnabledFor(logging.DEBUG):
+        return False
+    blocksize: int = c._send_blocksize
+    padlen = -(c._send_enchdrlen + 1 + len(payload)) % blocksize
+    if padlen < 4:
+        padlen += blocksize
+    seq: int = c._send_seq
+    c._send(cipher.seal(MSG_CHANNEL_DATA, payload, os.urandom(padlen), seq.to_bytes(8, "big")))
+    c._send_seq = (seq + 1) & 0xFFFFFFFF
+    c._rekey_bytes_sent += 2 + len(payload) + padlen
     return True
 
 

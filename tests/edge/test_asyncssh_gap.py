@@ -327,6 +327,27 @@ async def test_use_sodium_chacha_swaps_both_directions_and_the_bytes_arrive(
     assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
 
 
+async def test_use_sodium_chacha_seals_the_data_packets_whole(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Channel data goes out through SodiumChacha.seal, and a real OpenSSH client
+    takes it (a wrong byte anywhere in a packet is a MAC error there). If this
+    fails with the swap still working, asyncssh changed how a channel hands its
+    data to the connection, and every packet takes asyncssh's slower path again."""
+    sealed: list[int] = []
+    seal = SodiumChacha.seal
+
+    def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
+        sealed.append(len(payload))
+        return seal(self, pkttype, payload, *args)
+
+    monkeypatch.setattr(SodiumChacha, "seal", counting)
+    server.sodium = True
+    await _download(server)
+    assert sum(sealed) >= PAYLOAD
+    assert len(sealed) >= PAYLOAD // 32768
+
+
 async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
     server.sodium = True
     server.skip_next.append(True)

@@ -53,3 +53,18 @@ def test_the_key_must_be_64_bytes() -> None:
     assert sodium is not None
     with pytest.raises(ValueError):
         SodiumChacha(sodium, bytes(32), ChachaCipher(bytes(64)))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_sealed_packet_is_what_asyncssh_sends(
+    pair: tuple[ChachaCipher, SodiumChacha], size: int
+) -> None:
+    """`seal` against asyncssh's send_packet construction: length, padding length,
+    type, payload, padding; the length encrypted apart; the tag after."""
+    theirs, ours = pair
+    for seq in SEQS:
+        nonce, payload = seq.to_bytes(8, "big"), os.urandom(size)
+        padding = os.urandom(4 + size % 8)
+        body = bytes([len(padding), 94]) + payload + padding
+        packet, tag = theirs.encrypt_and_sign(len(body).to_bytes(4, "big"), body, nonce)
+        assert ours.seal(94, payload, padding, nonce) == packet + tag

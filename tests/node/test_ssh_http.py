@@ -22,12 +22,13 @@ import h11
 import pytest
 import trio
 
-from gitproto.protocol import Service
+from gitproto.protocol import CHUNK, Service
 from gitproto.routes import ssh_session_target
 from gitproto.ssh_frame import CONTENT_TYPE, FrameDecoder, Stderr, Stdout
 from node import ssh_http
 from node.app import run_node
 from node.config import ConfigError, load_node_config
+from node.git_pump import ReadPacer
 from routing.etcd import EtcdClient
 from routing.model import RepoName
 from routing.schema import decode_node
@@ -424,3 +425,24 @@ async def test_session_connections_probe_for_a_vanished_edge() -> None:
         assert idle + interval * count <= 60
         await server.aclose()
     await listeners[0].aclose()
+
+
+def test_the_read_pacer_waits_longer_while_a_pack_streams() -> None:
+    pacer = ReadPacer(step=0.001, longest=0.004)
+    # The pipe held data each time it was read: the waits double to the longest.
+    waits = [pacer.after_read(40_000, waited=0.0) for _ in range(5)]
+    assert waits == [0.001, 0.002, 0.004, 0.004, 0.004]
+    # A full read means the pipe holds more already: read again at once.
+    assert pacer.after_read(CHUNK, waited=0.0) == 0.0
+    assert pacer.after_read(40_000, waited=0.0) == 0.004
+
+
+def test_the_read_pacer_passes_an_exchange_on_at_once() -> None:
+    pacer = ReadPacer(step=0.001, longest=0.004)
+    # The advertisement, or a negotiation's messages: git was waited for each.
+    assert [pacer.after_read(120, waited=w) for w in (0.030, 0.002, 0.001)] == [0.0] * 3
+    for _ in range(3):
+        pacer.after_read(40_000, waited=0.0)
+    # However long a stream before it, output git paused for goes at once.
+    assert pacer.after_read(120, waited=0.050) == 0.0
+    assert pacer.after_read(120, waited=0.0) == 0.001
