@@ -37,27 +37,20 @@ LARGE = 16384
 """Payloads from this size up are left to asyncssh's cipher (OpenSSL's ChaCha20)."""
 _KEY = 32
 _TAG = 16
-_ZEROS = bytes(64)
-_BYTES = ctypes.c_char_p
 _LEN = ctypes.c_ulonglong
 _PTR = ctypes.c_void_p
 _HEAD = struct.Struct(">IBB")  # packet length, padding length, message type
 
 
 class _Sodium:
+    """The two functions, on raw addresses (or bytes), so that packets are built
+    and encrypted in place."""
+
     def __init__(self, lib: ctypes.CDLL) -> None:
-        self.xor_ic = lib.crypto_stream_chacha20_xor_ic
-        self.xor_ic.argtypes = [ctypes.c_void_p, _BYTES, _LEN, _BYTES, ctypes.c_uint64, _BYTES]
-        self.xor_ic.restype = ctypes.c_int
-        self.poly1305 = lib.crypto_onetimeauth_poly1305
-        self.poly1305.argtypes = [ctypes.c_void_p, ctypes.c_void_p, _LEN, _BYTES]
-        self.poly1305.restype = ctypes.c_int
-        # The same two functions again (`lib[name]` is a new function object), on raw
-        # addresses: `seal` encrypts in place.
-        self.xor_at = lib["crypto_stream_chacha20_xor_ic"]
-        self.xor_at.argtypes = [_PTR, _PTR, _LEN, _BYTES, ctypes.c_uint64, _BYTES]
+        self.xor_at = lib.crypto_stream_chacha20_xor_ic  # (out, in, len, nonce, counter, key)
+        self.xor_at.argtypes = [_PTR, _PTR, _LEN, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_char_p]
         self.xor_at.restype = ctypes.c_int
-        self.poly1305_at = lib["crypto_onetimeauth_poly1305"]
+        self.poly1305_at = lib.crypto_onetimeauth_poly1305  # (tag, in, len, key)
         self.poly1305_at.argtypes = [_PTR, _PTR, _LEN, _PTR]
         self.poly1305_at.restype = ctypes.c_int
 
@@ -90,24 +83,23 @@ class SodiumChacha:
         self._adkey = key[_KEY:]
         self._large = large
 
-    def _poly_key(self, nonce: bytes) -> ctypes.Array[ctypes.c_char]:
-        out = ctypes.create_string_buffer(_KEY)
-        self._na.xor_ic(out, _ZEROS, _KEY, nonce, 0, self._key)
-        return out
-
-    def _tag(self, data: ctypes.Array[ctypes.c_char] | bytes, size: int, nonce: bytes) -> bytes:
-        tag = ctypes.create_string_buffer(_TAG)
-        self._na.poly1305(tag, data, size, self._poly_key(nonce).raw)
-        return tag.raw
+    def _tag_at(self, tag_at: int, data_at: int, size: int, nonce: bytes) -> None:
+        """The Poly1305 tag of `size` bytes at `data_at`, written at `tag_at`."""
+        poly_key = bytearray(_KEY)
+        key_at = _address(poly_key)
+        self._na.xor_at(key_at, key_at, _KEY, nonce, 0, self._key)
+        self._na.poly1305_at(tag_at, data_at, size, key_at)
 
     def encrypt_and_sign(self, header: bytes, data: bytes, nonce: bytes) -> tuple[bytes, bytes]:
         if len(data) >= LARGE:
             return self._large.encrypt_and_sign(header, data, nonce)
         hlen, size = len(header), len(header) + len(data)
-        out = ctypes.create_string_buffer(size)
-        self._na.xor_ic(out, header, hlen, nonce, 0, self._adkey)
-        self._na.xor_ic(ctypes.byref(out, hlen), data, len(data), nonce, 1, self._key)
-        return out.raw, self._tag(out, size, nonce)
+        out = bytearray(size + _TAG)
+        at = _address(out)
+        self._na.xor_at(at, header, hlen, nonce, 0, self._adkey)
+        self._na.xor_at(at + hlen, data, len(data), nonce, 1, self._key)
+        self._tag_at(at + size, at, size, nonce)
+        return bytes(out[:size]), bytes(out[size:])
 
     def seal(self, pkttype: int, payload: bytes, padding: bytes, nonce: bytes) -> bytearray:
         """A whole packet as it goes on the wire: `uint32 length, byte padding length,
@@ -124,28 +116,36 @@ class SodiumChacha:
         out[6 : 6 + len(payload)] = payload
         out[6 + len(payload) : end] = padding
         na = self._na
-        # The buffer's address: `out` is never resized, so it stays where it is.
-        at = ctypes.addressof(ctypes.c_char.from_buffer(out))
+        at = _address(out)
         na.xor_at(at, at, 4, nonce, 0, self._adkey)
         na.xor_at(at + 4, at + 4, size, nonce, 1, self._key)
-        poly_key = ctypes.create_string_buffer(_KEY)
-        na.xor_ic(poly_key, _ZEROS, _KEY, nonce, 0, self._key)
-        na.poly1305_at(at + end, at, end, ctypes.addressof(poly_key))
+        self._tag_at(at + end, at, end, nonce)
         return out
 
     def decrypt_header(self, header: bytes, nonce: bytes) -> bytes:
-        out = ctypes.create_string_buffer(len(header))
-        self._na.xor_ic(out, header, len(header), nonce, 0, self._adkey)
-        return out.raw
+        out = bytearray(len(header))
+        self._na.xor_at(_address(out), header, len(header), nonce, 0, self._adkey)
+        return bytes(out)
 
     def verify_and_decrypt(
         self, header: bytes, data: bytes, nonce: bytes, tag: bytes
     ) -> bytes | None:
         if len(data) >= LARGE:
             return self._large.verify_and_decrypt(header, data, nonce, tag)
-        signed = header + data
-        if not hmac.compare_digest(self._tag(signed, len(signed), nonce), tag):
+        size = len(header) + len(data)
+        work = bytearray(size + _TAG)  # the signed bytes, then the tag they should have
+        work[: len(header)] = header
+        work[len(header) : size] = data
+        at = _address(work)
+        self._tag_at(at + size, at, size, nonce)
+        if not hmac.compare_digest(work[size:], tag):
             return None
-        out = ctypes.create_string_buffer(len(data))
-        self._na.xor_ic(out, data, len(data), nonce, 1, self._key)
-        return out.raw
+        # Decrypted in place over the ciphertext.
+        self._na.xor_at(at + len(header), at + len(header), len(data), nonce, 1, self._key)
+        return bytes(work[len(header) : size])
+
+
+def _address(buf: bytearray) -> int:
+    """Where `buf`'s bytes are; valid while it is alive and not resized (and only
+    ever used so here)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
