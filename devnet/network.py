@@ -230,14 +230,21 @@ class Devnet:
         return handle
 
     def restart_node(
-        self, node: NodeHandle, *, timeout: float = 30.0, env: dict[str, str] | None = None
+        self,
+        node: NodeHandle,
+        *,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        config_path: Path | None = None,
     ) -> NodeHandle:
         """Start a stopped (or killed) node again from its own config file; `env`
-        adds to its environment (tests: GITEDGE_TEST_PAUSE, node/replication.py)."""
+        adds to its environment (tests: GITEDGE_TEST_PAUSE, node/replication.py).
+        `config_path` starts it, this once, from another file (a variant of its own);
+        the handle keeps its own for the next restart."""
         node.process.stop()
         proc, info = _start_and_wait(
             f"node-{node.node_id}",
-            ["node", "--config", str(node.config_path)],
+            ["node", "--config", str(config_path or node.config_path)],
             self.work_dir,
             timeout,
             env,
