@@ -207,6 +207,8 @@ async def _serve_until_signalled(
             nursery.start_soon(
                 _drain_on_signal, signals, drain, requests, config.drain_timeout, nursery
             )
+            if faults.active:
+                await nursery.start(faults.release_on_signal)
             runtime: NodeRuntime = await nursery.start(
                 partial(run_node, config, faults, drain=drain, requests=requests)
             )
