@@ -20,7 +20,7 @@ import json
 import secrets
 import ssl
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -382,16 +382,16 @@ class Devnet:
         """
         return self._edge_ready(self._spawn_edge(region, len(self.edges) + 1, **options))
 
-    def start_edges(self, regions: Collection[str], **options: Unpack[EdgeOptions]) -> None:
-        """One edge in each of `regions`, in that order, started at once (their start-ups
-        overlap), each as `start_edge` starts one."""
+    def start_edges(self, edges: Sequence[tuple[str, EdgeOptions]]) -> list[EdgeHandle]:
+        """Edges (region, options), started at once (their start-ups overlap), each as
+        `start_edge` starts one; appended to `edges` in this order."""
         first = len(self.edges) + 1
         spawned = [
-            self._spawn_edge(region, first + i, **options) for i, region in enumerate(regions)
+            self._spawn_edge(region, first + i, **options)
+            for i, (region, options) in enumerate(edges)
         ]
         _wait_all([edge.starting for edge in spawned])
-        for edge in spawned:
-            self._edge_ready(edge)
+        return [self._edge_ready(edge) for edge in spawned]
 
     def _spawn_edge(
         self,
@@ -478,16 +478,25 @@ class Devnet:
     def restart_edge(self, edge: EdgeHandle, *, timeout: float = 30.0) -> EdgeHandle:
         """Stop `edge` and start it again from its config: a cold edge (empty pools,
         cache rebuilt from etcd) on new free ports. Replaces it in `edges`."""
-        edge.process.stop()
-        proc, info = _start_and_wait(
-            edge.name, ["edge", "--config", str(edge.config_path)], self.work_dir, timeout
-        )
-        handle = EdgeHandle(edge.name, edge.region, edge.config_path, proc, info)
-        self.edges[self.edges.index(edge)] = handle
-        if handle.ready.get("ssh_address"):
-            with self.known_hosts.open("a") as known_hosts:
-                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_host_key()}\n")
-        return handle
+        return self.restart_edges([edge], timeout=timeout)[0]
+
+    def restart_edges(self, edges: list[EdgeHandle], *, timeout: float = 30.0) -> list[EdgeHandle]:
+        """`restart_edge` for several, stopped together and then started together."""
+        stop_all([edge.process for edge in edges])
+        starting = [
+            _spawn(edge.name, ["edge", "--config", str(edge.config_path)], self.work_dir, timeout)
+            for edge in edges
+        ]
+        infos = _wait_all(starting)
+        handles = []
+        for edge, started, info in zip(edges, starting, infos, strict=True):
+            handle = EdgeHandle(edge.name, edge.region, edge.config_path, started.proc, info)
+            self.edges[self.edges.index(edge)] = handle
+            if handle.ready.get("ssh_address"):
+                with self.known_hosts.open("a") as known_hosts:
+                    known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_host_key()}\n")
+            handles.append(handle)
+        return handles
 
     def stop(self) -> None:
         """Stop edges, then nodes (which revoke their leases), then etcd; the processes
@@ -566,7 +575,7 @@ def start_devnet(
             tls_ids={f"{region}-1" for region in tls_regions},
         )
         edge_regions = regions if edge_per_region else (edge_region or regions[0],)
-        net.start_edges(edge_regions, edge_options=edge_options)
+        net.start_edges([(region, {"edge_options": edge_options}) for region in edge_regions])
     except BaseException:
         net.stop()
         raise
