@@ -143,17 +143,6 @@ def _spawn(
     return _Starting(spawn(name, argv, work_dir / "logs", env), ready_file, timeout)
 
 
-def _start_and_wait(
-    name: str,
-    args: list[str],
-    work_dir: Path,
-    timeout: float,
-    env: dict[str, str] | None = None,
-) -> tuple[ManagedProcess, dict[str, Any]]:
-    starting = _spawn(name, args, work_dir, timeout, env)
-    return starting.proc, starting.wait()
-
-
 class EdgeOptions(TypedDict, total=False):
     """`Devnet.start_edge`'s options (its docstring says what each does)."""
 
@@ -342,15 +331,30 @@ class Devnet:
         `config_path` starts it, this once, from another file (a variant of its own);
         the handle keeps its own for the next restart."""
         node.process.stop()
-        proc, info = _start_and_wait(
-            f"node-{node.node_id}",
-            ["node", "--config", str(config_path or node.config_path)],
-            self.work_dir,
-            timeout,
-            env,
-        )
+        starting = self._spawn_again(node, timeout, env, config_path)
+        return self._restarted(node, starting, starting.wait())
+
+    def restart_nodes(self, nodes: list[NodeHandle], *, timeout: float = 30.0) -> None:
+        """`restart_node` for several, stopped together and then started together (the
+        network has none of them meanwhile: for a config change, not a rolling restart)."""
+        stop_all([node.process for node in nodes])
+        starting = [self._spawn_again(node, timeout, None, None) for node in nodes]
+        for node, started, info in zip(nodes, starting, _wait_all(starting), strict=True):
+            self._restarted(node, started, info)
+
+    def _spawn_again(
+        self,
+        node: NodeHandle,
+        timeout: float,
+        env: dict[str, str] | None,
+        config_path: Path | None,
+    ) -> _Starting:
+        args = ["node", "--config", str(config_path or node.config_path)]
+        return _spawn(f"node-{node.node_id}", args, self.work_dir, timeout, env)
+
+    def _restarted(self, node: NodeHandle, started: _Starting, info: dict[str, Any]) -> NodeHandle:
         handle = NodeHandle(
-            node.node_id, node.region, node.volume_dir, node.config_path, proc, info
+            node.node_id, node.region, node.volume_dir, node.config_path, started.proc, info
         )
         self.nodes[node.node_id] = handle
         return handle
