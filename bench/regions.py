@@ -27,7 +27,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +42,7 @@ from bench.regions_net import RegionsConfig, RelayHost, ensure_nginx, load_regio
 from bench.regions_net import start_nginx as start_nginx_for
 from bench.regions_report import render_markdown, render_plots, round_trips_from_trace
 from bench.repos import clean_git_env, make_random_repo, run_git, timed_git
-from devnet.network import Devnet, EdgeHandle, start_devnet
+from devnet.network import Devnet, EdgeHandle, EdgeOptions, start_devnet
 from devnet.procs import ManagedProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ def start_edges(
 ) -> dict[str, EdgeHandle]:
     """One edge per region, reaching etcd and every node through its own relays."""
     etcd = _address(net.etcd.url)
-    edges = {}
+    options: list[tuple[str, EdgeOptions]] = []
     for region in cfg.regions:
         etcd_port = _start_relay(
             ports, relays, f"{region}>etcd", etcd, cfg.wan_ms(region, cfg.etcd_region)
@@ -167,10 +167,13 @@ def start_edges(
                 ports, relays, f"{region}>node-{home}-http", _address(node.http_url), ms
             )
             dial.append(f'"{node.node_id}" = {{ http = "127.0.0.1:{http}" }}')
-        edges[region] = net.start_edge(
-            region, extra="\n".join(dial), etcd_endpoints=[f"http://127.0.0.1:{etcd_port}"]
+        extra = "\n".join(dial)
+        options.append(
+            (region, {"extra": extra, "etcd_endpoints": [f"http://127.0.0.1:{etcd_port}"]})
         )
-        log(f"edge {region}: {edges[region].https_url} ssh :{edges[region].ssh_port}")
+    edges = dict(zip(cfg.regions, net.start_edges(options), strict=True))
+    for region, edge in edges.items():
+        log(f"edge {region}: {edge.https_url} ssh :{edge.ssh_port}")
     return edges
 
 
@@ -329,12 +332,14 @@ def warm_runs(world: World, samples: list[Sample], checkouts: Checkouts, log: Lo
 
 
 def cold_runs(world: World, samples: list[Sample], checkouts: Checkouts, log: Log) -> None:
-    """After each edge restart the first op to each home finds no node connection."""
+    """After each edge restart the first op to each home finds no node connection.
+    Every client region's edge is restarted at once (their start-ups overlap); each
+    stays cold until its own client's first op."""
     cfg = world.cfg
     for index in range(cfg.samples):
         for scenario in COLD_SCENARIOS:
+            restart_edges(world, cfg.regions)
             for client in cfg.regions:
-                restart_edge(world, client)
                 for home in cfg.regions:
                     for protocol in PROTOCOLS:
                         wall = run_op(world, scenario, protocol, client, home, "edge", checkouts)
@@ -348,22 +353,25 @@ def cold_runs(world: World, samples: list[Sample], checkouts: Checkouts, log: Lo
                     _progress(log, samples, protocol, scenario, client, home, "cold")
 
 
-def restart_edge(world: World, region: str) -> None:
-    """A cold edge: restarted, its cache synced (/readyz), no node connections yet."""
-    edge = world.net.restart_edge(world.edges[region])
-    world.edges[region] = edge
-    local = world.cfg.client_ms(region, region) / 1000
-    world.relays.restart(f"{region}>edge-https", _address(edge.https_url), local)
-    world.relays.restart(f"{region}>edge-ssh", ("127.0.0.1", edge.ssh_port), local)
+def restart_edges(world: World, regions: Sequence[str]) -> None:
+    """Cold edges: restarted, each one's cache synced (/readyz), no node connections yet."""
+    edges = world.net.restart_edges([world.edges[region] for region in regions])
     verify = ssl.create_default_context(cafile=str(world.net.ca_file))
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{edge.https_url}/readyz", verify=verify, timeout=5).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"edge {region} not ready after restart: {edge.process.log_tail()}")
-        time.sleep(0.05)
+    for region, edge in zip(regions, edges, strict=True):
+        world.edges[region] = edge
+        local = world.cfg.client_ms(region, region) / 1000
+        world.relays.restart(f"{region}>edge-https", _address(edge.https_url), local)
+        world.relays.restart(f"{region}>edge-ssh", ("127.0.0.1", edge.ssh_port), local)
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                ready = httpx.get(f"{edge.https_url}/readyz", verify=verify, timeout=5)
+                if ready.status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                log_tail = edge.process.log_tail()
+                raise RuntimeError(f"edge {region} not ready after restart: {log_tail}")
+            time.sleep(0.05)
 
 
 def _progress(log: Log, samples: list[Sample], protocol: str, scenario: str, client: str,

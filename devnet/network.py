@@ -20,17 +20,24 @@ import json
 import secrets
 import ssl
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 import trustme
 
 from devnet.etcdcluster import EtcdCluster
-from devnet.procs import EtcdServer, ManagedProcess, spawn, start_etcd, wait_until
+from devnet.procs import (
+    EtcdServer,
+    ManagedProcess,
+    spawn,
+    start_etcd,
+    stop_all,
+    wait_until,
+)
 from plumbing.sshkeys import load_or_create_key, public_key_line
 from routing.regions import RttTable, parse_rtt_table
 
@@ -109,20 +116,70 @@ def _toml(value: object) -> str:
     return json.dumps(value)  # JSON strings, numbers and lists are valid TOML values
 
 
-def _start_and_wait(
+@dataclass
+class _Starting:
+    """A server process spawned and not yet waited for: several start at once."""
+
+    proc: ManagedProcess
+    ready_file: Path
+    timeout: float
+
+    def wait(self) -> dict[str, Any]:
+        wait_until(self.proc, self.ready_file.exists, self.timeout, "ready file")
+        info: dict[str, Any] = json.loads(self.ready_file.read_text())
+        return info
+
+
+def _spawn(
     name: str,
     args: list[str],
     work_dir: Path,
     timeout: float,
     env: dict[str, str] | None = None,
-) -> tuple[ManagedProcess, dict[str, Any]]:
+) -> _Starting:
     ready_file = work_dir / f"{name}.ready.json"
     ready_file.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "edge.cli", *args, "--ready-file", str(ready_file)]
-    proc = spawn(name, argv, work_dir / "logs", env)
-    wait_until(proc, ready_file.exists, timeout, "ready file")
-    info: dict[str, Any] = json.loads(ready_file.read_text())
-    return proc, info
+    return _Starting(spawn(name, argv, work_dir / "logs", env), ready_file, timeout)
+
+
+class EdgeOptions(TypedDict, total=False):
+    """`Devnet.start_edge`'s options (its docstring says what each does)."""
+
+    http: bool
+    ssh: bool
+    edge_options: str
+    extra: str
+    ssh_options: str
+    listener_options: str
+    timeout: float
+    etcd_endpoints: list[str] | None
+    etcd_table: list[str] | None
+    require_tls: str | None
+    rtt: RttTable
+    cert_files: tuple[Path, Path] | None
+    host_key_file: Path | None
+    web_upstream: str | None
+    web_options: str
+
+
+@dataclass
+class _SpawnedEdge:
+    name: str
+    region: str
+    config_path: Path
+    starting: _Starting
+    host_key: str
+    """Its SSH host key line for known_hosts; empty without SSH."""
+
+
+def _wait_all(starting: list[_Starting]) -> list[dict[str, Any]]:
+    """Every ready file, in order; if one fails, none of the others is left running."""
+    try:
+        return [s.wait() for s in starting]
+    except BaseException:
+        stop_all([s.proc for s in starting])
+        raise
 
 
 @dataclass
@@ -200,6 +257,40 @@ class Devnet:
         makes in the work dir (kept across restarts of the same node id).
         `etcd_table` replaces the keys of its `[etcd]` table (`etcd_lines()`);
         `extra` is more tables for its config (`[limits]`)."""
+        handle, starting = self._spawn_node(
+            node_id, region, lease_ttl, timeout, tls, etcd_table, extra
+        )
+        return self._node_ready(handle, starting.wait())
+
+    def start_nodes(
+        self, nodes: list[tuple[str, str]], *, lease_ttl: int = 10, tls_ids: Collection[str] = ()
+    ) -> list[NodeHandle]:
+        """Several nodes (id, region) started at once, as `start_node` starts one: each
+        one's start-up is mostly its own interpreter's imports, and they overlap."""
+        spawned = [
+            self._spawn_node(node_id, region, lease_ttl, 30.0, node_id in tls_ids, None, "")
+            for node_id, region in nodes
+        ]
+        infos = _wait_all([starting for _, starting in spawned])
+        return [
+            self._node_ready(handle, info) for (handle, _), info in zip(spawned, infos, strict=True)
+        ]
+
+    def _node_ready(self, handle: NodeHandle, info: dict[str, Any]) -> NodeHandle:
+        handle.ready = info
+        self.nodes[handle.node_id] = handle
+        return handle
+
+    def _spawn_node(
+        self,
+        node_id: str,
+        region: str,
+        lease_ttl: int,
+        timeout: float,
+        tls: bool,
+        etcd_table: list[str] | None,
+        extra: str,
+    ) -> tuple[NodeHandle, _Starting]:
         volume_dir = self.work_dir / "volumes" / node_id
         config_path = self.work_dir / f"node-{node_id}.toml"
         config_path.write_text(
@@ -222,28 +313,48 @@ class Devnet:
                 ]
             )
         )
-        proc, info = _start_and_wait(
+        starting = _spawn(
             f"node-{node_id}", ["node", "--config", str(config_path)], self.work_dir, timeout
         )
-        handle = NodeHandle(node_id, region, volume_dir, config_path, proc, info)
-        self.nodes[node_id] = handle
-        return handle
+        return NodeHandle(node_id, region, volume_dir, config_path, starting.proc, {}), starting
 
     def restart_node(
-        self, node: NodeHandle, *, timeout: float = 30.0, env: dict[str, str] | None = None
+        self,
+        node: NodeHandle,
+        *,
+        timeout: float = 30.0,
+        env: dict[str, str] | None = None,
+        config_path: Path | None = None,
     ) -> NodeHandle:
         """Start a stopped (or killed) node again from its own config file; `env`
-        adds to its environment (tests: GITEDGE_TEST_PAUSE, node/replication.py)."""
+        adds to its environment (tests: GITEDGE_TEST_PAUSE, node/replication.py).
+        `config_path` starts it, this once, from another file (a variant of its own);
+        the handle keeps its own for the next restart."""
         node.process.stop()
-        proc, info = _start_and_wait(
-            f"node-{node.node_id}",
-            ["node", "--config", str(node.config_path)],
-            self.work_dir,
-            timeout,
-            env,
-        )
+        starting = self._spawn_again(node, timeout, env, config_path)
+        return self._restarted(node, starting, starting.wait())
+
+    def restart_nodes(self, nodes: list[NodeHandle], *, timeout: float = 30.0) -> None:
+        """`restart_node` for several, stopped together and then started together (the
+        network has none of them meanwhile: for a config change, not a rolling restart)."""
+        stop_all([node.process for node in nodes])
+        starting = [self._spawn_again(node, timeout, None, None) for node in nodes]
+        for node, started, info in zip(nodes, starting, _wait_all(starting), strict=True):
+            self._restarted(node, started, info)
+
+    def _spawn_again(
+        self,
+        node: NodeHandle,
+        timeout: float,
+        env: dict[str, str] | None,
+        config_path: Path | None,
+    ) -> _Starting:
+        args = ["node", "--config", str(config_path or node.config_path)]
+        return _spawn(f"node-{node.node_id}", args, self.work_dir, timeout, env)
+
+    def _restarted(self, node: NodeHandle, started: _Starting, info: dict[str, Any]) -> NodeHandle:
         handle = NodeHandle(
-            node.node_id, node.region, node.volume_dir, node.config_path, proc, info
+            node.node_id, node.region, node.volume_dir, node.config_path, started.proc, info
         )
         self.nodes[node.node_id] = handle
         return handle
@@ -256,26 +367,7 @@ class Devnet:
             f"key_file = {_toml(str(tls_dir / f'node-{node_id}-key.pem'))}",
         ]
 
-    def start_edge(
-        self,
-        region: str,
-        *,
-        http: bool = False,
-        ssh: bool = True,
-        edge_options: str = "",
-        extra: str = "",
-        ssh_options: str = "",
-        listener_options: str = "",
-        timeout: float = 30.0,
-        etcd_endpoints: list[str] | None = None,
-        etcd_table: list[str] | None = None,
-        require_tls: str | None = "never",
-        rtt: RttTable = DEVNET_RTT,
-        cert_files: tuple[Path, Path] | None = None,
-        host_key_file: Path | None = None,
-        web_upstream: str | None = None,
-        web_options: str = "",
-    ) -> EdgeHandle:
+    def start_edge(self, region: str, **options: Unpack[EdgeOptions]) -> EdgeHandle:
         """An edge; `edge_options` are lines for its [edge] table, `ssh_options` for
         its [ssh] table, `extra` more tables.
 
@@ -292,8 +384,42 @@ class Devnet:
         `web_upstream` (default: the network's) is its `[web] upstream`; `web_options`
         more lines for that table. Without either, no [web] table: non-git requests 404.
         """
+        return self._edge_ready(self._spawn_edge(region, len(self.edges) + 1, **options))
+
+    def start_edges(self, edges: Sequence[tuple[str, EdgeOptions]]) -> list[EdgeHandle]:
+        """Edges (region, options), started at once (their start-ups overlap), each as
+        `start_edge` starts one; appended to `edges` in this order."""
+        first = len(self.edges) + 1
+        spawned = [
+            self._spawn_edge(region, first + i, **options)
+            for i, (region, options) in enumerate(edges)
+        ]
+        _wait_all([edge.starting for edge in spawned])
+        return [self._edge_ready(edge) for edge in spawned]
+
+    def _spawn_edge(
+        self,
+        region: str,
+        index: int,
+        *,
+        http: bool = False,
+        ssh: bool = True,
+        edge_options: str = "",
+        extra: str = "",
+        ssh_options: str = "",
+        listener_options: str = "",
+        timeout: float = 30.0,
+        etcd_endpoints: list[str] | None = None,
+        etcd_table: list[str] | None = None,
+        require_tls: str | None = "never",
+        rtt: RttTable = DEVNET_RTT,
+        cert_files: tuple[Path, Path] | None = None,
+        host_key_file: Path | None = None,
+        web_upstream: str | None = None,
+        web_options: str = "",
+    ) -> _SpawnedEdge:
         cert_file, key_file = cert_files or (self.cert_file, self.key_file)
-        name = f"edge-{region}-{len(self.edges) + 1}"
+        name = f"edge-{region}-{index}"
         config_path = self.work_dir / f"{name}.toml"
         lines = [
             "[edge]",
@@ -340,36 +466,47 @@ class Devnet:
             lines += ["[web]", f"upstream = {_toml(upstream)}", web_options]
         lines += [extra, ""]
         config_path.write_text("\n".join(lines))
-        proc, info = _start_and_wait(
-            name, ["edge", "--config", str(config_path)], self.work_dir, timeout
+        starting = _spawn(name, ["edge", "--config", str(config_path)], self.work_dir, timeout)
+        return _SpawnedEdge(name, region, config_path, starting, host_key)
+
+    def _edge_ready(self, edge: _SpawnedEdge) -> EdgeHandle:
+        handle = EdgeHandle(
+            edge.name, edge.region, edge.config_path, edge.starting.proc, edge.starting.wait()
         )
-        handle = EdgeHandle(name, region, config_path, proc, info)
         self.edges.append(handle)
-        if ssh:
+        if edge.host_key:
             with self.known_hosts.open("a") as known_hosts:
-                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {host_key}\n")
+                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {edge.host_key}\n")
         return handle
 
     def restart_edge(self, edge: EdgeHandle, *, timeout: float = 30.0) -> EdgeHandle:
         """Stop `edge` and start it again from its config: a cold edge (empty pools,
         cache rebuilt from etcd) on new free ports. Replaces it in `edges`."""
-        edge.process.stop()
-        proc, info = _start_and_wait(
-            edge.name, ["edge", "--config", str(edge.config_path)], self.work_dir, timeout
-        )
-        handle = EdgeHandle(edge.name, edge.region, edge.config_path, proc, info)
-        self.edges[self.edges.index(edge)] = handle
-        if handle.ready.get("ssh_address"):
-            with self.known_hosts.open("a") as known_hosts:
-                known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_host_key()}\n")
-        return handle
+        return self.restart_edges([edge], timeout=timeout)[0]
+
+    def restart_edges(self, edges: list[EdgeHandle], *, timeout: float = 30.0) -> list[EdgeHandle]:
+        """`restart_edge` for several, stopped together and then started together."""
+        stop_all([edge.process for edge in edges])
+        starting = [
+            _spawn(edge.name, ["edge", "--config", str(edge.config_path)], self.work_dir, timeout)
+            for edge in edges
+        ]
+        infos = _wait_all(starting)
+        handles = []
+        for edge, started, info in zip(edges, starting, infos, strict=True):
+            handle = EdgeHandle(edge.name, edge.region, edge.config_path, started.proc, info)
+            self.edges[self.edges.index(edge)] = handle
+            if handle.ready.get("ssh_address"):
+                with self.known_hosts.open("a") as known_hosts:
+                    known_hosts.write(f"[127.0.0.1]:{handle.ssh_port} {self._edge_host_key()}\n")
+            handles.append(handle)
+        return handles
 
     def stop(self) -> None:
-        """Stop edges, then nodes (which revoke their leases), then etcd."""
-        for edge in self.edges:
-            edge.process.stop()
-        for node in self.nodes.values():
-            node.process.stop()
+        """Stop edges, then nodes (which revoke their leases), then etcd; the processes
+        of each kind at once."""
+        stop_all([edge.process for edge in self.edges])
+        stop_all([node.process for node in self.nodes.values()])
         if self.etcd_cluster is not None:
             self.etcd_cluster.stop()
         else:
@@ -435,13 +572,14 @@ def start_devnet(
         web_upstream=web_upstream,
     )
     try:
-        for region in regions:
-            net.start_node(f"{region}-1", region, lease_ttl=lease_ttl, tls=region in tls_regions)
-        if edge_per_region:
-            for region in regions:
-                net.start_edge(region, edge_options=edge_options)
-        else:
-            net.start_edge(edge_region or regions[0], edge_options=edge_options)
+        # Every node registered before any edge starts, as if one by one.
+        net.start_nodes(
+            [(f"{region}-1", region) for region in regions],
+            lease_ttl=lease_ttl,
+            tls_ids={f"{region}-1" for region in tls_regions},
+        )
+        edge_regions = regions if edge_per_region else (edge_region or regions[0],)
+        net.start_edges([(region, {"edge_options": edge_options}) for region in edge_regions])
     except BaseException:
         net.stop()
         raise

@@ -50,8 +50,6 @@ from routing.model import NodeId, Region, VolumeId
 
 log = logging.getLogger(__name__)
 
-STARTUP_CATCH_UP_TIMEOUT = 30.0
-
 
 @dataclass(frozen=True)
 class NodeRuntime:
@@ -162,7 +160,7 @@ async def run_node(
                 )
                 # Reconcile before serving (a crash may have left refs behind the
                 # consensus this replica already published), then follow the watch.
-                with trio.move_on_after(STARTUP_CATCH_UP_TIMEOUT):
+                with trio.move_on_after(config.startup_catch_up_timeout):
                     try:
                         await replicator.catch_up_all(own_too=True)
                     except EtcdError as exc:
@@ -209,6 +207,8 @@ async def _serve_until_signalled(
             nursery.start_soon(
                 _drain_on_signal, signals, drain, requests, config.drain_timeout, nursery
             )
+            if faults.active:
+                await nursery.start(faults.release_on_signal)
             runtime: NodeRuntime = await nursery.start(
                 partial(run_node, config, faults, drain=drain, requests=requests)
             )

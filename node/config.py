@@ -16,6 +16,7 @@ admin_secret_file = "/etc/gitedge/node-secret"   # or admin_secret = "..."
 lease_ttl = 10                # seconds, at least 2
 keepalive_timeout = 75        # idle seconds on a client connection
 drain_timeout = 60            # SIGTERM: stop accepting, let requests finish this long (0-3600)
+startup_catch_up_timeout = 30 # seconds the start-up catch-up may hold registration (0-3600)
 [etcd]
 endpoints = ["http://127.0.0.1:2379"]   # several members: tried in turn (failover)
 prefix = "/gitedge/"
@@ -54,6 +55,7 @@ DEFAULT_ETCD = "http://127.0.0.1:2379"
 # GitHub refuses pushes over 2 GiB; a pack that size is already a repository to
 # import, not a push.
 DEFAULT_MAX_PUSH_SIZE = 2 * 2**30
+DEFAULT_STARTUP_CATCH_UP_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class NodeConfig:
     keepalive_timeout: float = 75.0
     drain_timeout: float = 60.0
     """SIGTERM: how long requests in flight may run on; the lease is kept meanwhile."""
+    startup_catch_up_timeout: float = DEFAULT_STARTUP_CATCH_UP_TIMEOUT
+    """How long the start-up catch-up of every replicated repository may run before the
+    node registers anyway (what is left catches up from the watch; docs/replication.md)."""
     etcd_endpoints: tuple[str, ...] = (DEFAULT_ETCD,)
     etcd_prefix: str = DEFAULT_PREFIX
     tls: TlsConfig | None = None
@@ -145,6 +150,9 @@ def load_node_config(path: Path) -> NodeConfig:
         lease_ttl=node.int("lease_ttl", 10, lo=2, hi=3600),
         keepalive_timeout=node.float("keepalive_timeout", 75.0, lo=1.0, hi=3600.0),
         drain_timeout=node.float("drain_timeout", 60.0, lo=0.0, hi=3600.0),
+        startup_catch_up_timeout=node.float(
+            "startup_catch_up_timeout", DEFAULT_STARTUP_CATCH_UP_TIMEOUT, lo=0.0, hi=3600.0
+        ),
         etcd_endpoints=tuple(_endpoints(etcd)),
         etcd_prefix=_prefix(etcd),
         etcd_security=load_etcd_security(etcd, _endpoints(etcd)),

@@ -13,12 +13,18 @@ unset (production) there is no pause and no cost. At a pause the node logs one
 WARNING line `test pause: <seconds>s at <point> (<repo>)` before it sleeps, which
 is what a test waits for. A malformed value is refused at start with a clear
 error, so a typo cannot silently run a test without its pause.
+
+With pauses set, SIGUSR1 ends every pause in progress at once: a test that has
+done what it paused the node for lets it go on, rather than sitting out the rest
+of the seconds (and the seconds can be generous on a slow machine). Without
+pauses SIGUSR1 keeps its default action.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 
 import trio
 
@@ -53,9 +59,30 @@ def parse_pauses(raw: str) -> dict[str, float]:
 class FaultPoints:
     def __init__(self, raw: str = "") -> None:
         self._pauses = parse_pauses(raw)
+        self._released = trio.Event()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._pauses)
 
     async def reach(self, point: str, what: object) -> None:
         seconds = self._pauses.get(point)
         if seconds:
             log.warning("test pause: %ss at %s (%s)", seconds, point, what)
-            await trio.sleep(seconds)
+            with trio.move_on_after(seconds):
+                await self._released.wait()
+
+    def release(self) -> None:
+        """End the pauses in progress; a point reached later pauses again."""
+        self._released.set()
+        self._released = trio.Event()
+
+    async def release_on_signal(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Forever: each SIGUSR1 ends the pauses in progress (started once it listens)."""
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                log.warning("test pause: released by SIGUSR1")
+                self.release()

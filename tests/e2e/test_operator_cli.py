@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 
 from devnet.network import Devnet
-from node.app import STARTUP_CATCH_UP_TIMEOUT
 from tests.e2e.conftest import THREE_REGIONS, Git, gitedge, poll, region_edge, repo_url, tls
 from tests.e2e.test_replication import in_sync, where
 
@@ -143,10 +142,17 @@ def test_a_drain_whose_new_copy_never_catches_up_keeps_the_old_one_and_says_so(
     git.run("push", "-q", repo_url(net, "alice/stuck"), "main", cwd=work)
     # The new copy goes to fra (syd has no other node; fra sorts first): fra's node
     # now holds every catch-up (apply) far longer than the drain waits. Its own
-    # startup catch-up is held too, for the 30 s it is given before serving.
+    # startup catch-up is held too, for as long as it is given before serving:
+    # here 1 s, not the default 30 s.
     fra = node_in(net, "fra")
     pause = {"GITEDGE_TEST_PAUSE": "apply-start=120"}
-    net.restart_node(net.nodes[fra], env=pause, timeout=STARTUP_CATCH_UP_TIMEOUT + 30)
+    paused_config = tmp_path / "node-paused.toml"
+    paused_config.write_text(
+        net.nodes[fra]
+        .config_path.read_text()
+        .replace("[node]\n", "[node]\nstartup_catch_up_timeout = 1\n", 1)
+    )
+    net.restart_node(net.nodes[fra], env=pause, config_path=paused_config)
     try:
         stuck = admin(net, "node", "drain", syd, "--catch-up-timeout", "3")
         assert stuck.returncode == 1, (stuck.stdout, stuck.stderr)

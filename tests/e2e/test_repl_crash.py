@@ -6,6 +6,7 @@ real etcd, git and OpenSSH; every test ends with devnet/replcheck's checks."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -246,7 +247,7 @@ def test_the_primary_copy_removed_mid_vote_tells_the_pusher_to_push_again(
     told to push again (it once got "the replica's node did not answer")."""
     name = "alice/removed-mid-vote"
     work, first = seeded(net, git, tmp_path, name)
-    lax = restart(net, "lax-1", GITEDGE_TEST_PAUSE="vote-start=8")
+    lax = restart(net, "lax-1", GITEDGE_TEST_PAUSE="vote-start=60")
     poll(30, lambda: in_sync(net, name, 3), "lax-1 back before the push")
     head = git.commit(work, "b.txt", b"two\n")
     seen: dict[str, Any] = {}
@@ -264,6 +265,7 @@ def test_the_primary_copy_removed_mid_vote_tells_the_pusher_to_push_again(
         )  # fmt: skip
         assert removed.returncode == 0, removed.stderr
         assert not (lax.volume_dir / RepoName.parse(name).bare_dir).exists()
+        lax.process.popen.send_signal(signal.SIGUSR1)  # the vote goes on (node/faultpoints.py)
         pusher.join(timeout=120)
         assert not pusher.is_alive(), "the push hung"
     finally:

@@ -219,7 +219,8 @@ def etcd_keys(net: Devnet, prefix: str) -> list[str]:
 
 
 def set_snapshot_after(net: Devnet, value: int | None) -> None:
-    """Restart every node with `[node] snapshot_after = value` (None: the default)."""
+    """Restart every node with `[node] snapshot_after = value` (None: the default),
+    all at once."""
     for node in net.nodes.values():
         lines = [
             line
@@ -229,7 +230,7 @@ def set_snapshot_after(net: Devnet, value: int | None) -> None:
         if value is not None:
             lines.insert(lines.index("[node]") + 1, f"snapshot_after = {value}")
         node.config_path.write_text("\n".join(lines) + "\n")
-        net.restart_node(node)
+    net.restart_nodes(list(net.nodes.values()))
 
 
 def test_the_ref_log_is_snapshotted_and_a_replica_that_was_down_catches_up_from_it(

@@ -31,6 +31,7 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     assert config.admin_secret == "s"
     assert config.lease_ttl == 10
     assert config.keepalive_timeout == 75.0
+    assert config.startup_catch_up_timeout == 30.0
     assert config.etcd_endpoints == ("http://127.0.0.1:2379",)
     assert config.etcd_prefix == "/gitedge/"
 
@@ -61,6 +62,7 @@ def test_missing_key_is_named(tmp_path: Path, remove: str, key: str) -> None:
         ('lease_ttl = "10"', "lease_ttl"),
         ("lease_ttl = 1", "lease_ttl"),  # below the minimum of 2
         ("keepalive_timeout = true", "keepalive_timeout"),
+        ("startup_catch_up_timeout = -1", "startup_catch_up_timeout"),
         ("listen = 8080", "listen"),
         ('listen = "nohost"', "listen"),
         ('advertise_url = "10.0.0.1:80"', "advertise_url"),
