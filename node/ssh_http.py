@@ -44,7 +44,7 @@ from node.git_proto import (
     session_argv,
     user_from_header,
 )
-from node.git_pump import NO_CACHE, REAP_TIMEOUT, ReadPacer, RequestAborted, reap_git, spawn_git
+from node.git_pump import NO_CACHE, REAP_TIMEOUT, RequestAborted, reap_git, spawn_git
 from node.housekeeper import Housekeeper
 from node.http_conn import HttpConn, header
 from node.metrics import GitProcessMetrics
@@ -64,6 +64,42 @@ EXIT_TIMEOUT = 30.0
 # After the exit status the edge ends its request body at once; reading that end
 # is what lets this connection carry the next request.
 BODY_DRAIN_TIMEOUT = 10.0
+
+
+COALESCE_STEP = 0.001
+"""The first wait for git's stdout to fill while it streams; each next one doubles."""
+COALESCE_MAX = 0.004
+"""The longest such wait, reached while a pack streams."""
+
+
+class ReadPacer:
+    """How long git's stdout may fill before the next read (sans-IO).
+
+    git writes 8 KiB at a time (upload-pack relays pack-objects in 8 KiB
+    pieces), and reading each at once costs a chunk or frame, a send and a
+    wakeup here and at the edge, and short SSH packets to the client. So while
+    the output streams (a read found data waiting in the pipe), the pipe fills
+    a moment before the next read: COALESCE_STEP, doubling to COALESCE_MAX.
+    Output that git had to be waited for (an advertisement, each message of a
+    negotiation, progress) is passed on and read again at once, and so is a
+    full read: the pipe holds more already.
+    """
+
+    def __init__(self, step: float = COALESCE_STEP, longest: float = COALESCE_MAX) -> None:
+        self._step = step
+        self._longest = longest
+        self._delay = 0.0
+
+    def after_read(self, size: int, waited: float) -> float:
+        """The wait before the next read, after one of `size` bytes for which git
+        was waited for `waited` seconds."""
+        if size >= CHUNK:
+            return 0.0
+        if waited >= self._step:
+            self._delay = 0.0  # git had paused: an exchange, not a stream
+        else:
+            self._delay = min(self._longest, max(self._step, 2 * self._delay))
+        return self._delay
 
 
 class SshSessions:

@@ -28,7 +28,7 @@ from gitproto.ssh_frame import CONTENT_TYPE, FrameDecoder, Stderr, Stdout
 from node import ssh_http
 from node.app import run_node
 from node.config import ConfigError, load_node_config
-from node.git_pump import ReadPacer
+from node.ssh_http import ReadPacer
 from routing.etcd import EtcdClient
 from routing.model import RepoName
 from routing.schema import decode_node
