@@ -1,7 +1,7 @@
 """What gitedge needs from asyncssh that asyncssh's public API does not offer.
 
-Four gaps, one function each, applied per connection or per channel (never to
-the class):
+Four gaps, one function each (the fourth with a fast path for channel data),
+applied per connection or per channel (never to the class):
 
 ## The empty IGNORE before each packet (`skip_empty_ignore_packets`)
 
@@ -70,6 +70,15 @@ per packet (the nonce is the sequence number), so the swap is exact whenever it
 happens; rekeys make new objects, which get theirs in turn. Without libsodium,
 or if asyncssh's objects no longer look as expected, nothing is swapped. Its
 test fails if the swap stops taking effect or the bytes ever differ.
+
+Channel data packets on such a connection are then sent whole by `_seal_data`:
+laid out, encrypted and tagged in one buffer (`SodiumChacha.seal`), where
+asyncssh's `send_packet` copies the payload five times and builds three cipher
+objects. It sends what asyncssh would, updating the sequence number and the
+rekey byte count as it does, and leaves the packet to asyncssh whenever
+asyncssh has more to do (key exchange or authentication in progress, a rekey
+due, compression, packet logging). Tests: the bytes equal asyncssh's, a real
+OpenSSH client takes them, and rekeys in the middle of a download.
 """
 
 from __future__ import annotations

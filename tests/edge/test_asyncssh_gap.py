@@ -348,6 +348,34 @@ async def test_use_sodium_chacha_seals_the_data_packets_whole(
     assert len(sealed) >= PAYLOAD // 32768
 
 
+async def test_sealed_data_survives_rekeys_mid_download(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client rekeys every 1 MiB of an 8 MiB download (four times its window):
+    data sent during each key exchange waits (asyncssh defers it), each new key
+    gets its SodiumChacha, and every data packet is sealed with the key of its
+    time (the client checks every MAC)."""
+    sealed: list[tuple[int, int]] = []
+    seal = SodiumChacha.seal
+
+    def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
+        sealed.append((id(self), len(payload) - 8))  # the channel id, then String(data)
+        return seal(self, pkttype, payload, *args)
+
+    monkeypatch.setattr(SodiumChacha, "seal", counting)
+    server.sodium = True
+    server.payload = 8 * 2**20
+    server.skip_next.append(True)
+    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
+    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    argv += ["-o", "BatchMode=yes", "-o", "RekeyLimit=1M", "u@127.0.0.1", "download"]
+    with trio.fail_after(60):
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
+    assert done.stdout == b"\x5a" * server.payload
+    assert sum(size for _, size in sealed) == server.payload
+    assert len({cipher for cipher, _ in sealed}) >= 4  # one per key: the rekeys happened
+
+
 async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
     server.sodium = True
     server.skip_next.append(True)
