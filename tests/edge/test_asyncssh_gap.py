@@ -259,14 +259,19 @@ def _count_packet_logs(chan: asyncssh.SSHServerChannel[bytes], counts: list[int]
     chan._log_packet = counting  # type: ignore[method-assign]
 
 
-async def _download(server: _TestServer) -> None:
+async def _download(server: _TestServer, *ssh_options: str, timeout: float = 30) -> bytes:
+    """One download by a real OpenSSH client (`ssh_options`: more `-o` values); what
+    it received, checked to be `server.payload` bytes long."""
     server.skip_next.append(True)
     argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
     argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    for option in ssh_options:
+        argv += ["-o", option]
     argv += ["-o", "BatchMode=yes", "u@127.0.0.1", "download"]
-    with trio.fail_after(30):
+    with trio.fail_after(timeout):
         done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
-    assert len(done.stdout) == PAYLOAD
+    assert len(done.stdout) == server.payload
+    return done.stdout
 
 
 async def test_asyncssh_still_formats_a_log_line_per_packet_at_info(
@@ -327,6 +332,19 @@ async def test_use_sodium_chacha_swaps_both_directions_and_the_bytes_arrive(
     assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
 
 
+def _count_seals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(which cipher, data bytes) of each packet SodiumChacha.seal builds from now on."""
+    sealed: list[tuple[int, int]] = []
+    seal = SodiumChacha.seal
+
+    def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
+        sealed.append((id(self), len(payload) - 8))  # the channel id, then String(data)
+        return seal(self, pkttype, payload, *args)
+
+    monkeypatch.setattr(SodiumChacha, "seal", counting)
+    return sealed
+
+
 async def test_use_sodium_chacha_seals_the_data_packets_whole(
     server: _TestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -334,17 +352,10 @@ async def test_use_sodium_chacha_seals_the_data_packets_whole(
     takes it (a wrong byte anywhere in a packet is a MAC error there). If this
     fails with the swap still working, asyncssh changed how a channel hands its
     data to the connection, and every packet takes asyncssh's slower path again."""
-    sealed: list[int] = []
-    seal = SodiumChacha.seal
-
-    def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
-        sealed.append(len(payload))
-        return seal(self, pkttype, payload, *args)
-
-    monkeypatch.setattr(SodiumChacha, "seal", counting)
+    sealed = _count_seals(monkeypatch)
     server.sodium = True
     await _download(server)
-    assert sum(sealed) >= PAYLOAD
+    assert sum(size for _, size in sealed) >= PAYLOAD
     assert len(sealed) >= PAYLOAD // 32768
 
 
@@ -355,23 +366,11 @@ async def test_sealed_data_survives_rekeys_mid_download(
     data sent during each key exchange waits (asyncssh defers it), each new key
     gets its SodiumChacha, and every data packet is sealed with the key of its
     time (the client checks every MAC)."""
-    sealed: list[tuple[int, int]] = []
-    seal = SodiumChacha.seal
-
-    def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
-        sealed.append((id(self), len(payload) - 8))  # the channel id, then String(data)
-        return seal(self, pkttype, payload, *args)
-
-    monkeypatch.setattr(SodiumChacha, "seal", counting)
+    sealed = _count_seals(monkeypatch)
     server.sodium = True
     server.payload = 8 * 2**20
-    server.skip_next.append(True)
-    argv = ["ssh", "-F", "/dev/null", "-i", str(server.client_key), "-p", str(server.port)]
-    argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    argv += ["-o", "BatchMode=yes", "-o", "RekeyLimit=1M", "u@127.0.0.1", "download"]
-    with trio.fail_after(60):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
-    assert done.stdout == b"\x5a" * server.payload
+    received = await _download(server, "RekeyLimit=1M", timeout=60)
+    assert received == b"\x5a" * server.payload
     assert sum(size for _, size in sealed) == server.payload
     assert len({cipher for cipher, _ in sealed}) >= 4  # one per key: the rekeys happened
 
