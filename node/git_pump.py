@@ -179,9 +179,12 @@ async def serve_git(
     return exchange.returncode
 
 
-async def spawn_git(argv: Sequence[str], *, env: dict[str, str], stdin: bool) -> trio.Process:
+async def spawn_git(
+    argv: Sequence[str], *, env: dict[str, str], stdin: bool, stdout_pipe: int = CHUNK
+) -> trio.Process:
     """Start git in its own process group (so `reap_git` can kill its helpers too),
-    with pipes for stdout, stderr and, if `stdin`, stdin. Raises OSError."""
+    with pipes for stdout (of `stdout_pipe` bytes, where Linux allows), stderr and,
+    if `stdin`, stdin. Raises OSError."""
     proc = await trio.lowlevel.open_process(
         list(argv),
         stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
@@ -191,7 +194,7 @@ async def spawn_git(argv: Sequence[str], *, env: dict[str, str], stdin: bool) ->
         start_new_session=True,
     )
     if isinstance(proc.stdout, trio.lowlevel.FdStream):
-        _grow_pipe(proc.stdout.fileno())
+        _grow_pipe(proc.stdout.fileno(), stdout_pipe)
     return proc
 
 
@@ -209,9 +212,9 @@ async def reap_git(proc: trio.Process, *, exited: bool) -> None:
                 await pipe.aclose()
 
 
-def _grow_pipe(fd: int) -> None:
+def _grow_pipe(fd: int, size: int) -> None:
     with contextlib.suppress(OSError):
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, CHUNK)
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
 
 
 def _log_outcome(argv: Sequence[str], exchange: GitExchange) -> None:

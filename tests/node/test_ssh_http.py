@@ -28,6 +28,7 @@ from gitproto.ssh_frame import CONTENT_TYPE, FrameDecoder, Stderr, Stdout
 from node import ssh_http
 from node.app import run_node
 from node.config import ConfigError, load_node_config
+from node.git_pump import reap_git, spawn_git
 from node.ssh_http import ReadPacer
 from routing.etcd import EtcdClient
 from routing.model import RepoName
@@ -446,3 +447,30 @@ def test_the_read_pacer_passes_an_exchange_on_at_once() -> None:
     # However long a stream before it, output git paused for goes at once.
     assert pacer.after_read(120, waited=0.050) == 0.0
     assert pacer.after_read(120, waited=0.0) == 0.001
+
+
+async def test_a_session_pipe_that_filled_gives_a_full_read() -> None:
+    # upload-pack writes each sideband packet as two writes, its 5-byte header and
+    # its data; the header takes a page of the pipe to itself. 40 such packets
+    # (328 KB) fill 120 pages: more than a pipe of CHUNK bytes has (64), so git
+    # would block on it with less than CHUNK in it, and the paced reader would
+    # never see the full read that tells it to go on at once.
+    writer = (
+        "import os\n"
+        "for _ in range(40):\n"
+        "    os.write(1, b'2005\\x01')\n"
+        "    os.write(1, b'P' * 8192)\n"
+    )
+    proc = await spawn_git(
+        [sys.executable, "-c", writer],
+        env=dict(os.environ),
+        stdin=False,
+        stdout_pipe=ssh_http.STDOUT_PIPE,
+    )
+    try:
+        with trio.fail_after(10):
+            assert await proc.wait() == 0  # all of it fit: the writer never blocked
+        assert proc.stdout is not None
+        assert len(await proc.stdout.receive_some(CHUNK)) == CHUNK
+    finally:
+        await reap_git(proc, exited=proc.returncode is not None)
