@@ -40,6 +40,8 @@ _TAG = 16
 _LEN = ctypes.c_ulonglong
 _PTR = ctypes.c_void_p
 _HEAD = struct.Struct(">IBB")  # packet length, padding length, message type
+_DATA_HEAD = struct.Struct(">IBBII")  # ... then CHANNEL_DATA's recipient and data length
+_CHANNEL_DATA = 94  # SSH_MSG_CHANNEL_DATA (RFC 4254 section 5.2)
 
 
 class _Sodium:
@@ -115,12 +117,38 @@ class SodiumChacha:
         _HEAD.pack_into(out, 0, size, len(padding), pkttype)
         out[6 : 6 + len(payload)] = payload
         out[6 + len(payload) : end] = padding
-        na = self._na
+        self._seal_at(_address(out), size, nonce)
+        return out
+
+    def seal_data_run(
+        self, recipient: int, data: memoryview, count: int, padding: bytes, seq: int
+    ) -> bytearray:
+        """`count` CHANNEL_DATA packets to channel `recipient`, each carrying the next
+        len(data) // count bytes of `data` and len(padding) // count bytes of
+        `padding`, with sequence numbers from `seq`: laid out and sealed back to
+        back in one buffer, each as `seal` builds it.
+        """
+        chunk, padlen = len(data) // count, len(padding) // count
+        size = 2 + _DATA_HEAD.size - 6 + chunk + padlen  # the length field: all after it
+        stride = 4 + size + _TAG
+        out = bytearray(count * stride)
         at = _address(out)
+        for i in range(count):
+            start = i * stride
+            _DATA_HEAD.pack_into(out, start, size, padlen, _CHANNEL_DATA, recipient, chunk)
+            body = start + _DATA_HEAD.size
+            out[body : body + chunk] = data[i * chunk : (i + 1) * chunk]
+            out[body + chunk : start + 4 + size] = padding[i * padlen : (i + 1) * padlen]
+            self._seal_at(at + start, size, ((seq + i) & 0xFFFFFFFF).to_bytes(8, "big"))
+        return out
+
+    def _seal_at(self, at: int, size: int, nonce: bytes) -> None:
+        """Encrypt in place the packet at address `at` (its length field, then `size`
+        bytes) and write its tag right after it."""
+        na = self._na
         na.xor_at(at, at, 4, nonce, 0, self._adkey)
         na.xor_at(at + 4, at + 4, size, nonce, 1, self._key)
-        self._tag_at(at + end, at, end, nonce)
-        return out
+        self._tag_at(at + 4 + size, at, 4 + size, nonce)
 
     def decrypt_header(self, header: bytes, nonce: bytes) -> bytes:
         out = bytearray(len(header))

@@ -27,7 +27,7 @@ from typing import Any
 import asyncssh
 import pytest
 import trio
-from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_WINDOW_ADJUST, MSG_IGNORE
 from asyncssh.crypto import ChachaCipher
 from asyncssh.packet import String
 
@@ -39,7 +39,7 @@ from edge.ssh.asyncssh_gap import (
     skip_unlogged_packet_logs,
     use_sodium_chacha,
 )
-from edge.ssh.sodium_chacha import SodiumChacha
+from edge.ssh.sodium_chacha import SodiumChacha, load
 
 PAYLOAD = 2**20  # 32 data packets of 32 KiB to an OpenSSH client
 
@@ -82,6 +82,8 @@ class _TestServer:
     packet_logs: list[int] | None = None
     """If set: count the channel's formatted packet log lines into it."""
     skip_packet_logs: bool = False
+    rekey_bytes: int = 0
+    """If set: the server starts a key exchange after sending this many bytes."""
 
 
 async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -94,6 +96,9 @@ async def _send(server: _TestServer, process: asyncssh.SSHServerProcess[bytes]) 
         _count_packet_logs(process.channel, server.packet_logs)
     if server.skip_packet_logs:
         skip_unlogged_packet_logs(process.channel)
+    if server.rekey_bytes:
+        # What listen(rekey_bytes=) sets (asyncssh applies its options again at auth).
+        server.connections[-1]._rekey_bytes = server.rekey_bytes
     if server.hold_short_packets:
         send_full_packets(process.channel)
         assert type(process.channel) is asyncssh.SSHServerChannel
@@ -332,35 +337,50 @@ async def test_use_sodium_chacha_swaps_both_directions_and_the_bytes_arrive(
     assert _ciphers(server.connections[-1]) == [ChachaCipher, ChachaCipher]
 
 
-def _count_seals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(which cipher, data bytes) of each packet SodiumChacha.seal builds from now on."""
-    sealed: list[tuple[int, int]] = []
-    seal = SodiumChacha.seal
+def _count_seals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, bool]]:
+    """(which cipher, data bytes, in a run) of each data packet SodiumChacha builds
+    from now on, one by one (`seal`) or in runs (`seal_data_run`)."""
+    sealed: list[tuple[int, int, bool]] = []
+    seal, seal_run = SodiumChacha.seal, SodiumChacha.seal_data_run
 
     def counting(self: SodiumChacha, pkttype: int, payload: bytes, *args: bytes) -> bytearray:
-        sealed.append((id(self), len(payload) - 8))  # the channel id, then String(data)
+        sealed.append((id(self), len(payload) - 8, False))  # channel id, String(data)
         return seal(self, pkttype, payload, *args)
 
+    def counting_run(
+        self: SodiumChacha, recipient: int, data: memoryview, count: int, *args: Any
+    ) -> bytearray:
+        sealed.extend([(id(self), len(data) // count, True)] * count)
+        return seal_run(self, recipient, data, count, *args)
+
     monkeypatch.setattr(SodiumChacha, "seal", counting)
+    monkeypatch.setattr(SodiumChacha, "seal_data_run", counting_run)
     return sealed
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["asyncssh flush", "edge flush"])
 async def test_use_sodium_chacha_seals_the_data_packets_whole(
-    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch, runs: bool
 ) -> None:
-    """Channel data goes out through SodiumChacha.seal, and a real OpenSSH client
-    takes it (a wrong byte anywhere in a packet is a MAC error there). If this
-    fails with the swap still working, asyncssh changed how a channel hands its
-    data to the connection, and every packet takes asyncssh's slower path again."""
+    """Channel data goes out through SodiumChacha, and a real OpenSSH client takes it
+    (a wrong byte anywhere in a packet is a MAC error there): one packet at a time
+    from asyncssh's own flush, in runs from the edge's (send_full_packets, as every
+    edge channel has). If this fails with the swap still working, asyncssh changed
+    how a channel hands its data to the connection, and every packet takes
+    asyncssh's slower path again."""
     sealed = _count_seals(monkeypatch)
     server.sodium = True
-    await _download(server)
-    assert sum(size for _, size in sealed) >= PAYLOAD
+    server.hold_short_packets = runs
+    assert await _download(server) == b"\x5a" * PAYLOAD
+    assert sum(size for _, size, _ in sealed) == PAYLOAD
     assert len(sealed) >= PAYLOAD // 32768
+    in_runs = sum(size for _, size, run in sealed if run)
+    assert in_runs >= PAYLOAD * 3 // 4 if runs else in_runs == 0
 
 
+@pytest.mark.parametrize("runs", [False, True], ids=["asyncssh flush", "edge flush"])
 async def test_sealed_data_survives_rekeys_mid_download(
-    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch, runs: bool
 ) -> None:
     """The client rekeys every 1 MiB of an 8 MiB download (four times its window):
     data sent during each key exchange waits (asyncssh defers it), each new key
@@ -368,11 +388,98 @@ async def test_sealed_data_survives_rekeys_mid_download(
     time (the client checks every MAC)."""
     sealed = _count_seals(monkeypatch)
     server.sodium = True
+    server.hold_short_packets = runs
     server.payload = 8 * 2**20
     received = await _download(server, "RekeyLimit=1M", timeout=60)
     assert received == b"\x5a" * server.payload
-    assert sum(size for _, size in sealed) == server.payload
-    assert len({cipher for cipher, _ in sealed}) >= 4  # one per key: the rekeys happened
+    assert sum(size for _, size, _ in sealed) == server.payload
+    assert len({cipher for cipher, _, _ in sealed}) >= 4  # one per key: the rekeys happened
+    assert any(run for _, _, run in sealed) == runs
+
+
+async def test_runs_stop_at_the_servers_rekey_limit(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's own limit (asyncssh's rekey_bytes): a run never carries a packet
+    past it, so the packet that crosses it goes one by one and starts the key
+    exchange as asyncssh would, and every key's packets arrive intact."""
+    sealed = _count_seals(monkeypatch)
+    after_runs: list[tuple[int, int]] = []
+    seal_run = asyncssh_gap._seal_run
+
+    def checked(chan: Any) -> None:
+        before = chan._conn._rekey_bytes_sent
+        seal_run(chan)
+        if chan._conn._rekey_bytes_sent != before:  # a run went out
+            after_runs.append((chan._conn._rekey_bytes_sent, chan._conn._rekey_bytes))
+
+    monkeypatch.setattr(asyncssh_gap, "_seal_run", checked)
+    server.sodium = True
+    server.hold_short_packets = True
+    server.rekey_bytes = 300_000  # not a multiple of a packet
+    server.payload = 4 * 2**20
+    assert await _download(server, timeout=60) == b"\x5a" * server.payload
+    assert sum(size for _, size, _ in sealed) == server.payload
+    assert len({cipher for cipher, _, _ in sealed}) >= 2  # the server rekeyed
+    assert any(run for _, _, run in sealed) and not all(run for _, _, run in sealed)
+    assert after_runs and all(sent <= limit for sent, limit in after_runs)
+
+
+def _count_adjusts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The bytes of window each CHANNEL_WINDOW_ADJUST handed to a channel adds, by
+    whichever path (asyncssh's or _take_window_adjusts), then how many packets the
+    fast path took (the last item, updated)."""
+    adjusts: list[int] = [0]
+    process = asyncssh.SSHServerChannel.process_packet
+    take = asyncssh_gap._take_window_adjusts
+
+    def counting(self: Any, pkttype: int, pktid: int, packet: Any) -> Any:
+        if pkttype == MSG_CHANNEL_WINDOW_ADJUST:
+            adjusts.insert(-1, int.from_bytes(packet.get_remaining_payload()[-4:], "big"))
+        return process(self, pkttype, pktid, packet)
+
+    def taking(conn: Any, data: bytes) -> int:
+        before = conn._recv_seq
+        used = take(conn, data)
+        adjusts[-1] += (conn._recv_seq - before) & 0xFFFFFFFF
+        return used
+
+    monkeypatch.setattr(asyncssh.SSHServerChannel, "process_packet", counting)
+    monkeypatch.setattr(asyncssh_gap, "_take_window_adjusts", taking)
+    return adjusts
+
+
+async def test_window_adjusts_are_taken_on_the_fast_path(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client opens its window as it reads; with use_sodium_chacha the adjusts
+    are opened by _take_window_adjusts, and the download completes (each one
+    moved the window, or the server would stall). If this fails with the swap
+    still working, asyncssh changed how it reads packets: the adjusts take its
+    slower path again."""
+    adjusts = _count_adjusts(monkeypatch)
+    server.sodium = True
+    server.payload = 4 * 2**20  # twice the client's window: it must be opened
+    await _download(server)
+    *opened, taken = adjusts
+    assert sum(opened) >= server.payload - 2 * 2**20
+    assert taken >= len(opened) * 3 // 4  # most: one split by a read goes to asyncssh
+
+
+async def test_window_adjusts_survive_rekeys(
+    server: _TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client rekeys every 1 MiB: adjusts before, during and after each key
+    exchange are read with the key of their time (a wrong one fails the MAC, and
+    asyncssh then disconnects), and the download completes."""
+    adjusts = _count_adjusts(monkeypatch)
+    server.sodium = True
+    server.payload = 8 * 2**20
+    received = await _download(server, "RekeyLimit=1M", timeout=60)
+    assert received == b"\x5a" * server.payload
+    *opened, taken = adjusts
+    assert sum(opened) >= server.payload - 2 * 2**20
+    assert taken >= len(opened) // 3  # those during a key exchange go to asyncssh
 
 
 async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
@@ -385,3 +492,92 @@ async def test_aes_gcm_connections_are_left_alone(server: _TestServer) -> None:
         done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True)
     assert len(done.stdout) == PAYLOAD
     assert SodiumChacha not in _ciphers(server.connections[-1])
+
+
+class _Channel:
+    """What _take_window_adjusts hands a packet to: records what it was given."""
+
+    def __init__(self, state: str = "open") -> None:
+        self._recv_state = state
+        self.adjusts: list[tuple[int, int]] = []
+
+    def process_packet(self, pkttype: int, seq: int, packet: Any) -> bool:
+        assert pkttype == MSG_CHANNEL_WINDOW_ADJUST
+        self.adjusts.append((seq, packet.get_uint32()))
+        packet.check_end()
+        return True
+
+
+class _Receiving:
+    """A connection's receive state as asyncssh's `_recv_data` sees it, idle between
+    packets (the fields _take_window_adjusts reads, with their asyncssh names)."""
+
+    def __init__(self, cipher: SodiumChacha, channels: dict[int, _Channel]) -> None:
+        self._inpbuf = b""
+        self._recv_handler = self._recv_pkthdr
+        self.logger = logging.getLogger("asyncssh")
+        self._recv_encryption = type("Encryption", (), {"_cipher": cipher})()
+        self._kex_complete = self._auth_complete = True
+        self._kex = self._decompressor = None
+        self._recv_seq = 0xFFFFFFFE  # the next packets wrap the 32-bit sequence number
+        self._auth_final = False
+        self._channels = channels
+
+    def _recv_pkthdr(self) -> bool:
+        return False
+
+
+def _packet(cipher: SodiumChacha, seq: int, pkttype: int, payload: bytes) -> bytes:
+    return bytes(cipher.seal(pkttype, payload, bytes(6), (seq & 0xFFFFFFFF).to_bytes(8, "big")))
+
+
+def _adjust(cipher: SodiumChacha, seq: int, channel: int, size: int) -> bytes:
+    return _packet(cipher, seq, MSG_CHANNEL_WINDOW_ADJUST, _u32(channel) + _u32(size))
+
+
+def _u32(value: int) -> bytes:
+    return value.to_bytes(4, "big")
+
+
+@pytest.fixture
+def receiving() -> tuple[SodiumChacha, _Receiving, _Channel]:
+    sodium = load()
+    assert sodium is not None, "libsodium (libsodium23) is installed by ./dev"
+    key = os.urandom(64)
+    cipher = SodiumChacha(sodium, key, ChachaCipher(key))
+    chan = _Channel()
+    return cipher, _Receiving(cipher, {3: chan}), chan
+
+
+def test_whole_adjusts_are_taken_up_to_a_partial_packet(
+    receiving: tuple[SodiumChacha, _Receiving, _Channel],
+) -> None:
+    cipher, conn, chan = receiving
+    first, second = _adjust(cipher, conn._recv_seq, 3, 98304), _adjust(cipher, 0xFFFFFFFF, 3, 7)
+    third = _adjust(cipher, 0, 3, 1)
+    data = first + second + third[:-1]
+    assert asyncssh_gap._take_window_adjusts(conn, data) == len(first) + len(second)  # type: ignore[arg-type]
+    assert chan.adjusts == [(0xFFFFFFFE, 98304), (0xFFFFFFFF, 7)]
+    assert conn._recv_seq == 0 and conn._auth_final
+
+
+@pytest.mark.parametrize("case", ["bad tag", "other packet", "unknown channel", "closed channel"])
+def test_anything_else_is_left_to_asyncssh_untouched(
+    receiving: tuple[SodiumChacha, _Receiving, _Channel], case: str
+) -> None:
+    cipher, conn, chan = receiving
+    seq = conn._recv_seq
+    if case == "bad tag":
+        data = bytearray(_adjust(cipher, seq, 3, 98304))
+        data[-1] ^= 1
+        packet = bytes(data)
+    elif case == "other packet":
+        packet = _packet(cipher, seq, MSG_CHANNEL_DATA, _u32(3) + String(b"\x00\x00\x00\x00"))
+    elif case == "unknown channel":
+        packet = _adjust(cipher, seq, 4, 98304)
+    else:
+        conn._channels[3]._recv_state = "closed"
+        packet = _adjust(cipher, seq, 3, 98304)
+    later = _adjust(cipher, seq + 1, 3, 5)
+    assert asyncssh_gap._take_window_adjusts(conn, packet + later) == 0  # type: ignore[arg-type]
+    assert chan.adjusts == [] and conn._recv_seq == seq and not conn._auth_final
