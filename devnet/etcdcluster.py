@@ -31,7 +31,14 @@ from types import TracebackType
 import httpx
 import trustme
 
-from devnet.procs import EtcdServer, StartupError, free_port, spawn
+from devnet.procs import (
+    PORT_RACE_ATTEMPTS,
+    EtcdServer,
+    StartupError,
+    free_port,
+    lost_port_race,
+    spawn,
+)
 from routing.schema import DEFAULT_PREFIX, Keys
 
 ETCD_USER = "gitedge"
@@ -204,6 +211,20 @@ def start_etcd_cluster(
     if etcd is None:
         raise StartupError("etcd not found on PATH (Debian: apt-get install etcd-server)")
     work_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        try:
+            return _start_cluster_once(etcd, work_dir, size, tls, auth, prefix, timeout)
+        except StartupError as error:
+            if not lost_port_race(error) or attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+            for data_dir in work_dir.glob("etcd*-data"):
+                shutil.rmtree(data_dir, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+def _start_cluster_once(
+    etcd: str, work_dir: Path, size: int, tls: bool, auth: bool, prefix: str, timeout: float
+) -> EtcdCluster:
     scheme = "https" if tls else "http"
     names = [f"etcd{i + 1}" for i in range(size)]
     clients = [f"{scheme}://127.0.0.1:{free_port()}" for _ in names]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,12 +32,50 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_FIXED_PORTS_LOW = 10_000
+_handed_out: set[int] = set()
+_rng = random.SystemRandom()  # not the global one: tests seed that
+
+
+def _fixed_port_range() -> range | None:
+    """Ports below the kernel's ephemeral range, or None if it leaves too few."""
+    try:
+        low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(_FIXED_PORTS_LOW, low) if low - _FIXED_PORTS_LOW >= 4096 else None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel says is free now (for programs that need a fixed one)."""
+    """A port free now, for programs that need a fixed one (etcd, sshd).
+
+    Taken from below the kernel's ephemeral range: a port from `bind(0)` is
+    ephemeral, and between this check and the program's own bind any outgoing
+    connection on the machine may take it as its source port (CI lost a run to
+    `etcd: bind: address already in use` that way). Outside that range only
+    another listener can collide, and no port is handed out twice here."""
+    fixed = _fixed_port_range()
+    for _ in range(64 if fixed else 0):
+        port = _rng.choice(fixed)  # type: ignore[arg-type]
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
     with socket.socket() as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def lost_port_race(error: StartupError) -> bool:
+    """Whether a start failed only because a chosen port was taken meanwhile."""
+    return "address already in use" in str(error)
 
 
 def has_ipv6_loopback() -> bool:
@@ -162,6 +201,20 @@ def start_etcd(work_dir: Path, name: str = "etcd", timeout: float = 30.0) -> Etc
     etcd = shutil.which("etcd")
     if etcd is None:
         raise StartupError("etcd not found on PATH (Debian: apt-get install etcd-server)")
+    for attempt in range(PORT_RACE_ATTEMPTS):
+        try:
+            return _start_etcd_once(etcd, work_dir, name, timeout)
+        except StartupError as error:
+            if not lost_port_race(error) or attempt == PORT_RACE_ATTEMPTS - 1:
+                raise
+            shutil.rmtree(work_dir / f"{name}-data", ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
+PORT_RACE_ATTEMPTS = 3
+
+
+def _start_etcd_once(etcd: str, work_dir: Path, name: str, timeout: float) -> EtcdServer:
     client_port, peer_port = free_port(), free_port()
     url = f"http://127.0.0.1:{client_port}"
     peer = f"http://127.0.0.1:{peer_port}"
