@@ -35,25 +35,17 @@ import trio
 
 from edge.ssh import asyncssh_gap
 from edge.ssh.aio import aio_as_trio, open_aio_loop
+from tests.edge.open_ssh_server import AnyKeyServer
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
 BLOCK = 256 * 1024
 
 
-class _Server(asyncssh.SSHServer):
+class _Server(AnyKeyServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         asyncssh_gap.skip_empty_ignore_packets(conn)
         asyncssh_gap.skip_unlogged_packet_logs(conn)
         assert asyncssh_gap.use_sodium_chacha(conn)
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        return True
 
 
 def _cpu() -> float:
