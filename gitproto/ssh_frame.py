@@ -9,7 +9,7 @@ the response body multiplexes what an SSH channel carries back, as frames:
     type 2  = stderr bytes           (length 0..MAX_PAYLOAD)
     type 3  = exit status: u32be     (length 4), the last frame of every body
 
-Five bytes of header per frame, at most one frame per CHUNK of stdout: 20
+Five bytes of header per frame, about one frame per CHUNK of stdout: 20
 bytes per MiB. The body ends with exactly one exit-status frame; anything
 after it, an unknown type, an oversized length or an end of input before it
 is a `FrameError` (the node is broken or the connection was cut).

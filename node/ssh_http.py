@@ -280,12 +280,10 @@ class _Session:
                 break
             waited = trio.current_time() - started
             # git's error and progress packets name the repository by its path here.
-            if chunk := self._stdout_scrubber.feed(read):
-                await self._conn.send_body(frame_header(FrameType.STDOUT, len(chunk)), chunk)
+            await self._send_frames(FrameType.STDOUT, self._stdout_scrubber.feed(read))
             if delay := pacer.after_read(len(read), waited):
                 await trio.sleep(delay)
-        if rest := self._stdout_scrubber.finish():
-            await self._conn.send_body(frame_header(FrameType.STDOUT, len(rest)), rest)
+        await self._send_frames(FrameType.STDOUT, self._stdout_scrubber.finish())
 
     async def _stderr_out(self, done: trio.Event) -> None:
         stderr = self._proc.stderr
@@ -293,15 +291,22 @@ class _Session:
         try:
             while chunk := bytes(await stderr.receive_some(CHUNK)):
                 self.stderr.feed(chunk)
-                await self._send_stderr(self._scrubber.feed(chunk))
-            await self._send_stderr(self._scrubber.finish())
+                await self._send_frames(FrameType.STDERR, self._scrubber.feed(chunk))
+            await self._send_frames(FrameType.STDERR, self._scrubber.finish())
         finally:
             done.set()
 
-    async def _send_stderr(self, text: bytes) -> None:
-        # Scrubbing may hold back up to a line: a piece can exceed one frame.
-        for start in range(0, len(text), MAX_PAYLOAD):
-            await self._conn.send(h11.Data(data=encode_stderr(text[start : start + MAX_PAYLOAD])))
+    async def _send_frames(self, kind: FrameType, data: bytes) -> None:
+        """`data` as frames of at most MAX_PAYLOAD. A scrubber may hand out more than
+        one read: what it held back of the read before (a line of stderr, a pkt-line
+        header or text packet of stdout) comes out in front of this one."""
+        if len(data) <= MAX_PAYLOAD:
+            if data:
+                await self._conn.send_body(frame_header(kind, len(data)), data)
+            return
+        for start in range(0, len(data), MAX_PAYLOAD):
+            piece = data[start : start + MAX_PAYLOAD]
+            await self._conn.send_body(frame_header(kind, len(piece)), piece)
 
     def log_outcome(self, what: str) -> None:
         if self.returncode is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+import trio.testing
 
 from gitproto.protocol import CHUNK, Service
 from gitproto.routes import ssh_session_target
@@ -29,6 +30,7 @@ from node import ssh_http
 from node.app import run_node
 from node.config import ConfigError, load_node_config
 from node.git_pump import reap_git, spawn_git
+from node.http_conn import HttpConn
 from node.ssh_http import ReadPacer
 from routing.etcd import EtcdClient
 from routing.model import RepoName
@@ -474,3 +476,54 @@ async def test_a_session_pipe_that_filled_gives_a_full_read() -> None:
         assert len(await proc.stdout.receive_some(CHUNK)) == CHUNK
     finally:
         await reap_git(proc, exited=proc.returncode is not None)
+
+
+async def test_output_held_back_by_the_scrubber_still_goes_in_frames_of_at_most_a_chunk(
+    tmp_path: Path,
+) -> None:
+    # git's first write is a pkt-line header alone: the stdout scrubber holds it
+    # until the packet's first byte comes. The next read is a full CHUNK, so what
+    # the scrubber hands out is 4 bytes longer than any frame may be (CI saw it:
+    # "a frame carries at most 262144 bytes, not 262148", and the clone failed).
+    packet = b"2005\x01" + b"P" * 8192
+    writer = (
+        "import os, sys, time\n"
+        "os.write(1, b'2005')\n"
+        "time.sleep(0.3)\n"  # the node has read the header alone by now
+        f"rest = {packet!r}[4:] + {packet!r} * 60\n"
+        "while rest:\n"
+        "    rest = rest[os.write(1, rest):]\n"
+    )
+    expected = packet * 61
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    conn = HttpConn(server_stream, keepalive_timeout=5)
+    client = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="POST", target="/alice/r.git/ssh-upload-pack",
+        headers=[("host", "node"), ("content-length", "0")],
+    )  # fmt: skip
+    await client_stream.send_all(client.send(request) + client.send(h11.EndOfMessage()))
+    received = bytearray()
+
+    async def read_response() -> None:
+        while chunk := await client_stream.receive_some(1 << 20):
+            received.extend(chunk)
+
+    with trio.fail_after(20):
+        assert await conn.next_request() is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_response)
+            status = await ssh_http.run_session(
+                conn, [sys.executable, "-c", writer], dict(os.environ), tmp_path, "test"
+            )
+            await server_stream.aclose()
+    assert status == 0
+    client.receive_data(bytes(received))
+    decoder, stdout = FrameDecoder(), bytearray()
+    while isinstance(event := client.next_event(), h11.Response | h11.Data):
+        if isinstance(event, h11.Data):
+            for frame in decoder.feed(event.data):
+                if isinstance(frame, Stdout):
+                    stdout += frame.data
+    assert decoder.status == 0
+    assert bytes(stdout) == expected
