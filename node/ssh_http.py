@@ -299,11 +299,8 @@ class _Session:
     async def _send_frames(self, kind: FrameType, data: bytes) -> None:
         """`data` as frames of at most MAX_PAYLOAD. A scrubber may hand out more than
         one read: what it held back of the read before (a line of stderr, a pkt-line
-        header or text packet of stdout) comes out in front of this one."""
-        if len(data) <= MAX_PAYLOAD:
-            if data:
-                await self._conn.send_body(frame_header(kind, len(data)), data)
-            return
+        header or text packet of stdout) comes out in front of this one. Empty `data`
+        sends nothing; a slice of all of `data` is `data` itself, not a copy."""
         for start in range(0, len(data), MAX_PAYLOAD):
             piece = data[start : start + MAX_PAYLOAD]
             await self._conn.send_body(frame_header(kind, len(piece)), piece)
