@@ -78,6 +78,12 @@ def parse_clone_args(
     clones_help = "after the timed runs, run N more edge clones under `py-spy record --gil`"
     p.add_argument("--profile", type=int, default=0, metavar="N", help=clones_help)
     p.add_argument("--profile-native", action="store_true", help="py-spy --native")
+    p.add_argument(
+        "--profile-process",
+        choices=("edge", "node"),
+        default="edge",
+        help="which server --profile records: this tree's edge, or the node it clones from",
+    )
     add_tree_options(p)
     args = p.parse_args(argv)
     if args.quick:
@@ -224,6 +230,10 @@ class CloneSample:
     node_voluntary_ctx: int = 0
     other_cpu_s: dict[str, float] = field(default_factory=dict)
     """Other servers on the path (e.g. the direct sshd): own CPU plus reaped children."""
+    edge_system_cpu_s: float = 0.0
+    """The kernel's part of edge_cpu_s."""
+    node_system_cpu_s: float = 0.0
+    """The kernel's part of node_cpu_s (the node's own)."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +259,7 @@ def clone_once(
         others0 = {k: sum(m.cpu()) for k, m in v.others.items()}
         rss0 = v.edge.rss()
         edge_ctx0, node_ctx0 = v.edge.voluntary_ctx(), v.node.voluntary_ctx()
+        edge_sys0, node_sys0 = v.edge.system_cpu(), v.node.system_cpu()
         args = ["clone", "--quiet", *(["--no-checkout"] if no_checkout else [])]
         with RssSampler(v.edge) as rss:
             run = timed_git([*args, v.url, str(dest)], v.env, timeout=900)
@@ -257,6 +268,7 @@ def clone_once(
         node1, node_ch1 = v.node.cpu()
         others = {k: sum(m.cpu()) - others0[k] for k, m in v.others.items()}
         edge_ctx1, node_ctx1 = v.edge.voluntary_ctx(), v.node.voluntary_ctx()
+        edge_sys1, node_sys1 = v.edge.system_cpu(), v.node.system_cpu()
         head = run_git(["-C", str(dest), "rev-parse", "HEAD"], v.env).strip()
         if head != commit:
             raise RuntimeError(f"{v.name} clone has HEAD {head}, expected {commit}")
@@ -277,6 +289,8 @@ def clone_once(
             edge_voluntary_ctx=edge_ctx1 - edge_ctx0,
             node_voluntary_ctx=node_ctx1 - node_ctx0,
             other_cpu_s=others,
+            edge_system_cpu_s=edge_sys1 - edge_sys0,
+            node_system_cpu_s=node_sys1 - node_sys0,
         )
     finally:
         rmtree(dest.parent)
@@ -297,7 +311,9 @@ def clone_rounds(
         others = "".join(f"  {k} CPU {v:.2f}s" for k, v in s.other_cpu_s.items())
         log(
             f"{'warm-up' if s.warmup else f'round {s.round}'} {s.path:15s} {s.wall_s:7.3f}s  "
-            f"edge CPU {s.edge_cpu_s:.3f}s  node CPU {s.node_cpu_s + s.node_children_cpu_s:.2f}s"
+            f"edge CPU {s.edge_cpu_s:.3f}s (sys {s.edge_system_cpu_s:.2f})  "
+            f"node own CPU {s.node_cpu_s:.2f}s (sys {s.node_system_cpu_s:.2f}) "
+            f"with git {s.node_cpu_s + s.node_children_cpu_s:.2f}s"
             f"{others}  client CPU {s.client_cpu_s:.2f}s  "
             f"edge/node ctx {s.edge_voluntary_ctx}/{s.node_voluntary_ctx}  "
             f"pack {s.pack_bytes / MiB:.1f} MiB ({s.packs} pack, {s.loose_objects} loose)"
@@ -329,6 +345,8 @@ def clone_summary(samples: list[CloneSample], edge: str, direct: str) -> dict[st
         "node_cpu_s_edge": median([node_cpu(s) for s in e]),
         "node_own_cpu_s_direct": median([s.node_cpu_s for s in d]),
         "node_own_cpu_s_edge": median([s.node_cpu_s for s in e]),
+        "edge_system_cpu_s_per_clone": median([s.edge_system_cpu_s for s in e]),
+        "node_own_system_cpu_s_edge": median([s.node_system_cpu_s for s in e]),
         "client_cpu_s_direct": median([s.client_cpu_s for s in d]),
         "client_cpu_s_edge": median([s.client_cpu_s for s in e]),
         "edge_peak_rss_mb_during_clones": max(s.edge_peak_rss_mb for s in e),
@@ -355,6 +373,7 @@ CLONE_METRICS = (
     Metric("edge CPU per 100 MiB cloned, s", "edge_cpu_s_per_100mb"),
     Metric("node CPU per edge clone (own + git children), s", "node_cpu_s_edge", ".2f"),
     Metric("node CPU per edge clone, own, s", "node_own_cpu_s_edge", ".2f"),
+    Metric("of it in the kernel (system time), s", "node_own_system_cpu_s_edge", ".2f"),
     Metric("edge peak RSS during clones, MiB", "edge_peak_rss_mb_during_clones", ".1f"),
     Metric("throughput through the edge, MiB/s", "edge_mb_per_s", ".0f"),
 )

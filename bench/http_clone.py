@@ -154,9 +154,11 @@ def big_push(side: HttpsSide, repo: RandomRepo, generate_s: float) -> dict[str, 
 def profile_edge(
     side: HttpsSide, args: argparse.Namespace, work: Path, commit: str
 ) -> dict[str, Any]:
-    """py-spy this tree's edge during --profile extra edge clones; top frames by own time."""
+    """py-spy this tree's edge (or node) during --profile extra edge clones; top frames by
+    own time."""
     edge = side.variants()[1]
-    log(f"profiling the edge during {args.profile} edge clones ...")
+    target = args.profile_process
+    log(f"profiling the {target} during {args.profile} edge clones ...")
 
     def one_clone(i: int) -> float:
         s = clones.clone_once(edge, i, False, work, commit, args.no_checkout)
@@ -164,15 +166,17 @@ def profile_edge(
         return s.wall_s
 
     native = "_native" if args.profile_native else ""
+    suffix = ("" if target == "edge" else f"_{target}") + native
     return profile_process(
-        side.edge,
-        work / "edge-profile.txt",
-        args.results_dir / f"{clones.stem('http_clone', args)}_profile{native}.txt",
+        edge.edge if target == "edge" else edge.node,
+        work / f"{target}-profile.txt",
+        args.results_dir / f"{clones.stem('http_clone', args)}_profile{suffix}.txt",
         "clone",
         args.profile,
         one_clone,
         native=args.profile_native,
         log=log,
+        process=target,
     )
 
 

@@ -19,6 +19,11 @@ class ProcMeter:
         t = self.proc.cpu_times()
         return float(t.user + t.system), float(t.children_user + t.children_system)
 
+    def system_cpu(self) -> float:
+        """The kernel's part of the process's own CPU (syscalls: pipes, sockets; on
+        loopback a send also runs the receiver's TCP path)."""
+        return float(self.proc.cpu_times().system)
+
     def rss(self) -> int:
         return int(self.proc.memory_info().rss)
 

@@ -26,8 +26,10 @@ def profile_process(
     gil_only: bool = True,
     native: bool = False,
     log: Callable[[str], None],
+    process: str = "edge",
 ) -> dict[str, Any]:
-    """py-spy `meter`'s process during `runs` calls of `run_one`; top frames by own time.
+    """py-spy `meter`'s process (`process` names it in the report) during `runs` calls
+    of `run_one`; top frames by own time.
 
     `--gil` keeps only samples holding the GIL, i.e. Python CPU: without it trio's
     and asyncio's idle epoll_wait counts as active time.
@@ -64,9 +66,10 @@ def profile_process(
     keep.write_text(text)
     return {
         "what": what,
+        "process": process,
         "runs": runs,
         "wall_s": walls,
-        "edge_cpu_s_total_incl_py_spy_overhead": cpu_s,
+        "process_cpu_s_total_incl_py_spy_overhead": cpu_s,
         "gil_only": gil_only,
         "native": native,
         "raw_file": str(keep),
@@ -108,7 +111,8 @@ def render_profile(profile: dict[str, Any]) -> str:
         return f"profile: {profile['error']}"
     kind = "GIL-holding" if profile["gil_only"] else "all (incl. idle)"
     lines = [
-        f"py-spy on the edge during {profile['runs']} edge {profile['what']}s "
+        f"py-spy on the {profile.get('process', 'edge')} during {profile['runs']} edge "
+        f"{profile['what']}s "
         f"({profile['total_samples']} {kind} samples at 250 Hz, native={profile['native']}):"
         " top by own time",
         "",

@@ -287,9 +287,12 @@ def log_ls_medians(ls: list[LsRemoteSample]) -> None:
 
 
 def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
-    """py-spy on this tree's edge during --profile clones and --profile-ls-remote ls-remotes."""
+    """py-spy on this tree's edge (or node, --profile-process) during --profile clones and
+    --profile-ls-remote ls-remotes."""
     args, edge, out = rig.args, rig.variants["edge"], []
-    suffix = ("_native" if args.profile_native else "") + ("_idle" if args.profile_idle else "")
+    target = args.profile_process
+    suffix = ("" if target == "edge" else f"_{target}") + ("_native" if args.profile_native else "")
+    suffix += "_idle" if args.profile_idle else ""
 
     def clone(i: int) -> float:
         return clones.clone_once(edge, i, False, rig.work, commit, args.no_checkout).wall_s
@@ -303,11 +306,11 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
     ):
         if not runs:
             continue
-        log(f"profiling the edge during {runs} edge {what}s ...")
+        log(f"profiling the {target} during {runs} edge {what}s ...")
         out.append(
             profile_process(
-                edge.edge,
-                rig.work / f"edge-profile-{what}.txt",
+                edge.edge if target == "edge" else edge.node,
+                rig.work / f"{target}-profile-{what}.txt",
                 args.results_dir / f"{_stem(args)}_profile_{what}{suffix}.txt",
                 what,
                 runs,
@@ -315,6 +318,7 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
                 gil_only=not args.profile_idle,
                 native=args.profile_native,
                 log=log,
+                process=target,
             )
         )
     return out

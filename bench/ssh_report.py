@@ -220,7 +220,10 @@ def _metrics(result: dict[str, Any]) -> list[str]:
             f"+{s.get('node_reuses_during_timed')})",
             "0",
         ),
-        metric_row("edge CPU per clone (median)", f"{s['edge_cpu_s_per_clone']:.3f} s"),
+        metric_row(
+            "edge CPU per clone (median; of it in the kernel)",
+            f"{s['edge_cpu_s_per_clone']:.3f} s ({s['edge_system_cpu_s_per_clone']:.2f} s)",
+        ),
         metric_row(
             "edge CPU per ls-remote (median, no settle)", f"{s['ls_remote_edge_cpu_ms']:.1f} ms"
         ),
@@ -230,7 +233,8 @@ def _metrics(result: dict[str, Any]) -> list[str]:
         ),
         metric_row(
             "node CPU per clone (own + git children), edge path",
-            f"{s['node_cpu_s_edge']:.2f} s (own {s['node_own_cpu_s_edge']:.2f})",
+            f"{s['node_cpu_s_edge']:.2f} s (own {s['node_own_cpu_s_edge']:.2f}, of it in the "
+            f"kernel {s['node_own_system_cpu_s_edge']:.2f})",
         ),
         metric_row(
             "client git+ssh CPU per clone, direct / edge",

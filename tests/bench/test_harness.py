@@ -110,10 +110,13 @@ def test_clone_summary_scales_edge_cpu_to_100_mib_and_keeps_its_own_variants() -
         clone("edge", 0, 9.0, edge_peak_rss_mb=99.0),  # warm-up RSS still counts as a peak
         clone("baseline-edge", 0, 9.0),
         clone("direct", 1, 1.0),
-        clone("edge", 1, 1.2, edge_cpu_s=0.1),
-        clone("baseline-edge", 1, 5.0, edge_cpu_s=5.0),
+        clone("edge", 1, 1.2, edge_cpu_s=0.1, edge_system_cpu_s=0.04, node_system_cpu_s=0.03),
+        clone("baseline-edge", 1, 5.0, edge_cpu_s=5.0, node_system_cpu_s=0.07),
     ]
     s = clone_summary(samples, "edge", "direct")
+    # The kernel's part of each, from the timed edge clones only.
+    assert s["edge_system_cpu_s_per_clone"] == pytest.approx(0.04)
+    assert s["node_own_system_cpu_s_edge"] == pytest.approx(0.03)
     assert s["ratio_edge_direct"] == pytest.approx(1.2)
     assert s["edge_cpu_s_per_clone"] == pytest.approx(0.1)
     assert s["edge_cpu_s_per_100mb"] == pytest.approx(0.2)  # 0.1 s for 50 MiB
@@ -122,6 +125,7 @@ def test_clone_summary_scales_edge_cpu_to_100_mib_and_keeps_its_own_variants() -
     b = clone_summary(samples, "baseline-edge", "direct")
     assert b["ratio_edge_direct"] == pytest.approx(5.0)
     assert b["edge_cpu_s_per_100mb"] == pytest.approx(10.0)
+    assert b["node_own_system_cpu_s_edge"] == pytest.approx(0.07)
 
 
 # -- markdown pieces and files ------------------------------------------------------
@@ -290,3 +294,16 @@ def test_the_tree_driver_finds_this_trees_devnet() -> None:
     root = Path(__file__).resolve().parents[2]
     start, module = load_start_devnet(root)
     assert module == "devnet.network" and callable(start)
+
+
+def test_both_clone_benches_profile_the_edge_unless_told_the_node() -> None:
+    from bench import http_clone, ssh_clone
+
+    for bench in (http_clone, ssh_clone):
+        assert bench.parse_args([]).profile_process == "edge"
+        assert (
+            bench.parse_args(["--profile", "2", "--profile-process", "node"]).profile_process
+            == "node"
+        )
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--profile-process", "etcd"])
