@@ -248,6 +248,14 @@ class Variant:
     others: dict[str, ProcMeter] = field(default_factory=dict)
 
 
+def profiled(v: Variant, args: argparse.Namespace) -> tuple[ProcMeter, str]:
+    """The server --profile-process names on `v`, and the suffix of its profile files
+    ("" for the edge, as they always were named)."""
+    if args.profile_process == "node":
+        return v.node, "_node"
+    return v.edge, ""
+
+
 def clone_once(
     v: Variant, round_no: int, warmup: bool, work: Path, commit: str, no_checkout: bool
 ) -> CloneSample:

@@ -165,10 +165,10 @@ def profile_edge(
         log(f"  profiled edge clone {i}: {s.wall_s:.2f}s, edge CPU {s.edge_cpu_s:.2f}s")
         return s.wall_s
 
-    native = "_native" if args.profile_native else ""
-    suffix = ("" if target == "edge" else f"_{target}") + native
+    meter, suffix = clones.profiled(edge, args)
+    suffix += "_native" if args.profile_native else ""
     return profile_process(
-        edge.edge if target == "edge" else edge.node,
+        meter,
         work / f"{target}-profile.txt",
         args.results_dir / f"{clones.stem('http_clone', args)}_profile{suffix}.txt",
         "clone",

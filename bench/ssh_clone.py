@@ -291,8 +291,8 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
     --profile-ls-remote ls-remotes."""
     args, edge, out = rig.args, rig.variants["edge"], []
     target = args.profile_process
-    suffix = ("" if target == "edge" else f"_{target}") + ("_native" if args.profile_native else "")
-    suffix += "_idle" if args.profile_idle else ""
+    meter, suffix = clones.profiled(edge, args)
+    suffix += ("_native" if args.profile_native else "") + ("_idle" if args.profile_idle else "")
 
     def clone(i: int) -> float:
         return clones.clone_once(edge, i, False, rig.work, commit, args.no_checkout).wall_s
@@ -309,7 +309,7 @@ def profiles(rig: Rig, commit: str) -> list[dict[str, Any]]:
         log(f"profiling the {target} during {runs} edge {what}s ...")
         out.append(
             profile_process(
-                edge.edge if target == "edge" else edge.node,
+                meter,
                 rig.work / f"{target}-profile-{what}.txt",
                 args.results_dir / f"{_stem(args)}_profile_{what}{suffix}.txt",
                 what,

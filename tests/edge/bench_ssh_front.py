@@ -100,15 +100,12 @@ async def _run(
     key = asyncssh.generate_private_key("ssh-ed25519")
     key.write_private_key(work / "id")
     (work / "id").chmod(0o600)
-    commit = ""
-    if consumer in ("index-pack", "clone"):
-        if consumer == "index-pack":
-            data = _pack(mib, work)
-        else:
-            data, commit = _recorded_clone(mib, work)
-        blocks = [data[start : start + BLOCK] for start in range(0, len(data), BLOCK)]
-    else:
+    commit = ""  # what a replayed clone's HEAD must be
+    if consumer == "devnull":
         blocks = [b"\x5a" * BLOCK] * (mib * 2**20 // BLOCK)
+    else:
+        data, commit = _recorded_clone(mib, work) if consumer == "clone" else (_pack(mib, work), "")
+        blocks = [data[start : start + BLOCK] for start in range(0, len(data), BLOCK)]
 
     async def process(proc: asyncssh.SSHServerProcess[bytes]) -> None:
         asyncssh_gap.send_full_packets(proc.channel)
